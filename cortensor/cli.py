@@ -1,0 +1,327 @@
+"""The `cortensor` command line (typer: typed options, help text and shell completion)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, cast
+from uuid import UUID
+
+import structlog
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+
+from cortensor.errors import CortensorError
+from cortensor.intake import explain
+from cortensor.node.faults import FaultMode
+from cortensor.node.identity import HwChoice
+from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
+from cortensor.settings import Settings
+
+app = typer.Typer(help="Cortensor: verified inference on a network of untrusted nodes.")
+brokers_app = typer.Typer(help="Broker topology.")
+db_app = typer.Typer(help="The PostgreSQL ledger.")
+models_app = typer.Typer(help="Model preparation.")
+schemas_app = typer.Typer(help="JSON Schemas of the messages.")
+submit_app = typer.Typer(help="Submit jobs.")
+report_app = typer.Typer(help="Admin reports from the ledger.")
+for sub, name in [
+    (brokers_app, "brokers"),
+    (db_app, "db"),
+    (models_app, "models"),
+    (schemas_app, "schemas"),
+    (submit_app, "submit"),
+    (report_app, "report"),
+]:
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]bad CORTENSOR_* setting:[/red] {explain(exc)}")
+        raise typer.Exit(2) from exc
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except CortensorError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a service until SIGINT or SIGTERM, then let it stop cleanly."""
+    _configure_logging()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(stop)
+
+    _run(main())
+
+
+@brokers_app.command("setup")
+def brokers_setup() -> None:
+    """Declare exchanges, queues and JetStream streams (idempotent)."""
+    from cortensor.topology import Topology
+    from cortensor.transport import amqp, jetstream
+
+    settings = _settings()
+    topology = Topology(settings.namespace)
+
+    async def setup() -> list[str]:
+        connection = await amqp.connect(settings.amqp_url)
+        async with connection:
+            declared = await amqp.apply_topology(await connection.channel(), topology)
+        nc = await jetstream.connect(settings.nats_url, name="cortensor-setup")
+        try:
+            declared += await jetstream.apply_streams(nc.jetstream(), topology)
+        finally:
+            await nc.drain()
+        return declared
+
+    for line in _run(setup()):
+        out.print(f"  {line}")
+    out.print(f"[green]broker topology applied[/green] (namespace {settings.namespace})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create the ledger database if missing and migrate it."""
+    from cortensor.ledger import migrate
+
+    settings = _settings()
+    try:
+        created = migrate.ensure_database(settings)
+        migrate.upgrade(settings, revision)
+    except CortensorError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    note = "created and migrated" if created else "migrated"
+    out.print(f"[green]ledger {note}[/green] to {migrate.current(settings)}")
+
+
+@models_app.command("prepare")
+def models_prepare(force: bool = typer.Option(False, help="Redo every variant.")) -> None:
+    """Export and quantize the models into the models directory, with a sha256 manifest."""
+    try:
+        from cortensor.models.prepare import prepare_models
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] {exc}; install the `prepare` extra (ops/install does)")
+        raise typer.Exit(1) from exc
+    settings = _settings()
+    manifest = prepare_models(settings.models_dir, force=force, log=lambda m: out.print(f"  {m}"))
+    for v in manifest.variants:
+        out.print(f"  {v.name} {v.variant}: {', '.join(v.hw_classes)} ({len(v.files)} files)")
+    out.print(f"[green]models ready[/green] in {settings.models_dir}")
+
+
+@schemas_app.command("write")
+def schemas_write(
+    directory: Path = SCHEMAS_DIR,
+    check: bool = typer.Option(False, help="Fail if the files differ instead of writing."),
+) -> None:
+    """Write the JSON Schema of every message under docs/schemas/."""
+    from cortensor.schemas import json_schemas
+
+    stale = []
+    for name, schema in json_schemas().items():
+        text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        path = directory / name
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(name)
+        if not check:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if check and stale:
+        err.print(f"[red]stale schemas:[/red] {', '.join(stale)}; run `cortensor schemas write`")
+        raise typer.Exit(1)
+    out.print(f"schemas {'checked' if check else 'written'} in {directory}")
+
+
+@app.command()
+def node(
+    hw_class: Annotated[str, typer.Option(help="auto, cpu-int8, cpu-fp32, ...")] = "auto",
+    node_id: Annotated[str | None, typer.Option(help="Default: host name + process name.")] = None,
+    fault: Annotated[FaultMode | None, typer.Option(help="Be dishonest.")] = None,
+    fault_rate: Annotated[float, typer.Option(help="Share of jobs answered wrongly.")] = 1.0,
+) -> None:
+    """Run an inference node (a Celery worker on its own queue)."""
+    from cortensor.node.faults import FAULT_MODES
+    from cortensor.node.main import build_node, serve_node
+
+    _configure_logging()
+    if fault is not None and fault not in FAULT_MODES:
+        err.print(f"[red]error:[/red] --fault must be one of {', '.join(FAULT_MODES)}")
+        raise typer.Exit(2)
+    if node_id is not None:
+        try:
+            TypeAdapter(NodeId).validate_python(node_id)
+        except ValidationError as exc:
+            err.print("[red]error:[/red] --node-id takes letters, digits, '_' and '-' (max 64)")
+            raise typer.Exit(2) from exc
+    try:
+        service = build_node(
+            _settings(),
+            hw_class=cast(HwChoice, hw_class),
+            node_id=node_id,
+            fault=fault,  # checked against FAULT_MODES above
+            fault_rate=fault_rate,
+        )
+    except (CortensorError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    serve_node(service)
+
+
+@app.command()
+def router() -> None:
+    """Run a router: jobs in, assignments out."""
+    from cortensor.router.service import Router
+
+    _serve(Router(_settings()).run)
+
+
+@app.command()
+def guard() -> None:
+    """Run a guard: results in, verdicts and reputation out."""
+    from cortensor.guard.service import Guard
+
+    _serve(Guard(_settings()).run)
+
+
+def _print_verdict(verdict: Verdict, as_json: bool) -> None:
+    if as_json:
+        out.print_json(verdict.model_dump_json())
+        return
+    colour = {"verified": "green", "rejected": "yellow"}.get(verdict.status, "red")
+    out.print(f"job {verdict.job_id}: [{colour}]{verdict.status}[/{colour}] — {verdict.reason}")
+    if verdict.agreeing or verdict.disagreeing or verdict.timed_out:
+        out.print(
+            f"  agreed: {', '.join(verdict.agreeing) or '-'}"
+            f" | disagreed: {', '.join(verdict.disagreeing) or '-'}"
+            f" | timed out: {', '.join(verdict.timed_out) or '-'}"
+        )
+    for i, vector in enumerate(verdict.embeddings or []):
+        head = ", ".join(f"{x:+.4f}" for x in vector[:4])
+        out.print(f"  [{i}] {len(vector)}-d [{head}, ...]")
+
+
+@submit_app.command("embed")
+def submit_embed(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
+    redundancy: Annotated[int, typer.Option(help="Replicas on distinct nodes.")] = 3,
+    hw_class: Annotated[str, typer.Option(help="A class, a precision or any.")] = "any",
+    deadline: Annotated[
+        float, typer.Option(help="Seconds until the job fails.")
+    ] = DEFAULT_DEADLINE_S,
+    wait: Annotated[bool, typer.Option(help="Wait for the verdict.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Submit an embedding job."""
+    from cortensor.client import Client
+
+    try:
+        job = JobRequest(
+            task="embed",
+            inputs=texts,
+            redundancy=redundancy,
+            hw_class=hw_class,
+            deadline_s=deadline,
+        )
+    except ValidationError as exc:
+        err.print(f"[red]invalid job:[/red] {explain(exc)}")
+        raise typer.Exit(2) from exc
+
+    async def go() -> Verdict | None:
+        async with Client(_settings()) as client:
+            if wait:
+                return await client.run(job)
+            await client.submit(job)
+            return None
+
+    verdict = _run(go())
+    if verdict is None:
+        if as_json:
+            out.print_json(json.dumps({"job_id": str(job.job_id)}))
+        else:
+            out.print(str(job.job_id))
+        return
+    _print_verdict(verdict, as_json)
+    if verdict.status != "verified":
+        raise typer.Exit(1)
+
+
+@app.command()
+def result(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a verdict.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a job's verdict."""
+    from cortensor.client import Client
+
+    try:
+        uuid = UUID(job_id)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {job_id!r} is not a job id (a UUID)")
+        raise typer.Exit(2) from exc
+
+    async def go() -> Verdict | None:
+        async with Client(_settings()) as client:
+            return await client.wait(uuid, wait) if wait > 0 else await client.result(uuid)
+
+    verdict = _run(go())
+    if verdict is None:
+        err.print(f"no verdict yet for job {job_id}")
+        raise typer.Exit(3)
+    _print_verdict(verdict, as_json)
+
+
+@report_app.command("nodes")
+def report_nodes(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The node reputation report (the view node_reputation_report)."""
+    from cortensor.reports import node_report, render_table
+
+    rows = node_report(_settings())
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+    else:
+        out.print(render_table("Node reputation", rows))
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

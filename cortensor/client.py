@@ -1,0 +1,123 @@
+"""The async SDK: publish jobs to the network and wait for their verdicts.
+
+async with Client(Settings()) as client:
+    verdict = await client.run(JobRequest(inputs=["hello"]), timeout=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+from uuid import UUID
+
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
+
+from cortensor.errors import RetryableError
+from cortensor.schemas import JobRequest, Verdict
+from cortensor.settings import Settings
+from cortensor.topology import Topology
+from cortensor.transport import amqp, jetstream
+
+
+class VerdictTimeout(RetryableError):
+    """No verdict arrived in time; the job may still finish (ask again with `result`)."""
+
+
+class Client:
+    """A connection to the network for one user process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology(settings.namespace)
+        self._amqp: AbstractRobustConnection | None = None
+        self._nc: NATS | None = None
+
+    async def __aenter__(self) -> Self:
+        self._amqp = await amqp.connect(self.settings.amqp_url)
+        self._channel: AbstractChannel = await self._amqp.channel(publisher_confirms=True)
+        self._jobs: AbstractExchange = await self._channel.get_exchange(self.topology.jobs_exchange)
+        self._nc = await jetstream.connect(self.settings.nats_url, name="cortensor-client")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._nc is not None:
+            await self._nc.drain()
+        if self._amqp is not None:
+            await self._amqp.close()
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("use the client in `async with Client(...)`")
+        return self._nc
+
+    async def publish_raw(self, body: bytes, *, message_id: str = "") -> None:
+        """Publish bytes as a job, confirmed by the broker (for clients with their own JSON)."""
+        message = amqp.json_message(body, message_id=message_id)
+        await self._jobs.publish(message, routing_key=self.topology.jobs_routing_key)
+
+    async def submit(self, job: JobRequest) -> UUID:
+        """Publish a job; returns once the broker has it safely."""
+        await self.publish_raw(job.model_dump_json().encode(), message_id=str(job.job_id))
+        return job.job_id
+
+    async def result(self, job_id: UUID) -> Verdict | None:
+        """The verdict on a job, if there is one yet."""
+        try:
+            raw = await self.nc.jetstream().get_last_msg(
+                self.topology.verdicts_stream, self.topology.verdicts_subject(str(job_id))
+            )
+        except NotFoundError:
+            return None
+        assert raw.data is not None
+        return Verdict.model_validate_json(raw.data)
+
+    async def _subscribe(self, job_id: UUID) -> Subscription:
+        subject = self.topology.verdicts_subject(str(job_id))
+        return await self.nc.subscribe(subject, max_msgs=1)
+
+    async def _await(self, sub: Subscription, job_id: UUID, timeout_s: float) -> Verdict:
+        try:
+            msg = await sub.next_msg(timeout=timeout_s)
+        except TimeoutError as exc:
+            raise VerdictTimeout(
+                f"no verdict on job {job_id} within {timeout_s:g}s; it may still finish:"
+                f" `cortensor result {job_id}`"
+            ) from exc
+        finally:
+            await sub.unsubscribe()
+        return Verdict.model_validate_json(msg.data)
+
+    async def wait(self, job_id: UUID, timeout_s: float = 60.0) -> Verdict:
+        """Wait for a job's verdict (which may have arrived already)."""
+        sub = await self._subscribe(job_id)
+        done = await self.result(job_id)
+        if done is not None:
+            await sub.unsubscribe()
+            return done
+        return await self._await(sub, job_id, timeout_s)
+
+    async def run(self, job: JobRequest, timeout_s: float | None = None) -> Verdict:
+        """Submit a job and wait for its verdict."""
+        sub = await self._subscribe(job.job_id)
+        try:
+            await self.submit(job)
+        except BaseException:
+            await sub.unsubscribe()
+            raise
+        return await self._await(sub, job.job_id, timeout_s or job.deadline_s + 5.0)
+
+    async def run_many(
+        self, jobs: list[JobRequest], timeout_s: float | None = None
+    ) -> list[Verdict]:
+        """Submit jobs together and wait for all of their verdicts."""
+        return list(await asyncio.gather(*(self.run(job, timeout_s) for job in jobs)))

@@ -1,0 +1,1 @@
+"""The guard: compares redundant results, writes verdicts and reputation."""

@@ -1,0 +1,273 @@
+"""The router's reads and writes: nodes, jobs and their assignments."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from cortensor.ledger.store import Connection, Ledger
+from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """What the ledger says of a node: its score and its unfinished assignments."""
+
+    score: float
+    outstanding: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenJob:
+    """A job as the router needs it to (re-)route a replica."""
+
+    job_id: UUID
+    task: str
+    model: str
+    redundancy: int
+    hw_class: str
+    inputs: list[str]
+    deadline_at: datetime
+    taken: frozenset[str]
+    """Nodes that already hold (or held) a replica of this job."""
+    attempt: int = 1
+
+
+PlanReplicas = Callable[[OpenJob, int], Sequence[Assignment] | str]
+"""(job, replicas needed) -> the assignments to make, or why none can be made now."""
+
+
+async def _insert_assignments(conn: Connection, assignments: Sequence[Assignment]) -> None:
+    await conn.execute(
+        """
+        INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt, deadline_at)
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[],
+                             $6::timestamptz[])
+        """,
+        [a.assignment_id for a in assignments],
+        [a.job_id for a in assignments],
+        [a.node_id for a in assignments],
+        [a.hw_class for a in assignments],
+        [a.attempt for a in assignments],
+        [a.deadline_at for a in assignments],
+    )
+
+
+class RouterLedger(Ledger):
+    """Ledger access for routers."""
+
+    async def upsert_nodes(self, beats: Sequence[NodeHeartbeat]) -> None:
+        """Record what nodes announced, and when they were last heard of."""
+        if not beats:
+            return
+        await self.pool.execute(
+            """
+            INSERT INTO nodes (node_id, hw_class, precision, models, capacity, status, last_seen)
+            SELECT b.node_id, b.hw_class, b.precision, b.models::jsonb, b.capacity, b.status, now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[])
+                 AS b(node_id, hw_class, precision, models, capacity, status)
+            ON CONFLICT (node_id) DO UPDATE SET
+                hw_class = excluded.hw_class, precision = excluded.precision,
+                models = excluded.models, capacity = excluded.capacity,
+                status = excluded.status, last_seen = excluded.last_seen
+            """,
+            [b.node_id for b in beats],
+            [b.hw_class for b in beats],
+            [b.precision for b in beats],
+            [json.dumps(b.models) for b in beats],
+            [b.capacity for b in beats],
+            [b.status for b in beats],
+        )
+
+    async def node_stats(self) -> dict[str, NodeStats]:
+        """Every node's reputation score and count of unfinished assignments."""
+        rows = await self.pool.fetch(
+            """
+            SELECT n.node_id,
+                   cortensor_score(coalesce(e.agreed, 0), coalesce(e.disagreed, 0),
+                                   coalesce(e.timed_out, 0)) AS score,
+                   coalesce(a.outstanding, 0) AS outstanding
+            FROM nodes n
+            LEFT JOIN (
+                SELECT node_id,
+                       count(*) FILTER (WHERE kind = 'agreed') AS agreed,
+                       count(*) FILTER (WHERE kind = 'disagreed') AS disagreed,
+                       count(*) FILTER (WHERE kind = 'timed_out') AS timed_out
+                FROM reputation_events GROUP BY node_id
+            ) e USING (node_id)
+            LEFT JOIN (
+                SELECT node_id, count(*) AS outstanding
+                FROM assignments WHERE status = 'assigned' GROUP BY node_id
+            ) a USING (node_id)
+            """
+        )
+        return {r["node_id"]: NodeStats(r["score"], r["outstanding"]) for r in rows}
+
+    async def open_job(
+        self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
+    ) -> bool:
+        """Write a job and its first assignments in one transaction.
+
+        With no assignments the job waits for nodes. Returns False when the job
+        exists already (a redelivered or republished message).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
+                                  created_at, deadline_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT (job_id) DO NOTHING RETURNING true
+                """,
+                job.job_id,
+                job.task,
+                job.model,
+                job.redundancy,
+                job.hw_class,
+                job.inputs,
+                "running" if assignments else "waiting",
+                job.created_at,
+                deadline_at,
+            )
+            if not inserted:
+                return False
+            if assignments:
+                await _insert_assignments(conn, assignments)
+        return True
+
+    async def reject(self, job_id: UUID, request: dict[str, Any], verdict: Verdict) -> bool:
+        """Record a rejected job and its verdict; False when the job id was known already."""
+        task = request.get("task")
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
+                                  reason, deadline_at, decided_at)
+                VALUES ($1, $2, '', 0, '', '[]'::jsonb, 'rejected', '', now(), now())
+                ON CONFLICT (job_id) DO NOTHING RETURNING true
+                """,
+                job_id,
+                task[:64] if isinstance(task, str) else "",
+            )
+            if not inserted:
+                return False
+            await self.write_verdict(conn, verdict)
+        return True
+
+    async def _open_jobs(self, conn: Connection, where: str, *args: Any) -> list[OpenJob]:
+        rows = await conn.fetch(
+            f"""
+            SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
+                   coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{{}}')
+                       AS taken,
+                   coalesce(max(a.attempt), 0) + 1 AS attempt
+            FROM jobs j LEFT JOIN assignments a USING (job_id)
+            WHERE {where}
+            GROUP BY j.job_id
+            """,
+            *args,
+        )
+        return [
+            OpenJob(
+                job_id=r["job_id"],
+                task=r["task"],
+                model=r["model"],
+                redundancy=r["redundancy"],
+                hw_class=r["hw_class"],
+                inputs=r["inputs"],
+                deadline_at=r["deadline_at"],
+                taken=frozenset(r["taken"]),
+                attempt=r["attempt"],
+            )
+            for r in rows
+        ]
+
+    async def route_waiting(
+        self, plan: PlanReplicas, fail: Callable[[OpenJob, str], Verdict], limit: int = 100
+    ) -> tuple[list[Assignment], list[Verdict]]:
+        """Give waiting jobs their replicas, or fail those whose deadline has passed.
+
+        Jobs locked by another router are skipped, so several routers share the work.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = await conn.fetch(
+                """
+                SELECT job_id FROM jobs WHERE status = 'waiting'
+                ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                """,
+                limit,
+            )
+            if not ids:
+                return [], []
+            jobs = await self._open_jobs(
+                conn, "j.job_id = ANY($1::uuid[])", [r["job_id"] for r in ids]
+            )
+            now = await conn.fetchval("SELECT now()")
+            made: list[Assignment] = []
+            failed: list[Verdict] = []
+            for job in jobs:
+                outcome = plan(job, job.redundancy)
+                if isinstance(outcome, str):
+                    if job.deadline_at <= now:
+                        verdict = fail(job, outcome)
+                        await self.write_verdict(conn, verdict)
+                        failed.append(verdict)
+                    continue
+                await _insert_assignments(conn, outcome)
+                await conn.execute(
+                    "UPDATE jobs SET status = 'running' WHERE job_id = $1", job.job_id
+                )
+                made.extend(outcome)
+        return made, failed
+
+    async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
+        """Time out assignments past their deadline and give each a replacement node.
+
+        The late node is charged a `timed_out` event. A job past its own deadline is
+        the guard's to decide, so only assignments of jobs still running are touched.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            expired = await conn.fetch(
+                """
+                SELECT a.assignment_id, a.job_id, a.node_id
+                FROM assignments a JOIN jobs j USING (job_id)
+                WHERE a.status = 'assigned' AND a.deadline_at < now()
+                  AND j.status = 'running' AND j.deadline_at > now()
+                ORDER BY a.deadline_at LIMIT $1
+                FOR UPDATE OF a, j SKIP LOCKED
+                """,
+                limit,
+            )
+            if not expired:
+                return []
+            await conn.execute(
+                """
+                UPDATE assignments SET status = 'timed_out', finished_at = now()
+                WHERE assignment_id = ANY($1::uuid[])
+                """,
+                [r["assignment_id"] for r in expired],
+            )
+            await conn.execute(
+                """
+                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+                SELECT node_id, job_id, assignment_id, 'timed_out'
+                FROM assignments WHERE assignment_id = ANY($1::uuid[])
+                ON CONFLICT (assignment_id) DO NOTHING
+                """,
+                [r["assignment_id"] for r in expired],
+            )
+            lost: dict[UUID, int] = {}
+            for r in expired:
+                lost[r["job_id"]] = lost.get(r["job_id"], 0) + 1
+            jobs = await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(lost))
+            made: list[Assignment] = []
+            for job in jobs:
+                outcome = plan(job, lost[job.job_id])
+                if not isinstance(outcome, str):
+                    await _insert_assignments(conn, outcome)
+                    made.extend(outcome)
+        return made

@@ -1,0 +1,112 @@
+"""The ledger on the hot path: asyncpg, one transaction per decision.
+
+The schema is owned by the migrations (db/migrations) and mirrored by
+cortensor.ledger.models; routers and guards talk to it here with plain SQL over
+asyncpg, which measured 1.6-2 ms faster per job than SQLAlchemy's async engine
+(../shared/LIMITS.md). Every write is idempotent: unique keys on job_id,
+assignment_id and result_id make a redelivered message change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Self, TypeAlias
+
+import asyncpg
+
+from cortensor.schemas import Verdict
+
+Connection: TypeAlias = asyncpg.Connection
+
+
+async def _init_connection(conn: Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Ledger:
+    """A pool of connections to the ledger, and the writes routers and guards share."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, max_size: int = 4) -> Self:
+        """Open a small pool; the schema must have been migrated (`cortensor db upgrade`)."""
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self.pool.close()
+
+    @staticmethod
+    async def write_verdict(
+        conn: Connection, verdict: Verdict, *, events: Sequence[tuple[str, Any, str]] = ()
+    ) -> bool:
+        """Close a job with its verdict and the reputation events it implies.
+
+        `events` are (node_id, assignment_id, kind). Returns False when the job had a
+        verdict already (a redelivery), in which case nothing is written.
+        """
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO verdicts (job_id, status, reason, canonical_result_id, replicas, payload)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (job_id) DO NOTHING RETURNING true
+            """,
+            verdict.job_id,
+            verdict.status,
+            verdict.reason,
+            verdict.canonical_result_id,
+            verdict.replicas,
+            verdict.model_dump(mode="json"),
+        )
+        if not inserted:
+            return False
+        await conn.execute(
+            "UPDATE jobs SET status = $2, reason = $3, decided_at = now() WHERE job_id = $1",
+            verdict.job_id,
+            verdict.status,
+            verdict.reason,
+        )
+        if events:
+            await conn.execute(
+                """
+                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+                SELECT e.node_id, $1, e.assignment_id, e.kind
+                FROM unnest($2::text[], $3::uuid[], $4::text[]) AS e(node_id, assignment_id, kind)
+                ON CONFLICT (assignment_id) DO NOTHING
+                """,
+                verdict.job_id,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                [e[2] for e in events],
+            )
+        return True
+
+    async def stored_verdict(self, job_id: Any) -> Verdict | None:
+        """The verdict already written for a job, if any."""
+        payload = await self.pool.fetchval("SELECT payload FROM verdicts WHERE job_id = $1", job_id)
+        return None if payload is None else Verdict.model_validate(payload)
+
+    async def mark_published(self, job_ids: Sequence[Any]) -> None:
+        """Record that these verdicts reached the verdicts stream."""
+        if job_ids:
+            await self.pool.execute(
+                "UPDATE verdicts SET published_at = now() WHERE job_id = ANY($1::uuid[])",
+                list(job_ids),
+            )
+
+    async def unpublished_verdicts(self, older_than_s: float, limit: int = 100) -> list[Verdict]:
+        """Verdicts committed but not known to be published (their publisher died)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT payload FROM verdicts
+            WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT $2
+            """,
+            older_than_s,
+            limit,
+        )
+        return [Verdict.model_validate(r["payload"]) for r in rows]

@@ -1,0 +1,1 @@
+"""The router: validates jobs, keeps the node registry, assigns replicas to nodes."""

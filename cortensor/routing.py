@@ -1,0 +1,92 @@
+"""Choosing the nodes for a job: pure policy, no I/O.
+
+Among the live nodes of an eligible class that serve the model, a node's weight is
+its reputation times its spare capacity. k distinct nodes are drawn by weighted
+sampling without replacement (Efraimidis-Spirakis keys), so that good, idle nodes
+are preferred while no node can predict whether it will be checked alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from cortensor.errors import NoEligibleNodes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What a router knows about one node."""
+
+    node_id: str
+    hw_class: str
+    models: frozenset[str]
+    last_seen: float
+    """Monotonic-clock seconds of the node's last heartbeat."""
+    score: float = 0.5
+    capacity: int = 1
+    inflight: int = 0
+    draining: bool = False
+
+    def live(self, now: float, ttl: float) -> bool:
+        """Whether the node announced itself recently and is not leaving."""
+        return not self.draining and now - self.last_seen <= ttl
+
+    @property
+    def spare(self) -> float:
+        """Free share of its capacity, never below a small floor so busy nodes stay eligible."""
+        return max(self.capacity - self.inflight, 0) / self.capacity + 0.05
+
+
+def candidates(
+    nodes: Iterable[NodeView],
+    *,
+    classes: Collection[str],
+    model: str,
+    now: float,
+    ttl: float,
+    exclude: Collection[str] = (),
+) -> list[NodeView]:
+    """The nodes that may take a replica of a job."""
+    return [
+        n
+        for n in nodes
+        if n.hw_class in classes
+        and model in n.models
+        and n.live(now, ttl)
+        and n.node_id not in exclude
+    ]
+
+
+def weight(node: NodeView, temperature: float) -> float:
+    """How strongly a node is preferred; temperature 0 is greedy, higher is flatter."""
+    merit = max(node.score, 1e-6) * node.spare
+    return merit ** (1.0 / temperature) if temperature > 0 else merit
+
+
+def choose(
+    pool: Collection[NodeView],
+    k: int,
+    *,
+    rng: random.Random,
+    temperature: float = 0.5,
+) -> list[NodeView]:
+    """Pick k distinct nodes from the pool, weighted by reputation and spare capacity.
+
+    Raises NoEligibleNodes when the pool has fewer than k nodes.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if len(pool) < k:
+        raise NoEligibleNodes(f"needs {k} distinct live nodes, {len(pool)} eligible")
+    if temperature <= 0:
+        ranked = sorted(pool, key=lambda n: (-weight(n, 0), n.node_id))
+        return ranked[:k]
+    # Efraimidis-Spirakis: key = u^(1/w); the k largest keys are a weighted sample.
+    keyed = [
+        (math.log(max(rng.random(), 1e-300)) / weight(n, temperature), n.node_id, n) for n in pool
+    ]
+    keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [n for _, _, n in keyed[:k]]

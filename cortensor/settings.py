@@ -1,0 +1,66 @@
+"""The one settings object. Every process builds it once and passes it down."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def _default_models_dir() -> Path:
+    return Path.home() / ".local" / "share" / "cortensor" / "models"
+
+
+class Settings(BaseSettings):
+    """Configuration of every Cortensor process, read from `CORTENSOR_*` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CORTENSOR_", frozen=True, extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://127.0.0.1:5432/cortensor"
+    models_dir: Path = Field(default_factory=_default_models_dir)
+    namespace: str = "cortensor"
+    """Prefix of every exchange, queue, subject and stream, so that fleets can share servers."""
+
+    # Jobs. The limits on a job's input are part of its schema (cortensor.schemas).
+    assignment_timeout_s: float = 10.0
+    """How long a node has for one assignment before it is re-routed to another node."""
+
+    # Nodes.
+    heartbeat_interval_s: float = 1.0
+    node_ttl_s: float = 5.0
+    node_prefetch: int = 4
+    node_threads: int = 1
+    inference_threads: int = 1
+
+    # Router and guard.
+    router_prefetch: int = 64
+    sweep_interval_s: float = 0.25
+    registry_refresh_s: float = 1.0
+    routing_temperature: float = 0.5
+    guard_batch: int = 64
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError(
+                "namespace must start with a lower-case letter and hold only a-z, 0-9, '_' or '-'"
+                " (at most 40 characters)"
+            )
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The ledger URL in the form SQLAlchemy and Alembic use (psycopg 3 driver)."""
+        return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", self.database_url)
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The ledger URL in the form asyncpg takes."""
+        return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", self.database_url)

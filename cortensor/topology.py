@@ -1,0 +1,114 @@
+"""The broker topology of brokers/topology.toml, with names resolved for one namespace."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TOPOLOGY_FILE = Path(__file__).resolve().parents[1] / "brokers" / "topology.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """A RabbitMQ exchange."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A RabbitMQ queue and the one binding that feeds it."""
+
+    name: str
+    exchange: str
+    routing_key: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream."""
+
+    name: str
+    subjects: tuple[str, ...]
+    storage: str
+    max_age_s: float
+    duplicate_window_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A durable JetStream pull consumer."""
+
+    stream: str
+    durable: str
+    ack_wait_s: float
+    max_ack_pending: int
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, dict):
+        return {k: _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    return value
+
+
+class Topology:
+    """Every name the processes of one namespace use, read from the topology file."""
+
+    def __init__(self, namespace: str, path: Path = TOPOLOGY_FILE) -> None:
+        with path.open("rb") as f:
+            self._raw: dict[str, Any] = tomllib.load(f)
+        self.namespace = namespace
+        rabbit, nats = self._raw["rabbitmq"], self._raw["nats"]
+        ns = {"ns": namespace}
+        self.hw_classes: tuple[str, ...] = tuple(rabbit["hw_classes"])
+        self.exchanges = tuple(ExchangeSpec(**_fill(e, ns)) for e in rabbit["exchanges"])
+        self.exchanges += tuple(
+            ExchangeSpec(name=self.hw_exchange(c), type="direct") for c in self.hw_classes
+        )
+        self.queues = tuple(QueueSpec(**_fill(q, ns)) for q in rabbit["queues"])
+        self.streams = tuple(
+            StreamSpec(**{**_fill(s, ns), "subjects": tuple(_fill(s["subjects"], ns))})
+            for s in nats["streams"]
+        )
+        self.guard_consumer = ConsumerSpec(**_fill(nats["guard_consumer"], ns))
+        self.jobs_exchange = f"{namespace}.jobs"
+        self.jobs_routing_key = "job"
+        self.router_queue = f"{namespace}.router"
+        self.dead_letter_exchange = f"{namespace}.dlx"
+        self.dead_letter_queue = f"{namespace}.dead"
+        self.results_stream = f"{namespace}-results"
+        self.verdicts_stream = f"{namespace}-verdicts"
+
+    def hw_exchange(self, hw_class: str) -> str:
+        """The direct exchange of a hardware class."""
+        return str(
+            self._raw["rabbitmq"]["hw_exchange"].format(ns=self.namespace, hw_class=hw_class)
+        )
+
+    def node_queue(self, node_id: str, hw_class: str) -> QueueSpec:
+        """The queue a node consumes, bound to its class exchange with its id."""
+        names = {"ns": self.namespace, "node_id": node_id, "hw_class": hw_class}
+        return QueueSpec(**_fill(self._raw["rabbitmq"]["node_queue"], names))
+
+    def _subject(self, key: str, **names: str) -> str:
+        return str(self._raw["nats"]["subjects"][key].format(ns=self.namespace, **names))
+
+    def results_subject(self, job_id: str) -> str:
+        """Where a node publishes its result for a job."""
+        return self._subject("results", job_id=job_id)
+
+    def verdicts_subject(self, job_id: str) -> str:
+        """Where the guard publishes a job's verdict."""
+        return self._subject("verdicts", job_id=job_id)
+
+    def heartbeat_subject(self, node_id: str) -> str:
+        """Where a node announces itself; `*` as node id subscribes to every node."""
+        return self._subject("heartbeat", node_id=node_id)

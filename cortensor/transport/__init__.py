@@ -1,0 +1,1 @@
+"""Thin adapters over the brokers. The RabbitMQ and NATS adapters never import each other."""
