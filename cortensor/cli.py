@@ -41,7 +41,7 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -92,25 +92,11 @@ def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @brokers_app.command("setup")
 def brokers_setup() -> None:
     """Declare exchanges, queues and JetStream streams (idempotent)."""
-    from cortensor.topology import Topology
-    from cortensor.transport import amqp, jetstream
+    from cortensor.provision import setup_brokers
 
     settings = _settings()
-    topology = Topology(settings.namespace)
-
-    async def setup() -> list[str]:
-        connection = await amqp.connect(settings.amqp_url)
-        async with connection:
-            declared = await amqp.apply_topology(await connection.channel(), topology)
-        nc = await jetstream.connect(settings.nats_url, name="cortensor-setup")
-        try:
-            declared += await jetstream.apply_streams(nc.jetstream(), topology)
-        finally:
-            await nc.drain()
-        return declared
-
-    for line in _run(setup()):
-        out.print(f"  {line}")
+    for line in _run(setup_brokers(settings)):
+        out.print(f"  {line}", markup=False)
     out.print(f"[green]broker topology applied[/green] (namespace {settings.namespace})")
 
 

@@ -119,3 +119,12 @@ def current(settings: Settings) -> str | None:
         raise LedgerUnavailable(f"cannot reach the ledger: {exc.orig}") from exc
     finally:
         engine.dispose()
+
+
+def drop_database(settings: Settings) -> None:
+    """Drop the ledger database, closing its sessions (for tests and throwaway fleets)."""
+    url, name = _target(settings)
+    with _maintenance_connection(url) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

@@ -1,0 +1,143 @@
+"""Running a whole fleet from the Procfile: for the demo, the end-to-end tests and the bench.
+
+`honcho start -c node=N` starts the router, the guard and N nodes exactly as an
+operator would; extra nodes (a dishonest one, say) run beside it as plain processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import psycopg
+
+from cortensor.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCFILE = ROOT / "Procfile"
+
+
+class FleetError(RuntimeError):
+    """The fleet did not come up; the message points at its logs."""
+
+
+class Fleet:
+    """A router, a guard and nodes, as child processes sharing this process's settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nodes: int = 3,
+        extra_nodes: list[list[str]] | None = None,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.nodes = nodes
+        self.extra_nodes = extra_nodes or []
+        self.log_dir = log_dir
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "CORTENSOR_NAMESPACE": settings.namespace,
+            "CORTENSOR_DATABASE_URL": settings.database_url,
+            "CORTENSOR_AMQP_URL": settings.amqp_url,
+            "CORTENSOR_NATS_URL": settings.nats_url,
+            "CORTENSOR_MODELS_DIR": str(settings.models_dir),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self._procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._procs.append((proc, log))
+
+    def start(self) -> None:
+        """Start honcho with the Procfile, then the extra nodes."""
+        bin_dir = Path(sys.executable).parent
+        self._spawn(
+            "honcho",
+            [
+                str(bin_dir / "honcho"),
+                "start",
+                "-f",
+                str(PROCFILE),
+                "-d",
+                str(ROOT),
+                "-c",
+                f"node={self.nodes}",
+            ],
+        )
+        for i, args in enumerate(self.extra_nodes, start=1):
+            self._spawn(f"extra-node-{i}", [str(bin_dir / "cortensor"), "node", *args])
+
+    def live_nodes(self) -> list[str]:
+        """Nodes the router has recorded as up in the last few seconds."""
+        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
+            rows = conn.execute(
+                "SELECT node_id FROM nodes WHERE status = 'up'"
+                " AND last_seen > now() - interval '5 seconds' ORDER BY node_id"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
+        """Wait until every node has announced itself to the router."""
+        expected = self.nodes + len(self.extra_nodes)
+        deadline = time.monotonic() + timeout_s
+        live: list[str] = []
+        while time.monotonic() < deadline:
+            for proc, _ in self._procs:
+                if proc.poll() is not None:
+                    raise FleetError(f"a fleet process exited ({proc.args!r}); see {self.log_dir}")
+            live = self.live_nodes()
+            if len(live) >= expected:
+                return live
+            time.sleep(0.5)
+        raise FleetError(
+            f"{len(live)} of {expected} nodes up after {timeout_s:g}s; see {self.log_dir}"
+        )
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM everything (honcho passes it on), wait, then kill what is left."""
+        for proc, _ in self._procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc, log in self._procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+        self._procs.clear()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""Fixtures shared by every test: isolated namespaces and ledgers on the real services.
+
+Each module that needs services gets its own broker namespace (queues, exchanges,
+subjects and streams all prefixed) and its own PostgreSQL database, migrated before
+its tests and removed after them. A service that is down fails the test; nothing skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cortensor.ledger import migrate
+from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.settings import Settings
+
+
+def unique_name(prefix: str) -> str:
+    """A name no other test run uses."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The prepared models (ops/test prepares them; this only checks they are intact)."""
+    from cortensor.models.prepare import prepare_models
+
+    directory = Settings().models_dir
+    prepare_models(directory, log=lambda _: None)
+    return directory
+
+
+def make_settings(models_dir: Path | None = None, **overrides: object) -> Settings:
+    """Settings for an isolated namespace and database."""
+    base = Settings()
+    values: dict[str, object] = {
+        "namespace": unique_name("t"),
+        "database_url": f"postgresql://127.0.0.1:5432/{unique_name('cortensor_t_')}",
+        "models_dir": models_dir or base.models_dir,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def ledger_settings() -> Iterator[Settings]:
+    """Settings with a freshly migrated ledger database of this module's own."""
+    settings = make_settings()
+    migrate.upgrade(settings)
+    yield settings
+    migrate.drop_database(settings)
+
+
+@pytest.fixture(scope="module")
+def broker_settings(ledger_settings: Settings) -> Iterator[Settings]:
+    """Settings whose namespace has its broker topology applied (and a ledger)."""
+    asyncio.run(setup_brokers(ledger_settings))
+    yield ledger_settings
+    asyncio.run(teardown_brokers(ledger_settings))

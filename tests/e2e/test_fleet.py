@@ -1,0 +1,188 @@
+"""The whole loop on real services: a fleet started from the Procfile, jobs from the SDK.
+
+Three honest nodes (`honcho start -c node=3`) and one node that answers with random
+vectors. Every job must end in a terminal state, every verified embedding must match
+the model run directly, and the ledger must rank the dishonest node below the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import numpy as np
+import pytest
+
+from cortensor.client import Client
+from cortensor.fleet import Fleet
+from cortensor.ledger import migrate
+from cortensor.models.manifest import load_manifest
+from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.reports import node_report
+from cortensor.runtimes.embedding import EmbeddingRuntime
+from cortensor.schemas import MAX_INPUTS, MAX_JOB_BYTES, MAX_TEXT_CHARS, JobRequest
+from cortensor.settings import Settings
+from cortensor.topology import Topology
+from cortensor.transport.amqp import REASON_HEADER
+from tests.conftest import make_settings
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.nats,
+    pytest.mark.postgres,
+    pytest.mark.models,
+]
+
+DISHONEST = "dishonest-random-1"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Quorum queues replicate messages with Raft.",
+    "A guard compares the outputs of redundant replicas.",
+    "PostgreSQL keeps the reputation ledger.",
+    "Hello",
+    "Embeddings map text to vectors of 384 numbers.",
+    "It rained all day in Lisbon.",
+    "Which node answered first does not matter.",
+    "Consensus needs a strict majority of replicas.",
+    "Cheap hardware can still do honest work.",
+]
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Fleet]]:
+    settings = make_settings(models_dir)
+    migrate.upgrade(settings)
+    asyncio.run(setup_brokers(settings))
+    fleet = Fleet(
+        settings,
+        nodes=3,
+        extra_nodes=[["--fault", "random", "--fault-rate", "1.0", "--node-id", DISHONEST]],
+        log_dir=tmp_path_factory.mktemp("fleet-logs"),
+    )
+    nodes: list[str] = []
+    try:
+        fleet.start()
+        nodes = fleet.wait_ready()
+        yield settings, fleet
+    finally:
+        fleet.stop()
+        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in nodes]))
+        migrate.drop_database(settings)
+
+
+def _job(**fields: Any) -> bytes:
+    body = {"job_id": str(uuid.uuid4()), "schema_version": 1, "inputs": ["fine"], **fields}
+    return json.dumps(body).encode()
+
+
+# The bad-input table: each case is a raw message and what the user must be told.
+REJECTED = [
+    ("wrong schema version", _job(schema_version=2), "schema_version"),
+    ("unknown task", _job(task="summarize"), "task"),
+    ("unknown model", _job(model="gpt-9"), "unknown model"),
+    ("unknown hardware class", _job(hw_class="tpu-int4"), "hw_class"),
+    ("empty inputs", _job(inputs=[]), "inputs"),
+    ("blank text", _job(inputs=["ok", "   "]), "blank"),
+    ("text too long", _job(inputs=["x" * (MAX_TEXT_CHARS + 1)]), "inputs.0"),
+    ("too many inputs", _job(inputs=["t"] * (MAX_INPUTS + 1)), "inputs"),
+    ("oversized job", _job(inputs=["y" * 8000] * 140), f"limit of {MAX_JOB_BYTES}"),
+    ("redundancy zero", _job(redundancy=0), "redundancy"),
+    ("redundancy too high", _job(redundancy=99), "redundancy"),
+    ("inputs not a list", _job(inputs="just a string"), "inputs"),
+]
+DEAD_LETTERED = [
+    ("malformed JSON", b'{"job_id": "oops', "not JSON"),
+    ("not an object", b"[1, 2, 3]", "not an object"),
+    ("no job id", json.dumps({"schema_version": 1, "inputs": ["x"]}).encode(), "no job_id"),
+    ("job id not a UUID", _job(job_id="job-1"), "not a UUID"),
+]
+
+
+async def _dead_letters(settings: Settings, count: int) -> list[tuple[bytes, str]]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(Topology(settings.namespace).dead_letter_queue)
+        found: list[tuple[bytes, str]] = []
+        for _ in range(200):
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                if len(found) >= count:
+                    break
+                await asyncio.sleep(0.05)
+                continue
+            found.append((message.body, str(message.headers.get(REASON_HEADER, ""))))
+        return found
+
+
+async def test_bad_input_is_rejected_or_dead_lettered_and_good_jobs_still_pass(
+    fleet: tuple[Settings, Fleet],
+) -> None:
+    settings, _ = fleet
+    async with Client(settings) as client:
+        for name, body, expected in REJECTED:
+            job_id = uuid.UUID(json.loads(body)["job_id"])
+            await client.publish_raw(body, message_id=str(job_id))
+            verdict = await client.wait(job_id, timeout_s=20)
+            assert verdict.status == "rejected", name
+            assert expected in verdict.reason, f"{name}: {verdict.reason}"
+        for _, body, _ in DEAD_LETTERED:
+            await client.publish_raw(body)
+        good = await client.run(JobRequest(inputs=["still working"], redundancy=3), timeout_s=30)
+    assert good.status == "verified"
+    parked = await _dead_letters(settings, len(DEAD_LETTERED))
+    assert len(parked) == len(DEAD_LETTERED)
+    for (name, body, expected), (parked_body, reason) in zip(DEAD_LETTERED, parked, strict=True):
+        assert parked_body == body, name
+        assert expected in reason, f"{name}: {reason}"
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+async def test_thirty_jobs_verified_and_the_dishonest_node_ranks_last(
+    fleet: tuple[Settings, Fleet],
+) -> None:
+    settings, _ = fleet
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} (job {i})" for i in range(30)]
+    jobs = [JobRequest(inputs=[t], redundancy=3, deadline_s=60) for t in texts]
+    async with Client(settings) as client:
+        verdicts = await client.run_many(jobs, timeout_s=90)
+
+    assert {v.status for v in verdicts} <= {"verified", "inconclusive", "failed"}
+    verified = [(j, v) for j, v in zip(jobs, verdicts, strict=True) if v.status == "verified"]
+    assert len(verified) == len(jobs), [v.reason for v in verdicts if v.status != "verified"]
+
+    manifest = load_manifest(settings.models_dir)
+    reference = EmbeddingRuntime.from_manifest(
+        settings.models_dir, manifest.variant_for("all-MiniLM-L6-v2", "cpu-fp32")
+    )
+    for job, verdict in verified:
+        assert DISHONEST not in verdict.agreeing
+        assert verdict.embeddings is not None
+        got = np.asarray(verdict.embeddings, dtype=np.float32)
+        expected = reference.embed(job.inputs)
+        assert got.shape == expected.shape
+        assert float(_cosine(got, expected).min()) >= 0.95
+
+    report = {row["node_id"]: row for row in node_report(settings)}
+    assert DISHONEST in report
+    honest = [row for node, row in report.items() if node != DISHONEST]
+    assert len(honest) == 3
+    cheat = report[DISHONEST]
+    assert cheat["disagreed"] > 0
+    assert cheat["agreed"] == 0
+    assert all(cheat["score"] < row["score"] for row in honest)
+    assert all(row["disagreed"] == 0 and row["agreed"] > 0 for row in honest)
