@@ -15,12 +15,12 @@ from uuid import UUID
 import structlog
 import typer
 from pydantic import TypeAdapter, ValidationError
-from rich.console import Console
 
 from cortensor.errors import CortensorError
 from cortensor.intake import explain
 from cortensor.node.faults import FaultMode
 from cortensor.node.identity import HwChoice
+from cortensor.reports import console
 from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
 from cortensor.settings import Settings
 
@@ -41,8 +41,8 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+out = console()
+err = console(stderr=True)
 SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
 
@@ -306,6 +306,20 @@ def report_nodes(
         out.print_json(json.dumps(rows, default=str))
     else:
         out.print(render_table("Node reputation", rows))
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="Jobs to push through the fleet.")] = 24,
+    redundancy: Annotated[int, typer.Option(help="Replicas per job.")] = 3,
+    log_dir: Annotated[Path, typer.Option(help="Where the fleet writes its logs.")] = Path(
+        "var/demo-logs"
+    ),
+) -> None:
+    """Run the demo: a fleet of 3 honest nodes and 1 dishonest, jobs, results, report."""
+    from cortensor.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), jobs=jobs, redundancy=redundancy, log_dir=log_dir))
 
 
 def main() -> None:

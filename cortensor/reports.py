@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from rich.console import Console
 from rich.table import Table
 
 from cortensor.settings import Settings
@@ -35,10 +38,23 @@ def render_table(title: str, rows: list[dict[str, Any]]) -> Table:
     if not rows:
         table.add_column("(no rows)")
         return table
-    for column in rows[0]:
-        table.add_column(
-            column, justify="right" if isinstance(rows[0][column], int | float) else "left"
-        )
+    for column, value in rows[0].items():
+        numeric = isinstance(value, int | float)
+        table.add_column(column, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        table.add_row(*(_cell(v) for v in row.values()))
     return table
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables when output goes to a file or a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)

@@ -1,0 +1,230 @@
+"""Routing policy: which live, eligible nodes get the replicas of a job."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cortensor.errors import NoEligibleNodes, RetryableError
+from cortensor.routing import NodeView, candidates, choose, weight
+
+MODEL = "all-MiniLM-L6-v2"
+NOW = 1000.0
+TTL = 10.0
+
+
+def node(
+    node_id: str,
+    *,
+    hw_class: str = "cpu-fp32",
+    models: frozenset[str] = frozenset({MODEL}),
+    last_seen: float = NOW,
+    score: float = 0.5,
+    capacity: int = 1,
+    inflight: int = 0,
+    draining: bool = False,
+) -> NodeView:
+    return NodeView(
+        node_id=node_id,
+        hw_class=hw_class,
+        models=models,
+        last_seen=last_seen,
+        score=score,
+        capacity=capacity,
+        inflight=inflight,
+        draining=draining,
+    )
+
+
+def eligible_ids(nodes: list[NodeView], **overrides: object) -> set[str]:
+    options: dict[str, object] = {
+        "classes": ("cpu-fp32", "cpu-int8"),
+        "model": MODEL,
+        "now": NOW,
+        "ttl": TTL,
+    }
+    options.update(overrides)
+    return {n.node_id for n in candidates(nodes, **options)}  # type: ignore[arg-type]
+
+
+# -- candidates ------------------------------------------------------------------------
+
+
+def test_candidates_keep_a_live_node_of_an_eligible_class_serving_the_model() -> None:
+    assert eligible_ids([node("a"), node("b", hw_class="cpu-int8")]) == {"a", "b"}
+
+
+def test_candidates_filter_by_class() -> None:
+    nodes = [node("cpu", hw_class="cpu-fp32"), node("gpu", hw_class="cuda-fp16")]
+    assert eligible_ids(nodes, classes=("cuda-fp16",)) == {"gpu"}
+    assert eligible_ids(nodes, classes=("cpu-fp32",)) == {"cpu"}
+    assert eligible_ids(nodes, classes=()) == set()
+
+
+def test_candidates_filter_by_model() -> None:
+    nodes = [node("has"), node("lacks", models=frozenset({"other-model"}))]
+    assert eligible_ids(nodes) == {"has"}
+    assert eligible_ids(nodes, model="other-model") == {"lacks"}
+
+
+def test_candidates_skip_nodes_whose_heartbeat_is_older_than_the_ttl() -> None:
+    nodes = [
+        node("fresh", last_seen=NOW),
+        node("edge", last_seen=NOW - TTL),
+        node("dead", last_seen=NOW - TTL - 0.001),
+        node("long-dead", last_seen=0.0),
+    ]
+    assert eligible_ids(nodes) == {"fresh", "edge"}
+
+
+def test_candidates_skip_draining_nodes() -> None:
+    nodes = [node("up"), node("leaving", draining=True)]
+    assert eligible_ids(nodes) == {"up"}
+
+
+def test_candidates_honour_exclude() -> None:
+    nodes = [node("a"), node("b"), node("c")]
+    assert eligible_ids(nodes, exclude={"a", "c"}) == {"b"}
+    assert eligible_ids(nodes, exclude=["a", "b", "c"]) == set()
+
+
+def test_live_is_false_for_draining_even_when_fresh() -> None:
+    assert node("x").live(NOW, TTL)
+    assert not node("x", draining=True).live(NOW, TTL)
+    assert not node("x", last_seen=NOW - 60).live(NOW, TTL)
+
+
+def test_spare_capacity_has_a_floor_so_busy_nodes_stay_eligible() -> None:
+    assert node("idle", capacity=4).spare == pytest.approx(1.05)
+    assert node("half", capacity=4, inflight=2).spare == pytest.approx(0.55)
+    assert node("full", capacity=4, inflight=4).spare == pytest.approx(0.05)
+    assert node("over", capacity=4, inflight=9).spare == pytest.approx(0.05)
+
+
+# -- choose ----------------------------------------------------------------------------
+
+
+def test_choose_picks_k_distinct_nodes() -> None:
+    pool = [node(f"n{i}") for i in range(6)]
+    chosen = choose(pool, 3, rng=random.Random(1))
+    ids = [n.node_id for n in chosen]
+    assert len(ids) == 3
+    assert len(set(ids)) == 3
+    assert set(ids) <= {n.node_id for n in pool}
+
+
+def test_choose_takes_the_whole_pool_when_k_equals_its_size() -> None:
+    pool = [node(f"n{i}") for i in range(4)]
+    assert {n.node_id for n in choose(pool, 4, rng=random.Random(0))} == {"n0", "n1", "n2", "n3"}
+
+
+def test_choose_raises_no_eligible_nodes_when_pool_is_smaller_than_k() -> None:
+    pool = [node("a"), node("b")]
+    with pytest.raises(NoEligibleNodes, match="needs 3 distinct live nodes, 2 eligible"):
+        choose(pool, 3, rng=random.Random(0))
+    with pytest.raises(NoEligibleNodes):
+        choose([], 1, rng=random.Random(0))
+
+
+def test_no_eligible_nodes_is_retryable() -> None:
+    # More nodes may join before the deadline, so the router must wait, not fail.
+    assert issubclass(NoEligibleNodes, RetryableError)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_choose_rejects_k_below_one(k: int) -> None:
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        choose([node("a")], k, rng=random.Random(0))
+
+
+def test_temperature_zero_is_greedy_by_score_times_spare() -> None:
+    pool = [
+        node("good-busy", score=0.9, capacity=2, inflight=2),  # 0.9 * 0.05 = 0.045
+        node("good-idle", score=0.9, capacity=2),  # 0.9 * 1.05 = 0.945
+        node("mid-idle", score=0.6, capacity=2),  # 0.6 * 1.05 = 0.63
+        node("mid-half", score=0.8, capacity=2, inflight=1),  # 0.8 * 0.55 = 0.44
+        node("bad-idle", score=0.1, capacity=2),  # 0.1 * 1.05 = 0.105
+    ]
+    for seed in range(5):
+        chosen = choose(pool, 3, rng=random.Random(seed), temperature=0)
+        assert [n.node_id for n in chosen] == ["good-idle", "mid-idle", "mid-half"]
+
+
+def test_temperature_zero_breaks_ties_by_node_id() -> None:
+    pool = [node("c"), node("a"), node("b")]
+    chosen = choose(pool, 2, rng=random.Random(0), temperature=0)
+    assert [n.node_id for n in chosen] == ["a", "b"]
+
+
+def test_weight_prefers_higher_score_and_more_spare_capacity() -> None:
+    assert weight(node("hi", score=0.9), 0.5) > weight(node("lo", score=0.1), 0.5)
+    assert weight(node("idle", capacity=2), 0.5) > weight(node("busy", capacity=2, inflight=2), 0.5)
+    # A zero score is floored, never zero, so a node can earn its way back.
+    assert weight(node("zero", score=0.0), 0.5) > 0
+
+
+def test_higher_temperature_flattens_the_preference() -> None:
+    hi, lo = node("hi", score=0.9), node("lo", score=0.1)
+    cold = weight(hi, 0.25) / weight(lo, 0.25)
+    warm = weight(hi, 4.0) / weight(lo, 4.0)
+    assert cold > warm > 1.0
+
+
+def test_weighted_draw_prefers_the_good_node_but_still_picks_the_bad_one() -> None:
+    pool = [node("good", score=0.9), node("bad", score=0.1), node("mid", score=0.5)]
+    rng = random.Random(20240501)
+    draws = 2000
+    firsts = Counter(choose(pool, 1, rng=rng)[0].node_id for _ in range(draws))
+    assert firsts["good"] > firsts["mid"] > firsts["bad"]
+    # With weights score^2 (temperature 0.5) the bad node wins about 1% of single draws;
+    # it must win some: otherwise a node could know it is never checked alone.
+    assert firsts["bad"] > 0
+    assert firsts["good"] > draws / 2
+
+
+def test_seeded_rng_makes_the_draw_reproducible() -> None:
+    pool = [node(f"n{i}", score=0.1 + 0.08 * i) for i in range(10)]
+    first = [n.node_id for n in choose(pool, 4, rng=random.Random(7))]
+    again = [n.node_id for n in choose(pool, 4, rng=random.Random(7))]
+    assert first == again
+
+
+_POOL = st.lists(
+    st.builds(
+        node,
+        st.text("abcdefghij0123456789-", min_size=1, max_size=8),
+        score=st.floats(0.0, 1.0),
+        capacity=st.integers(1, 8),
+        inflight=st.integers(0, 12),
+    ),
+    min_size=1,
+    max_size=12,
+    unique_by=lambda n: n.node_id,
+)
+
+
+@given(
+    pool=_POOL,
+    data=st.data(),
+    seed=st.integers(0, 2**32),
+    temperature=st.sampled_from([0.0, 0.1, 0.5, 1.0, 5.0]),
+)
+def test_choose_returns_k_distinct_nodes_from_the_pool(
+    pool: list[NodeView], data: st.DataObject, seed: int, temperature: float
+) -> None:
+    k = data.draw(st.integers(1, len(pool)), label="k")
+    chosen = choose(pool, k, rng=random.Random(seed), temperature=temperature)
+    ids = [n.node_id for n in chosen]
+    assert len(ids) == k
+    assert len(set(ids)) == k
+    assert set(ids) <= {n.node_id for n in pool}
+
+
+@given(pool=_POOL, extra=st.integers(1, 3))
+def test_choose_raises_for_any_k_above_the_pool_size(pool: list[NodeView], extra: int) -> None:
+    with pytest.raises(NoEligibleNodes):
+        choose(pool, len(pool) + extra, rng=random.Random(0))
