@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from uuid import UUID
 
 from nats.js import JetStreamContext
 
@@ -13,26 +14,46 @@ from cortensor.topology import Topology
 from cortensor.transport import jetstream
 
 
-async def publish_verdicts(
-    js: JetStreamContext, topology: Topology, ledger: Ledger, verdicts: Sequence[Verdict]
-) -> None:
-    """Publish verdicts (deduplicated by job id) and record that they went out.
+class Announcer:
+    """Publishes verdicts (deduplicated by job id) and records, in batches, that they went out.
 
     A verdict committed but never published (its publisher died in between) is found
     by `Ledger.unpublished_verdicts` and published again; the stream drops the copy
-    if the first publish did arrive.
+    if the first publish did arrive. Marking is batched off the hot path: a crash
+    before `flush` only means a harmless second publish.
     """
-    if not verdicts:
-        return
-    await asyncio.gather(
-        *(
-            jetstream.publish(
-                js,
-                topology.verdicts_subject(str(v.job_id)),
-                v.model_dump_json().encode(),
-                msg_id=f"verdict-{v.job_id}",
+
+    def __init__(self, js: JetStreamContext, topology: Topology, ledger: Ledger) -> None:
+        self.js, self.topology, self.ledger = js, topology, ledger
+        self._published: list[UUID] = []
+
+    async def publish(self, verdicts: Sequence[Verdict]) -> None:
+        """Publish verdicts and wait for the stream's acks."""
+        if not verdicts:
+            return
+        await asyncio.gather(
+            *(
+                jetstream.publish(
+                    self.js,
+                    self.topology.verdicts_subject(str(v.job_id)),
+                    v.model_dump_json().encode(),
+                    msg_id=f"verdict-{v.job_id}",
+                )
+                for v in verdicts
             )
-            for v in verdicts
         )
-    )
-    await ledger.mark_published([v.job_id for v in verdicts])
+        self._published.extend(v.job_id for v in verdicts)
+
+    async def flush(self) -> None:
+        """Record in the ledger which verdicts went out since the last flush."""
+        done, self._published = self._published, []
+        try:
+            await self.ledger.mark_published(done)
+        except BaseException:
+            self._published.extend(done)
+            raise
+
+    async def republish_stale(self, older_than_s: float) -> None:
+        """Publish again the verdicts whose publication was never recorded."""
+        await self.flush()
+        await self.publish(await self.ledger.unpublished_verdicts(older_than_s))

@@ -35,17 +35,18 @@ class Decision:
 def largest_cluster(replicas: Sequence[Replica], compare: Comparator) -> list[Replica]:
     """The biggest group of replicas that all agree with one member of the group.
 
-    Each valid replica is tried as a centre; its cluster is itself plus every replica
-    that agrees with it. Ties go to the earliest centre, so the order of arrival
-    decides only between equally supported answers.
+    Each valid replica is tried as a centre; its cluster is itself (first) plus every
+    replica that agrees with it, so the canonical answer, the centre, agrees with every
+    member. Ties go to the earliest centre: arrival order decides only between equally
+    supported answers.
     """
     best: list[Replica] = []
     valid = [r for r in replicas if r.error is None]
     for centre in valid:
-        cluster = [
+        cluster = [centre] + [
             r
             for r in valid
-            if r is centre or compare(centre.output, centre.precision, r.output, r.precision)
+            if r is not centre and compare(centre.output, centre.precision, r.output, r.precision)
         ]
         if len(cluster) > len(best):
             best = cluster

@@ -36,7 +36,8 @@ def explain(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "job"
-        parts.append(f"{where}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
@@ -44,8 +45,11 @@ def read_job(body: bytes) -> JobRequest | Rejected | Undeliverable:
     """Classify one message from the jobs queue."""
     try:
         raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Undeliverable(f"message is not JSON ({exc}); publish a JobRequest as UTF-8 JSON")
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer
+        # of more than 4300 digits. Deep nesting exhausts the recursion limit.
+        reason = str(exc)[:200] or type(exc).__name__
+        return Undeliverable(f"message is not usable JSON ({reason}); publish a JobRequest")
     if not isinstance(raw, dict):
         return Undeliverable(
             f"message is JSON {type(raw).__name__}, not an object; publish a JobRequest"

@@ -66,6 +66,11 @@ def weight(node: NodeView, temperature: float) -> float:
     return merit ** (1.0 / temperature) if temperature > 0 else merit
 
 
+def _key(u: float, w: float) -> float:
+    # log(u^(1/w)) = log(u)/w; a weight that underflowed to 0 sorts last.
+    return math.log(max(u, 1e-300)) / w if w > 0 else -math.inf
+
+
 def choose(
     pool: Collection[NodeView],
     k: int,
@@ -85,8 +90,6 @@ def choose(
         ranked = sorted(pool, key=lambda n: (-weight(n, 0), n.node_id))
         return ranked[:k]
     # Efraimidis-Spirakis: key = u^(1/w); the k largest keys are a weighted sample.
-    keyed = [
-        (math.log(max(rng.random(), 1e-300)) / weight(n, temperature), n.node_id, n) for n in pool
-    ]
+    keyed = [(_key(rng.random(), weight(n, temperature)), n.node_id, n) for n in pool]
     keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
     return [n for _, _, n in keyed[:k]]

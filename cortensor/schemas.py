@@ -15,8 +15,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from cortensor.catalog import DEFAULT_MODEL, MODELS, HwClass, HwSpec, Precision, Task
@@ -58,7 +58,9 @@ class JobRequest(Message):
 
     job_id: UUID = Field(default_factory=uuid4)
     task: Task = "embed"
-    model: str = Field(default="", description="Empty means the task's default model.")
+    model: str = Field(
+        default="", validate_default=True, description="Empty means the task's default model."
+    )
     inputs: list[Text] = Field(min_length=1, max_length=MAX_INPUTS)
     redundancy: int = Field(default=3, ge=1, le=MAX_REDUNDANCY)
     hw_class: HwSpec = Field(
@@ -74,16 +76,18 @@ class JobRequest(Message):
             raise ValueError(f"inputs {blank} are blank; every input needs some text")
         return inputs
 
-    @model_validator(mode="after")
-    def _known_model(self) -> JobRequest:
-        if not self.model:
-            object.__setattr__(self, "model", DEFAULT_MODEL[self.task])
-        elif self.model not in MODELS[self.task]:
-            known = ", ".join(MODELS[self.task])
-            raise ValueError(
-                f"unknown model {self.model!r} for task {self.task!r}; use one of: {known}"
-            )
-        return self
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str, info: ValidationInfo) -> str:
+        task = info.data.get("task")
+        if task is None:  # the task itself is invalid; that error says enough
+            return model
+        if not model:
+            return DEFAULT_MODEL[task]
+        if model not in MODELS[task]:
+            known = ", ".join(MODELS[task])
+            raise ValueError(f"unknown model {model!r} for task {task!r}; use one of: {known}")
+        return model
 
 
 class Assignment(Message):

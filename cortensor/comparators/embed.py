@@ -32,12 +32,13 @@ def as_matrix(output: Any) -> NDArray[np.float64] | None:
     """The output as an (n, d) matrix of unit rows, or None when it is not one."""
     try:
         matrix = np.asarray(output, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if matrix.ndim != 2 or matrix.shape[0] == 0 or not np.all(np.isfinite(matrix)):
         return None
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if np.any(norms == 0):
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
         return None
     unit: NDArray[np.float64] = matrix / norms
     return unit

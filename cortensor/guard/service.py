@@ -13,7 +13,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from cortensor.announce import publish_verdicts
+from cortensor.announce import Announcer
 from cortensor.judge import judge
 from cortensor.ledger.judging import GuardLedger
 from cortensor.loops import every
@@ -52,7 +52,7 @@ class Guard:
             for reason in intake.ignored:
                 log.info("result ignored", job_id=str(job_id), reason=reason)
             if intake.verdict is not None:
-                await publish_verdicts(self._js, self.topology, self.ledger, [intake.verdict])
+                await self.announcer.publish([intake.verdict])
                 if intake.new_verdict:
                     v = intake.verdict
                     log.info("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
@@ -79,8 +79,8 @@ class Guard:
         decided = await self.ledger.decide_expired(judge)
         for v in decided:
             log.info("job decided at deadline", job_id=str(v.job_id), status=v.status)
-        stale = await self.ledger.unpublished_verdicts(REPUBLISH_AFTER_S)
-        await publish_verdicts(self._js, self.topology, self.ledger, decided + stale)
+        await self.announcer.publish(decided)
+        await self.announcer.republish_stale(REPUBLISH_AFTER_S)
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
         # Long-poll for one message, then take what is already pending without waiting:
@@ -100,9 +100,10 @@ class Guard:
         s = self.settings
         self.ledger = await GuardLedger.connect(s.asyncpg_dsn, max_size=8)
         nc = await jetstream.connect(s.nats_url, name=self.name)
-        self._js = nc.jetstream()
+        js = nc.jetstream()
+        self.announcer = Announcer(js, self.topology, self.ledger)
         consumer = self.topology.guard_consumer
-        psub = await self._js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
+        psub = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
         sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop))
         log.info("guard ready", consumer=consumer.durable)
         while not stop.is_set():
@@ -110,6 +111,7 @@ class Guard:
             if msgs:
                 await self.take(msgs)
         await sweeper
+        await self.announcer.flush()
         await psub.unsubscribe()
         await nc.drain()
         await self.ledger.close()

@@ -1,25 +1,66 @@
-"""The guard's reads and writes: results in, verdicts and reputation events out."""
+"""The guard's reads and writes: results in, verdicts and reputation events out.
+
+Few round trips on the hot path: one job lock, one statement that stores a batch of
+results, one read of the job's replicas, and one statement that writes the verdict
+with its reputation events.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
-
-import structlog
 
 from cortensor.consensus import Replica
 from cortensor.judge import Case, Event
 from cortensor.ledger.store import Connection, Ledger
 from cortensor.schemas import InferenceResult, Verdict
 
-log = structlog.get_logger(__name__)
-
 TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
-
 
 Judge = Callable[[Case], tuple[Verdict, list[Event]]]
 """A job's case -> its verdict and the reputation events it implies."""
+
+_STORE = """
+WITH incoming AS (
+    SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::float8[])
+         AS r(result_id, assignment_id, node_id, precision, output, error, elapsed_ms)
+), held AS (
+    SELECT i.*, a.status AS held_status
+    FROM incoming i
+    JOIN assignments a
+      ON a.assignment_id = i.assignment_id AND a.job_id = $1 AND a.node_id = i.node_id
+), stored AS (
+    INSERT INTO results (result_id, assignment_id, job_id, node_id, precision, output, error,
+                         elapsed_ms)
+    SELECT result_id, assignment_id, $1, node_id, precision, output::jsonb, error, elapsed_ms
+    FROM held
+    ON CONFLICT DO NOTHING
+    RETURNING assignment_id
+), counted AS (
+    UPDATE assignments SET status = 'done', finished_at = now()
+    WHERE assignment_id IN (SELECT assignment_id FROM stored) AND status = 'assigned'
+    RETURNING assignment_id
+)
+SELECT i.assignment_id,
+       h.assignment_id IS NOT NULL AS held,
+       s.assignment_id IS NOT NULL AS stored,
+       c.assignment_id IS NOT NULL AS counted
+FROM incoming i
+LEFT JOIN held h USING (assignment_id)
+LEFT JOIN stored s USING (assignment_id)
+LEFT JOIN counted c USING (assignment_id)
+"""
+
+_REPLICAS = """
+SELECT a.assignment_id, a.node_id, a.status, r.result_id, r.precision, r.output, r.error
+FROM assignments a LEFT JOIN results r USING (assignment_id)
+WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out')
+ORDER BY r.received_at NULLS LAST, a.assignment_id
+"""
 
 
 @dataclass(slots=True)
@@ -33,50 +74,37 @@ class Intake:
     new_verdict: bool = False
 
 
+def _case(job: Any, rows: Sequence[Any]) -> Case:
+    return Case(
+        job_id=job["job_id"],
+        task=job["task"],
+        model=job["model"],
+        redundancy=job["redundancy"],
+        replicas=[
+            Replica(
+                node_id=r["node_id"],
+                result_id=str(r["result_id"]),
+                precision=r["precision"],
+                output=r["output"],
+                error=r["error"],
+                assignment_id=str(r["assignment_id"]),
+            )
+            for r in rows
+            if r["status"] == "done"
+        ],
+        timed_out=[
+            (str(r["assignment_id"]), r["node_id"]) for r in rows if r["status"] == "timed_out"
+        ],
+    )
+
+
 class GuardLedger(Ledger):
     """Ledger access for guards."""
 
-    async def _load(self, conn: Connection, job_id: UUID) -> Case:
-        job = await conn.fetchrow(
-            "SELECT task, model, redundancy FROM jobs WHERE job_id = $1", job_id
-        )
-        rows = await conn.fetch(
-            """
-            SELECT r.assignment_id, r.result_id, r.node_id, r.precision, r.output, r.error
-            FROM results r JOIN assignments a USING (assignment_id)
-            WHERE r.job_id = $1 AND a.status = 'done'
-            ORDER BY r.received_at, r.result_id
-            """,
-            job_id,
-        )
-        timed_out = await conn.fetch(
-            """
-            SELECT assignment_id, node_id FROM assignments
-            WHERE job_id = $1 AND status = 'timed_out'
-            """,
-            job_id,
-        )
-        return Case(
-            job_id=job_id,
-            task=job["task"],
-            model=job["model"],
-            redundancy=job["redundancy"],
-            replicas=[
-                Replica(
-                    node_id=r["node_id"],
-                    result_id=str(r["result_id"]),
-                    precision=r["precision"],
-                    output=r["output"],
-                    error=r["error"],
-                    assignment_id=str(r["assignment_id"]),
-                )
-                for r in rows
-            ],
-            timed_out=[(str(r["assignment_id"]), r["node_id"]) for r in timed_out],
-        )
-
-    async def _decide(self, conn: Connection, job_id: UUID, judge: Judge) -> Verdict:
-        verdict, events = judge(await self._load(conn, job_id))
+    async def _decide(
+        self, conn: Connection, job: Any, rows: Sequence[Any], judge: Judge
+    ) -> Verdict:
+        verdict, events = judge(_case(job, rows))
         await self.write_verdict(conn, verdict, events=events)
         return verdict
 
@@ -86,70 +114,62 @@ class GuardLedger(Ledger):
         """Store a job's results idempotently; decide the job once all replicas are in.
 
         A result counts only when it answers an assignment of this job held by the
-        node that sent it; others (unassigned nodes, duplicates) change nothing.
+        node that sent it. Results from unassigned nodes and duplicates are dropped;
+        a late one (its assignment timed out) is kept for the record but not counted.
+        All of them are reported in `Intake.ignored`.
         """
         intake = Intake()
+        unique: dict[UUID, InferenceResult] = {}
+        for r in results:
+            if r.job_id != job_id or r.assignment_id in unique:
+                intake.ignored.append(f"result {r.result_id} is a duplicate or for another job")
+            else:
+                unique[r.assignment_id] = r
+        batch = list(unique.values())
         async with self.pool.acquire() as conn, conn.transaction():
             job = await conn.fetchrow(
-                "SELECT status, redundancy FROM jobs WHERE job_id = $1 FOR UPDATE", job_id
+                """
+                SELECT job_id, status, task, model, redundancy FROM jobs
+                WHERE job_id = $1 FOR UPDATE
+                """,
+                job_id,
             )
             if job is None:
                 intake.ignored.append(f"job {job_id} is unknown")
                 return intake
-            for result in results:
-                await self._store(conn, result, intake)
+            outcome = await conn.fetch(
+                _STORE,
+                job_id,
+                [r.result_id for r in batch],
+                [r.assignment_id for r in batch],
+                [r.node_id for r in batch],
+                [r.precision for r in batch],
+                # As JSON text: asyncpg would read nested lists as array dimensions.
+                [None if r.embeddings is None else json.dumps(r.embeddings) for r in batch],
+                [r.error for r in batch],
+                [r.elapsed_ms for r in batch],
+            )
+            for row in outcome:
+                if row["counted"]:
+                    intake.stored += 1
+                elif not row["held"]:
+                    intake.ignored.append(
+                        f"assignment {row['assignment_id']}: not held by the node that answered"
+                    )
+                elif not row["stored"]:
+                    intake.ignored.append(f"assignment {row['assignment_id']}: duplicate result")
+                else:
+                    intake.ignored.append(f"assignment {row['assignment_id']}: result too late")
             if job["status"] in TERMINAL:
                 intake.verdict = await self.stored_verdict(job_id)
                 return intake
-            done = await conn.fetchval(
-                "SELECT count(*) FROM assignments WHERE job_id = $1 AND status = 'done'", job_id
-            )
-            if intake.stored and done >= job["redundancy"]:
-                intake.verdict = await self._decide(conn, job_id, judge)
+            if not intake.stored:
+                return intake
+            rows = await conn.fetch(_REPLICAS, job_id)
+            if sum(r["status"] == "done" for r in rows) >= job["redundancy"]:
+                intake.verdict = await self._decide(conn, job, rows, judge)
                 intake.new_verdict = True
         return intake
-
-    async def _store(self, conn: Connection, result: InferenceResult, intake: Intake) -> None:
-        held = await conn.fetchrow(
-            "SELECT node_id, status FROM assignments WHERE assignment_id = $1 AND job_id = $2",
-            result.assignment_id,
-            result.job_id,
-        )
-        if held is None or held["node_id"] != result.node_id:
-            intake.ignored.append(
-                f"result {result.result_id} from {result.node_id}: no such assignment for that node"
-            )
-            return
-        inserted = await conn.fetchval(
-            """
-            INSERT INTO results (result_id, assignment_id, job_id, node_id, precision, output,
-                                 error, elapsed_ms)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT DO NOTHING RETURNING true
-            """,
-            result.result_id,
-            result.assignment_id,
-            result.job_id,
-            result.node_id,
-            result.precision,
-            result.embeddings,
-            result.error,
-            result.elapsed_ms,
-        )
-        if not inserted:
-            intake.ignored.append(f"result for assignment {result.assignment_id} is a duplicate")
-            return
-        if held["status"] == "assigned":
-            await conn.execute(
-                """
-                UPDATE assignments SET status = 'done', finished_at = now()
-                WHERE assignment_id = $1
-                """,
-                result.assignment_id,
-            )
-            intake.stored += 1
-        else:
-            intake.ignored.append(f"result for assignment {result.assignment_id} came too late")
 
     async def decide_expired(self, judge: Judge, limit: int = 50) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has.
@@ -158,20 +178,22 @@ class GuardLedger(Ledger):
         """
         verdicts = []
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
+            jobs = await conn.fetch(
                 """
-                SELECT job_id FROM jobs WHERE status = 'running' AND deadline_at < now()
+                SELECT job_id, task, model, redundancy FROM jobs
+                WHERE status = 'running' AND deadline_at < now()
                 ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED
                 """,
                 limit,
             )
-            for row in rows:
+            for job in jobs:
                 await conn.execute(
                     """
                     UPDATE assignments SET status = 'timed_out', finished_at = now()
                     WHERE job_id = $1 AND status = 'assigned'
                     """,
-                    row["job_id"],
+                    job["job_id"],
                 )
-                verdicts.append(await self._decide(conn, row["job_id"], judge))
+                rows = await conn.fetch(_REPLICAS, job["job_id"])
+                verdicts.append(await self._decide(conn, job, rows, judge))
         return verdicts

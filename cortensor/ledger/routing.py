@@ -110,34 +110,43 @@ class RouterLedger(Ledger):
     async def open_job(
         self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
     ) -> bool:
-        """Write a job and its first assignments in one transaction.
+        """Write a job and its first assignments atomically, in one statement.
 
         With no assignments the job waits for nodes. Returns False when the job
-        exists already (a redelivered or republished message).
+        exists already (a redelivered or republished message); nothing is written then.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                """
+        inserted: bool = await self.pool.fetchval(
+            """
+            WITH job AS (
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
                                   created_at, deadline_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                ON CONFLICT (job_id) DO NOTHING RETURNING true
-                """,
-                job.job_id,
-                job.task,
-                job.model,
-                job.redundancy,
-                job.hw_class,
-                job.inputs,
-                "running" if assignments else "waiting",
-                job.created_at,
-                deadline_at,
+                ON CONFLICT (job_id) DO NOTHING RETURNING job_id
+            ), made AS (
+                INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt,
+                                         deadline_at)
+                SELECT a.assignment_id, job.job_id, a.node_id, a.hw_class, 1, a.deadline_at
+                FROM job, unnest($10::uuid[], $11::text[], $12::text[], $13::timestamptz[])
+                     AS a(assignment_id, node_id, hw_class, deadline_at)
+                RETURNING 1
             )
-            if not inserted:
-                return False
-            if assignments:
-                await _insert_assignments(conn, assignments)
-        return True
+            SELECT EXISTS (SELECT 1 FROM job)
+            """,
+            job.job_id,
+            job.task,
+            job.model,
+            job.redundancy,
+            job.hw_class,
+            job.inputs,
+            "running" if assignments else "waiting",
+            job.created_at,
+            deadline_at,
+            [a.assignment_id for a in assignments],
+            [a.node_id for a in assignments],
+            [a.hw_class for a in assignments],
+            [a.deadline_at for a in assignments],
+        )
+        return inserted
 
     async def reject(self, job_id: UUID, request: dict[str, Any], verdict: Verdict) -> bool:
         """Record a rejected job and its verdict; False when the job id was known already."""
@@ -210,12 +219,16 @@ class RouterLedger(Ledger):
             made: list[Assignment] = []
             failed: list[Verdict] = []
             for job in jobs:
+                if job.deadline_at <= now:
+                    # Too late to start: replicas assigned now could only time out.
+                    outcome = plan(job, job.redundancy)
+                    why = outcome if isinstance(outcome, str) else "no node took it in time"
+                    verdict = fail(job, why)
+                    await self.write_verdict(conn, verdict)
+                    failed.append(verdict)
+                    continue
                 outcome = plan(job, job.redundancy)
                 if isinstance(outcome, str):
-                    if job.deadline_at <= now:
-                        verdict = fail(job, outcome)
-                        await self.write_verdict(conn, verdict)
-                        failed.append(verdict)
                     continue
                 await _insert_assignments(conn, outcome)
                 await conn.execute(

@@ -44,16 +44,30 @@ class Ledger:
     async def write_verdict(
         conn: Connection, verdict: Verdict, *, events: Sequence[tuple[str, Any, str]] = ()
     ) -> bool:
-        """Close a job with its verdict and the reputation events it implies.
+        """Close a job with its verdict and the reputation events it implies (one statement;
+        PostgreSQL runs every data-modifying CTE to completion whether or not it is read).
 
         `events` are (node_id, assignment_id, kind). Returns False when the job had a
         verdict already (a redelivery), in which case nothing is written.
         """
-        inserted = await conn.fetchval(
+        written: bool = await conn.fetchval(
             """
-            INSERT INTO verdicts (job_id, status, reason, canonical_result_id, replicas, payload)
-            VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT (job_id) DO NOTHING RETURNING true
+            WITH verdict AS (
+                INSERT INTO verdicts (job_id, status, reason, canonical_result_id, replicas,
+                                      payload)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (job_id) DO NOTHING RETURNING job_id
+            ), job AS (
+                UPDATE jobs SET status = $2, reason = $3, decided_at = now()
+                WHERE job_id IN (SELECT job_id FROM verdict) RETURNING job_id
+            ), events AS (
+                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+                SELECT e.node_id, v.job_id, e.assignment_id, e.kind
+                FROM verdict v,
+                     unnest($7::text[], $8::uuid[], $9::text[]) AS e(node_id, assignment_id, kind)
+                ON CONFLICT (assignment_id) DO NOTHING RETURNING 1
+            )
+            SELECT EXISTS (SELECT 1 FROM verdict)
             """,
             verdict.job_id,
             verdict.status,
@@ -61,29 +75,11 @@ class Ledger:
             verdict.canonical_result_id,
             verdict.replicas,
             verdict.model_dump(mode="json"),
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
         )
-        if not inserted:
-            return False
-        await conn.execute(
-            "UPDATE jobs SET status = $2, reason = $3, decided_at = now() WHERE job_id = $1",
-            verdict.job_id,
-            verdict.status,
-            verdict.reason,
-        )
-        if events:
-            await conn.execute(
-                """
-                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-                SELECT e.node_id, $1, e.assignment_id, e.kind
-                FROM unnest($2::text[], $3::uuid[], $4::text[]) AS e(node_id, assignment_id, kind)
-                ON CONFLICT (assignment_id) DO NOTHING
-                """,
-                verdict.job_id,
-                [e[0] for e in events],
-                [e[1] for e in events],
-                [e[2] for e in events],
-            )
-        return True
+        return written
 
     async def stored_verdict(self, job_id: Any) -> Verdict | None:
         """The verdict already written for a job, if any."""

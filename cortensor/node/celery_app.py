@@ -60,7 +60,7 @@ def make_app(service: NodeService) -> Celery:
         broker_transport_options={"confirm_publish": True},
     )
 
-    @app.task(name=TASK_RUN_ASSIGNMENT, acks_late=True)  # type: ignore[untyped-decorator]
+    @app.task(name=TASK_RUN_ASSIGNMENT, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
     def run_assignment(assignment: Any) -> str:
         return service.handle(assignment)
 

@@ -22,10 +22,11 @@ def default_node_id(env: Mapping[str, str] | None = None, hostname: str | None =
     on one host still differ (give --node-id to keep a reputation across restarts).
     """
     env = os.environ if env is None else env
-    host = _UNSAFE.sub("-", (hostname or socket.gethostname()).split(".")[0]).strip("-")
+    host = _UNSAFE.sub("-", (hostname or socket.gethostname()).split(".")[0]).strip("-_")
+    host = host or "host"
     process = env.get("HONCHO_PROCESS_NAME") or f"pid{os.getpid()}"
-    node_id = f"{host or 'host'}-{_UNSAFE.sub('-', process)}".strip("-")
-    return node_id[:64]
+    node_id = f"{host}-{_UNSAFE.sub('-', process)}".strip("-_")
+    return node_id[:64] if node_id else "node"
 
 
 def choose_hw_class(

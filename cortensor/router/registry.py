@@ -33,8 +33,9 @@ class NodeRegistry:
             (entry.beat.hw_class, entry.beat.models, entry.beat.status)
             != (beat.hw_class, beat.models, beat.status)
         )
-        self._nodes[beat.node_id] = _Entry(beat, now, recorded=not changed)
-        return changed
+        recorded = not changed and entry is not None and entry.recorded
+        self._nodes[beat.node_id] = _Entry(beat, now, recorded=recorded)
+        return not recorded
 
     def recorded(self, node_id: str) -> None:
         """The ledger now holds the node."""

@@ -15,7 +15,7 @@ from aio_pika.exceptions import DeliveryError
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from cortensor.announce import publish_verdicts
+from cortensor.announce import Announcer
 from cortensor.catalog import eligible_classes
 from cortensor.errors import NoEligibleNodes
 from cortensor.intake import Rejected, Undeliverable, read_job
@@ -146,7 +146,7 @@ class Router:
         if isinstance(outcome, Rejected):
             verdict = Verdict(job_id=outcome.job_id, status="rejected", reason=outcome.reason)
             if await self.ledger.reject(outcome.job_id, outcome.request, verdict):
-                await publish_verdicts(self._js, self.topology, self.ledger, [verdict])
+                await self.announcer.publish([verdict])
             log.info("job rejected", job_id=str(outcome.job_id), reason=outcome.reason)
             return "rejected"
         return await self.route(outcome)
@@ -210,7 +210,8 @@ class Router:
         made += await self.ledger.reroute_expired(self.plan)
         if made:
             await self.publish_assignments(made)
-        await publish_verdicts(self._js, self.topology, self.ledger, failed)
+        await self.announcer.publish(failed)
+        await self.announcer.flush()
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen."""
@@ -229,7 +230,7 @@ class Router:
                 self.topology.hw_exchange(hw_class)
             )
         nc = await jetstream.connect(s.nats_url, name=self.name)
-        self._js = nc.jetstream()
+        self.announcer = Announcer(nc.jetstream(), self.topology, self.ledger)
         await nc.subscribe(self.topology.heartbeat_subject("*"), cb=self.on_heartbeat)
         await self.refresh()
         queue = await self._channel.get_queue(self.topology.router_queue)
@@ -242,6 +243,7 @@ class Router:
         await stop.wait()
         await queue.cancel(tag)
         await asyncio.gather(*loops)
+        await self.announcer.flush()
         await nc.drain()
         await connection.close()
         await self.ledger.close()

@@ -100,7 +100,8 @@ REJECTED = [
     ("inputs not a list", _job(inputs="just a string"), "inputs"),
 ]
 DEAD_LETTERED = [
-    ("malformed JSON", b'{"job_id": "oops', "not JSON"),
+    ("malformed JSON", b'{"job_id": "oops', "not usable JSON"),
+    ("deeply nested JSON", b"[" * 100_000 + b"]" * 100_000, "not usable JSON"),
     ("not an object", b"[1, 2, 3]", "not an object"),
     ("no job id", json.dumps({"schema_version": 1, "inputs": ["x"]}).encode(), "no job_id"),
     ("job id not a UUID", _job(job_id="job-1"), "not a UUID"),

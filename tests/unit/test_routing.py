@@ -228,3 +228,11 @@ def test_choose_returns_k_distinct_nodes_from_the_pool(
 def test_choose_raises_for_any_k_above_the_pool_size(pool: list[NodeView], extra: int) -> None:
     with pytest.raises(NoEligibleNodes):
         choose(pool, len(pool) + extra, rng=random.Random(0))
+
+
+def test_low_positive_temperature_still_chooses_a_busy_low_score_node() -> None:
+    # merit = max(score, 1e-6) * spare = 1e-6 * 0.05; merit ** (1 / 0.02) == 0.0, and
+    # choose() divides log(u) by it. Any temperature > 0 should still yield k nodes.
+    pool = [node("busy", score=0.0, inflight=1), node("idle", score=0.5)]
+    chosen = choose(pool, 2, rng=random.Random(0), temperature=0.02)
+    assert {n.node_id for n in chosen} == {"busy", "idle"}

@@ -1,0 +1,146 @@
+"""Broker names for one namespace, resolved from brokers/topology.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cortensor.catalog import HW_CLASSES
+from cortensor.topology import TOPOLOGY_FILE, Topology
+
+NS = "unit7"
+
+
+@pytest.fixture(scope="module")
+def topo() -> Topology:
+    return Topology(NS)
+
+
+def every_name(t: Topology) -> set[str]:
+    """Every queue, exchange, stream, consumer and subject name the namespace uses."""
+    names = {e.name for e in t.exchanges}
+    names |= {q.name for q in t.queues}
+    names |= {s.name for s in t.streams}
+    names |= {subject for s in t.streams for subject in s.subjects}
+    names |= {t.guard_consumer.durable, t.guard_consumer.stream}
+    names |= {
+        t.jobs_exchange,
+        t.router_queue,
+        t.dead_letter_exchange,
+        t.dead_letter_queue,
+        t.results_stream,
+        t.verdicts_stream,
+        t.results_subject("job1"),
+        t.verdicts_subject("job1"),
+        t.heartbeat_subject("n1"),
+        t.heartbeat_subject("*"),
+    }
+    spec = t.node_queue("n1", "cpu-fp32")
+    names |= {spec.name, spec.exchange}
+    return names
+
+
+def test_the_topology_file_is_the_one_in_brokers() -> None:
+    assert Path(__file__).resolve().parents[2] / "brokers" / "topology.toml" == TOPOLOGY_FILE
+    assert TOPOLOGY_FILE.is_file()
+
+
+def test_exchanges_include_jobs_dead_letters_and_one_per_hw_class(topo: Topology) -> None:
+    exchanges = {e.name: e.type for e in topo.exchanges}
+    assert exchanges[f"{NS}.jobs"] == "direct"
+    assert exchanges[f"{NS}.dlx"] == "fanout"
+    assert topo.hw_classes == HW_CLASSES
+    for hw_class in HW_CLASSES:
+        assert exchanges[f"{NS}.hw.{hw_class}"] == "direct"
+        assert topo.hw_exchange(hw_class) == f"{NS}.hw.{hw_class}"
+    assert len(exchanges) == len(topo.exchanges) == 2 + len(HW_CLASSES)
+
+
+def test_shortcut_names_match_the_declared_ones(topo: Topology) -> None:
+    exchanges = {e.name for e in topo.exchanges}
+    queues = {q.name for q in topo.queues}
+    assert {topo.jobs_exchange, topo.dead_letter_exchange} <= exchanges
+    assert {topo.router_queue, topo.dead_letter_queue} <= queues
+    assert {s.name for s in topo.streams} == {topo.results_stream, topo.verdicts_stream}
+
+
+def test_router_queue_is_a_quorum_queue_that_dead_letters(topo: Topology) -> None:
+    router = next(q for q in topo.queues if q.name == f"{NS}.router")
+    assert router.exchange == topo.jobs_exchange
+    assert router.routing_key == topo.jobs_routing_key == "job"
+    assert router.arguments["x-queue-type"] == "quorum"
+    assert router.arguments["x-dead-letter-exchange"] == f"{NS}.dlx"
+    assert router.arguments["x-delivery-limit"] == 5
+
+
+def test_dead_letter_queue_is_bound_to_the_dead_letter_exchange(topo: Topology) -> None:
+    dead = next(q for q in topo.queues if q.name == topo.dead_letter_queue)
+    assert dead.name == f"{NS}.dead"
+    assert dead.exchange == topo.dead_letter_exchange
+    assert dead.arguments["x-queue-type"] == "quorum"
+    # A dead-letter queue must not dead-letter into itself.
+    assert "x-dead-letter-exchange" not in dead.arguments
+
+
+@pytest.mark.parametrize("hw_class", HW_CLASSES)
+def test_node_queue_is_bound_to_its_class_exchange_with_its_id(
+    topo: Topology, hw_class: str
+) -> None:
+    spec = topo.node_queue("host-node-2", hw_class)
+    assert spec.name == f"{NS}.node.host-node-2"
+    assert spec.exchange == f"{NS}.hw.{hw_class}" == topo.hw_exchange(hw_class)
+    assert spec.routing_key == "host-node-2"
+    assert spec.arguments == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": f"{NS}.dlx",
+        "x-delivery-limit": 5,
+    }
+
+
+def test_subjects(topo: Topology) -> None:
+    assert topo.results_subject("j1") == f"{NS}.results.j1"
+    assert topo.verdicts_subject("j1") == f"{NS}.verdicts.j1"
+    assert topo.heartbeat_subject("n1") == f"{NS}.nodes.n1.heartbeat"
+    assert topo.heartbeat_subject("*") == f"{NS}.nodes.*.heartbeat"
+
+
+def test_streams_capture_their_subjects(topo: Topology) -> None:
+    streams = {s.name: s for s in topo.streams}
+    results, verdicts = streams[f"{NS}-results"], streams[f"{NS}-verdicts"]
+    assert results.subjects == (f"{NS}.results.>",)
+    assert verdicts.subjects == (f"{NS}.verdicts.>",)
+    assert results.storage == verdicts.storage == "file"
+    assert results.max_age_s == 7 * 24 * 3600
+    assert verdicts.max_age_s == 30 * 24 * 3600
+    assert results.duplicate_window_s == 300
+    # Verdicts are kept longer than the results they were decided from.
+    assert verdicts.max_age_s > results.max_age_s
+
+
+def test_guard_consumer_pulls_from_the_results_stream(topo: Topology) -> None:
+    consumer = topo.guard_consumer
+    assert consumer.stream == topo.results_stream
+    assert consumer.durable == f"{NS}-guard"
+    assert consumer.ack_wait_s == 30
+    assert consumer.max_ack_pending == 1000
+
+
+def test_every_name_carries_the_namespace(topo: Topology) -> None:
+    for name in every_name(topo):
+        assert name.startswith((f"{NS}.", f"{NS}-")), name
+
+
+def test_a_different_namespace_shares_no_names(topo: Topology) -> None:
+    other = Topology("unit8")
+    assert every_name(topo).isdisjoint(every_name(other))
+    assert other.namespace == "unit8"
+
+
+def test_a_custom_topology_file_is_read(tmp_path: Path) -> None:
+    text = TOPOLOGY_FILE.read_text().replace(
+        'hw_exchange = "{ns}.hw.{hw_class}"', 'hw_exchange = "{ns}.class.{hw_class}"'
+    )
+    custom = tmp_path / "topology.toml"
+    custom.write_text(text)
+    assert Topology(NS, custom).hw_exchange("cpu-int8") == f"{NS}.class.cpu-int8"
