@@ -57,3 +57,20 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         **common,
     )
     return verdict, events
+
+
+def score_late(task: str, canonical: Replica, late: list[Replica]) -> list[Event]:
+    """Events for replicas that arrived after their job was verified: each is held
+    against the canonical answer, so a node cannot dodge a check by being slow."""
+    compare = COMPARATORS[task]
+    return [
+        (
+            r.node_id,
+            r.assignment_id,
+            "agreed"
+            if r.error is None
+            and compare(canonical.output, canonical.precision, r.output, r.precision)
+            else "disagreed",
+        )
+        for r in late
+    ]

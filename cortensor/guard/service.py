@@ -77,6 +77,7 @@ class Guard:
     async def sweep(self) -> None:
         """Decide jobs past their deadline; publish verdicts whose publisher died."""
         decided = await self.ledger.decide_expired(judge)
+        await self.ledger.expire_stragglers()
         for v in decided:
             log.info("job decided at deadline", job_id=str(v.job_id), status=v.status)
         await self.announcer.publish(decided)

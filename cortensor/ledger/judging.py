@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from cortensor.consensus import Replica
-from cortensor.judge import Case, Event
+from cortensor.judge import Case, Event, score_late
 from cortensor.ledger.store import Connection, Ledger
 from cortensor.schemas import InferenceResult, Verdict
 
@@ -74,24 +74,24 @@ class Intake:
     new_verdict: bool = False
 
 
+def _replica(row: Any) -> Replica:
+    return Replica(
+        node_id=row["node_id"],
+        result_id=str(row["result_id"]),
+        precision=row["precision"],
+        output=row["output"],
+        error=row.get("error"),
+        assignment_id=str(row["assignment_id"]),
+    )
+
+
 def _case(job: Any, rows: Sequence[Any]) -> Case:
     return Case(
         job_id=job["job_id"],
         task=job["task"],
         model=job["model"],
         redundancy=job["redundancy"],
-        replicas=[
-            Replica(
-                node_id=r["node_id"],
-                result_id=str(r["result_id"]),
-                precision=r["precision"],
-                output=r["output"],
-                error=r["error"],
-                assignment_id=str(r["assignment_id"]),
-            )
-            for r in rows
-            if r["status"] == "done"
-        ],
+        replicas=[_replica(r) for r in rows if r["status"] == "done"],
         timed_out=[
             (str(r["assignment_id"]), r["node_id"]) for r in rows if r["status"] == "timed_out"
         ],
@@ -149,9 +149,11 @@ class GuardLedger(Ledger):
                 [r.error for r in batch],
                 [r.elapsed_ms for r in batch],
             )
+            counted: list[UUID] = []
             for row in outcome:
                 if row["counted"]:
                     intake.stored += 1
+                    counted.append(row["assignment_id"])
                 elif not row["held"]:
                     intake.ignored.append(
                         f"assignment {row['assignment_id']}: not held by the node that answered"
@@ -161,15 +163,67 @@ class GuardLedger(Ledger):
                 else:
                     intake.ignored.append(f"assignment {row['assignment_id']}: result too late")
             if job["status"] in TERMINAL:
+                if intake.stored:
+                    await self._score_late(conn, job, counted)
                 intake.verdict = await self.stored_verdict(job_id)
                 return intake
             if not intake.stored:
                 return intake
-            rows = await conn.fetch(_REPLICAS, job_id)
-            if sum(r["status"] == "done" for r in rows) >= job["redundancy"]:
-                intake.verdict = await self._decide(conn, job, rows, judge)
-                intake.new_verdict = True
+            # Decide as soon as the outcome is certain: all replicas are in, or a strict
+            # majority already agrees (no replica still out could change the answer).
+            case = _case(job, await conn.fetch(_REPLICAS, job_id))
+            verdict, events = judge(case)
+            if verdict.status == "verified" or len(case.replicas) >= job["redundancy"]:
+                await self.write_verdict(conn, verdict, events=events)
+                intake.verdict, intake.new_verdict = verdict, True
         return intake
+
+    async def _score_late(self, conn: Connection, job: Any, counted: list[UUID]) -> None:
+        canonical = await conn.fetchrow(
+            """
+            SELECT r.node_id, r.result_id, r.assignment_id, r.precision, r.output
+            FROM verdicts v JOIN results r ON r.result_id = v.canonical_result_id
+            WHERE v.job_id = $1
+            """,
+            job["job_id"],
+        )
+        if canonical is None:  # not verified: nothing to hold late replicas against
+            return
+        late = [r for r in _case(job, await conn.fetch(_REPLICAS, job["job_id"])).replicas]
+        late = [r for r in late if UUID(r.assignment_id) in counted]
+        events = score_late(job["task"], _replica(canonical), late)
+        await self.add_events(conn, job["job_id"], events)
+
+    async def expire_stragglers(self, limit: int = 500) -> int:
+        """Charge nodes that never answered a job decided without them.
+
+        A job is verified as soon as a strict majority agrees; a replica still out
+        when its own deadline passes is timed out and charged like any other.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                WITH late AS (
+                    SELECT a.assignment_id FROM assignments a JOIN jobs j USING (job_id)
+                    WHERE a.status = 'assigned' AND a.deadline_at < now()
+                      AND j.status NOT IN ('waiting', 'running')
+                    ORDER BY a.deadline_at LIMIT $1
+                    FOR UPDATE OF a SKIP LOCKED
+                )
+                UPDATE assignments a SET status = 'timed_out', finished_at = now()
+                FROM late WHERE a.assignment_id = late.assignment_id
+                RETURNING a.assignment_id, a.node_id, a.job_id
+                """,
+                limit,
+            )
+            for job_id in {r["job_id"] for r in rows}:
+                events = [
+                    (r["node_id"], r["assignment_id"], "timed_out")
+                    for r in rows
+                    if r["job_id"] == job_id
+                ]
+                await self.add_events(conn, job_id, events)
+        return len(rows)
 
     async def decide_expired(self, judge: Judge, limit: int = 50) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has.

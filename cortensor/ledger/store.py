@@ -81,6 +81,25 @@ class Ledger:
         )
         return written
 
+    @staticmethod
+    async def add_events(
+        conn: Connection, job_id: Any, events: Sequence[tuple[str, Any, str]]
+    ) -> None:
+        """Append reputation events (node_id, assignment_id, kind); one per assignment."""
+        if events:
+            await conn.execute(
+                """
+                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+                SELECT e.node_id, $1, e.assignment_id, e.kind
+                FROM unnest($2::text[], $3::uuid[], $4::text[]) AS e(node_id, assignment_id, kind)
+                ON CONFLICT (assignment_id) DO NOTHING
+                """,
+                job_id,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                [e[2] for e in events],
+            )
+
     async def stored_verdict(self, job_id: Any) -> Verdict | None:
         """The verdict already written for a job, if any."""
         payload = await self.pool.fetchval("SELECT payload FROM verdicts WHERE job_id = $1", job_id)

@@ -399,7 +399,7 @@ async def test_reject_of_a_known_job_changes_nothing(router: RouterLedger) -> No
 # -- the guard: results in, verdicts and reputation out -------------------------------------
 
 
-async def test_a_job_is_decided_once_all_replicas_are_in(
+async def test_a_job_is_decided_once_a_strict_majority_agrees(
     router: RouterLedger, guard: GuardLedger
 ) -> None:
     running = await open_running(router)
@@ -408,34 +408,84 @@ async def test_a_job_is_decided_once_all_replicas_are_in(
     truth = embeddings()
     ra, rb, rc = (result_for(running.of(n), truth) for n in running.nodes)
 
-    first = await guard.take_results(job_id, [ra, rb], judge)
+    first = await guard.take_results(job_id, [ra], judge)
 
-    assert (first.stored, first.ignored, first.verdict, first.new_verdict) == (2, [], None, False)
+    assert (first.stored, first.ignored, first.verdict, first.new_verdict) == (1, [], None, False)
     assert await job_status(guard, job_id) == "running"
-    assert await statuses(guard, job_id) == {a: "done", b: "done", c: "assigned"}
     assert await events_of(guard, job_id) == {}
 
-    last = await guard.take_results(job_id, [rc], judge)
+    second = await guard.take_results(job_id, [rb], judge)
 
-    assert last.stored == 1
-    assert last.new_verdict is True
-    verdict = last.verdict
+    assert second.stored == 1
+    assert second.new_verdict is True
+    verdict = second.verdict
     assert verdict is not None
     assert verdict.status == "verified"
-    assert verdict.reason == "3 of 3 replicas agree"
-    assert sorted(verdict.agreeing) == sorted(running.nodes)
-    assert (verdict.disagreeing, verdict.timed_out, verdict.replicas) == ([], [], 3)
-    assert verdict.canonical_result_id in {ra.result_id, rb.result_id, rc.result_id}
+    assert verdict.reason == "2 of 3 replicas agree"
+    assert sorted(verdict.agreeing) == sorted([a, b])
+    assert (verdict.disagreeing, verdict.timed_out, verdict.replicas) == ([], [], 2)
+    assert verdict.canonical_result_id in {ra.result_id, rb.result_id}
     assert verdict.embeddings == truth
     assert await guard.stored_verdict(job_id) == verdict
     row = await guard.pool.fetchrow("SELECT status, decided_at FROM jobs WHERE job_id = $1", job_id)
     assert row["status"] == "verified"
     assert row["decided_at"] is not None
+    assert await statuses(guard, job_id) == {a: "done", b: "done", c: "assigned"}
+    assert await events_of(guard, job_id) == {
+        n: ("agreed", running.of(n).assignment_id) for n in (a, b)
+    }
+
+    # The third replica still counts: it is held against the canonical answer.
+    last = await guard.take_results(job_id, [rc], judge)
+
+    assert (last.stored, last.new_verdict, last.verdict) == (1, False, verdict)
     assert await events_of(guard, job_id) == {
         n: ("agreed", running.of(n).assignment_id) for n in running.nodes
     }
     stats = await router.node_stats()
     assert {stats[n] for n in running.nodes} == {NodeStats(score(Record(agreed=1)), 0)}
+
+
+async def test_a_late_liar_is_charged_after_the_verdict(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    running = await open_running(router)
+    job_id = running.job.job_id
+    a, b, liar = running.nodes
+    truth = embeddings()
+    await guard.take_results(
+        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)], judge
+    )
+
+    late = await guard.take_results(job_id, [result_for(running.of(liar), embeddings())], judge)
+
+    assert late.new_verdict is False
+    assert late.verdict is not None
+    assert late.verdict.status == "verified"
+    assert (await events_of(guard, job_id))[liar] == ("disagreed", running.of(liar).assignment_id)
+
+
+async def test_a_split_waits_for_the_deciding_replica(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    running = await open_running(router)
+    job_id = running.job.job_id
+    honest, liar, third = running.nodes
+    truth = embeddings()
+
+    split = await guard.take_results(
+        job_id,
+        [result_for(running.of(honest), truth), result_for(running.of(liar), embeddings())],
+        judge,
+    )
+    assert (split.stored, split.verdict) == (2, None)
+
+    decided = await guard.take_results(job_id, [result_for(running.of(third), truth)], judge)
+
+    assert decided.verdict is not None
+    assert decided.verdict.status == "verified"
+    assert sorted(decided.verdict.agreeing) == sorted([honest, third])
+    assert decided.verdict.disagreeing == [liar]
 
 
 async def test_results_after_the_verdict_return_it_and_write_nothing(
@@ -707,20 +757,24 @@ async def test_decide_expired_with_one_of_three_results_is_inconclusive(own: Led
     }
 
 
-async def test_decide_expired_with_two_agreeing_results_verifies(own: Ledgers) -> None:
-    running = await open_running(own.router, deadline_at=in_s(-1))
+async def test_a_silent_replica_of_a_decided_job_is_charged_at_its_deadline(
+    own: Ledgers,
+) -> None:
+    running = await open_running(own.router, assignment_deadline_at=in_s(-1))
     job_id = running.job.job_id
     a, b, silent = running.nodes
     truth = embeddings()
-    await own.guard.take_results(
+    intake = await own.guard.take_results(
         job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)], judge
     )
+    assert intake.verdict is not None
+    assert intake.verdict.status == "verified"
+    assert await own.guard.decide_expired(judge) == []
 
-    [verdict] = await own.guard.decide_expired(judge)
+    assert await own.guard.expire_stragglers() == 1
+    assert await own.guard.expire_stragglers() == 0
 
-    assert verdict.status == "verified"
-    assert sorted(verdict.agreeing) == sorted([a, b])
-    assert verdict.timed_out == [silent]
+    assert await statuses(own.guard, job_id) == {a: "done", b: "done", silent: "timed_out"}
     assert await events_of(own.guard, job_id) == {
         a: ("agreed", running.of(a).assignment_id),
         b: ("agreed", running.of(b).assignment_id),

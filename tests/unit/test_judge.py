@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from cortensor.consensus import Replica
-from cortensor.judge import Case, judge
+from cortensor.judge import Case, judge, score_late
 from cortensor.schemas import Verdict
 
 MODEL = "all-MiniLM-L6-v2"
@@ -128,3 +128,17 @@ def test_one_event_per_replica_with_its_own_assignment_id() -> None:
 def test_verdict_survives_a_json_round_trip() -> None:
     verdict, _ = judge(case([replica("a"), replica("b"), replica("c")]))
     assert Verdict.model_validate_json(verdict.model_dump_json()) == verdict
+
+
+def test_late_replicas_are_held_against_the_canonical_answer() -> None:
+    canonical = replica("a")
+    late = [replica("b"), replica("liar", LIE), replica("broken", error="oom")]
+
+    events = score_late("embed", canonical, late)
+
+    assert [(node, kind) for node, _, kind in events] == [
+        ("b", "agreed"),
+        ("liar", "disagreed"),
+        ("broken", "disagreed"),
+    ]
+    assert [assignment for _, assignment, _ in events] == [r.assignment_id for r in late]
