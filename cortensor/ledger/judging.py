@@ -165,7 +165,7 @@ class GuardLedger(Ledger):
             if job["status"] in TERMINAL:
                 if intake.stored:
                     await self._score_late(conn, job, counted)
-                intake.verdict = await self.stored_verdict(job_id)
+                intake.verdict = await self.stored_verdict(job_id, conn)
                 return intake
             if not intake.stored:
                 return intake

@@ -100,9 +100,14 @@ class Ledger:
                 [e[2] for e in events],
             )
 
-    async def stored_verdict(self, job_id: Any) -> Verdict | None:
-        """The verdict already written for a job, if any."""
-        payload = await self.pool.fetchval("SELECT payload FROM verdicts WHERE job_id = $1", job_id)
+    async def stored_verdict(self, job_id: Any, conn: Connection | None = None) -> Verdict | None:
+        """The verdict already written for a job, if any.
+
+        Pass the connection of a transaction in progress: taking a second one from the
+        pool while holding the first deadlocks once every connection is held that way.
+        """
+        query = "SELECT payload FROM verdicts WHERE job_id = $1"
+        payload = await (conn or self.pool).fetchval(query, job_id)
         return None if payload is None else Verdict.model_validate(payload)
 
     async def mark_published(self, job_ids: Sequence[Any]) -> None:

@@ -201,7 +201,7 @@ class Router:
             await self.ledger.upsert_nodes([beat])
             self.registry.recorded(beat.node_id)
             log.info(
-                "node joined", node_id=beat.node_id, hw_class=beat.hw_class, status=beat.status
+                "node announced", node_id=beat.node_id, hw_class=beat.hw_class, status=beat.status
             )
 
     async def sweep(self) -> None:

@@ -979,3 +979,32 @@ async def test_unpublished_verdicts_until_marked_published(own: Ledgers) -> None
         "SELECT job_id FROM verdicts WHERE published_at IS NOT NULL"
     )
     assert {r["job_id"] for r in published} == set(ids[:2])
+
+
+async def test_late_results_for_many_decided_jobs_at_once_do_not_exhaust_the_pool(
+    own_database: Settings,
+) -> None:
+    # Every job's third replica arrives after the verdict; the guard takes many jobs at
+    # once. Holding one connection while asking the pool for another would deadlock as
+    # soon as there are more such jobs than connections.
+    router = await RouterLedger.connect(own_database.asyncpg_dsn)
+    guard = await GuardLedger.connect(own_database.asyncpg_dsn, max_size=2)
+    try:
+        jobs = [await open_running(router) for _ in range(6)]
+        late = []
+        for running in jobs:
+            truth = embeddings()
+            first, second, third = (result_for(running.of(n), truth) for n in running.nodes)
+            await guard.take_results(running.job.job_id, [first, second], judge)
+            late.append((running.job.job_id, third))
+
+        intakes = await asyncio.wait_for(
+            asyncio.gather(*(guard.take_results(job_id, [r], judge) for job_id, r in late)),
+            timeout=20,
+        )
+
+        assert [i.stored for i in intakes] == [1] * len(late)
+        assert all(i.verdict is not None and i.verdict.status == "verified" for i in intakes)
+    finally:
+        await guard.close()
+        await router.close()
