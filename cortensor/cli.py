@@ -47,14 +47,15 @@ SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    level = logging.getLevelNamesMapping().get(_settings().log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.dev.ConsoleRenderer(colors=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
 

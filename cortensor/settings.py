@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     namespace: str = "cortensor"
     """Prefix of every exchange, queue, subject and stream, so that fleets can share servers."""
 
+    log_level: str = "INFO"
+    """Level of the services' logs: DEBUG adds a line per job."""
+
     # Jobs. The limits on a job's input are part of its schema (cortensor.schemas).
     assignment_timeout_s: float = 10.0
     """How long a node has for one assignment before it is re-routed to another node."""

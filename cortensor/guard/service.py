@@ -55,7 +55,9 @@ class Guard:
                 await self.announcer.publish([intake.verdict])
                 if intake.new_verdict:
                     v = intake.verdict
-                    log.info("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
+                    # One line per job would cost more than the decision; only surprises.
+                    report = log.debug if v.status == "verified" else log.warning
+                    report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
         except Exception:
             log.exception("results not stored; redelivery requested", job_id=str(job_id))
             await asyncio.gather(*(m.nak(delay=1.0) for m, _ in batch))
@@ -79,7 +81,9 @@ class Guard:
         decided = await self.ledger.decide_expired(judge)
         await self.ledger.expire_stragglers()
         for v in decided:
-            log.info("job decided at deadline", job_id=str(v.job_id), status=v.status)
+            log.info(
+                "job decided at deadline", job_id=str(v.job_id), status=v.status, reason=v.reason
+            )
         await self.announcer.publish(decided)
         await self.announcer.republish_stale(REPUBLISH_AFTER_S)
 

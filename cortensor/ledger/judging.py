@@ -58,9 +58,10 @@ LEFT JOIN counted c USING (assignment_id)
 _REPLICAS = """
 SELECT a.assignment_id, a.node_id, a.status, r.result_id, r.precision, r.output, r.error
 FROM assignments a LEFT JOIN results r USING (assignment_id)
-WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out')
+WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out') AND a.assignment_id <> ALL($2::uuid[])
 ORDER BY r.received_at NULLS LAST, a.assignment_id
 """
+"""A job's counted and timed-out replicas, except those in hand (no need to read them back)."""
 
 
 @dataclass(slots=True)
@@ -85,13 +86,24 @@ def _replica(row: Any) -> Replica:
     )
 
 
-def _case(job: Any, rows: Sequence[Any]) -> Case:
+def _in_hand(result: InferenceResult) -> Replica:
+    return Replica(
+        node_id=result.node_id,
+        result_id=str(result.result_id),
+        precision=result.precision,
+        output=result.embeddings,
+        error=result.error,
+        assignment_id=str(result.assignment_id),
+    )
+
+
+def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
     return Case(
         job_id=job["job_id"],
         task=job["task"],
         model=job["model"],
         redundancy=job["redundancy"],
-        replicas=[_replica(r) for r in rows if r["status"] == "done"],
+        replicas=[_replica(r) for r in rows if r["status"] == "done"] + list(fresh),
         timed_out=[
             (str(r["assignment_id"]), r["node_id"]) for r in rows if r["status"] == "timed_out"
         ],
@@ -104,14 +116,15 @@ class GuardLedger(Ledger):
     async def _decide(
         self, conn: Connection, job: Any, rows: Sequence[Any], judge: Judge
     ) -> Verdict:
-        verdict, events = judge(_case(job, rows))
+        verdict, events = judge(_case(job, rows))  # rows: every replica, none in hand
         await self.write_verdict(conn, verdict, events=events)
         return verdict
 
     async def take_results(
         self, job_id: UUID, results: Sequence[InferenceResult], judge: Judge
     ) -> Intake:
-        """Store a job's results idempotently; decide the job once all replicas are in.
+        """Store a job's results idempotently; decide the job as soon as its outcome is
+        certain: every replica is in, or a strict majority already agrees.
 
         A result counts only when it answers an assignment of this job held by the
         node that sent it. Results from unassigned nodes and duplicates are dropped;
@@ -149,11 +162,11 @@ class GuardLedger(Ledger):
                 [r.error for r in batch],
                 [r.elapsed_ms for r in batch],
             )
-            counted: list[UUID] = []
+            counted: set[UUID] = set()
             for row in outcome:
                 if row["counted"]:
                     intake.stored += 1
-                    counted.append(row["assignment_id"])
+                    counted.add(row["assignment_id"])
                 elif not row["held"]:
                     intake.ignored.append(
                         f"assignment {row['assignment_id']}: not held by the node that answered"
@@ -162,23 +175,24 @@ class GuardLedger(Ledger):
                     intake.ignored.append(f"assignment {row['assignment_id']}: duplicate result")
                 else:
                     intake.ignored.append(f"assignment {row['assignment_id']}: result too late")
+            fresh = [_in_hand(r) for r in batch if r.assignment_id in counted]
             if job["status"] in TERMINAL:
-                if intake.stored:
-                    await self._score_late(conn, job, counted)
+                if fresh:
+                    await self._score_late(conn, job, fresh)
                 intake.verdict = await self.stored_verdict(job_id, conn)
                 return intake
             if not intake.stored:
                 return intake
             # Decide as soon as the outcome is certain: all replicas are in, or a strict
             # majority already agrees (no replica still out could change the answer).
-            case = _case(job, await conn.fetch(_REPLICAS, job_id))
+            case = _case(job, await conn.fetch(_REPLICAS, job_id, list(counted)), fresh)
             verdict, events = judge(case)
             if verdict.status == "verified" or len(case.replicas) >= job["redundancy"]:
                 await self.write_verdict(conn, verdict, events=events)
                 intake.verdict, intake.new_verdict = verdict, True
         return intake
 
-    async def _score_late(self, conn: Connection, job: Any, counted: list[UUID]) -> None:
+    async def _score_late(self, conn: Connection, job: Any, late: list[Replica]) -> None:
         canonical = await conn.fetchrow(
             """
             SELECT r.node_id, r.result_id, r.assignment_id, r.precision, r.output
@@ -189,8 +203,6 @@ class GuardLedger(Ledger):
         )
         if canonical is None:  # not verified: nothing to hold late replicas against
             return
-        late = [r for r in _case(job, await conn.fetch(_REPLICAS, job["job_id"])).replicas]
-        late = [r for r in late if UUID(r.assignment_id) in counted]
         events = score_late(job["task"], _replica(canonical), late)
         await self.add_events(conn, job["job_id"], events)
 
@@ -248,6 +260,6 @@ class GuardLedger(Ledger):
                     """,
                     job["job_id"],
                 )
-                rows = await conn.fetch(_REPLICAS, job["job_id"])
+                rows = await conn.fetch(_REPLICAS, job["job_id"], [])
                 verdicts.append(await self._decide(conn, job, rows, judge))
         return verdicts

@@ -20,6 +20,17 @@ from cortensor.schemas import Verdict
 Connection: TypeAlias = asyncpg.Connection
 
 
+_VERDICT = """
+SELECT v.payload, r.output FROM verdicts v
+LEFT JOIN results r ON r.result_id = v.canonical_result_id
+"""
+"""A stored verdict: its payload plus the canonical result's output (its embeddings)."""
+
+
+def _verdict(row: Any) -> Verdict:
+    return Verdict.model_validate({**row["payload"], "embeddings": row["output"]})
+
+
 async def _init_connection(conn: Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -55,7 +66,7 @@ class Ledger:
             WITH verdict AS (
                 INSERT INTO verdicts (job_id, status, reason, canonical_result_id, replicas,
                                       payload)
-                VALUES ($1, $2, $3, $4, $5, $6)
+                VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), job AS (
                 UPDATE jobs SET status = $2, reason = $3, decided_at = now()
@@ -74,7 +85,8 @@ class Ledger:
             verdict.reason,
             verdict.canonical_result_id,
             verdict.replicas,
-            verdict.model_dump(mode="json"),
+            # The embeddings live once, in the canonical result; see _VERDICT.
+            verdict.model_dump_json(exclude={"embeddings"}),
             [e[0] for e in events],
             [e[1] for e in events],
             [e[2] for e in events],
@@ -106,9 +118,8 @@ class Ledger:
         Pass the connection of a transaction in progress: taking a second one from the
         pool while holding the first deadlocks once every connection is held that way.
         """
-        query = "SELECT payload FROM verdicts WHERE job_id = $1"
-        payload = await (conn or self.pool).fetchval(query, job_id)
-        return None if payload is None else Verdict.model_validate(payload)
+        row = await (conn or self.pool).fetchrow(f"{_VERDICT} WHERE v.job_id = $1", job_id)
+        return None if row is None else _verdict(row)
 
     async def mark_published(self, job_ids: Sequence[Any]) -> None:
         """Record that these verdicts reached the verdicts stream."""
@@ -121,12 +132,12 @@ class Ledger:
     async def unpublished_verdicts(self, older_than_s: float, limit: int = 100) -> list[Verdict]:
         """Verdicts committed but not known to be published (their publisher died)."""
         rows = await self.pool.fetch(
-            """
-            SELECT payload FROM verdicts
-            WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT $2
+            f"""
+            {_VERDICT}
+            WHERE v.published_at IS NULL AND v.created_at < now() - make_interval(secs => $1)
+            ORDER BY v.created_at LIMIT $2
             """,
             older_than_s,
             limit,
         )
-        return [Verdict.model_validate(r["payload"]) for r in rows]
+        return [_verdict(r) for r in rows]
