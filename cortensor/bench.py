@@ -44,8 +44,9 @@ def _sentences(n: int) -> list[str]:
     ]
 
 
-def direct_rate(settings: Settings, threads: int, n: int = 400) -> float:
-    """Single-sentence int8 embeddings per second, called directly in this process."""
+def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5) -> float:
+    """Single-sentence int8 embeddings per second, called directly in this process
+    (median of `rounds` rounds: the rate moves with whatever else the machine does)."""
     manifest = load_manifest(settings.models_dir)
     runtime = EmbeddingRuntime.from_manifest(
         settings.models_dir, manifest.variant_for("all-MiniLM-L6-v2", "cpu-int8"), threads=threads
@@ -53,10 +54,13 @@ def direct_rate(settings: Settings, threads: int, n: int = 400) -> float:
     texts = _sentences(n)
     for t in texts[:20]:
         runtime.embed([t])
-    start = time.perf_counter()
-    for t in texts:
-        runtime.embed([t])
-    return n / (time.perf_counter() - start)
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for t in texts:
+            runtime.embed([t])
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -1,7 +1,7 @@
 """Choosing the nodes for a job: pure policy, no I/O.
 
 Among the live nodes of an eligible class that serve the model, a node's weight is
-its reputation times its spare capacity. k distinct nodes are drawn by weighted
+its reputation squared times its spare capacity. k distinct nodes are drawn by weighted
 sampling without replacement (Efraimidis-Spirakis keys), so that good, idle nodes
 are preferred while no node can predict whether it will be checked alone.
 """
@@ -14,6 +14,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from cortensor.errors import NoEligibleNodes
+
+SPARE_FLOOR = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +38,9 @@ class NodeView:
 
     @property
     def spare(self) -> float:
-        """Free share of its capacity, never below a small floor so busy nodes stay eligible."""
-        return max(self.capacity - self.inflight, 0) / self.capacity + 0.05
+        """Free share of its capacity plus a floor, so that busy nodes stay eligible and a
+        full node is still preferred to an idle one with a much worse record."""
+        return max(self.capacity - self.inflight, 0) / self.capacity + SPARE_FLOOR
 
 
 def candidates(
@@ -61,8 +64,12 @@ def candidates(
 
 
 def weight(node: NodeView, temperature: float) -> float:
-    """How strongly a node is preferred; temperature 0 is greedy, higher is flatter."""
-    merit = max(node.score, 1e-6) * node.spare
+    """How strongly a node is preferred; temperature 0 is greedy, higher is flatter.
+
+    Reputation counts twice (squared): a node with half the score needs four times the
+    spare capacity to be preferred, so load never hands work to a known cheat.
+    """
+    merit = max(node.score, 1e-6) ** 2 * node.spare
     return merit ** (1.0 / temperature) if temperature > 0 else merit
 
 
@@ -76,7 +83,7 @@ def choose(
     k: int,
     *,
     rng: random.Random,
-    temperature: float = 0.5,
+    temperature: float = 1.0,
 ) -> list[NodeView]:
     """Pick k distinct nodes from the pool, weighted by reputation and spare capacity.
 

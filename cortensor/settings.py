@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     router_prefetch: int = 64
     sweep_interval_s: float = 0.25
     registry_refresh_s: float = 1.0
-    routing_temperature: float = 0.5
+    routing_temperature: float = 1.0
     guard_batch: int = 64
 
     @field_validator("namespace")

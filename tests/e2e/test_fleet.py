@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import numpy as np
 import pytest
 
@@ -67,6 +73,8 @@ def fleet(
         nodes=3,
         extra_nodes=[["--fault", "random", "--fault-rate", "1.0", "--node-id", DISHONEST]],
         log_dir=tmp_path_factory.mktemp("fleet-logs"),
+        # Short, so that the hung-node test sees replicas re-routed within seconds.
+        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "2"},
     )
     nodes: list[str] = []
     try:
@@ -187,3 +195,112 @@ async def test_thirty_jobs_verified_and_the_dishonest_node_ranks_last(
     assert cheat["agreed"] == 0
     assert all(cheat["score"] < row["score"] for row in honest)
     assert all(row["disagreed"] == 0 and row["agreed"] > 0 for row in honest)
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CORTENSOR_NAMESPACE": settings.namespace,
+        "CORTENSOR_DATABASE_URL": settings.database_url,
+    }
+    cortensor = Path(sys.executable).parent / "cortensor"
+    return subprocess.run(
+        [str(cortensor), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_readme_commands_work_against_the_fleet(fleet: tuple[Settings, Fleet]) -> None:
+    settings, _ = fleet
+    submitted = _cli(
+        settings, "submit", "embed", "The cat sat on the mat.", "Dogs bark.",
+        "--redundancy", "3", "--wait", "--json",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    verdict = json.loads(submitted.stdout)
+    assert verdict["status"] == "verified"
+    assert [len(v) for v in verdict["embeddings"]] == [384, 384]
+
+    shown = _cli(settings, "result", verdict["job_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == verdict
+
+    queued = _cli(settings, "submit", "embed", "Hello", "--json")
+    assert queued.returncode == 0, queued.stderr
+    job_id = json.loads(queued.stdout)["job_id"]
+    waited = _cli(settings, "result", job_id, "--wait", "20")
+    assert waited.returncode == 0, waited.stderr
+    assert f"job {job_id}: verified" in waited.stdout
+
+    report = _cli(settings, "report", "nodes", "--json")
+    assert report.returncode == 0, report.stderr
+    assert DISHONEST in {row["node_id"] for row in json.loads(report.stdout)}
+
+    refused = _cli(settings, "submit", "embed", "   ", "--redundancy", "9")
+    assert refused.returncode == 2
+    assert "redundancy" in refused.stderr
+    assert "blank" in refused.stderr
+
+
+def _process_of(namespace: str, honcho_name: str) -> int:
+    """The pid of the Python process honcho started as `honcho_name` for this fleet."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (
+            f"CORTENSOR_NAMESPACE={namespace}".encode() in environ
+            and f"HONCHO_PROCESS_NAME={honcho_name}".encode() in environ
+            and b"python" in cmdline
+        ):
+            return int(entry.name)
+    raise LookupError(f"no process {honcho_name} in namespace {namespace}")
+
+
+async def test_work_on_a_hung_node_is_rerouted_to_other_nodes(
+    fleet: tuple[Settings, Fleet],
+) -> None:
+    settings, _ = fleet
+    host = socket.gethostname().split(".")[0]
+    hung = f"{host}-node-1"
+    pid = _process_of(settings.namespace, "node.1")
+    # Stopped, the node still looks alive to the router for a few seconds: the work
+    # it is given is lost in flight until its assignments pass their deadline.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        jobs = [
+            JobRequest(inputs=[f"rerouted {i}"], redundancy=2, deadline_s=30) for i in range(12)
+        ]
+        async with Client(settings) as client:
+            verdicts = await client.run_many(jobs, timeout_s=60)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    assert all(hung not in v.agreeing for v in verdicts)
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        for verdict in verdicts:
+            if verdict.status == "verified":
+                continue
+            # Two honest replicas always agree: a job short of a majority must have
+            # drawn the cheat as the other replica.
+            assert verdict.status == "inconclusive", verdict.reason
+            held = await conn.fetch(
+                "SELECT node_id FROM assignments WHERE job_id = $1", verdict.job_id
+            )
+            assert DISHONEST in {r["node_id"] for r in held}, verdict.reason
+        rerouted = await conn.fetchval(
+            "SELECT count(*) FROM assignments WHERE job_id = ANY($1::uuid[]) AND attempt > 1",
+            [j.job_id for j in jobs],
+        )
+        charged = await conn.fetchval(
+            "SELECT count(*) FROM reputation_events WHERE node_id = $1 AND kind = 'timed_out'",
+            hung,
+        )
+    finally:
+        await conn.close()
+    assert rerouted > 0
+    assert charged > 0

@@ -99,10 +99,10 @@ def test_live_is_false_for_draining_even_when_fresh() -> None:
 
 
 def test_spare_capacity_has_a_floor_so_busy_nodes_stay_eligible() -> None:
-    assert node("idle", capacity=4).spare == pytest.approx(1.05)
-    assert node("half", capacity=4, inflight=2).spare == pytest.approx(0.55)
-    assert node("full", capacity=4, inflight=4).spare == pytest.approx(0.05)
-    assert node("over", capacity=4, inflight=9).spare == pytest.approx(0.05)
+    assert node("idle", capacity=4).spare == pytest.approx(1.25)
+    assert node("half", capacity=4, inflight=2).spare == pytest.approx(0.75)
+    assert node("full", capacity=4, inflight=4).spare == pytest.approx(0.25)
+    assert node("over", capacity=4, inflight=9).spare == pytest.approx(0.25)
 
 
 # -- choose ----------------------------------------------------------------------------
@@ -141,17 +141,23 @@ def test_choose_rejects_k_below_one(k: int) -> None:
         choose([node("a")], k, rng=random.Random(0))
 
 
-def test_temperature_zero_is_greedy_by_score_times_spare() -> None:
+def test_temperature_zero_is_greedy_by_score_squared_times_spare() -> None:
     pool = [
-        node("good-busy", score=0.9, capacity=2, inflight=2),  # 0.9 * 0.05 = 0.045
-        node("good-idle", score=0.9, capacity=2),  # 0.9 * 1.05 = 0.945
-        node("mid-idle", score=0.6, capacity=2),  # 0.6 * 1.05 = 0.63
-        node("mid-half", score=0.8, capacity=2, inflight=1),  # 0.8 * 0.55 = 0.44
-        node("bad-idle", score=0.1, capacity=2),  # 0.1 * 1.05 = 0.105
+        node("good-busy", score=0.9, capacity=2, inflight=2),  # 0.81 * 0.25 = 0.2025
+        node("good-idle", score=0.9, capacity=2),  # 0.81 * 1.25 = 1.0125
+        node("mid-idle", score=0.6, capacity=2),  # 0.36 * 1.25 = 0.45
+        node("mid-half", score=0.8, capacity=2, inflight=1),  # 0.64 * 0.75 = 0.48
+        node("bad-idle", score=0.1, capacity=2),  # 0.01 * 1.25 = 0.0125
     ]
     for seed in range(5):
         chosen = choose(pool, 3, rng=random.Random(seed), temperature=0)
-        assert [n.node_id for n in chosen] == ["good-idle", "mid-idle", "mid-half"]
+        assert [n.node_id for n in chosen] == ["good-idle", "mid-half", "mid-idle"]
+
+
+def test_a_busy_honest_node_is_preferred_to_an_idle_cheat() -> None:
+    honest_full = node("honest", score=0.9, capacity=4, inflight=8)
+    cheat_idle = node("cheat", score=0.1, capacity=4)
+    assert weight(honest_full, 0.5) > 20 * weight(cheat_idle, 0.5)
 
 
 def test_temperature_zero_breaks_ties_by_node_id() -> None:
@@ -180,7 +186,7 @@ def test_weighted_draw_prefers_the_good_node_but_still_picks_the_bad_one() -> No
     draws = 2000
     firsts = Counter(choose(pool, 1, rng=rng)[0].node_id for _ in range(draws))
     assert firsts["good"] > firsts["mid"] > firsts["bad"]
-    # With weights score^2 (temperature 0.5) the bad node wins about 1% of single draws;
+    # With weights score^2 (temperature 1) the bad node wins about 1% of single draws;
     # it must win some: otherwise a node could know it is never checked alone.
     assert firsts["bad"] > 0
     assert firsts["good"] > draws / 2
@@ -231,7 +237,7 @@ def test_choose_raises_for_any_k_above_the_pool_size(pool: list[NodeView], extra
 
 
 def test_low_positive_temperature_still_chooses_a_busy_low_score_node() -> None:
-    # merit = max(score, 1e-6) * spare = 1e-6 * 0.05; merit ** (1 / 0.02) == 0.0, and
+    # merit = max(score, 1e-6) ** 2 * spare, tiny; merit ** (1 / 0.02) == 0.0, and
     # choose() divides log(u) by it. Any temperature > 0 should still yield k nodes.
     pool = [node("busy", score=0.0, inflight=1), node("idle", score=0.5)]
     chosen = choose(pool, 2, rng=random.Random(0), temperature=0.02)
