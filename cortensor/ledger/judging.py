@@ -1,8 +1,8 @@
 """The guard's reads and writes: results in, verdicts and reputation events out.
 
-Few round trips on the hot path: one job lock, one statement that stores a batch of
-results, one read of the job's replicas, and one statement that writes the verdict
-with its reputation events.
+Few round trips on the hot path: one job lock (which also reads a verdict already
+made), one statement that stores a batch of results and reads back the job's other
+replicas, and one statement that writes the verdict with its reputation events.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from uuid import UUID
 
 from cortensor.consensus import Replica
 from cortensor.judge import Case, Event, score_late
-from cortensor.ledger.store import Connection, Ledger
+from cortensor.ledger.store import Connection, Ledger, verdict_of
 from cortensor.schemas import InferenceResult, Verdict
 
 TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
@@ -23,13 +23,25 @@ TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
 Judge = Callable[[Case], tuple[Verdict, list[Event]]]
 """A job's case -> its verdict and the reputation events it implies."""
 
-_STORE = """
+_LOCK = """
+SELECT j.job_id, j.status, j.task, j.model, j.redundancy, v.payload,
+       c.node_id AS c_node_id, c.result_id AS c_result_id, c.assignment_id AS c_assignment_id,
+       c.precision AS c_precision, c.output AS c_output
+FROM jobs j
+LEFT JOIN verdicts v USING (job_id)
+LEFT JOIN results c ON c.result_id = v.canonical_result_id
+WHERE j.job_id = $1
+FOR UPDATE OF j
+"""
+"""Lock a job; with it come its verdict and canonical result, if it was decided already."""
+
+_TAKE = """
 WITH incoming AS (
     SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
                          $7::text[], $8::float8[])
          AS r(result_id, assignment_id, node_id, precision, output, error, elapsed_ms)
 ), held AS (
-    SELECT i.*, a.status AS held_status
+    SELECT i.*
     FROM incoming i
     JOIN assignments a
       ON a.assignment_id = i.assignment_id AND a.job_id = $1 AND a.node_id = i.node_id
@@ -45,23 +57,36 @@ WITH incoming AS (
     WHERE assignment_id IN (SELECT assignment_id FROM stored) AND status = 'assigned'
     RETURNING assignment_id
 )
-SELECT i.assignment_id,
+SELECT true AS incoming, i.assignment_id,
        h.assignment_id IS NOT NULL AS held,
        s.assignment_id IS NOT NULL AS stored,
-       c.assignment_id IS NOT NULL AS counted
+       c.assignment_id IS NOT NULL AS counted,
+       NULL::text AS node_id, NULL::text AS status, NULL::uuid AS result_id,
+       NULL::text AS precision, NULL::jsonb AS output, NULL::text AS error,
+       NULL::timestamptz AS received_at
 FROM incoming i
 LEFT JOIN held h USING (assignment_id)
 LEFT JOIN stored s USING (assignment_id)
 LEFT JOIN counted c USING (assignment_id)
+UNION ALL
+SELECT false, a.assignment_id, NULL, NULL, NULL,
+       a.node_id, a.status, r.result_id, r.precision, r.output, r.error, r.received_at
+FROM assignments a LEFT JOIN results r USING (assignment_id)
+WHERE $9 AND a.job_id = $1 AND a.status IN ('done', 'timed_out')
+  AND a.assignment_id <> ALL($3::uuid[])
+ORDER BY incoming DESC, received_at NULLS LAST, assignment_id
 """
+"""Store a batch of results (one statement, idempotent) and, when $9, read back the job's
+other counted or timed-out replicas. The job is locked by then, so what was committed
+before this statement began is all there is: none of the others can be missed."""
 
 _REPLICAS = """
 SELECT a.assignment_id, a.node_id, a.status, r.result_id, r.precision, r.output, r.error
 FROM assignments a LEFT JOIN results r USING (assignment_id)
-WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out') AND a.assignment_id <> ALL($2::uuid[])
+WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out')
 ORDER BY r.received_at NULLS LAST, a.assignment_id
 """
-"""A job's counted and timed-out replicas, except those in hand (no need to read them back)."""
+"""Every counted and timed-out replica of a job."""
 
 
 @dataclass(slots=True)
@@ -75,15 +100,35 @@ class Intake:
     new_verdict: bool = False
 
 
-def _replica(row: Any) -> Replica:
+def _replica(row: Any, prefix: str = "") -> Replica:
     return Replica(
-        node_id=row["node_id"],
-        result_id=str(row["result_id"]),
-        precision=row["precision"],
-        output=row["output"],
-        error=row.get("error"),
-        assignment_id=str(row["assignment_id"]),
+        node_id=row[f"{prefix}node_id"],
+        result_id=str(row[f"{prefix}result_id"]),
+        precision=row[f"{prefix}precision"],
+        output=row[f"{prefix}output"],
+        error=row.get(f"{prefix}error"),
+        assignment_id=str(row[f"{prefix}assignment_id"]),
     )
+
+
+def _tally(rows: Sequence[Any], intake: Intake) -> set[UUID]:
+    """Count what became of each incoming result; returns the assignments now counted."""
+    counted: set[UUID] = set()
+    for row in rows:
+        if not row["incoming"]:
+            continue
+        if row["counted"]:
+            intake.stored += 1
+            counted.add(row["assignment_id"])
+        elif not row["held"]:
+            intake.ignored.append(
+                f"assignment {row['assignment_id']}: not held by the node that answered"
+            )
+        elif not row["stored"]:
+            intake.ignored.append(f"assignment {row['assignment_id']}: duplicate result")
+        else:
+            intake.ignored.append(f"assignment {row['assignment_id']}: result too late")
+    return counted
 
 
 def _in_hand(result: InferenceResult) -> Replica:
@@ -129,7 +174,8 @@ class GuardLedger(Ledger):
         A result counts only when it answers an assignment of this job held by the
         node that sent it. Results from unassigned nodes and duplicates are dropped;
         a late one (its assignment timed out) is kept for the record but not counted.
-        All of them are reported in `Intake.ignored`.
+        All of them are reported in `Intake.ignored`. A result arriving after its job
+        was verified is held against the canonical answer.
         """
         intake = Intake()
         unique: dict[UUID, InferenceResult] = {}
@@ -140,18 +186,18 @@ class GuardLedger(Ledger):
                 unique[r.assignment_id] = r
         batch = list(unique.values())
         async with self.pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(
-                """
-                SELECT job_id, status, task, model, redundancy FROM jobs
-                WHERE job_id = $1 FOR UPDATE
-                """,
-                job_id,
-            )
+            job = await conn.fetchrow(_LOCK, job_id)
             if job is None:
                 intake.ignored.append(f"job {job_id} is unknown")
                 return intake
-            outcome = await conn.fetch(
-                _STORE,
+            decided = job["status"] in TERMINAL
+            if decided and job["payload"] is None:
+                # We waited for the lock while another guard decided the job: the lock
+                # shows its new status, but the joined verdict comes from the snapshot
+                # taken before the wait. Read again, now that the verdict is committed.
+                job = await conn.fetchrow(_LOCK, job_id)
+            rows = await conn.fetch(
+                _TAKE,
                 job_id,
                 [r.result_id for r in batch],
                 [r.assignment_id for r in batch],
@@ -161,50 +207,24 @@ class GuardLedger(Ledger):
                 [None if r.embeddings is None else json.dumps(r.embeddings) for r in batch],
                 [r.error for r in batch],
                 [r.elapsed_ms for r in batch],
+                not decided,
             )
-            counted: set[UUID] = set()
-            for row in outcome:
-                if row["counted"]:
-                    intake.stored += 1
-                    counted.add(row["assignment_id"])
-                elif not row["held"]:
-                    intake.ignored.append(
-                        f"assignment {row['assignment_id']}: not held by the node that answered"
-                    )
-                elif not row["stored"]:
-                    intake.ignored.append(f"assignment {row['assignment_id']}: duplicate result")
-                else:
-                    intake.ignored.append(f"assignment {row['assignment_id']}: result too late")
+            counted = _tally(rows, intake)
             fresh = [_in_hand(r) for r in batch if r.assignment_id in counted]
-            if job["status"] in TERMINAL:
-                if fresh:
-                    await self._score_late(conn, job, fresh)
-                intake.verdict = await self.stored_verdict(job_id, conn)
+            if decided:
+                if fresh and job["c_result_id"] is not None:
+                    canonical = _replica(job, prefix="c_")
+                    await self.add_events(conn, job_id, score_late(job["task"], canonical, fresh))
+                intake.verdict = verdict_of({"payload": job["payload"], "output": job["c_output"]})
                 return intake
-            if not intake.stored:
+            if not fresh:
                 return intake
-            # Decide as soon as the outcome is certain: all replicas are in, or a strict
-            # majority already agrees (no replica still out could change the answer).
-            case = _case(job, await conn.fetch(_REPLICAS, job_id, list(counted)), fresh)
+            case = _case(job, [r for r in rows if not r["incoming"]], fresh)
             verdict, events = judge(case)
             if verdict.status == "verified" or len(case.replicas) >= job["redundancy"]:
                 await self.write_verdict(conn, verdict, events=events)
                 intake.verdict, intake.new_verdict = verdict, True
         return intake
-
-    async def _score_late(self, conn: Connection, job: Any, late: list[Replica]) -> None:
-        canonical = await conn.fetchrow(
-            """
-            SELECT r.node_id, r.result_id, r.assignment_id, r.precision, r.output
-            FROM verdicts v JOIN results r ON r.result_id = v.canonical_result_id
-            WHERE v.job_id = $1
-            """,
-            job["job_id"],
-        )
-        if canonical is None:  # not verified: nothing to hold late replicas against
-            return
-        events = score_late(job["task"], _replica(canonical), late)
-        await self.add_events(conn, job["job_id"], events)
 
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Charge nodes that never answered a job decided without them.
@@ -260,6 +280,6 @@ class GuardLedger(Ledger):
                     """,
                     job["job_id"],
                 )
-                rows = await conn.fetch(_REPLICAS, job["job_id"], [])
+                rows = await conn.fetch(_REPLICAS, job["job_id"])
                 verdicts.append(await self._decide(conn, job, rows, judge))
         return verdicts

@@ -27,7 +27,8 @@ LEFT JOIN results r ON r.result_id = v.canonical_result_id
 """A stored verdict: its payload plus the canonical result's output (its embeddings)."""
 
 
-def _verdict(row: Any) -> Verdict:
+def verdict_of(row: Any) -> Verdict:
+    """A Verdict from a stored payload and the canonical output (see _VERDICT)."""
     return Verdict.model_validate({**row["payload"], "embeddings": row["output"]})
 
 
@@ -119,7 +120,7 @@ class Ledger:
         pool while holding the first deadlocks once every connection is held that way.
         """
         row = await (conn or self.pool).fetchrow(f"{_VERDICT} WHERE v.job_id = $1", job_id)
-        return None if row is None else _verdict(row)
+        return None if row is None else verdict_of(row)
 
     async def mark_published(self, job_ids: Sequence[Any]) -> None:
         """Record that these verdicts reached the verdicts stream."""
@@ -140,4 +141,4 @@ class Ledger:
             older_than_s,
             limit,
         )
-        return [_verdict(r) for r in rows]
+        return [verdict_of(r) for r in rows]
