@@ -55,6 +55,11 @@ class NatsBridge:
 
         async def attempt() -> None:
             js = self.nc.jetstream()
+            try:  # the common case, without the retry machinery's cost per message
+                await jetstream.publish(js, subject, payload, msg_id=msg_id)
+                return
+            except _TRANSIENT as exc:
+                log.warning("result publish failed; retrying", error=repr(exc))
             async for retry in AsyncRetrying(
                 retry=retry_if_exception_type(_TRANSIENT),
                 wait=wait_random_exponential(multiplier=0.05, max=2.0),
