@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TOPOLOGY_FILE = Path(__file__).resolve().parents[1] / "brokers" / "topology.toml"
 
@@ -16,6 +16,7 @@ class ExchangeSpec:
 
     name: str
     type: str
+    role: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class QueueSpec:
     exchange: str
     routing_key: str
     arguments: dict[str, Any]
+    role: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class StreamSpec:
     storage: str
     max_age_s: float
     duplicate_window_s: float
+    role: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,16 @@ def _fill(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
+Spec = TypeVar("Spec", ExchangeSpec, QueueSpec, StreamSpec)
+
+
+def _by_role(specs: tuple[Spec, ...], role: str) -> Spec:
+    for spec in specs:
+        if spec.role == role:
+            return spec
+    raise ValueError(f"brokers/topology.toml declares nothing with role {role!r}")
+
+
 class Topology:
     """Every name the processes of one namespace use, read from the topology file."""
 
@@ -79,13 +92,14 @@ class Topology:
             for s in nats["streams"]
         )
         self.guard_consumer = ConsumerSpec(**_fill(nats["guard_consumer"], ns))
-        self.jobs_exchange = f"{namespace}.jobs"
-        self.jobs_routing_key = "job"
-        self.router_queue = f"{namespace}.router"
-        self.dead_letter_exchange = f"{namespace}.dlx"
-        self.dead_letter_queue = f"{namespace}.dead"
-        self.results_stream = f"{namespace}-results"
-        self.verdicts_stream = f"{namespace}-verdicts"
+        router = _by_role(self.queues, "router")
+        self.jobs_exchange = _by_role(self.exchanges, "jobs").name
+        self.jobs_routing_key = router.routing_key
+        self.router_queue = router.name
+        self.dead_letter_exchange = _by_role(self.exchanges, "dead-letter").name
+        self.dead_letter_queue = _by_role(self.queues, "dead-letter").name
+        self.results_stream = _by_role(self.streams, "results").name
+        self.verdicts_stream = _by_role(self.streams, "verdicts").name
 
     def hw_exchange(self, hw_class: str) -> str:
         """The direct exchange of a hardware class."""

@@ -176,6 +176,10 @@ class Router:
 
     async def on_job(self, message: AbstractIncomingMessage) -> None:
         """Consume one job; ack only after its ledger rows and assignments are durable."""
+        task = asyncio.current_task()
+        if task is not None:  # so that stopping waits for the jobs in hand
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
         try:
             await self.take(message.body, message.message_id or "")
         except Exception:
@@ -242,7 +246,7 @@ class Router:
         ]
         await stop.wait()
         await queue.cancel(tag)
-        await asyncio.gather(*loops)
+        await asyncio.gather(*loops, *self._inflight)
         await self.announcer.flush()
         await nc.drain()
         await connection.close()
