@@ -63,6 +63,44 @@ def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5)
     return statistics.median(rates)
 
 
+_SERVERS = {b"beam.smp": "rabbitmq", b"nats-server": "nats", b"postgres": "postgresql"}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _component(pid: str, namespace: str) -> str | None:
+    """Which part of the system a process is: a fleet process of this namespace, a server."""
+    proc = Path("/proc") / pid
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for marker, name in _SERVERS.items():
+        if marker in cmdline:
+            return name
+    if f"CORTENSOR_NAMESPACE={namespace}".encode() not in environ:
+        return None
+    for role in ("router", "guard", "node"):
+        if f"cortensor {role}".encode() in cmdline.replace(b"\0", b" "):
+            return role
+    return None
+
+
+def cpu_seconds(namespace: str) -> dict[str, float]:
+    """CPU seconds used so far by each component (processes of the fleet, the servers)."""
+    used: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        component = _component(proc.name, namespace) if proc.name.isdigit() else None
+        if component is None:
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[component] = used.get(component, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -90,9 +128,13 @@ async def pipeline(
                     await client.run(JobRequest(inputs=[text], redundancy=k), timeout_s=120)
                 ).status
 
+        before, client_before = cpu_seconds(settings.namespace), time.process_time()
         start = time.perf_counter()
         statuses = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
         elapsed = time.perf_counter() - start
+        after, client_after = cpu_seconds(settings.namespace), time.process_time()
+    cpu = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu["client"] = client_after - client_before
     return {
         "redundancy": k,
         "latency_ms": {
@@ -106,6 +148,12 @@ async def pipeline(
             "in_flight": window,
             "jobs_per_s": round(throughput_jobs / elapsed, 1),
             "verified": statuses.count("verified"),
+            # CPU per job is steadier than rates on a shared machine (LIMITS.md).
+            "cpu_ms_per_job": {
+                name: round(seconds / throughput_jobs * 1000, 2)
+                for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+            }
+            | {"total": round(sum(cpu.values()) / throughput_jobs * 1000, 2)},
         },
     }
 
