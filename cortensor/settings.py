@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     # Router and guard.
     router_prefetch: int = 64
+    router_batch: int = 32
+    """Most jobs a router records and routes together."""
     sweep_interval_s: float = 0.25
     registry_refresh_s: float = 1.0
     routing_temperature: float = 1.0

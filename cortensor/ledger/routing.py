@@ -110,43 +110,59 @@ class RouterLedger(Ledger):
     async def open_job(
         self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
     ) -> bool:
-        """Write a job and its first assignments atomically, in one statement.
+        """Write one job and its first assignments; see `open_jobs`."""
+        return job.job_id in await self.open_jobs([(job, deadline_at, assignments)])
 
-        With no assignments the job waits for nodes. Returns False when the job
-        exists already (a redelivered or republished message); nothing is written then.
+    async def open_jobs(
+        self, jobs: Sequence[tuple[JobRequest, datetime, Sequence[Assignment]]]
+    ) -> set[UUID]:
+        """Write jobs and their first assignments atomically, in one statement.
+
+        A job with no assignments waits for nodes. Returns the ids of the jobs written;
+        a job that exists already (a redelivered or republished message) is left as it
+        is, and so are its assignments. Job ids must be distinct within one call.
         """
-        inserted: bool = await self.pool.fetchval(
+        made = [a for _, _, assignments in jobs for a in assignments]
+        rows = await self.pool.fetch(
             """
             WITH job AS (
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
                                   created_at, deadline_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs::jsonb,
+                       j.status, j.created_at, j.deadline_at
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
+                            $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+                     AS j(job_id, task, model, redundancy, hw_class, inputs, status,
+                          created_at, deadline_at)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), made AS (
                 INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt,
                                          deadline_at)
-                SELECT a.assignment_id, job.job_id, a.node_id, a.hw_class, 1, a.deadline_at
-                FROM job, unnest($10::uuid[], $11::text[], $12::text[], $13::timestamptz[])
-                     AS a(assignment_id, node_id, hw_class, deadline_at)
+                SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, 1, a.deadline_at
+                FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[],
+                            $14::timestamptz[])
+                     AS a(assignment_id, job_id, node_id, hw_class, deadline_at)
+                JOIN job USING (job_id)
                 RETURNING 1
             )
-            SELECT EXISTS (SELECT 1 FROM job)
+            SELECT job_id FROM job
             """,
-            job.job_id,
-            job.task,
-            job.model,
-            job.redundancy,
-            job.hw_class,
-            job.inputs,
-            "running" if assignments else "waiting",
-            job.created_at,
-            deadline_at,
-            [a.assignment_id for a in assignments],
-            [a.node_id for a in assignments],
-            [a.hw_class for a in assignments],
-            [a.deadline_at for a in assignments],
+            [job.job_id for job, _, _ in jobs],
+            [job.task for job, _, _ in jobs],
+            [job.model for job, _, _ in jobs],
+            [job.redundancy for job, _, _ in jobs],
+            [job.hw_class for job, _, _ in jobs],
+            [json.dumps(job.inputs) for job, _, _ in jobs],
+            ["running" if assignments else "waiting" for _, _, assignments in jobs],
+            [job.created_at for job, _, _ in jobs],
+            [deadline_at for _, deadline_at, _ in jobs],
+            [a.assignment_id for a in made],
+            [a.job_id for a in made],
+            [a.node_id for a in made],
+            [a.hw_class for a in made],
+            [a.deadline_at for a in made],
         )
-        return inserted
+        return {r["job_id"] for r in rows}
 
     async def reject(self, job_id: UUID, request: dict[str, Any], verdict: Verdict) -> bool:
         """Record a rejected job and its verdict; False when the job id was known already."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -49,11 +49,12 @@ class NatsBridge:
             raise RuntimeError("NatsBridge.start() was not called")
         return self._nc
 
-    def publish_durably(self, subject: str, payload: bytes, *, msg_id: str, within: float) -> None:
-        """Publish to JetStream and block until the stream acked it, retrying transient
-        failures for up to `within` seconds; the msg id makes the retries idempotent."""
+    def publish_durably(self, messages: Sequence[tuple[str, bytes, str]], *, within: float) -> None:
+        """Publish (subject, payload, msg id) messages to JetStream together and block
+        until the stream acked every one, retrying transient failures for up to `within`
+        seconds; the msg ids make the retries idempotent."""
 
-        async def attempt() -> None:
+        async def attempt(subject: str, payload: bytes, msg_id: str) -> None:
             js = self.nc.jetstream()
             try:  # the common case, without the retry machinery's cost per message
                 await jetstream.publish(js, subject, payload, msg_id=msg_id)
@@ -69,7 +70,10 @@ class NatsBridge:
                 with retry:
                     await jetstream.publish(js, subject, payload, msg_id=msg_id)
 
-        self._run(attempt(), timeout=max(within, 1.0) + 5.0)
+        async def publish_all() -> None:
+            await asyncio.gather(*(attempt(*message) for message in messages))
+
+        self._run(publish_all(), timeout=max(within, 1.0) + 5.0)
 
     def start_heartbeats(self, subject: str, make: Callable[[], bytes], interval: float) -> None:
         """Publish `make()` on `subject` now and every `interval` seconds."""

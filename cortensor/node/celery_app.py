@@ -10,7 +10,7 @@ from celery.worker.consumer import Consumer
 from kombu import Exchange, Queue
 
 from cortensor.node.service import NodeService
-from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENT
+from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS
 
 
 class NodeConsumer(Consumer):  # type: ignore[misc]
@@ -61,9 +61,9 @@ def make_app(service: NodeService) -> Celery:
         broker_transport_options={"confirm_publish": True},
     )
 
-    @app.task(name=TASK_RUN_ASSIGNMENT, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
-    def run_assignment(assignment: Any) -> str:
-        return service.handle(assignment)
+    @app.task(name=TASK_RUN_ASSIGNMENTS, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
+    def run_assignments(assignments: Any) -> str:
+        return service.handle(assignments if isinstance(assignments, list) else [assignments])
 
     def on_ready(**_: Any) -> None:
         # A log line per task costs the node (and the Procfile runner relaying it)

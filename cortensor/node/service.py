@@ -1,9 +1,10 @@
-"""What a node does with one assignment, independent of how it is delivered."""
+"""What a node does with the assignments it is given, independent of how they are delivered."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,12 +129,8 @@ class NodeService:
         elapsed = (time.perf_counter() - started) * 1000
         return InferenceResult(**common, embeddings=vectors.tolist(), elapsed_ms=elapsed)
 
-    def handle(self, payload: Any) -> str:
-        """Process one delivered assignment; returns what happened, for the log.
-
-        Returns only after JetStream acknowledged the result, so the caller acks the
-        task after the result is durable.
-        """
+    def _accept(self, payload: Any) -> Assignment | str:
+        """The assignment to run, or why it is dropped."""
         try:
             assignment = Assignment.model_validate(payload)
         except ValidationError as exc:
@@ -142,22 +139,50 @@ class NodeService:
         if assignment.node_id != self.identity.node_id:
             log.error("assignment for another node dropped", node_id=assignment.node_id)
             return "misrouted"
-        remaining = (assignment.deadline_at - utcnow()).total_seconds()
-        if remaining <= 0:
+        if assignment.deadline_at <= utcnow():
             # The router has re-routed it already; the work would be wasted.
             return "expired"
+        return assignment
+
+    def handle(self, payloads: Sequence[Any]) -> str:
+        """Run the assignments delivered in one task; returns what happened, for the log.
+
+        Returns only after JetStream acknowledged every result, so the caller acks the
+        task after the results are durable.
+        """
+        outcomes: Counter[str] = Counter()
+        ready: list[Assignment] = []
+        for payload in payloads:
+            accepted = self._accept(payload)
+            if isinstance(accepted, str):
+                outcomes[accepted] += 1
+            else:
+                ready.append(accepted)
+        if not ready:
+            return _summary(outcomes)
         with self._lock:
-            self._inflight += 1
+            self._inflight += len(ready)
         try:
-            result = self.compute(assignment)
+            results = [self.compute(a) for a in ready]
+            latest = max(a.deadline_at for a in ready)
             self.bridge.publish_durably(
-                self.topology.results_subject(str(assignment.job_id)),
-                result.model_dump_json().encode(),
-                msg_id=str(assignment.assignment_id),
-                within=max(remaining, 1.0),
+                [
+                    (
+                        self.topology.results_subject(str(r.job_id)),
+                        r.model_dump_json().encode(),
+                        str(r.assignment_id),
+                    )
+                    for r in results
+                ],
+                within=max((latest - utcnow()).total_seconds(), 1.0),
             )
         finally:
             with self._lock:
-                self._inflight -= 1
-                self._processed += 1
-        return "error" if result.error else "done"
+                self._inflight -= len(ready)
+                self._processed += len(ready)
+        outcomes.update("error" if r.error else "done" for r in results)
+        return _summary(outcomes)
+
+
+def _summary(outcomes: Counter[str]) -> str:
+    return " ".join(f"{kind}={count}" for kind, count in sorted(outcomes.items()))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
+from uuid import UUID
 
 import aio_pika
 import structlog
@@ -27,9 +29,13 @@ from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, ut
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
-from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENT, task_message
+from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
 
 log = structlog.get_logger(__name__)
+
+ROUTER_WORKERS = 2
+"""Batches in progress at once: while one waits on the ledger or the broker, the next
+batch gathers the jobs that arrive meanwhile."""
 
 
 class Router:
@@ -44,7 +50,7 @@ class Router:
         self.registry = NodeRegistry()
         self.rng = random.Random(seed)
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._intake: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -101,18 +107,22 @@ class Router:
     # -- I/O ------------------------------------------------------------------------------
 
     async def publish_assignments(self, assignments: Sequence[Assignment]) -> None:
-        """Send each assignment to its node's queue, confirmed by the broker.
+        """Send assignments to their nodes' queues, one task message per node, each
+        confirmed by the broker.
 
         A node whose queue is gone (the message comes back unroutable) is dropped from
-        the registry; its assignment times out and is routed again.
+        the registry; its assignments time out and are routed again.
         """
+        by_node: dict[tuple[str, str], list[Assignment]] = defaultdict(list)
+        for a in assignments:
+            by_node[(a.node_id, a.hw_class)].append(a)
 
-        async def send(a: Assignment) -> None:
-            task_id = str(a.assignment_id)
+        async def send(node_id: str, hw_class: str, batch: list[Assignment]) -> None:
+            task_id = str(batch[0].assignment_id)
             body, headers = task_message(
-                TASK_RUN_ASSIGNMENT,
+                TASK_RUN_ASSIGNMENTS,
                 task_id,
-                {"assignment": a.model_dump(mode="json")},
+                {"assignments": [a.model_dump(mode="json") for a in batch]},
                 origin=self.name,
             )
             message = aio_pika.Message(
@@ -125,17 +135,17 @@ class Router:
                 message_id=task_id,
             )
             try:
-                await self._exchanges[a.hw_class].publish(
-                    message, routing_key=a.node_id, mandatory=True
+                await self._exchanges[hw_class].publish(
+                    message, routing_key=node_id, mandatory=True
                 )
             except DeliveryError:
-                log.warning("node queue missing; node dropped", node_id=a.node_id)
-                self.registry.forget(a.node_id)
+                log.warning("node queue missing; node dropped", node_id=node_id)
+                self.registry.forget(node_id)
 
-        await asyncio.gather(*(send(a) for a in assignments))
+        await asyncio.gather(*(send(n, c, batch) for (n, c), batch in by_node.items()))
 
-    async def take(self, body: bytes, message_id: str = "") -> str:
-        """Handle one job message; returns what became of it. Ack after this returns."""
+    async def _screen(self, body: bytes, message_id: str) -> JobRequest | str:
+        """A valid job, or what became of an invalid one (dead-lettered or rejected)."""
         outcome = read_job(body)
         if isinstance(outcome, Undeliverable):
             await amqp.dead_letter(
@@ -149,47 +159,96 @@ class Router:
                 await self.announcer.publish([verdict])
             log.info("job rejected", job_id=str(outcome.job_id), reason=outcome.reason)
             return "rejected"
-        return await self.route(outcome)
+        return outcome
 
-    async def route(self, job: JobRequest) -> str:
-        """Record a valid job with its first assignments, then publish them."""
-        deadline_at = utcnow() + timedelta(seconds=job.deadline_s)
-        open_job = OpenJob(
-            job_id=job.job_id,
-            task=job.task,
-            model=job.model,
-            redundancy=job.redundancy,
-            hw_class=job.hw_class,
-            inputs=job.inputs,
-            deadline_at=deadline_at,
-            taken=frozenset(),
+    async def take(self, messages: Sequence[tuple[bytes, str]]) -> list[str]:
+        """Handle job messages (body, message id) together; returns what became of each.
+
+        Valid jobs are recorded with their first assignments in one statement, and each
+        node gets its share of the assignments in one task message. Ack after this
+        returns.
+        """
+        screened = [await self._screen(body, message_id) for body, message_id in messages]
+        jobs = {j.job_id: j for j in screened if isinstance(j, JobRequest)}
+        routed = await self.route(list(jobs.values())) if jobs else {}
+        outcomes = []
+        seen: set[UUID] = set()
+        for item in screened:
+            if isinstance(item, str):
+                outcomes.append(item)
+            elif item.job_id in seen:
+                outcomes.append("duplicate")
+            else:
+                seen.add(item.job_id)
+                outcomes.append(routed[item.job_id])
+        return outcomes
+
+    async def route(self, jobs: Sequence[JobRequest]) -> dict[UUID, str]:
+        """Record valid jobs with their first assignments, then publish them."""
+        now = utcnow()
+        opened = []
+        why: dict[UUID, str] = {}
+        for job in jobs:
+            deadline_at = now + timedelta(seconds=job.deadline_s)
+            plan = self.plan(
+                OpenJob(
+                    job_id=job.job_id,
+                    task=job.task,
+                    model=job.model,
+                    redundancy=job.redundancy,
+                    hw_class=job.hw_class,
+                    inputs=job.inputs,
+                    deadline_at=deadline_at,
+                    taken=frozenset(),
+                ),
+                job.redundancy,
+            )
+            if isinstance(plan, str):
+                why[job.job_id] = plan
+            opened.append((job, deadline_at, [] if isinstance(plan, str) else list(plan)))
+        written = await self.ledger.open_jobs(opened)
+        await self.publish_assignments(
+            [a for job, _, made in opened if job.job_id in written for a in made]
         )
-        plan = self.plan(open_job, job.redundancy)
-        assignments = [] if isinstance(plan, str) else list(plan)
-        if not await self.ledger.open_job(job, deadline_at, assignments):
-            return "duplicate"
-        if not assignments:
-            log.info("job waits for nodes", job_id=str(job.job_id), why=plan)
-            return "waiting"
-        await self.publish_assignments(assignments)
-        return "routed"
+        outcomes = {}
+        for job in jobs:
+            if job.job_id not in written:
+                outcomes[job.job_id] = "duplicate"
+            elif job.job_id in why:
+                log.info("job waits for nodes", job_id=str(job.job_id), why=why[job.job_id])
+                outcomes[job.job_id] = "waiting"
+            else:
+                outcomes[job.job_id] = "routed"
+        return outcomes
 
     async def on_job(self, message: AbstractIncomingMessage) -> None:
-        """Consume one job; ack only after its ledger rows and assignments are durable."""
-        task = asyncio.current_task()
-        if task is not None:  # so that stopping waits for the jobs in hand
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-        try:
-            await self.take(message.body, message.message_id or "")
-        except Exception:
-            # The ledger or a broker failed under us: put the job back and slow down.
-            # After x-delivery-limit attempts RabbitMQ dead-letters it.
-            log.exception("job not handled; requeued")
-            await asyncio.sleep(1.0)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
+        """Queue a delivered job for the next batch."""
+        self._intake.put_nowait(message)
+
+    async def _batches(self) -> None:
+        """Take queued jobs in batches, as many as have arrived; ack each batch only after
+        its ledger rows and assignments are durable."""
+        while True:
+            first = await self._intake.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.settings.router_batch and not self._intake.empty():
+                message = self._intake.get_nowait()
+                if message is None:
+                    self._intake.put_nowait(None)  # for the other workers
+                    break
+                batch.append(message)
+            try:
+                await self.take([(m.body, m.message_id or "") for m in batch])
+            except Exception:
+                # The ledger or a broker failed under us: put the jobs back and slow
+                # down. After x-delivery-limit attempts RabbitMQ dead-letters a job.
+                log.exception("jobs not handled; requeued", jobs=len(batch))
+                await asyncio.sleep(1.0)
+                await asyncio.gather(*(m.nack(requeue=True) for m in batch))
+                continue
+            await asyncio.gather(*(m.ack() for m in batch))
 
     async def on_heartbeat(self, msg: Msg) -> None:
         """Track a node from its heartbeat; a node may speak only for itself."""
@@ -238,6 +297,7 @@ class Router:
         await nc.subscribe(self.topology.heartbeat_subject("*"), cb=self.on_heartbeat)
         await self.refresh()
         queue = await self._channel.get_queue(self.topology.router_queue)
+        workers = [asyncio.create_task(self._batches()) for _ in range(ROUTER_WORKERS)]
         tag = await queue.consume(self.on_job)
         log.info("router ready", queue=queue.name)
         loops = [
@@ -246,7 +306,9 @@ class Router:
         ]
         await stop.wait()
         await queue.cancel(tag)
-        await asyncio.gather(*loops, *self._inflight)
+        for _ in workers:
+            self._intake.put_nowait(None)
+        await asyncio.gather(*loops, *workers)
         await self.announcer.flush()
         await nc.drain()
         await connection.close()

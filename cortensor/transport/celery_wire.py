@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-TASK_RUN_ASSIGNMENT = "cortensor.run_assignment"
+TASK_RUN_ASSIGNMENTS = "cortensor.run_assignments"
+"""The node's one task: kwargs {"assignments": [Assignment, ...]}, all for that node."""
 
 
 def task_message(

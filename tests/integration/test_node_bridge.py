@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import timedelta
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import make_settings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
+from numpy.typing import NDArray
 
 from cortensor.node.bridge import NatsBridge
+from cortensor.node.service import NodeIdentity, NodeService
+from cortensor.schemas import Assignment, InferenceResult, utcnow
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import jetstream
@@ -54,14 +61,9 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 
 def release(bridge: NatsBridge) -> None:
-    """Close the bridge, and the event loop it leaves open.
-
-    NatsBridge.close() stops its loop but does not close it (the loop, and its self-pipe
-    sockets, leak: a ResourceWarning when collected, an error under this suite's
-    warning filter). test_close_releases_the_event_loop reports that once; here the
-    loop is closed so that the leak is not blamed on whichever test the garbage
-    collector happens to run in.
-    """
+    """Close the bridge; should its loop stay open, close it here, so that the leak is
+    reported by test_close_releases_the_event_loop rather than by whichever test the
+    garbage collector happens to run in."""
     bridge.close()
     loop = bridge._loop
     if not loop.is_running() and not loop.is_closed():
@@ -80,6 +82,23 @@ def nats_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "nats"}
 
 
+async def test_publish_durably_stores_a_batch_each_once(
+    bridge: NatsBridge, nc: NATS, topology: Topology
+) -> None:
+    batch = [
+        (topology.results_subject(str(uuid.uuid4())), f'{{"n": {i}}}'.encode(), str(uuid.uuid4()))
+        for i in range(3)
+    ]
+
+    await asyncio.to_thread(bridge.publish_durably, batch + batch[:1], within=5)
+
+    js = nc.jetstream()
+    for subject, payload, _ in batch:
+        info = await js.stream_info(topology.results_stream, subjects_filter=subject)
+        assert info.state.subjects == {subject: 1}
+        assert (await js.get_last_msg(topology.results_stream, subject)).data == payload
+
+
 async def test_publish_durably_stores_a_result_once(
     bridge: NatsBridge, nc: NATS, topology: Topology
 ) -> None:
@@ -89,7 +108,7 @@ async def test_publish_durably_stores_a_result_once(
     # A retried task publishes the same result again under the same id.
     for _ in range(2):
         await asyncio.to_thread(
-            bridge.publish_durably, subject, b'{"result": 1}', msg_id=msg_id, within=5
+            bridge.publish_durably, [(subject, b'{"result": 1}', msg_id)], within=5
         )
 
     js = nc.jetstream()
@@ -203,3 +222,56 @@ def test_a_bridge_that_was_never_started_says_so(settings: Settings) -> None:
         _ = bridge.nc
     bridge.close()  # closing what never started is harmless
     release(bridge)
+
+
+class CountingEmbedder:
+    """A stand-in model: the vector of a text is fixed by its length."""
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        vectors = np.zeros((len(texts), 8), dtype=np.float32)
+        for i, text in enumerate(texts):
+            vectors[i, len(text) % 8] = 1.0
+        return vectors
+
+
+async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
+    settings: Settings, bridge: NatsBridge, nc: NATS, topology: Topology
+) -> None:
+    identity = NodeIdentity(node_id="batch-node", hw_class="cpu-int8", model="all-MiniLM-L6-v2")
+    service = NodeService(settings, identity, CountingEmbedder(), bridge=bridge)
+
+    def assignment(**overrides: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "job_id": uuid.uuid4(),
+            "node_id": identity.node_id,
+            "task": "embed",
+            "model": identity.model,
+            "inputs": ["abc", "hello"],
+            "hw_class": identity.hw_class,
+            "deadline_at": utcnow() + timedelta(seconds=30),
+        } | overrides
+        return Assignment(**fields).model_dump(mode="json")
+
+    good = [assignment(), assignment(inputs=["x"])]
+    batch = [
+        *good,
+        assignment(deadline_at=utcnow() - timedelta(seconds=1)),
+        assignment(node_id="someone-else"),
+        {"not": "an assignment"},
+    ]
+
+    summary = await asyncio.to_thread(service.handle, batch)
+
+    assert summary == "done=2 expired=1 malformed=1 misrouted=1"
+    js = nc.jetstream()
+    for payload in good:
+        stored = await js.get_last_msg(
+            topology.results_stream, topology.results_subject(payload["job_id"])
+        )
+        result = InferenceResult.model_validate_json(stored.data)
+        assert str(result.assignment_id) == payload["assignment_id"]
+        assert result.node_id == identity.node_id
+        assert result.precision == "int8"
+        expected = CountingEmbedder().embed(payload["inputs"]).tolist()
+        assert result.embeddings == expected
+    assert json.loads(service.heartbeat())["processed"] == 2
