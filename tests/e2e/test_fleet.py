@@ -148,11 +148,12 @@ async def test_bad_input_is_rejected_or_dead_lettered_and_good_jobs_still_pass(
             await client.publish_raw(body)
         good = await client.run(JobRequest(inputs=["still working"], redundancy=3), timeout_s=30)
     assert good.status == "verified"
-    parked = await _dead_letters(settings, len(DEAD_LETTERED))
+    parked = dict(await _dead_letters(settings, len(DEAD_LETTERED)))
+    # Routers take jobs in concurrent batches: dead letters need not keep their order.
     assert len(parked) == len(DEAD_LETTERED)
-    for (name, body, expected), (parked_body, reason) in zip(DEAD_LETTERED, parked, strict=True):
-        assert parked_body == body, name
-        assert expected in reason, f"{name}: {reason}"
+    for name, body, expected in DEAD_LETTERED:
+        assert body in parked, name
+        assert expected in parked[body], f"{name}: {parked[body]}"
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
