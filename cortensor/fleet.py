@@ -35,12 +35,15 @@ class Fleet:
         settings: Settings,
         *,
         nodes: int = 3,
+        routers: int = 1,
+        guards: int = 1,
         extra_nodes: list[list[str]] | None = None,
         log_dir: Path,
         env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes
+        self.concurrency = f"router={routers},guard={guards},node={nodes}"
         self.extra_nodes = extra_nodes or []
         self.log_dir = log_dir
         bin_dir = str(Path(sys.executable).parent)
@@ -83,7 +86,7 @@ class Fleet:
                 "-d",
                 str(ROOT),
                 "-c",
-                f"node={self.nodes}",
+                self.concurrency,
             ],
         )
         for i, args in enumerate(self.extra_nodes, start=1):

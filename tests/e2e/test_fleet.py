@@ -156,6 +156,28 @@ async def test_bad_input_is_rejected_or_dead_lettered_and_good_jobs_still_pass(
         assert expected in parked[body], f"{name}: {parked[body]}"
 
 
+async def _settled(settings: Settings) -> Any:
+    """Ledger counts once every assignment has its reputation event (verdicts go out on
+    a majority; the last replicas land, and are scored, a moment later)."""
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        for _ in range(100):
+            counts = await conn.fetchrow(
+                """
+                SELECT (SELECT count(*) FROM verdicts) AS verdicts,
+                       (SELECT count(*) FROM assignments) AS assignments,
+                       (SELECT count(*) FROM reputation_events) AS events,
+                       (SELECT count(*) FROM results) AS results
+                """
+            )
+            if counts["events"] == counts["assignments"]:
+                break
+            await asyncio.sleep(0.1)
+        return counts
+    finally:
+        await conn.close()
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -187,6 +209,7 @@ async def test_thirty_jobs_verified_and_the_dishonest_node_ranks_last(
         assert got.shape == expected.shape
         assert float(_cosine(got, expected).min()) >= 0.95
 
+    await _settled(settings)
     report = {row["node_id"]: row for row in node_report(settings)}
     assert DISHONEST in report
     honest = [row for node, row in report.items() if node != DISHONEST]
@@ -305,3 +328,27 @@ async def test_work_on_a_hung_node_is_rerouted_to_other_nodes(
         await conn.close()
     assert rerouted > 0
     assert charged > 0
+
+
+async def test_two_routers_and_two_guards_share_the_work(models_dir: Path, tmp_path: Path) -> None:
+    settings = make_settings(models_dir)
+    migrate.upgrade(settings)
+    await setup_brokers(settings)
+    fleet = Fleet(settings, nodes=3, routers=2, guards=2, log_dir=tmp_path / "logs")
+    nodes: list[str] = []
+    try:
+        fleet.start()
+        nodes = await asyncio.to_thread(fleet.wait_ready)
+        jobs = [JobRequest(inputs=[f"shared {i}"], redundancy=3) for i in range(40)]
+        async with Client(settings) as client:
+            verdicts = await client.run_many(jobs, timeout_s=60)
+        assert [v.status for v in verdicts] == ["verified"] * len(jobs)
+        counts = await _settled(settings)
+        assert counts["verdicts"] == len(jobs)
+        assert counts["assignments"] == 3 * len(jobs)
+        # Every replica answered and was scored exactly once, whichever guard took it.
+        assert counts["results"] == counts["events"] == counts["assignments"]
+    finally:
+        await asyncio.to_thread(fleet.stop)
+        await teardown_brokers(settings, [(n, "cpu-int8") for n in nodes])
+        migrate.drop_database(settings)
