@@ -1,0 +1,102 @@
+"""The operator commands, run as a user would run them, against the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+from nats.js.errors import NotFoundError
+
+from cortensor.ledger import migrate
+from cortensor.provision import teardown_brokers
+from cortensor.settings import Settings
+from cortensor.topology import Topology
+from cortensor.transport import jetstream
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
+
+
+def cortensor(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CORTENSOR_NAMESPACE": settings.namespace,
+        "CORTENSOR_DATABASE_URL": settings.database_url,
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cortensor"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def _stream_names(settings: Settings) -> set[str]:
+    nc = await jetstream.connect(settings.nats_url, name="test-cli")
+    try:
+        js = nc.jetstream()
+        names = set()
+        for stream in Topology(settings.namespace).streams:
+            with contextlib.suppress(NotFoundError):
+                names.add((await js.stream_info(stream.name)).config.name or "")
+        return names
+    finally:
+        await nc.drain()
+
+
+def test_db_upgrade_creates_the_database_then_is_a_no_op() -> None:
+    settings = make_settings()
+    try:
+        first = cortensor(settings, "db", "upgrade")
+        assert first.returncode == 0, first.stderr
+        assert "created and migrated" in first.stdout
+        again = cortensor(settings, "db", "upgrade")
+        assert again.returncode == 0, again.stderr
+        assert "created" not in again.stdout
+        assert migrate.current(settings) == "0001"
+    finally:
+        migrate.drop_database(settings)
+
+
+def test_brokers_setup_declares_the_topology_idempotently() -> None:
+    settings = make_settings()
+    try:
+        for _ in range(2):
+            done = cortensor(settings, "brokers", "setup")
+            assert done.returncode == 0, done.stderr
+            assert (
+                f"queue {settings.namespace}.router <- {settings.namespace}.jobs[job]"
+                in done.stdout
+            )
+        assert asyncio.run(_stream_names(settings)) == {
+            f"{settings.namespace}-results",
+            f"{settings.namespace}-verdicts",
+        }
+    finally:
+        asyncio.run(teardown_brokers(settings))
+
+
+def test_a_bad_setting_is_named() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "cortensor"), "report", "nodes"],
+        env={**os.environ, "CORTENSOR_NAMESPACE": "Not A Namespace"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "namespace" in done.stderr
+
+
+def test_node_refuses_a_bad_node_id_before_loading_anything() -> None:
+    done = cortensor(make_settings(), "node", "--node-id", "has.dots")
+    assert done.returncode == 2
+    assert "--node-id" in done.stderr
