@@ -20,6 +20,7 @@ from cortensor.errors import CortensorError
 from cortensor.intake import explain
 from cortensor.node.faults import FaultMode
 from cortensor.node.identity import HwChoice
+from cortensor.paths import ROOT
 from cortensor.reports import console
 from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
 from cortensor.settings import Settings
@@ -43,7 +44,7 @@ for sub, name in [
 
 out = console()
 err = console(stderr=True)
-SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+SCHEMAS_DIR = ROOT / "docs" / "schemas"
 
 
 def _configure_logging() -> None:

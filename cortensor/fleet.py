@@ -17,10 +17,8 @@ from typing import IO, Self
 
 import psycopg
 
+from cortensor.paths import ROOT, checkout_path
 from cortensor.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
-PROCFILE = ROOT / "Procfile"
 
 
 class FleetError(RuntimeError):
@@ -82,7 +80,7 @@ class Fleet:
                 str(bin_dir / "honcho"),
                 "start",
                 "-f",
-                str(PROCFILE),
+                str(checkout_path("Procfile")),
                 "-d",
                 str(ROOT),
                 "-c",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,16 +11,16 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
+from cortensor.paths import checkout_path
 from cortensor.settings import Settings
-
-REPORTS_DIR = Path(__file__).resolve().parents[1] / "db" / "reports"
 
 
 def run_report(settings: Settings, name: str) -> list[dict[str, Any]]:
     """Run db/reports/<name>.sql, the same file an admin runs with psql."""
-    path = REPORTS_DIR / f"{name}.sql"
+    reports = checkout_path("db", "reports")
+    path = reports / f"{name}.sql"
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in REPORTS_DIR.glob("*.sql")))
+        known = ", ".join(sorted(p.stem for p in reports.glob("*.sql")))
         raise ValueError(f"no report {name!r}; reports: {known}")
     with psycopg.connect(settings.asyncpg_dsn, row_factory=dict_row) as conn:
         return list(conn.execute(path.read_text()).fetchall())

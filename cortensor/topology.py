@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-TOPOLOGY_FILE = Path(__file__).resolve().parents[1] / "brokers" / "topology.toml"
+from cortensor.paths import checkout_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +75,8 @@ def _by_role(specs: tuple[Spec, ...], role: str) -> Spec:
 class Topology:
     """Every name the processes of one namespace use, read from the topology file."""
 
-    def __init__(self, namespace: str, path: Path = TOPOLOGY_FILE) -> None:
-        with path.open("rb") as f:
+    def __init__(self, namespace: str, path: Path | None = None) -> None:
+        with (path or checkout_path("brokers", "topology.toml")).open("rb") as f:
             self._raw: dict[str, Any] = tomllib.load(f)
         self.namespace = namespace
         rabbit, nats = self._raw["rabbitmq"], self._raw["nats"]

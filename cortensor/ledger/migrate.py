@@ -8,8 +8,6 @@ upgrade; upgrade(Settings())"`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import psycopg
 from alembic import command
 from alembic.config import Config
@@ -21,9 +19,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from cortensor.errors import BadInput, LedgerUnavailable
+from cortensor.paths import checkout_path
 from cortensor.settings import Settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 """The Alembic script directory (env.py, versions/)."""
 
 _MAINTENANCE_DATABASES = ("postgres", "template1")
@@ -32,7 +30,7 @@ _MAINTENANCE_DATABASES = ("postgres", "template1")
 def alembic_config(settings: Settings) -> Config:
     """An Alembic configuration for the ledger that `settings` names."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(checkout_path("db", "migrations")))
     config.set_main_option("path_separator", "os")
     # Config is a ConfigParser: a literal '%' (percent-encoded password) must be doubled.
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))

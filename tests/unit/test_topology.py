@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from cortensor.catalog import HW_CLASSES
-from cortensor.topology import TOPOLOGY_FILE, Topology
+from cortensor.errors import PermanentError
+from cortensor.paths import checkout_path
+from cortensor.topology import Topology
+
+TOPOLOGY_FILE = checkout_path("brokers", "topology.toml")
 
 NS = "unit7"
 
@@ -44,6 +48,11 @@ def every_name(t: Topology) -> set[str]:
 def test_the_topology_file_is_the_one_in_brokers() -> None:
     assert Path(__file__).resolve().parents[2] / "brokers" / "topology.toml" == TOPOLOGY_FILE
     assert TOPOLOGY_FILE.is_file()
+
+
+def test_a_missing_checkout_file_says_how_to_install() -> None:
+    with pytest.raises(PermanentError, match="pip install -e"):
+        checkout_path("brokers", "no-such-file.toml")
 
 
 def test_exchanges_include_jobs_dead_letters_and_one_per_hw_class(topo: Topology) -> None:
