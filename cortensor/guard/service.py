@@ -28,7 +28,7 @@ REPUBLISH_AFTER_S = 5.0
 
 
 class Guard:
-    """Stores results, decides jobs when their replicas are in or their deadline passed."""
+    """Stores results; decides each job as soon as its outcome is certain, or at its deadline."""
 
     def __init__(self, settings: Settings, *, name: str = "guard") -> None:
         self.settings = settings
