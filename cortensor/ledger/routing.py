@@ -183,6 +183,38 @@ class RouterLedger(Ledger):
             await self.write_verdict(conn, verdict)
         return True
 
+    async def outstanding(self, job_ids: Sequence[UUID]) -> list[Assignment]:
+        """The assignments of these jobs still awaited and within their deadline.
+
+        A job delivered again may be one whose assignments were recorded but never
+        published (the router stopped in between): sending them again is harmless, as
+        a node's result is deduplicated by its assignment id.
+        """
+        rows = await self.pool.fetch(
+            """
+            SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, a.attempt, a.deadline_at,
+                   j.task, j.model, j.inputs
+            FROM assignments a JOIN jobs j USING (job_id)
+            WHERE a.job_id = ANY($1::uuid[]) AND a.status = 'assigned'
+              AND a.deadline_at > now() AND j.status = 'running'
+            """,
+            list(job_ids),
+        )
+        return [
+            Assignment(
+                assignment_id=r["assignment_id"],
+                job_id=r["job_id"],
+                node_id=r["node_id"],
+                task=r["task"],
+                model=r["model"],
+                inputs=r["inputs"],
+                hw_class=r["hw_class"],
+                deadline_at=r["deadline_at"],
+                attempt=r["attempt"],
+            )
+            for r in rows
+        ]
+
     async def _open_jobs(self, conn: Connection, where: str, *args: Any) -> list[OpenJob]:
         rows = await conn.fetch(
             f"""

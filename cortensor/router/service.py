@@ -207,8 +207,10 @@ class Router:
                 why[job.job_id] = plan
             opened.append((job, deadline_at, [] if isinstance(plan, str) else list(plan)))
         written = await self.ledger.open_jobs(opened)
+        again = [job.job_id for job in jobs if job.job_id not in written]
         await self.publish_assignments(
             [a for job, _, made in opened if job.job_id in written for a in made]
+            + (await self.ledger.outstanding(again) if again else [])
         )
         outcomes = {}
         for job in jobs:

@@ -1,0 +1,102 @@
+"""A router in this process, against the real services, with a node that exists only as
+its heartbeats and its queue: what the router sends is read straight off that queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from cortensor.client import Client
+from cortensor.router.service import Router
+from cortensor.schemas import JobRequest, NodeHeartbeat, utcnow
+from cortensor.settings import Settings
+from cortensor.topology import Topology
+from cortensor.transport import amqp, jetstream
+
+pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
+
+NODE = "router-test-node"
+
+
+@pytest.fixture
+async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    """The fake node's queue, while the fake node announces itself and a router runs."""
+    settings = broker_settings
+    topology = Topology(settings.namespace)
+    connection = await aio_pika.connect(settings.amqp_url)
+    channel = await connection.channel()
+    spec = topology.node_queue(NODE, "cpu-int8")
+    await amqp.declare_queue(channel, spec)
+    nc = await jetstream.connect(settings.nats_url, name="fake-node")
+    beat = NodeHeartbeat(
+        node_id=NODE,
+        hw_class="cpu-int8",
+        precision="int8",
+        tasks=["embed"],
+        models=["all-MiniLM-L6-v2"],
+        capacity=4,
+        inflight=0,
+        processed=0,
+        started_at=utcnow(),
+    )
+
+    async def announce() -> None:
+        while True:
+            await nc.publish(topology.heartbeat_subject(NODE), beat.model_dump_json().encode())
+            await asyncio.sleep(0.2)
+
+    stop = asyncio.Event()
+    router = asyncio.create_task(Router(settings, seed=7).run(stop))
+    heartbeats = asyncio.create_task(announce())
+    try:
+        yield await channel.get_queue(spec.name)
+    finally:
+        stop.set()
+        await router
+        heartbeats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeats
+        await nc.drain()
+        await channel.queue_delete(spec.name)
+        await connection.close()
+
+
+async def _next_task(queue: aio_pika.abc.AbstractQueue) -> dict[str, Any]:
+    """The kwargs of the next task message on the queue (waiting up to 15 s)."""
+    for _ in range(300):
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            assert message.headers["task"] == "cortensor.run_assignments"
+            _, kwargs, _ = json.loads(message.body)
+            return dict(kwargs)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no task message reached the node's queue")
+
+
+async def test_a_job_delivered_again_sends_its_outstanding_assignments_again(
+    broker_settings: Settings, node_queue: aio_pika.abc.AbstractQueue
+) -> None:
+    job = JobRequest(inputs=["resend me"], redundancy=1)
+    async with Client(broker_settings) as client:
+        await client.submit(job)
+        first = await _next_task(node_queue)
+        # The same job again: as if the router had stopped between its commit and
+        # its publish, and the job had come back from the queue.
+        await client.submit(job)
+        second = await _next_task(node_queue)
+
+    [sent] = first["assignments"]
+    assert sent["job_id"] == str(job.job_id)
+    assert sent["node_id"] == NODE
+    assert sent["inputs"] == ["resend me"]
+    [again] = second["assignments"]
+    # The same assignment (id, node, deadline), in a new message.
+    assert {k: v for k, v in again.items() if k != "created_at"} == {
+        k: v for k, v in sent.items() if k != "created_at"
+    }
