@@ -15,7 +15,7 @@ from uuid import UUID
 
 from cortensor.consensus import Replica
 from cortensor.judge import Case, Event, score_late
-from cortensor.ledger.store import Connection, Ledger, verdict_of
+from cortensor.ledger.store import Ledger, verdict_of
 from cortensor.schemas import InferenceResult, Verdict
 
 TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
@@ -158,13 +158,6 @@ def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
 class GuardLedger(Ledger):
     """Ledger access for guards."""
 
-    async def _decide(
-        self, conn: Connection, job: Any, rows: Sequence[Any], judge: Judge
-    ) -> Verdict:
-        verdict, events = judge(_case(job, rows))  # rows: every replica, none in hand
-        await self.write_verdict(conn, verdict, events=events)
-        return verdict
-
     async def take_results(
         self, job_id: UUID, results: Sequence[InferenceResult], judge: Judge
     ) -> Intake:
@@ -233,29 +226,17 @@ class GuardLedger(Ledger):
         when its own deadline passes is timed out and charged like any other.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
+            late = await conn.fetch(
                 """
-                WITH late AS (
-                    SELECT a.assignment_id FROM assignments a JOIN jobs j USING (job_id)
-                    WHERE a.status = 'assigned' AND a.deadline_at < now()
-                      AND j.status NOT IN ('waiting', 'running')
-                    ORDER BY a.deadline_at LIMIT $1
-                    FOR UPDATE OF a SKIP LOCKED
-                )
-                UPDATE assignments a SET status = 'timed_out', finished_at = now()
-                FROM late WHERE a.assignment_id = late.assignment_id
-                RETURNING a.assignment_id, a.node_id, a.job_id
+                SELECT a.assignment_id FROM assignments a JOIN jobs j USING (job_id)
+                WHERE a.status = 'assigned' AND a.deadline_at < now()
+                  AND j.status NOT IN ('waiting', 'running')
+                ORDER BY a.deadline_at LIMIT $1
+                FOR UPDATE OF a SKIP LOCKED
                 """,
                 limit,
             )
-            for job_id in {r["job_id"] for r in rows}:
-                events = [
-                    (r["node_id"], r["assignment_id"], "timed_out")
-                    for r in rows
-                    if r["job_id"] == job_id
-                ]
-                await self.add_events(conn, job_id, events)
-        return len(rows)
+            return await self.time_out(conn, [r["assignment_id"] for r in late]) if late else 0
 
     async def decide_expired(self, judge: Judge, limit: int = 50) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has.
@@ -280,6 +261,7 @@ class GuardLedger(Ledger):
                     """,
                     job["job_id"],
                 )
-                rows = await conn.fetch(_REPLICAS, job["job_id"])
-                verdicts.append(await self._decide(conn, job, rows, judge))
+                verdict, events = judge(_case(job, await conn.fetch(_REPLICAS, job["job_id"])))
+                await self.write_verdict(conn, verdict, events=events)
+                verdicts.append(verdict)
         return verdicts

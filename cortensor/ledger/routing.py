@@ -267,15 +267,14 @@ class RouterLedger(Ledger):
             made: list[Assignment] = []
             failed: list[Verdict] = []
             for job in jobs:
+                outcome = plan(job, job.redundancy)
                 if job.deadline_at <= now:
                     # Too late to start: replicas assigned now could only time out.
-                    outcome = plan(job, job.redundancy)
                     why = outcome if isinstance(outcome, str) else "no node took it in time"
                     verdict = fail(job, why)
                     await self.write_verdict(conn, verdict)
                     failed.append(verdict)
                     continue
-                outcome = plan(job, job.redundancy)
                 if isinstance(outcome, str):
                     continue
                 await _insert_assignments(conn, outcome)
@@ -305,22 +304,7 @@ class RouterLedger(Ledger):
             )
             if not expired:
                 return []
-            await conn.execute(
-                """
-                UPDATE assignments SET status = 'timed_out', finished_at = now()
-                WHERE assignment_id = ANY($1::uuid[])
-                """,
-                [r["assignment_id"] for r in expired],
-            )
-            await conn.execute(
-                """
-                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-                SELECT node_id, job_id, assignment_id, 'timed_out'
-                FROM assignments WHERE assignment_id = ANY($1::uuid[])
-                ON CONFLICT (assignment_id) DO NOTHING
-                """,
-                [r["assignment_id"] for r in expired],
-            )
+            await self.time_out(conn, [r["assignment_id"] for r in expired])
             lost: dict[UUID, int] = {}
             for r in expired:
                 lost[r["job_id"]] = lost.get(r["job_id"], 0) + 1

@@ -113,13 +113,30 @@ class Ledger:
                 [e[2] for e in events],
             )
 
-    async def stored_verdict(self, job_id: Any, conn: Connection | None = None) -> Verdict | None:
-        """The verdict already written for a job, if any.
+    @staticmethod
+    async def time_out(conn: Connection, assignment_ids: Sequence[Any]) -> int:
+        """Mark assignments still awaited as timed out and charge each node a `timed_out`
+        event (one statement); returns how many were timed out."""
+        charged: int = await conn.fetchval(
+            """
+            WITH late AS (
+                UPDATE assignments SET status = 'timed_out', finished_at = now()
+                WHERE assignment_id = ANY($1::uuid[]) AND status = 'assigned'
+                RETURNING assignment_id, node_id, job_id
+            ), events AS (
+                INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+                SELECT node_id, job_id, assignment_id, 'timed_out' FROM late
+                ON CONFLICT (assignment_id) DO NOTHING RETURNING 1
+            )
+            SELECT count(*) FROM late
+            """,
+            list(assignment_ids),
+        )
+        return charged
 
-        Pass the connection of a transaction in progress: taking a second one from the
-        pool while holding the first deadlocks once every connection is held that way.
-        """
-        row = await (conn or self.pool).fetchrow(f"{_VERDICT} WHERE v.job_id = $1", job_id)
+    async def stored_verdict(self, job_id: Any) -> Verdict | None:
+        """The verdict already written for a job, if any."""
+        row = await self.pool.fetchrow(f"{_VERDICT} WHERE v.job_id = $1", job_id)
         return None if row is None else verdict_of(row)
 
     async def mark_published(self, job_ids: Sequence[Any]) -> None:
