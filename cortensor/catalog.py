@@ -7,18 +7,39 @@ from typing import Literal, get_args
 HwClass = Literal["cpu-fp32", "cpu-int8", "cuda-fp16", "cuda-int8"]
 Precision = Literal["fp32", "fp16", "int8"]
 HwSpec = Literal["any", "cpu-fp32", "cpu-int8", "cuda-fp16", "cuda-int8", "fp32", "fp16", "int8"]
-Task = Literal["embed"]
+Task = Literal["embed", "classify", "transcribe"]
 
 HW_CLASSES: tuple[HwClass, ...] = get_args(HwClass)
+TASKS: tuple[Task, ...] = get_args(Task)
+TEXT_TASKS: frozenset[Task] = frozenset({"embed", "classify"})
+"""Tasks whose inputs are texts; the rest take audio."""
+
 PRECISION: dict[HwClass, Precision] = {
     "cpu-fp32": "fp32",
     "cpu-int8": "int8",
     "cuda-fp16": "fp16",
     "cuda-int8": "int8",
 }
-MODELS: dict[Task, tuple[str, ...]] = {"embed": ("all-MiniLM-L6-v2",)}
-DEFAULT_MODEL: dict[Task, str] = {"embed": "all-MiniLM-L6-v2"}
-EMBEDDING_DIM: dict[str, int] = {"all-MiniLM-L6-v2": 384}
+
+EMBED_MODEL = "all-MiniLM-L6-v2"
+CLASSIFY_MODEL = "rag-intent-classifier"
+WHISPER_BASE = "whisper-base"
+WHISPER_TINY_EN = "whisper-tiny.en"
+
+MODELS: dict[Task, tuple[str, ...]] = {
+    "embed": (EMBED_MODEL,),
+    "classify": (CLASSIFY_MODEL,),
+    "transcribe": (WHISPER_BASE, WHISPER_TINY_EN),
+}
+DEFAULT_MODEL: dict[Task, str] = {
+    "embed": EMBED_MODEL,
+    "classify": CLASSIFY_MODEL,
+    "transcribe": WHISPER_BASE,
+}
+TASK_OF: dict[str, Task] = {model: task for task, names in MODELS.items() for model in names}
+EMBEDDING_DIM: dict[str, int] = {EMBED_MODEL: 384}
+ENGLISH_ONLY: frozenset[str] = frozenset({WHISPER_TINY_EN})
+"""Speech models that transcribe English only."""
 
 
 def eligible_classes(spec: HwSpec) -> tuple[HwClass, ...]:

@@ -6,8 +6,10 @@ The JSON Schemas under docs/schemas/ are generated from these classes
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -17,15 +19,29 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-from cortensor.catalog import DEFAULT_MODEL, MODELS, HwClass, HwSpec, Precision, Task
+from cortensor.catalog import (
+    DEFAULT_MODEL,
+    ENGLISH_ONLY,
+    MODELS,
+    TEXT_TASKS,
+    HwClass,
+    HwSpec,
+    Precision,
+    Task,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_REDUNDANCY = 7
-MAX_INPUTS = 64
+MAX_INPUTS = 1024
 MAX_TEXT_CHARS = 8192
-MAX_JOB_BYTES = 1_048_576
+MAX_AUDIO_BYTES = 8 * 1_048_576
+"""Largest audio file a transcribe job may carry, before base64."""
+MAX_JOB_BYTES = 12 * 1_048_576
+"""Largest job message: base64 audio at the limit plus the rest of the request."""
+MAX_TOP_K = 20
 MAX_DEADLINE_S = 600.0
 DEFAULT_DEADLINE_S = 30.0
 
@@ -37,6 +53,11 @@ NodeId = Annotated[
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 Vector = list[float]
 JobStatus = Literal["verified", "rejected", "failed", "inconclusive"]
+Language = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z]{2,3}$"),
+    Field(description="An ISO 639-1 language code such as 'en'."),
+]
 
 
 def utcnow() -> datetime:
@@ -53,6 +74,67 @@ class Message(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class Output(BaseModel):
+    """Part of a task's output."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LabelScore(Output):
+    """One class and its probability."""
+
+    label: str
+    score: float
+
+
+class Classification(Output):
+    """A classifier's answer for one text: the top label and the k best with scores."""
+
+    label: str
+    score: float
+    top: list[LabelScore]
+
+
+class Segment(Output):
+    """A stretch of speech and its words; times in seconds from the start of the audio."""
+
+    start: float
+    end: float
+    text: str
+
+
+class Transcript(Output):
+    """Speech turned into text."""
+
+    text: str
+    language: str
+    duration_s: float
+    segments: list[Segment]
+
+
+OUTPUT_FIELD: dict[Task, str] = {
+    "embed": "embeddings",
+    "classify": "classes",
+    "transcribe": "transcript",
+}
+"""The field of an InferenceResult or Verdict that holds each task's output."""
+
+
+def _output_json(message: BaseModel, task: Task) -> Any:
+    value = getattr(message, OUTPUT_FIELD[task])
+    if isinstance(value, list):
+        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def decode_audio_field(value: str) -> bytes:
+    """The bytes of a base64 audio field; ValueError when it is not base64."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("audio is not valid base64; send the file's bytes base64-encoded")
+
+
 class JobRequest(Message):
     """A user's job, published to the jobs exchange."""
 
@@ -61,7 +143,22 @@ class JobRequest(Message):
     model: str = Field(
         default="", validate_default=True, description="Empty means the task's default model."
     )
-    inputs: list[Text] = Field(min_length=1, max_length=MAX_INPUTS)
+    inputs: list[Text] = Field(
+        default_factory=list,
+        max_length=MAX_INPUTS,
+        description="The texts of an embed or classify job.",
+    )
+    audio: str | None = Field(
+        default=None,
+        description=(
+            "The audio file of a transcribe job (WAV, FLAC, MP3 or OGG), base64-encoded;"
+            f" at most {MAX_AUDIO_BYTES} bytes before encoding."
+        ),
+    )
+    language: Language | None = Field(
+        default=None, description="transcribe: the spoken language; empty means detect it."
+    )
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="classify: labels returned.")
     redundancy: int = Field(default=3, ge=1, le=MAX_REDUNDANCY)
     hw_class: HwSpec = Field(
         default="any", description="A hardware class, a precision (fp32, fp16, int8) or any."
@@ -89,6 +186,40 @@ class JobRequest(Message):
             raise ValueError(f"unknown model {model!r} for task {task!r}; use one of: {known}")
         return model
 
+    @field_validator("audio")
+    @classmethod
+    def _audio_size(cls, audio: str | None) -> str | None:
+        if audio is None:
+            return None
+        size = len(decode_audio_field(audio))
+        if size == 0:
+            raise ValueError("audio is empty; send the bytes of a WAV, FLAC, MP3 or OGG file")
+        if size > MAX_AUDIO_BYTES:
+            raise ValueError(
+                f"audio is {size} bytes, over the limit of {MAX_AUDIO_BYTES}; split the file"
+            )
+        return audio
+
+    @model_validator(mode="after")
+    def _inputs_fit_task(self) -> Self:
+        if self.task in TEXT_TASKS:
+            if not self.inputs:
+                raise ValueError(f"a {self.task} job needs at least one text in inputs")
+            if self.audio is not None:
+                raise ValueError(f"a {self.task} job takes texts in inputs, not audio")
+        else:
+            if self.audio is None:
+                raise ValueError("a transcribe job needs its audio file in audio (base64)")
+            if self.inputs:
+                raise ValueError("a transcribe job takes audio, not texts in inputs")
+            if self.language not in (None, "en") and self.model in ENGLISH_ONLY:
+                raise ValueError(f"model {self.model} transcribes English only; leave language out")
+        return self
+
+    def audio_bytes(self) -> bytes:
+        """The decoded audio file (empty for text tasks)."""
+        return b"" if self.audio is None else decode_audio_field(self.audio)
+
 
 class Assignment(Message):
     """One replica of a job, sent by the router to one node."""
@@ -98,7 +229,10 @@ class Assignment(Message):
     node_id: NodeId
     task: Task
     model: str
-    inputs: list[str]
+    inputs: list[str] = Field(default_factory=list)
+    audio: str | None = Field(default=None, description="16 kHz mono WAV, base64.")
+    language: str | None = None
+    top_k: int = 5
     hw_class: HwClass
     deadline_at: datetime
     attempt: int = 1
@@ -111,12 +245,36 @@ class InferenceResult(Message):
     assignment_id: UUID
     job_id: UUID
     node_id: NodeId
+    task: Task = "embed"
     model: str
     hw_class: HwClass
     precision: Precision
     embeddings: list[Vector] | None = None
+    classes: list[Classification] | None = None
+    transcript: Transcript | None = None
     error: str | None = None
     elapsed_ms: float = 0.0
+
+    def output(self) -> Any:
+        """The task's output as JSON data (None when the node reported an error)."""
+        return _output_json(self, self.task)
+
+
+class PartVerdict(Output):
+    """How one part of a split job was decided, and by whom."""
+
+    part: int
+    job_id: UUID
+    status: JobStatus
+    reason: str = ""
+    start_s: float | None = None
+    """Audio parts: where the chunk starts in the original file."""
+    end_s: float | None = None
+    first_input: int | None = None
+    """Text parts: index of the shard's first text in the job's inputs."""
+    inputs: int | None = None
+    agreeing: list[str] = Field(default_factory=list)
+    disagreeing: list[str] = Field(default_factory=list)
 
 
 class Verdict(Message):
@@ -128,11 +286,28 @@ class Verdict(Message):
     task: Task = "embed"
     model: str = ""
     embeddings: list[Vector] | None = None
+    classes: list[Classification] | None = None
+    transcript: Transcript | None = None
     canonical_result_id: UUID | None = None
     replicas: int = 0
     agreeing: list[str] = Field(default_factory=list)
     disagreeing: list[str] = Field(default_factory=list)
     timed_out: list[str] = Field(default_factory=list)
+    parent_id: UUID | None = None
+    """Set on the verdict of one part of a split job: the job it belongs to."""
+    part: int | None = None
+    parts: list[PartVerdict] = Field(default_factory=list)
+    """Set on a split job's verdict: each part, in order, with the nodes that did it."""
+
+    def output(self) -> Any:
+        """The task's output as JSON data (None unless verified)."""
+        return _output_json(self, self.task)
+
+    def with_output(self, output: Any) -> Verdict:
+        """This verdict carrying `output` (JSON data) in its task's field."""
+        return Verdict.model_validate(
+            {**self.model_dump(mode="json"), OUTPUT_FIELD[self.task]: output}
+        )
 
 
 class NodeHeartbeat(Message):
