@@ -35,7 +35,7 @@ class Announcer:
             *(
                 jetstream.publish(
                     self.js,
-                    self.topology.verdicts_subject(str(v.job_id)),
+                    self.topology.verdict_subject(v),
                     v.model_dump_json().encode(),
                     msg_id=f"verdict-{v.job_id}",
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import signal
@@ -163,6 +164,10 @@ def node(
     node_id: Annotated[str | None, typer.Option(help="Default: host name + process name.")] = None,
     fault: Annotated[FaultMode | None, typer.Option(help="Be dishonest.")] = None,
     fault_rate: Annotated[float, typer.Option(help="Share of jobs answered wrongly.")] = 1.0,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models to serve; default: all its class serves."),
+    ] = None,
 ) -> None:
     """Run an inference node (a Celery worker on its own queue)."""
     from cortensor.node.faults import FAULT_MODES
@@ -185,6 +190,7 @@ def node(
             node_id=node_id,
             fault=fault,  # checked against FAULT_MODES above
             fault_rate=fault_rate,
+            models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
         )
     except (CortensorError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -213,50 +219,71 @@ def _print_verdict(verdict: Verdict, as_json: bool) -> None:
         out.print_json(verdict.model_dump_json())
         return
     colour = {"verified": "green", "rejected": "yellow"}.get(verdict.status, "red")
-    out.print(f"job {verdict.job_id}: [{colour}]{verdict.status}[/{colour}] — {verdict.reason}")
+    out.print(f"job {verdict.job_id}: [{colour}]{verdict.status}[/{colour}] — ", end="")
+    out.print(verdict.reason, markup=False)
     if verdict.agreeing or verdict.disagreeing or verdict.timed_out:
         out.print(
             f"  agreed: {', '.join(verdict.agreeing) or '-'}"
             f" | disagreed: {', '.join(verdict.disagreeing) or '-'}"
-            f" | timed out: {', '.join(verdict.timed_out) or '-'}"
+            f" | timed out: {', '.join(verdict.timed_out) or '-'}",
+            markup=False,
+        )
+    for part in verdict.parts:
+        where = (
+            f"{part.start_s:7.2f}-{part.end_s:7.2f} s"
+            if part.start_s is not None and part.end_s is not None
+            else f"texts {part.first_input}-{(part.first_input or 0) + (part.inputs or 0) - 1}"
+        )
+        out.print(
+            f"  part {part.part} ({where}): {part.status}, by {', '.join(part.agreeing) or '-'}",
+            markup=False,
         )
     for i, vector in enumerate(verdict.embeddings or []):
         head = ", ".join(f"{x:+.4f}" for x in vector[:4])
-        out.print(f"  [{i}] {len(vector)}-d [{head}, ...]")
+        out.print(f"  [{i}] {len(vector)}-d [{head}, ...]", markup=False)
+    for i, c in enumerate(verdict.classes or []):
+        others = ", ".join(f"{t.label} {t.score:.3f}" for t in c.top[1:])
+        out.print(f"  [{i}] {c.label} ({c.score:.3f})  next: {others or '-'}", markup=False)
+    if verdict.transcript is not None:
+        t = verdict.transcript
+        out.print(f"  language {t.language}, {t.duration_s:.1f} s of audio", markup=False)
+        out.print(f"  {t.text}", markup=False)
 
 
-@submit_app.command("embed")
-def submit_embed(
-    texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
-    redundancy: Annotated[int, typer.Option(help="Replicas on distinct nodes.")] = 3,
-    hw_class: Annotated[str, typer.Option(help="A class, a precision or any.")] = "any",
-    deadline: Annotated[
-        float, typer.Option(help="Seconds until the job fails.")
-    ] = DEFAULT_DEADLINE_S,
-    wait: Annotated[bool, typer.Option(help="Wait for the verdict.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Submit an embedding job."""
+Redundancy = Annotated[int, typer.Option(help="Replicas on distinct nodes.")]
+HwOption = Annotated[str, typer.Option(help="A class, a precision or any.")]
+Wait = Annotated[bool, typer.Option(help="Wait for the verdict.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _submit(fields: dict[str, Any], *, wait: bool, as_json: bool, progress: bool = False) -> None:
+    """Validate a job, publish it, and print its id or (with wait) its verdict."""
     from cortensor.client import Client
 
     try:
-        job = JobRequest(
-            task="embed",
-            inputs=texts,
-            redundancy=redundancy,
-            hw_class=hw_class,
-            deadline_s=deadline,
-        )
+        job = JobRequest(**fields)
     except ValidationError as exc:
-        err.print(f"[red]invalid job:[/red] {explain(exc)}")
+        err.print("[red]invalid job:[/red] ", end="")
+        err.print(explain(exc), markup=False)
         raise typer.Exit(2) from exc
 
     async def go() -> Verdict | None:
         async with Client(_settings()) as client:
-            if wait:
+            if not wait:
+                await client.submit(job)
+                return None
+            if not progress or as_json:
                 return await client.run(job)
-            await client.submit(job)
-            return None
+            with err.status(f"job {job.job_id}: waiting for the first part") as status:
+                done: list[int] = []
+
+                def on_part(part: Verdict) -> None:
+                    done.append(part.part or 0)
+                    status.update(f"job {job.job_id}: {len(done)} part(s) decided")
+                    err.print(f"  part {part.part}: {part.status} by", end=" ")
+                    err.print(", ".join(part.agreeing) or "-", markup=False)
+
+                return await client.run(job, on_part=on_part)
 
     verdict = _run(go())
     if verdict is None:
@@ -268,6 +295,73 @@ def submit_embed(
     _print_verdict(verdict, as_json)
     if verdict.status != "verified":
         raise typer.Exit(1)
+
+
+@submit_app.command("embed")
+def submit_embed(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
+    redundancy: Redundancy = 3,
+    hw_class: HwOption = "any",
+    deadline: Annotated[
+        float, typer.Option(help="Seconds until the job fails.")
+    ] = DEFAULT_DEADLINE_S,
+    wait: Wait = False,
+    as_json: AsJson = False,
+) -> None:
+    """Submit an embedding job (many texts are split across nodes)."""
+    fields = {"task": "embed", "inputs": texts, "redundancy": redundancy}
+    _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
+
+
+@submit_app.command("classify")
+def submit_classify(
+    texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    top_k: Annotated[int, typer.Option(help="Labels returned per text, best first.")] = 5,
+    redundancy: Redundancy = 3,
+    hw_class: HwOption = "any",
+    deadline: Annotated[
+        float, typer.Option(help="Seconds until the job fails.")
+    ] = DEFAULT_DEADLINE_S,
+    wait: Wait = False,
+    as_json: AsJson = False,
+) -> None:
+    """Submit an intent-classification job: each text's label and top-k scores."""
+    fields = {"task": "classify", "inputs": texts, "top_k": top_k, "redundancy": redundancy}
+    _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
+
+
+@submit_app.command("transcribe")
+def submit_transcribe(
+    file: Annotated[Path, typer.Argument(help="A WAV, FLAC, MP3 or OGG file.")],
+    language: Annotated[
+        str | None, typer.Option(help="Spoken language (ISO code); default: detect.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="whisper-base or whisper-tiny.en.")] = "",
+    redundancy: Redundancy = 3,
+    hw_class: HwOption = "any",
+    deadline: Annotated[float, typer.Option(help="Seconds until the job fails.")] = 300.0,
+    wait: Wait = False,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a speech-to-text job; long audio is cut at silences and split across nodes."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {file}: {exc.strerror}")
+        raise typer.Exit(2) from exc
+    fields: dict[str, Any] = {
+        "task": "transcribe",
+        "audio": base64.b64encode(data).decode("ascii"),
+        "language": language,
+        "model": model,
+        "redundancy": redundancy,
+    }
+    _submit(
+        {**fields, "hw_class": hw_class, "deadline_s": deadline},
+        wait=wait,
+        as_json=as_json,
+        progress=True,
+    )
 
 
 @app.command()

@@ -7,12 +7,14 @@ async with Client(Settings()) as client:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
@@ -106,15 +108,38 @@ class Client:
             return done
         return await self._await(sub, job_id, timeout_s)
 
-    async def run(self, job: JobRequest, timeout_s: float | None = None) -> Verdict:
-        """Submit a job and wait for its verdict."""
-        sub = await self._subscribe(job.job_id)
+    async def run(
+        self,
+        job: JobRequest,
+        timeout_s: float | None = None,
+        *,
+        on_part: Callable[[Verdict], None] | None = None,
+    ) -> Verdict:
+        """Submit a job and wait for its verdict.
+
+        `on_part` is called with the verdict on each part of a job that the network
+        split (long audio, many texts) as the part is decided, for progress.
+        """
+        parts: Subscription | None = None
+        if on_part is not None:
+            callback = on_part
+
+            async def part_decided(msg: Msg) -> None:
+                callback(Verdict.model_validate_json(msg.data))
+
+            subject = self.topology.part_verdicts_subject(str(job.job_id), "*")
+            parts = await self.nc.subscribe(subject, cb=part_decided)
         try:
-            await self.submit(job)
-        except BaseException:
-            await sub.unsubscribe()
-            raise
-        return await self._await(sub, job.job_id, timeout_s or job.deadline_s + 5.0)
+            sub = await self._subscribe(job.job_id)
+            try:
+                await self.submit(job)
+            except BaseException:
+                await sub.unsubscribe()
+                raise
+            return await self._await(sub, job.job_id, timeout_s or job.deadline_s + 5.0)
+        finally:
+            if parts is not None:
+                await parts.unsubscribe()
 
     async def run_many(
         self, jobs: list[JobRequest], timeout_s: float | None = None

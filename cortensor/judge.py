@@ -26,6 +26,9 @@ class Case:
     """Every counted result, in order of arrival."""
     timed_out: list[tuple[str, str]] = field(default_factory=list)
     """(assignment_id, node_id) of every replica that missed its deadline."""
+    parent_id: UUID | None = None
+    """Set when the job is one part of a split job."""
+    part: int | None = None
 
 
 def judge(case: Case) -> tuple[Verdict, list[Event]]:
@@ -38,6 +41,8 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         "model": case.model,
         "replicas": len(case.replicas),
         "timed_out": late,
+        "parent_id": case.parent_id,
+        "part": case.part,
     }
     if not case.replicas:
         reason = f"no node returned a result before the deadline ({len(late)} timed out)"
@@ -50,13 +55,12 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
     verdict = Verdict(
         status=decision.status,
         reason=decision.reason,
-        embeddings=canonical.output if canonical is not None else None,
         canonical_result_id=UUID(canonical.result_id) if canonical is not None else None,
         agreeing=list(decision.agreeing),
         disagreeing=list(decision.disagreeing),
         **common,
     )
-    return verdict, events
+    return (verdict if canonical is None else verdict.with_output(canonical.output)), events
 
 
 def score_late(task: str, canonical: Replica, late: list[Replica]) -> list[Event]:

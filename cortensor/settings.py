@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     # Jobs. The limits on a job's input are part of its schema (cortensor.schemas).
     assignment_timeout_s: float = 10.0
     """How long a node has for one assignment before it is re-routed to another node."""
+    audio_timeout_factor: float = 0.5
+    """Extra assignment time per second of audio, on top of assignment_timeout_s."""
+    shard_inputs: int = Field(default=32, ge=1)
+    """Most texts in one part of an embed or classify job; longer jobs are split into
+    shards that different nodes run at the same time."""
+    chunk_s: float = Field(default=30.0, gt=1.0)
+    """Target length of one part of a transcribe job; longer audio is cut at silences
+    into chunks that different nodes transcribe at the same time (Whisper reads 30 s
+    windows, so chunks much shorter than that cost more in all)."""
+    max_audio_s: float = Field(default=900.0, gt=0)
+    """Longest audio a transcribe job may carry."""
 
     # Nodes.
     heartbeat_interval_s: float = 1.0

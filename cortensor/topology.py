@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cortensor.paths import checkout_path
+from cortensor.schemas import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,16 @@ class Topology:
     def verdicts_subject(self, job_id: str) -> str:
         """Where the guard publishes a job's verdict."""
         return self._subject("verdicts", job_id=job_id)
+
+    def part_verdicts_subject(self, parent_id: str, part: str) -> str:
+        """Where the verdict on one part of a split job is published (`*` for any part)."""
+        return self._subject("part_verdicts", job_id=parent_id, part=part)
+
+    def verdict_subject(self, verdict: Verdict) -> str:
+        """Where a verdict goes: its job's subject, or its parent's parts subject."""
+        if verdict.parent_id is not None:
+            return self.part_verdicts_subject(str(verdict.parent_id), str(verdict.part))
+        return self.verdicts_subject(str(verdict.job_id))
 
     def heartbeat_subject(self, node_id: str) -> str:
         """Where a node announces itself; `*` as node id subscribes to every node."""

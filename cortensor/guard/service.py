@@ -52,7 +52,9 @@ class Guard:
             for reason in intake.ignored:
                 log.info("result ignored", job_id=str(job_id), reason=reason)
             if intake.verdict is not None:
-                await self.announcer.publish([intake.verdict])
+                await self.announcer.publish(
+                    [intake.verdict, *([intake.parent] if intake.parent else [])]
+                )
                 if intake.new_verdict:
                     v = intake.verdict
                     # One line per job would cost more than the decision; only surprises.

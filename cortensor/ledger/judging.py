@@ -24,7 +24,7 @@ Judge = Callable[[Case], tuple[Verdict, list[Event]]]
 """A job's case -> its verdict and the reputation events it implies."""
 
 _LOCK = """
-SELECT j.job_id, j.status, j.task, j.model, j.redundancy, v.payload,
+SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, v.payload,
        c.node_id AS c_node_id, c.result_id AS c_result_id, c.assignment_id AS c_assignment_id,
        c.precision AS c_precision, c.output AS c_output
 FROM jobs j
@@ -98,6 +98,8 @@ class Intake:
     verdict: Verdict | None = None
     """A verdict to publish: new, or the stored one when the job was decided before."""
     new_verdict: bool = False
+    parent: Verdict | None = None
+    """The verdict of the split job this one completed, if it was its last open part."""
 
 
 def _replica(row: Any, prefix: str = "") -> Replica:
@@ -136,7 +138,7 @@ def _in_hand(result: InferenceResult) -> Replica:
         node_id=result.node_id,
         result_id=str(result.result_id),
         precision=result.precision,
-        output=result.embeddings,
+        output=result.output(),
         error=result.error,
         assignment_id=str(result.assignment_id),
     )
@@ -152,6 +154,8 @@ def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
         timed_out=[
             (str(r["assignment_id"]), r["node_id"]) for r in rows if r["status"] == "timed_out"
         ],
+        parent_id=job["parent_id"],
+        part=job["part"],
     )
 
 
@@ -197,7 +201,7 @@ class GuardLedger(Ledger):
                 [r.node_id for r in batch],
                 [r.precision for r in batch],
                 # As JSON text: asyncpg would read nested lists as array dimensions.
-                [None if r.embeddings is None else json.dumps(r.embeddings) for r in batch],
+                [None if r.error else json.dumps(r.output()) for r in batch],
                 [r.error for r in batch],
                 [r.elapsed_ms for r in batch],
                 not decided,
@@ -217,6 +221,8 @@ class GuardLedger(Ledger):
             if verdict.status == "verified" or len(case.replicas) >= job["redundancy"]:
                 await self.write_verdict(conn, verdict, events=events)
                 intake.verdict, intake.new_verdict = verdict, True
+                if job["parent_id"] is not None:
+                    intake.parent = await self.complete_parent(conn, job["parent_id"])
         return intake
 
     async def expire_stragglers(self, limit: int = 500) -> int:
@@ -247,7 +253,7 @@ class GuardLedger(Ledger):
         async with self.pool.acquire() as conn, conn.transaction():
             jobs = await conn.fetch(
                 """
-                SELECT job_id, task, model, redundancy FROM jobs
+                SELECT job_id, task, model, redundancy, parent_id, part FROM jobs
                 WHERE status = 'running' AND deadline_at < now()
                 ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED
                 """,
@@ -264,4 +270,8 @@ class GuardLedger(Ledger):
                 verdict, events = judge(_case(job, await conn.fetch(_REPLICAS, job["job_id"])))
                 await self.write_verdict(conn, verdict, events=events)
                 verdicts.append(verdict)
+            for parent_id in {j["parent_id"] for j in jobs if j["parent_id"] is not None}:
+                parent = await self.complete_parent(conn, parent_id)
+                if parent is not None:
+                    verdicts.append(parent)
         return verdicts

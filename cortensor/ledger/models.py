@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Text,
     UniqueConstraint,
@@ -39,9 +40,17 @@ NAMING_CONVENTION: dict[str, str] = {
 """Constraint names, so that migrations can refer to every constraint by a known name."""
 
 NODE_STATUSES = ("up", "draining")
-JOB_STATUSES = ("waiting", "running", "verified", "rejected", "failed", "inconclusive")
+JOB_STATUSES = (
+    "waiting",
+    "running",
+    "split",
+    "verified",
+    "rejected",
+    "failed",
+    "inconclusive",
+)
 OPEN_JOB_STATUSES = ("waiting", "running")
-VERDICT_STATUSES = tuple(s for s in JOB_STATUSES if s not in OPEN_JOB_STATUSES)
+VERDICT_STATUSES = tuple(s for s in JOB_STATUSES if s not in (*OPEN_JOB_STATUSES, "split"))
 ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out")
 EVENT_KINDS = ("agreed", "disagreed", "timed_out")
 
@@ -87,6 +96,7 @@ class Job(Base):
             "deadline_at",
             postgresql_where=text(_in("status", OPEN_JOB_STATUSES)),
         ),
+        Index("ix_jobs_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
     )
 
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -101,6 +111,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.job_id"))
+    """Set on the parts of a split job."""
+    part: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[Any] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    """Task options (language, top_k) and a part's place in its parent."""
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The 16 kHz mono WAV that a transcribe job's nodes receive."""
 
 
 class Assignment(Base):

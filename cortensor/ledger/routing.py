@@ -11,6 +11,7 @@ from uuid import UUID
 
 from cortensor.ledger.store import Connection, Ledger
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
+from cortensor.units import NewJob, OpenJob, task_fields, whole_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,22 +20,6 @@ class NodeStats:
 
     score: float
     outstanding: int
-
-
-@dataclass(frozen=True, slots=True)
-class OpenJob:
-    """A job as the router needs it to (re-)route a replica."""
-
-    job_id: UUID
-    task: str
-    model: str
-    redundancy: int
-    hw_class: str
-    inputs: list[str]
-    deadline_at: datetime
-    taken: frozenset[str]
-    """Nodes that already hold (or held) a replica of this job."""
-    attempt: int = 1
 
 
 PlanReplicas = Callable[[OpenJob, int], Sequence[Assignment] | str]
@@ -110,52 +95,63 @@ class RouterLedger(Ledger):
     async def open_job(
         self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
     ) -> bool:
-        """Write one job and its first assignments; see `open_jobs`."""
-        return job.job_id in await self.open_jobs([(job, deadline_at, assignments)])
+        """Write one whole job and its first assignments; see `open_jobs`."""
+        new = NewJob(
+            whole_job(job, deadline_at),
+            job.created_at,
+            "running" if assignments else "waiting",
+            assignments,
+        )
+        return job.job_id in await self.open_jobs([new])
 
-    async def open_jobs(
-        self, jobs: Sequence[tuple[JobRequest, datetime, Sequence[Assignment]]]
-    ) -> set[UUID]:
+    async def open_jobs(self, jobs: Sequence[NewJob]) -> set[UUID]:
         """Write jobs and their first assignments atomically, in one statement.
 
         A job with no assignments waits for nodes. Returns the ids of the jobs written;
         a job that exists already (a redelivered or republished message) is left as it
-        is, and so are its assignments. Job ids must be distinct within one call.
+        is, and so are its assignments. Job ids must be distinct within one call, and a
+        part must come after its parent.
         """
-        made = [a for _, _, assignments in jobs for a in assignments]
+        made = [a for new in jobs for a in new.assignments]
         rows = await self.pool.fetch(
             """
             WITH job AS (
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
-                                  created_at, deadline_at)
+                                  created_at, deadline_at, parent_id, part, params, audio)
                 SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs::jsonb,
-                       j.status, j.created_at, j.deadline_at
+                       j.status, j.created_at, j.deadline_at, j.parent_id, j.part,
+                       j.params::jsonb, j.audio
                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
-                            $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[])
+                            $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[],
+                            $10::uuid[], $11::int[], $12::text[], $13::bytea[])
                      AS j(job_id, task, model, redundancy, hw_class, inputs, status,
-                          created_at, deadline_at)
+                          created_at, deadline_at, parent_id, part, params, audio)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), made AS (
                 INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt,
                                          deadline_at)
                 SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, 1, a.deadline_at
-                FROM unnest($10::uuid[], $11::uuid[], $12::text[], $13::text[],
-                            $14::timestamptz[])
+                FROM unnest($14::uuid[], $15::uuid[], $16::text[], $17::text[],
+                            $18::timestamptz[])
                      AS a(assignment_id, job_id, node_id, hw_class, deadline_at)
                 JOIN job USING (job_id)
                 RETURNING 1
             )
             SELECT job_id FROM job
             """,
-            [job.job_id for job, _, _ in jobs],
-            [job.task for job, _, _ in jobs],
-            [job.model for job, _, _ in jobs],
-            [job.redundancy for job, _, _ in jobs],
-            [job.hw_class for job, _, _ in jobs],
-            [json.dumps(job.inputs) for job, _, _ in jobs],
-            ["running" if assignments else "waiting" for _, _, assignments in jobs],
-            [job.created_at for job, _, _ in jobs],
-            [deadline_at for _, deadline_at, _ in jobs],
+            [n.job.job_id for n in jobs],
+            [n.job.task for n in jobs],
+            [n.job.model for n in jobs],
+            [n.job.redundancy for n in jobs],
+            [n.job.hw_class for n in jobs],
+            [json.dumps(n.job.inputs) for n in jobs],
+            [n.status for n in jobs],
+            [n.created_at for n in jobs],
+            [n.job.deadline_at for n in jobs],
+            [n.job.parent_id for n in jobs],
+            [n.job.part for n in jobs],
+            [json.dumps(dict(n.job.params)) for n in jobs],
+            [n.job.audio for n in jobs],
             [a.assignment_id for a in made],
             [a.job_id for a in made],
             [a.node_id for a in made],
@@ -193,10 +189,10 @@ class RouterLedger(Ledger):
         rows = await self.pool.fetch(
             """
             SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, a.attempt, a.deadline_at,
-                   j.task, j.model, j.inputs
+                   j.task, j.model, j.inputs, j.params, j.audio
             FROM assignments a JOIN jobs j USING (job_id)
-            WHERE a.job_id = ANY($1::uuid[]) AND a.status = 'assigned'
-              AND a.deadline_at > now() AND j.status = 'running'
+            WHERE (a.job_id = ANY($1::uuid[]) OR j.parent_id = ANY($1::uuid[]))
+              AND a.status = 'assigned' AND a.deadline_at > now() AND j.status = 'running'
             """,
             list(job_ids),
         )
@@ -207,10 +203,10 @@ class RouterLedger(Ledger):
                 node_id=r["node_id"],
                 task=r["task"],
                 model=r["model"],
-                inputs=r["inputs"],
                 hw_class=r["hw_class"],
                 deadline_at=r["deadline_at"],
                 attempt=r["attempt"],
+                **task_fields(r["inputs"], r["params"], r["audio"]),
             )
             for r in rows
         ]
@@ -219,6 +215,7 @@ class RouterLedger(Ledger):
         rows = await conn.fetch(
             f"""
             SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
+                   j.params, j.audio, j.parent_id, j.part,
                    coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{{}}')
                        AS taken,
                    coalesce(max(a.attempt), 0) + 1 AS attempt
@@ -239,6 +236,10 @@ class RouterLedger(Ledger):
                 deadline_at=r["deadline_at"],
                 taken=frozenset(r["taken"]),
                 attempt=r["attempt"],
+                params=r["params"],
+                audio=r["audio"],
+                parent_id=r["parent_id"],
+                part=r["part"],
             )
             for r in rows
         ]
@@ -274,6 +275,9 @@ class RouterLedger(Ledger):
                     verdict = fail(job, why)
                     await self.write_verdict(conn, verdict)
                     failed.append(verdict)
+                    if job.parent_id is not None:
+                        parent = await self.complete_parent(conn, job.parent_id)
+                        failed.extend([parent] if parent is not None else [])
                     continue
                 if isinstance(outcome, str):
                     continue

@@ -15,7 +15,8 @@ from typing import Any, Self, TypeAlias
 
 import asyncpg
 
-from cortensor.schemas import Verdict
+from cortensor.parts import DecidedPart, stitch
+from cortensor.schemas import OUTPUT_FIELD, Verdict
 
 Connection: TypeAlias = asyncpg.Connection
 
@@ -24,12 +25,23 @@ _VERDICT = """
 SELECT v.payload, r.output FROM verdicts v
 LEFT JOIN results r ON r.result_id = v.canonical_result_id
 """
-"""A stored verdict: its payload plus the canonical result's output (its embeddings)."""
+"""A stored verdict: its payload plus the canonical result's output."""
+
+_PARTS = """
+SELECT j.job_id, j.part, j.status, j.params, v.payload, r.output
+FROM jobs j
+LEFT JOIN verdicts v USING (job_id)
+LEFT JOIN results r ON r.result_id = v.canonical_result_id
+WHERE j.parent_id = $1
+ORDER BY j.part
+"""
+"""Every part of a split job, with its verdict and canonical output once decided."""
 
 
 def verdict_of(row: Any) -> Verdict:
     """A Verdict from a stored payload and the canonical output (see _VERDICT)."""
-    return Verdict.model_validate({**row["payload"], "embeddings": row["output"]})
+    verdict = Verdict.model_validate(row["payload"])
+    return verdict if row["output"] is None else verdict.with_output(row["output"])
 
 
 async def _init_connection(conn: Connection) -> None:
@@ -86,13 +98,50 @@ class Ledger:
             verdict.reason,
             verdict.canonical_result_id,
             verdict.replicas,
-            # The embeddings live once, in the canonical result; see _VERDICT.
-            verdict.model_dump_json(exclude={"embeddings"}),
+            # A verified output lives once, in the canonical result; see _VERDICT. A split
+            # job's stitched output has no such result and stays in the payload.
+            verdict.model_dump_json(
+                exclude={OUTPUT_FIELD[verdict.task]} if verdict.canonical_result_id else set()
+            ),
             [e[0] for e in events],
             [e[1] for e in events],
             [e[2] for e in events],
         )
         return written
+
+    async def complete_parent(self, conn: Connection, parent_id: Any) -> Verdict | None:
+        """Stitch a split job's verdict once its last part is decided, in the transaction
+        that decided a part; None while some part is still open.
+
+        The parent's row lock serializes the guards deciding its parts at the same time:
+        whoever takes it second sees the first one's part committed.
+        """
+        status = await conn.fetchval(
+            "SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE", parent_id
+        )
+        if status != "split":
+            return None
+        rows = await conn.fetch(_PARTS, parent_id)
+        if not rows or any(r["payload"] is None for r in rows):
+            return None
+        parent = await conn.fetchrow("SELECT task, model FROM jobs WHERE job_id = $1", parent_id)
+        verdict = stitch(
+            parent_id,
+            parent["task"],
+            parent["model"],
+            [
+                DecidedPart(
+                    part=r["part"],
+                    job_id=r["job_id"],
+                    params=r["params"],
+                    verdict=Verdict.model_validate(r["payload"]),
+                    output=r["output"],
+                )
+                for r in rows
+            ],
+        )
+        await self.write_verdict(conn, verdict)
+        return verdict
 
     @staticmethod
     async def add_events(

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, cast
 
-import numpy as np
 import structlog
-from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from cortensor.catalog import PRECISION, HwClass, Task
+from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
 from cortensor.node.bridge import NatsBridge
 from cortensor.node.faults import Fault
+from cortensor.runtimes import Classifier, Embedder, Runtime, Transcriber
 from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, utcnow
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 
 log = structlog.get_logger(__name__)
-
-
-class Embedder(Protocol):
-    """A loaded embedding model."""
-
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +30,29 @@ class NodeIdentity:
 
     node_id: str
     hw_class: HwClass
-    model: str
-    tasks: tuple[Task, ...] = ("embed",)
+    models: tuple[str, ...]
+    tasks: tuple[Task, ...]
+
+
+def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> dict[str, Any]:
+    """The output field of a result: the runtime's answer, made wrong when `fault` strikes.
+
+    The node checked that `runtime` serves the assignment's model, and a model serves
+    one task (catalog.TASK_OF), so the runtime has the method the task needs.
+    """
+    wrong = fault if fault is not None and fault.strikes() else None
+    if assignment.task == "embed":
+        vectors = cast(Embedder, runtime).embed(assignment.inputs)
+        return {"embeddings": (wrong.corrupt(vectors) if wrong else vectors).tolist()}
+    if assignment.task == "classify":
+        classifier = cast(Classifier, runtime)
+        classes = classifier.classify(assignment.inputs, assignment.top_k)
+        if wrong:
+            classes = wrong.corrupt_classes(classes, getattr(classifier, "labels", ()))
+        return {"classes": classes}
+    wav = base64.b64decode(assignment.audio or "")
+    transcript = cast(Transcriber, runtime).transcribe(wav, assignment.language)
+    return {"transcript": wrong.corrupt_transcript(transcript) if wrong else transcript}
 
 
 class NodeService:
@@ -47,15 +62,15 @@ class NodeService:
         self,
         settings: Settings,
         identity: NodeIdentity,
-        embedder: Embedder,
+        runtimes: Mapping[str, Runtime],
         *,
         fault: Fault | None = None,
         bridge: NatsBridge | None = None,
     ) -> None:
-        self.settings, self.identity, self.embedder, self.fault = (
+        self.settings, self.identity, self.runtimes, self.fault = (
             settings,
             identity,
-            embedder,
+            dict(runtimes),
             fault,
         )
         self.topology = Topology(settings.namespace)
@@ -76,7 +91,7 @@ class NodeService:
                 hw_class=self.identity.hw_class,
                 precision=PRECISION[self.identity.hw_class],
                 tasks=list(self.identity.tasks),
-                models=[self.identity.model],
+                models=list(self.identity.models),
                 capacity=self.capacity,
                 inflight=inflight,
                 processed=processed,
@@ -109,25 +124,24 @@ class NodeService:
         self.bridge.close()
 
     def compute(self, assignment: Assignment) -> InferenceResult:
-        """Embed the assignment's inputs (wrongly, when a fault strikes)."""
+        """Run the assignment on its model (wrongly, when a fault strikes)."""
         started = time.perf_counter()
         common: dict[str, Any] = {
             "assignment_id": assignment.assignment_id,
             "job_id": assignment.job_id,
             "node_id": self.identity.node_id,
+            "task": assignment.task,
             "model": assignment.model,
             "hw_class": self.identity.hw_class,
             "precision": PRECISION[self.identity.hw_class],
         }
         try:
-            vectors = self.embedder.embed(assignment.inputs)
+            output = run_task(self.runtimes[assignment.model], assignment, self.fault)
         except Exception as exc:  # the model failed on this input; report, do not crash
             log.exception("inference failed", assignment_id=str(assignment.assignment_id))
             return InferenceResult(**common, error=f"{type(exc).__name__}: {exc}")
-        if self.fault is not None and self.fault.strikes():
-            vectors = self.fault.corrupt(vectors)
         elapsed = (time.perf_counter() - started) * 1000
-        return InferenceResult(**common, embeddings=vectors.tolist(), elapsed_ms=elapsed)
+        return InferenceResult(**common, **output, elapsed_ms=elapsed)
 
     def _accept(self, payload: Any) -> Assignment | str:
         """The assignment to run, or why it is dropped."""
@@ -139,6 +153,9 @@ class NodeService:
         if assignment.node_id != self.identity.node_id:
             log.error("assignment for another node dropped", node_id=assignment.node_id)
             return "misrouted"
+        if assignment.model not in self.runtimes or TASK_OF[assignment.model] != assignment.task:
+            log.error("assignment for a model not served here dropped", model=assignment.model)
+            return "unserved"
         if assignment.deadline_at <= utcnow():
             # The router has re-routed it already; the work would be wasted.
             return "expired"

@@ -17,19 +17,22 @@ from aio_pika.exceptions import DeliveryError
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from cortensor import audio
 from cortensor.announce import Announcer
 from cortensor.catalog import eligible_classes
-from cortensor.errors import NoEligibleNodes
+from cortensor.errors import BadInput, NoEligibleNodes
 from cortensor.intake import Rejected, Undeliverable, read_job
-from cortensor.ledger.routing import OpenJob, RouterLedger
+from cortensor.ledger.routing import RouterLedger
 from cortensor.loops import every
+from cortensor.parts import AudioChunk, split_job
 from cortensor.router.registry import NodeRegistry
-from cortensor.routing import candidates, choose
+from cortensor.routing import NodeView, candidates, choose
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
 from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
+from cortensor.units import NewJob, OpenJob, task_fields
 
 log = structlog.get_logger(__name__)
 
@@ -54,44 +57,68 @@ class Router:
 
     # -- policy ---------------------------------------------------------------------------
 
-    def plan(self, job: OpenJob, needed: int) -> Sequence[Assignment] | str:
-        """Assignments for `needed` more replicas of a job, or why there are none now."""
+    def plan(
+        self, job: OpenJob, needed: int, spread: set[str] | None = None
+    ) -> Sequence[Assignment] | str:
+        """Assignments for `needed` more replicas of a job, or why there are none now.
+
+        `spread` holds the nodes already given other parts of the same split job: they
+        are passed over while other eligible nodes remain, so that the parts run on as
+        many nodes at once as there are; the chosen nodes are added to it.
+        """
         classes = eligible_classes(job.hw_class)  # type: ignore[arg-type]
-        pool = candidates(
-            self.registry.views(),
-            classes=classes,
-            model=job.model,
-            now=time.monotonic(),
-            ttl=self.settings.node_ttl_s,
-            exclude=job.taken,
-        )
+
+        def pool(exclude: frozenset[str]) -> list[NodeView]:
+            return candidates(
+                self.registry.views(),
+                classes=classes,
+                model=job.model,
+                now=time.monotonic(),
+                ttl=self.settings.node_ttl_s,
+                exclude=exclude,
+            )
+
+        eligible = pool(job.taken)
+        if spread:
+            fresh = pool(job.taken | spread)
+            if len(fresh) >= needed:
+                eligible = fresh
+            else:
+                spread.clear()  # every node has a part: start another round
         try:
             chosen = choose(
-                pool, needed, rng=self.rng, temperature=self.settings.routing_temperature
+                eligible, needed, rng=self.rng, temperature=self.settings.routing_temperature
             )
         except NoEligibleNodes:
             return (
                 f"needs {needed} more distinct live node(s) of class {' or '.join(classes)}"
-                f" serving {job.model}; {len(pool)} available"
+                f" serving {job.model}; {len(eligible)} available"
             )
-        deadline = min(
-            utcnow() + timedelta(seconds=self.settings.assignment_timeout_s), job.deadline_at
-        )
+        deadline = min(utcnow() + timedelta(seconds=self.timeout_s(job)), job.deadline_at)
         for node in chosen:
             self.registry.assigned(node.node_id)
+            if spread is not None:
+                spread.add(node.node_id)
+        fields = task_fields(job.inputs, job.params, job.audio)
         return [
             Assignment(
                 job_id=job.job_id,
                 node_id=node.node_id,
                 task=job.task,
                 model=job.model,
-                inputs=job.inputs,
                 hw_class=node.hw_class,
                 deadline_at=deadline,
                 attempt=job.attempt,
+                **fields,
             )
             for node in chosen
         ]
+
+    def timeout_s(self, job: OpenJob) -> float:
+        """How long a node has for one replica of `job`: longer for longer audio."""
+        p = job.params
+        audio_s = float(p.get("end_s", 0.0)) - float(p.get("start_s", 0.0))
+        return self.settings.assignment_timeout_s + self.settings.audio_timeout_factor * audio_s
 
     @staticmethod
     def failed(job: OpenJob, why: str) -> Verdict:
@@ -161,6 +188,27 @@ class Router:
             return "rejected"
         return outcome
 
+    async def _cut(self, job: JobRequest) -> list[AudioChunk] | str:
+        """The chunks of a transcribe job's audio, or "rejected" when it is unusable."""
+        s = self.settings
+        try:
+            chunks = await asyncio.to_thread(
+                audio.cut, job.audio_bytes(), chunk_s=s.chunk_s, max_seconds=s.max_audio_s
+            )
+        except BadInput as exc:
+            verdict = Verdict(
+                job_id=job.job_id,
+                status="rejected",
+                reason=f"audio: {exc}",
+                task=job.task,
+                model=job.model,
+            )
+            if await self.ledger.reject(job.job_id, {"task": job.task}, verdict):
+                await self.announcer.publish([verdict])
+            log.info("job rejected", job_id=str(job.job_id), reason=verdict.reason)
+            return "rejected"
+        return [AudioChunk(c.start_s, c.end_s, c.wav) for c in chunks]
+
     async def take(self, messages: Sequence[tuple[bytes, str]]) -> list[str]:
         """Handle job messages (body, message id) together; returns what became of each.
 
@@ -170,7 +218,13 @@ class Router:
         """
         screened = [await self._screen(body, message_id) for body, message_id in messages]
         jobs = {j.job_id: j for j in screened if isinstance(j, JobRequest)}
-        routed = await self.route(list(jobs.values())) if jobs else {}
+        speech = [j for j in jobs.values() if j.task == "transcribe"]
+        cuts = await asyncio.gather(*map(self._cut, speech))
+        chunks = {j.job_id: c for j, c in zip(speech, cuts, strict=True)}
+        routed = await self.route(
+            [(j, c) for j in jobs.values() if not isinstance(c := chunks.get(j.job_id, []), str)]
+        )
+        routed.update({job_id: c for job_id, c in chunks.items() if isinstance(c, str)})
         outcomes = []
         seen: set[UUID] = set()
         for item in screened:
@@ -183,37 +237,39 @@ class Router:
                 outcomes.append(routed[item.job_id])
         return outcomes
 
-    async def route(self, jobs: Sequence[JobRequest]) -> dict[UUID, str]:
-        """Record valid jobs with their first assignments, then publish them."""
+    async def route(
+        self, jobs: Sequence[tuple[JobRequest, Sequence[AudioChunk]]]
+    ) -> dict[UUID, str]:
+        """Record valid jobs (split into parts where they are long) with their first
+        assignments, then publish them."""
+        if not jobs:
+            return {}
         now = utcnow()
-        opened = []
+        opened: list[NewJob] = []
         why: dict[UUID, str] = {}
-        for job in jobs:
+        for job, chunks in jobs:
             deadline_at = now + timedelta(seconds=job.deadline_s)
-            plan = self.plan(
-                OpenJob(
-                    job_id=job.job_id,
-                    task=job.task,
-                    model=job.model,
-                    redundancy=job.redundancy,
-                    hw_class=job.hw_class,
-                    inputs=job.inputs,
-                    deadline_at=deadline_at,
-                    taken=frozenset(),
-                ),
-                job.redundancy,
+            parent, units = split_job(
+                job, deadline_at, shard_inputs=self.settings.shard_inputs, chunks=chunks
             )
-            if isinstance(plan, str):
-                why[job.job_id] = plan
-            opened.append((job, deadline_at, [] if isinstance(plan, str) else list(plan)))
+            if parent is not None:
+                opened.append(NewJob(parent, job.created_at, "split"))
+            spread: set[str] = set()
+            for unit in units:
+                plan = self.plan(unit, unit.redundancy, spread)
+                if isinstance(plan, str):
+                    why[job.job_id] = plan
+                    opened.append(NewJob(unit, job.created_at, "waiting"))
+                else:
+                    opened.append(NewJob(unit, job.created_at, "running", plan))
         written = await self.ledger.open_jobs(opened)
-        again = [job.job_id for job in jobs if job.job_id not in written]
+        again = [job.job_id for job, _ in jobs if job.job_id not in written]
         await self.publish_assignments(
-            [a for job, _, made in opened if job.job_id in written for a in made]
+            [a for new in opened if new.job.job_id in written for a in new.assignments]
             + (await self.ledger.outstanding(again) if again else [])
         )
         outcomes = {}
-        for job in jobs:
+        for job, _ in jobs:
             if job.job_id not in written:
                 outcomes[job.job_id] = "duplicate"
             elif job.job_id in why:
