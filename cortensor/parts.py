@@ -67,42 +67,41 @@ def split_job(
     if job.task == "transcribe":
         if not chunks:
             raise ValueError("a transcribe job needs at least one audio chunk")
-        spans = [
-            {"start_s": c.start_s, "end_s": c.end_s, "audio": c.wav, "inputs": []} for c in chunks
-        ]
+        spans = [_Span([], c.wav, {"start_s": c.start_s, "end_s": c.end_s}) for c in chunks]
     else:
         spans = [
-            {"first_input": first, "inputs": job.inputs[first : first + shard_inputs]}
+            _Span(
+                job.inputs[first : first + shard_inputs],
+                None,
+                {"first_input": first, "inputs": len(job.inputs[first : first + shard_inputs])},
+            )
             for first in range(0, len(job.inputs), shard_inputs)
         ]
     if len(spans) == 1:
-        span = spans[0]
-        return None, [
-            replace(
-                whole,
-                audio=span.pop("audio", None),
-                params={**params, **{k: v for k, v in span.items() if k != "inputs"}},
-            )
-        ]
+        return None, [replace(whole, audio=spans[0].audio, params={**params, **spans[0].where})]
     parent = replace(whole, inputs=[], params={**params, "parts": len(spans)})
-    units = []
-    for index, span in enumerate(spans):
-        audio = span.pop("audio", None)
-        inputs = span.pop("inputs")
-        if "first_input" in span:
-            span["inputs"] = len(inputs)
-        units.append(
-            replace(
-                whole,
-                job_id=part_id(job.job_id, index),
-                inputs=inputs,
-                audio=audio,
-                params={**params, **span},
-                parent_id=job.job_id,
-                part=index,
-            )
+    units = [
+        replace(
+            whole,
+            job_id=part_id(job.job_id, index),
+            inputs=span.inputs,
+            audio=span.audio,
+            params={**params, **span.where},
+            parent_id=job.job_id,
+            part=index,
         )
+        for index, span in enumerate(spans)
+    ]
     return parent, units
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """What one part carries: its texts or its audio, and where it sits in the job."""
+
+    inputs: list[str]
+    audio: bytes | None
+    where: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -19,7 +19,6 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from cortensor.catalog import (
@@ -132,7 +131,7 @@ def decode_audio_field(value: str) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("audio is not valid base64; send the file's bytes base64-encoded")
+        raise ValueError("audio is not valid base64; send the file's bytes in base64") from None
 
 
 class JobRequest(Message):
@@ -145,11 +144,13 @@ class JobRequest(Message):
     )
     inputs: list[Text] = Field(
         default_factory=list,
+        validate_default=True,
         max_length=MAX_INPUTS,
         description="The texts of an embed or classify job.",
     )
     audio: str | None = Field(
         default=None,
+        validate_default=True,
         description=(
             "The audio file of a transcribe job (WAV, FLAC, MP3 or OGG), base64-encoded;"
             f" at most {MAX_AUDIO_BYTES} bytes before encoding."
@@ -167,7 +168,12 @@ class JobRequest(Message):
 
     @field_validator("inputs")
     @classmethod
-    def _no_blank_inputs(cls, inputs: list[str]) -> list[str]:
+    def _no_blank_inputs(cls, inputs: list[str], info: ValidationInfo) -> list[str]:
+        task = info.data.get("task")
+        if task in TEXT_TASKS and not inputs:
+            raise ValueError(f"{task} jobs need at least one text")
+        if task == "transcribe" and inputs:
+            raise ValueError("transcribe jobs take audio, not texts; leave inputs out")
         blank = [i for i, text in enumerate(inputs) if not text.strip()]
         if blank:
             raise ValueError(f"inputs {blank} are blank; every input needs some text")
@@ -188,9 +194,14 @@ class JobRequest(Message):
 
     @field_validator("audio")
     @classmethod
-    def _audio_size(cls, audio: str | None) -> str | None:
+    def _audio_size(cls, audio: str | None, info: ValidationInfo) -> str | None:
+        task = info.data.get("task")
         if audio is None:
+            if task == "transcribe":
+                raise ValueError("transcribe jobs need the audio file, base64-encoded")
             return None
+        if task in TEXT_TASKS:
+            raise ValueError(f"{task} jobs take texts in inputs, not audio")
         size = len(decode_audio_field(audio))
         if size == 0:
             raise ValueError("audio is empty; send the bytes of a WAV, FLAC, MP3 or OGG file")
@@ -200,21 +211,14 @@ class JobRequest(Message):
             )
         return audio
 
-    @model_validator(mode="after")
-    def _inputs_fit_task(self) -> Self:
-        if self.task in TEXT_TASKS:
-            if not self.inputs:
-                raise ValueError(f"a {self.task} job needs at least one text in inputs")
-            if self.audio is not None:
-                raise ValueError(f"a {self.task} job takes texts in inputs, not audio")
-        else:
-            if self.audio is None:
-                raise ValueError("a transcribe job needs its audio file in audio (base64)")
-            if self.inputs:
-                raise ValueError("a transcribe job takes audio, not texts in inputs")
-            if self.language not in (None, "en") and self.model in ENGLISH_ONLY:
-                raise ValueError(f"model {self.model} transcribes English only; leave language out")
-        return self
+    @field_validator("language")
+    @classmethod
+    def _language_fits_model(cls, language: str | None, info: ValidationInfo) -> str | None:
+        if language not in (None, "en") and info.data.get("model") in ENGLISH_ONLY:
+            raise ValueError(
+                f"model {info.data['model']} transcribes English only; use en or leave it out"
+            )
+        return language
 
     def audio_bytes(self) -> bytes:
         """The decoded audio file (empty for text tasks)."""

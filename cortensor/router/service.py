@@ -129,6 +129,8 @@ class Router:
             reason=f"no eligible nodes before the deadline: {why}",
             task=job.task,
             model=job.model,
+            parent_id=job.parent_id,
+            part=job.part,
         )
 
     # -- I/O ------------------------------------------------------------------------------

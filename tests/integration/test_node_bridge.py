@@ -25,7 +25,13 @@ from numpy.typing import NDArray
 
 from cortensor.node.bridge import NatsBridge
 from cortensor.node.service import NodeIdentity, NodeService
-from cortensor.schemas import Assignment, InferenceResult, utcnow
+from cortensor.schemas import (
+    Assignment,
+    Classification,
+    InferenceResult,
+    LabelScore,
+    utcnow,
+)
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import jetstream
@@ -234,18 +240,39 @@ class CountingEmbedder:
         return vectors
 
 
+class FirstLetterClassifier:
+    """A stand-in classifier: a text's label is its first letter."""
+
+    labels = ("a", "b")
+
+    def classify(self, texts: Sequence[str], top_k: int) -> list[Classification]:
+        return [
+            Classification(label=t[0], score=1.0, top=[LabelScore(label=t[0], score=1.0)])
+            for t in texts
+        ]
+
+
 async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
     settings: Settings, bridge: NatsBridge, nc: NATS, topology: Topology
 ) -> None:
-    identity = NodeIdentity(node_id="batch-node", hw_class="cpu-int8", model="all-MiniLM-L6-v2")
-    service = NodeService(settings, identity, CountingEmbedder(), bridge=bridge)
+    identity = NodeIdentity(
+        node_id="batch-node",
+        hw_class="cpu-int8",
+        models=("all-MiniLM-L6-v2", "rag-intent-classifier"),
+        tasks=("embed", "classify"),
+    )
+    runtimes = {
+        "all-MiniLM-L6-v2": CountingEmbedder(),
+        "rag-intent-classifier": FirstLetterClassifier(),
+    }
+    service = NodeService(settings, identity, runtimes, bridge=bridge)
 
     def assignment(**overrides: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "job_id": uuid.uuid4(),
             "node_id": identity.node_id,
             "task": "embed",
-            "model": identity.model,
+            "model": "all-MiniLM-L6-v2",
             "inputs": ["abc", "hello"],
             "hw_class": identity.hw_class,
             "deadline_at": utcnow() + timedelta(seconds=30),
@@ -253,16 +280,19 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
         return Assignment(**fields).model_dump(mode="json")
 
     good = [assignment(), assignment(inputs=["x"])]
+    classify = assignment(task="classify", model="rag-intent-classifier", inputs=["ab", "ba"])
     batch = [
         *good,
+        classify,
         assignment(deadline_at=utcnow() - timedelta(seconds=1)),
         assignment(node_id="someone-else"),
+        assignment(task="transcribe", model="whisper-base", inputs=[], audio="UklGRg=="),
         {"not": "an assignment"},
     ]
 
     summary = await asyncio.to_thread(service.handle, batch)
 
-    assert summary == "done=2 expired=1 malformed=1 misrouted=1"
+    assert summary == "done=3 expired=1 malformed=1 misrouted=1 unserved=1"
     js = nc.jetstream()
     for payload in good:
         stored = await js.get_last_msg(
@@ -274,4 +304,13 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
         assert result.precision == "int8"
         expected = CountingEmbedder().embed(payload["inputs"]).tolist()
         assert result.embeddings == expected
-    assert json.loads(service.heartbeat())["processed"] == 2
+    stored = await js.get_last_msg(
+        topology.results_stream, topology.results_subject(classify["job_id"])
+    )
+    labels = InferenceResult.model_validate_json(stored.data)
+    assert labels.task == "classify"
+    assert [c.label for c in labels.classes or []] == ["a", "b"]
+    assert labels.embeddings is None
+    beat = json.loads(service.heartbeat())
+    assert beat["processed"] == 3
+    assert beat["models"] == ["all-MiniLM-L6-v2", "rag-intent-classifier"]
