@@ -1,4 +1,4 @@
-"""What the local CPU can do, read from /proc/cpuinfo."""
+"""What the local machine can do: the CPU's int8 instruction set (from /proc/cpuinfo) and CUDA."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ def int8_isa(flags: Iterable[str]) -> Int8Isa:
     if "avx2" in present:
         return "avx2"
     return "other"
+
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def cuda_usable(onnx_providers: Iterable[str], ctranslate2_devices: int) -> bool:
+    """Whether a node can run its CUDA classes: ONNX Runtime (embeddings) offers its CUDA
+    provider and CTranslate2 (Whisper) sees at least one CUDA device. Both are needed,
+    since a cuda-* node runs both libraries on the GPU."""
+    return CUDA_PROVIDER in frozenset(onnx_providers) and ctranslate2_devices > 0
+
+
+def cuda_available() -> bool:
+    """Whether this machine can run the CUDA classes (see `cuda_usable`)."""
+    # Imported here: reading the CPU flags must not load two inference libraries.
+    import ctranslate2
+    import onnxruntime
+
+    providers = [str(p) for p in onnxruntime.get_available_providers()]
+    return cuda_usable(providers, int(ctranslate2.get_cuda_device_count()))

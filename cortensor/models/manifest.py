@@ -6,16 +6,34 @@ A node reads this at run time, so it must not import torch, Optimum or transform
 from __future__ import annotations
 
 import hashlib
+from collections.abc import MutableMapping
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cortensor.catalog import Precision, Task
+from cortensor.catalog import TASK_OF, Precision, Task
 from cortensor.errors import ModelsNotPrepared
+from cortensor.hardware import Int8Isa, cpu_flags, int8_isa
 
 MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION: Literal[2] = 2
 _PREPARE_HINT = "run `cortensor models prepare`"
 _CHUNK = 1 << 20
+
+ModelFormat = Literal["onnx", "ctranslate2", "linear-head"]
+VariantIsa = Literal["", "avx512_vnni", "avx2"]
+
+_SUPPORTED_ISAS: dict[Int8Isa, tuple[VariantIsa, ...]] = {
+    # Best first: a VNNI CPU runs avx2-quantized graphs too, only slower.
+    "avx512_vnni": ("avx512_vnni", "avx2", ""),
+    "avx2": ("avx2", ""),
+    "other": ("",),
+}
+
+FileChecks = MutableMapping["ModelFile", str]
+"""Results of checking files already, shared between calls of verify_variant in one run:
+each checked file maps to its problem, or to '' when it is intact."""
 
 
 def _relative(value: str) -> str:
@@ -40,22 +58,36 @@ class ModelFile(BaseModel):
 
 
 class ModelVariant(BaseModel):
-    """One prepared variant of a model, e.g. all-MiniLM-L6-v2 int8."""
+    """One prepared variant of a model, e.g. all-MiniLM-L6-v2 int8 or whisper-base fp16."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     task: Task
     variant: str
+    format: ModelFormat
     precision: Precision
     hw_classes: list[str]
     quantization: str = ""
-    """Empty for an unquantized export, else how it was quantized."""
+    """Empty for an unquantized export, else how it was quantized or converted."""
+    isa: VariantIsa = ""
+    """The CPU instruction set an int8 ONNX graph was quantized for; empty means any CPU."""
+    compute_type: str = ""
+    """The CTranslate2 compute type a ctranslate2 variant loads with (int8, float16, ...)."""
+    base_model: str = ""
+    """For a head over another model's outputs (the intent classifier): that model."""
     directory: str
-    onnx_file: str
+    entry: str
+    """The main file: the .onnx graph, CTranslate2's model.bin, or the head's .npz."""
     files: list[ModelFile]
 
-    _check_paths = field_validator("directory", "onnx_file")(_relative)
+    _check_paths = field_validator("directory", "entry")(_relative)
+
+
+def isa_supported(variant_isa: str, cpu_isa: Int8Isa) -> bool:
+    """Whether a CPU whose best int8 instruction set is `cpu_isa` runs a variant made for
+    `variant_isa` ('' means made for any CPU)."""
+    return variant_isa in _SUPPORTED_ISAS[cpu_isa]
 
 
 class Manifest(BaseModel):
@@ -63,24 +95,56 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: int = 1
+    schema_version: Literal[2] = SCHEMA_VERSION
     variants: list[ModelVariant] = Field(default_factory=list)
 
     def models_for(self, hw_class: str) -> list[ModelVariant]:
-        """The variants that a node of `hw_class` may serve."""
+        """The variants listed for `hw_class`, whatever CPU they were quantized for."""
         return [v for v in self.variants if hw_class in v.hw_classes]
 
-    def variant_for(self, name: str, hw_class: str) -> ModelVariant:
-        """The variant of model `name` for `hw_class`.
+    def find(self, name: str, hw_class: str, isa: Int8Isa | None = None) -> ModelVariant | None:
+        """The best variant of model `name` for `hw_class` on a CPU with `isa`, if any.
 
-        Raises ModelsNotPrepared when no prepared variant serves that class.
+        Among the variants this CPU can run, one quantized for exactly its instruction set
+        comes first, then one for an older set (avx2 on a VNNI CPU), then a portable one.
+        `isa` None means the local CPU's.
         """
-        for variant in self.models_for(hw_class):
-            if variant.name == name:
-                return variant
-        raise ModelsNotPrepared(
-            f"No prepared variant of {name!r} serves hardware class {hw_class!r}; {_PREPARE_HINT}."
+        cpu = int8_isa(cpu_flags()) if isa is None else isa
+        order = _SUPPORTED_ISAS[cpu]
+        fitting = [v for v in self.models_for(hw_class) if v.name == name and v.isa in order]
+        return min(fitting, key=lambda v: order.index(v.isa), default=None)
+
+    def variant_for(self, name: str, hw_class: str, isa: Int8Isa | None = None) -> ModelVariant:
+        """Like `find`, but raises ModelsNotPrepared when no prepared variant fits."""
+        found = self.find(name, hw_class, isa)
+        if found is None:
+            raise ModelsNotPrepared(
+                f"No prepared variant of {name!r} serves hardware class {hw_class!r}"
+                f"{'' if isa is None else f' on a CPU with {isa}'}; {_PREPARE_HINT}."
+            )
+        return found
+
+    def served(self, hw_class: str, isa: Int8Isa | None = None) -> tuple[str, ...]:
+        """The models a node of `hw_class` on a CPU with `isa` can load, in catalog order.
+
+        A head counts only when its base model is served too. `isa` None means the local
+        CPU's.
+        """
+        cpu = int8_isa(cpu_flags()) if isa is None else isa
+        catalog = list(TASK_OF)
+        names = sorted(
+            {v.name for v in self.variants},
+            key=lambda n: (catalog.index(n) if n in catalog else len(catalog), n),
         )
+        served: list[str] = []
+        for name in names:
+            variant = self.find(name, hw_class, cpu)
+            if variant is None:
+                continue
+            if variant.base_model and self.find(variant.base_model, hw_class, cpu) is None:
+                continue
+            served.append(name)
+        return tuple(served)
 
 
 def sha256_file(path: Path) -> str:
@@ -108,23 +172,41 @@ def load_manifest(models_dir: Path) -> Manifest:
         return Manifest.model_validate_json(text)
     except ValidationError as exc:
         raise ModelsNotPrepared(
-            f"The models manifest {path} is invalid ({exc.error_count()} errors); "
-            f"{_PREPARE_HINT} again."
+            f"The models manifest {path} is invalid or from an older version"
+            f" ({exc.error_count()} errors); {_PREPARE_HINT} again."
         ) from exc
 
 
-def verify_variant(models_dir: Path, variant: ModelVariant) -> list[str]:
-    """The problems with a variant's files on disk; an empty list means it is intact."""
+def verify_variant(
+    models_dir: Path, variant: ModelVariant, checks: FileChecks | None = None
+) -> list[str]:
+    """The problems with a variant's files on disk; an empty list means it is intact.
+
+    Variants may share files (the Whisper compute types share one directory): pass the
+    same `checks` to each call so that a shared file is hashed once.
+    """
     problems: list[str] = []
-    if variant.onnx_file not in {f.path for f in variant.files}:
-        problems.append(f"{variant.onnx_file}: not listed among the variant's files")
+    if variant.entry not in {f.path for f in variant.files}:
+        problems.append(f"{variant.entry}: not listed among the variant's files")
     for entry in variant.files:
-        path = models_dir / entry.path
-        if not path.is_file():
-            problems.append(f"{entry.path}: missing")
-        elif path.stat().st_size != entry.bytes:
-            # A size check is free; hashing 90 MB is not.
-            problems.append(f"{entry.path}: {path.stat().st_size} bytes, expected {entry.bytes}")
-        elif sha256_file(path) != entry.sha256:
-            problems.append(f"{entry.path}: sha256 differs from the manifest")
+        problem = checks.get(entry) if checks is not None else None
+        if problem is None:
+            problem = _check_file(models_dir, entry)
+            if checks is not None:
+                checks[entry] = problem
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def _check_file(models_dir: Path, entry: ModelFile) -> str:
+    path = models_dir / entry.path
+    if not path.is_file():
+        return f"{entry.path}: missing"
+    size = path.stat().st_size
+    if size != entry.bytes:
+        # A size check is free; hashing 145 MB is not.
+        return f"{entry.path}: {size} bytes, expected {entry.bytes}"
+    if sha256_file(path) != entry.sha256:
+        return f"{entry.path}: sha256 differs from the manifest"
+    return ""

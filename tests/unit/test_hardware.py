@@ -1,4 +1,4 @@
-"""CPU ISA detection: which int8 kernels the quantizer should target."""
+"""What the machine can do: the CPU's int8 instruction set and whether CUDA is usable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.hardware import cpu_flags, int8_isa
+from cortensor.hardware import CUDA_PROVIDER, cpu_flags, cuda_available, cuda_usable, int8_isa
 
 _FLAGS = st.frozensets(st.sampled_from(["sse4_2", "avx", "avx2", "avx512f", "avx512_vnni", "fma"]))
 
@@ -62,3 +62,47 @@ def test_cpu_flags_is_empty_when_unreadable(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "absent") == frozenset()
     (tmp_path / "noflags").write_text("processor\t: 0\n")
     assert cpu_flags(tmp_path / "noflags") == frozenset()
+
+
+# -- CUDA -----------------------------------------------------------------------------------
+
+_CPU_ONLY = ["AzureExecutionProvider", "CPUExecutionProvider"]
+_WITH_CUDA = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("providers", "devices", "usable"),
+    [
+        (_WITH_CUDA, 1, True),
+        (_WITH_CUDA, 8, True),
+        # onnxruntime-gpu on a machine without a GPU (or without the driver).
+        (_WITH_CUDA, 0, False),
+        # The CPU build of onnxruntime beside CTranslate2 that sees a GPU: the embedding
+        # model would silently run on the CPU, so the node is no CUDA node.
+        (_CPU_ONLY, 1, False),
+        (_CPU_ONLY, 0, False),
+        ([], 0, False),
+        (["CUDAExecutionProvider"], 1, True),
+        (["ROCMExecutionProvider", "CPUExecutionProvider"], 1, False),
+    ],
+)
+def test_cuda_needs_both_libraries_to_see_it(
+    providers: list[str], devices: int, usable: bool
+) -> None:
+    assert cuda_usable(providers, devices) is usable
+    assert cuda_usable(iter(providers), devices) is usable
+
+
+@given(st.lists(st.sampled_from([CUDA_PROVIDER, *_CPU_ONLY])), st.integers(-1, 16))
+def test_cuda_usable_is_exactly_provider_and_device(providers: list[str], devices: int) -> None:
+    assert cuda_usable(providers, devices) is (CUDA_PROVIDER in providers and devices > 0)
+
+
+def test_cuda_available_reads_both_libraries() -> None:
+    import ctranslate2
+    import onnxruntime
+
+    expected = cuda_usable(
+        onnxruntime.get_available_providers(), ctranslate2.get_cuda_device_count()
+    )
+    assert cuda_available() is expected

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from cortensor.errors import BadInput
-from cortensor.node.identity import choose_hw_class, default_node_id
+from cortensor.node.identity import HwChoice, choose_hw_class, default_node_id
 from cortensor.schemas import NodeId
 
 ALL_CLASSES = {"cpu-fp32", "cpu-int8", "cuda-fp16", "cuda-int8"}
@@ -93,49 +93,99 @@ def test_host_name_with_a_leading_underscore_gives_a_valid_node_id() -> None:
 
 # -- hardware class -----------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])
-def test_auto_picks_cpu_int8_when_served_and_the_cpu_has_int8_kernels(isa: str) -> None:
-    assert choose_hw_class("auto", served=ALL_CLASSES, int8_isa=isa) == "cpu-int8"
+CPU = {"cpu-fp32", "cpu-int8"}
 
 
-def test_auto_picks_cpu_fp32_on_a_cpu_without_int8_kernels() -> None:
-    assert choose_hw_class("auto", served=ALL_CLASSES, int8_isa="other") == "cpu-fp32"
+@pytest.mark.parametrize(
+    ("served", "isa", "cuda", "expected"),
+    [
+        # With a usable GPU: fp16 first, then int8 on the GPU, then the CPU classes.
+        (ALL_CLASSES, "avx512_vnni", True, "cuda-fp16"),
+        (ALL_CLASSES, "other", True, "cuda-fp16"),
+        ({"cuda-int8", *CPU}, "avx2", True, "cuda-int8"),
+        ({"cuda-int8"}, "other", True, "cuda-int8"),
+        (CPU, "avx512_vnni", True, "cpu-int8"),
+        ({"cpu-fp32"}, "avx2", True, "cpu-fp32"),
+        # Without one, the CUDA classes do not count however well they are prepared.
+        (ALL_CLASSES, "avx512_vnni", False, "cpu-int8"),
+        (ALL_CLASSES, "avx2", False, "cpu-int8"),
+        (ALL_CLASSES, "other", False, "cpu-fp32"),
+        ({"cuda-fp16", "cuda-int8", "cpu-fp32"}, "avx2", False, "cpu-fp32"),
+        ({"cpu-fp32"}, "avx512_vnni", False, "cpu-fp32"),
+        ({"cpu-int8"}, "avx2", False, "cpu-int8"),
+    ],
+)
+def test_auto_picks_the_best_served_class(
+    served: set[str], isa: str, cuda: bool, expected: str
+) -> None:
+    assert choose_hw_class("auto", served=served, int8_isa=isa, cuda=cuda) == expected
 
 
-def test_auto_falls_back_to_fp32_when_int8_is_not_prepared() -> None:
-    assert choose_hw_class("auto", served={"cpu-fp32"}, int8_isa="avx2") == "cpu-fp32"
-
-
-def test_auto_prefers_cuda_fp16_with_a_gpu() -> None:
-    assert choose_hw_class("auto", served=ALL_CLASSES, int8_isa="avx2", cuda=True) == "cuda-fp16"
-    served = {"cuda-int8", "cpu-int8", "cpu-fp32"}
-    assert choose_hw_class("auto", served=served, int8_isa="avx2", cuda=True) == "cuda-int8"
-
-
-def test_auto_ignores_cuda_classes_without_a_gpu() -> None:
-    served = {"cuda-fp16", "cpu-fp32"}
-    assert choose_hw_class("auto", served=served, int8_isa="avx2") == "cpu-fp32"
-
-
-def test_auto_with_nothing_that_fits_says_how_to_fix_it() -> None:
+@pytest.mark.parametrize(
+    ("served", "isa", "cuda"),
+    [
+        (set(), "avx2", False),
+        (set(), "avx512_vnni", True),
+        ({"cpu-int8"}, "other", False),
+        ({"cuda-fp16", "cuda-int8"}, "avx512_vnni", False),
+        ({"cuda-fp16", "cpu-int8"}, "other", False),
+    ],
+)
+def test_auto_with_nothing_that_fits_says_how_to_fix_it(
+    served: set[str], isa: str, cuda: bool
+) -> None:
     with pytest.raises(BadInput, match="cortensor models prepare"):
-        choose_hw_class("auto", served=set(), int8_isa="avx2")
-    with pytest.raises(BadInput, match="cortensor models prepare"):
-        choose_hw_class("auto", served={"cpu-int8"}, int8_isa="other")
+        choose_hw_class("auto", served=served, int8_isa=isa, cuda=cuda)
 
 
-def test_explicit_class_that_is_served_is_kept() -> None:
-    assert choose_hw_class("cpu-fp32", served=ALL_CLASSES, int8_isa="avx512_vnni") == "cpu-fp32"
-    # An explicit choice overrides what auto detection would say.
-    assert choose_hw_class("cpu-int8", served={"cpu-int8"}, int8_isa="other") == "cpu-int8"
+@given(
+    served=st.sets(st.sampled_from(sorted(ALL_CLASSES))),
+    isa=st.sampled_from(["avx512_vnni", "avx2", "other"]),
+    cuda=st.booleans(),
+)
+def test_auto_never_picks_what_the_machine_cannot_run(
+    served: set[str], isa: str, cuda: bool
+) -> None:
+    runnable = {"cpu-fp32"} | ({"cpu-int8"} if isa != "other" else set())
+    runnable |= {"cuda-fp16", "cuda-int8"} if cuda else set()
+    if not served & runnable:
+        with pytest.raises(BadInput):
+            choose_hw_class("auto", served=served, int8_isa=isa, cuda=cuda)
+        return
+    chosen = choose_hw_class("auto", served=served, int8_isa=isa, cuda=cuda)
+    assert chosen in served & runnable
+    order = ["cuda-fp16", "cuda-int8", "cpu-int8", "cpu-fp32"]
+    assert all(c not in served & runnable for c in order[: order.index(chosen)])
+
+
+@pytest.mark.parametrize(
+    ("requested", "isa", "cuda"),
+    [
+        ("cpu-fp32", "avx512_vnni", False),
+        ("cpu-fp32", "other", True),
+        ("cpu-int8", "avx2", True),
+        # An explicit choice overrides what auto detection would say about the CPU.
+        ("cpu-int8", "other", False),
+        ("cuda-fp16", "avx2", True),
+        ("cuda-int8", "other", True),
+    ],
+)
+def test_explicit_class_that_is_served_is_kept(requested: HwChoice, isa: str, cuda: bool) -> None:
+    assert choose_hw_class(requested, served=ALL_CLASSES, int8_isa=isa, cuda=cuda) == requested
 
 
 def test_explicit_class_that_is_not_served_is_bad_input() -> None:
     with pytest.raises(BadInput, match="cortensor models prepare") as info:
-        choose_hw_class("cuda-fp16", served={"cpu-fp32", "cpu-int8"}, int8_isa="avx2")
+        choose_hw_class("cuda-fp16", served={"cpu-fp32", "cpu-int8"}, int8_isa="avx2", cuda=True)
     message = str(info.value)
     assert "cuda-fp16" in message
     assert "cpu-fp32, cpu-int8" in message
     with pytest.raises(BadInput, match="prepared: none"):
         choose_hw_class("cpu-int8", served=set(), int8_isa="avx2")
+
+
+@pytest.mark.parametrize("requested", ["cuda-fp16", "cuda-int8"])
+def test_explicit_cuda_class_without_a_gpu_is_bad_input(requested: HwChoice) -> None:
+    with pytest.raises(BadInput, match="CUDA GPU") as info:
+        choose_hw_class(requested, served=ALL_CLASSES, int8_isa="avx512_vnni", cuda=False)
+    assert requested in str(info.value)
