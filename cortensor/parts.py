@@ -180,27 +180,40 @@ def _join(task: str, parts: Sequence[DecidedPart]) -> Any:
 
 
 def stitch_transcripts(parts: Sequence[tuple[float, Mapping[str, Any]]]) -> dict[str, Any]:
-    """One transcript from (chunk start in seconds, chunk transcript) pairs in order:
-    texts joined by spaces, segments moved to the original file's time, the language
-    most parts heard, and the duration up to the end of the last chunk."""
+    """One transcript (JSON data) from (chunk start in seconds, chunk transcript) in order.
+
+    Texts are joined by single spaces (empty ones skipped), segments are moved to the
+    original file's time (rounded to 0.01 s), the language is the one most chunks heard
+    (the first of them on a tie), and the duration runs to the end of the last chunk.
+    A segment's times are first kept within its chunk: Whisper may stamp the last segment
+    with the end of its 30 s window, past the end of a shorter chunk.
+    """
+    if not parts:
+        return {"text": "", "language": "", "duration_s": 0.0, "segments": []}
     texts = [str(t.get("text", "")).strip() for _, t in parts]
     segments = [
-        {
-            "start": round(start + float(s["start"]), 2),
-            "end": round(start + float(s["end"]), 2),
-            "text": s["text"],
-        }
-        for start, t in parts
-        for s in t.get("segments", [])
+        _shifted(segment, offset, float(t.get("duration_s", 0.0)))
+        for offset, t in parts
+        for segment in t.get("segments", [])
     ]
     heard = [str(t.get("language", "")) for _, t in parts]
     counts = Counter(heard)
-    # The most common language; among equally common ones, the first heard.
-    language = max(heard, key=lambda name: (counts[name], -heard.index(name)), default="")
-    last_start, last = parts[-1] if parts else (0.0, {})
+    language = max(heard, key=lambda name: (counts[name], -heard.index(name)))
+    last_start, last = parts[-1]
     return {
         "text": " ".join(t for t in texts if t),
         "language": language,
         "duration_s": round(last_start + float(last.get("duration_s", 0.0)), 2),
         "segments": segments,
+    }
+
+
+def _shifted(segment: Mapping[str, Any], offset: float, duration: float) -> dict[str, Any]:
+    start, end = float(segment["start"]), float(segment["end"])
+    if duration > 0:
+        start, end = min(max(start, 0.0), duration), min(max(end, 0.0), duration)
+    return {
+        "start": round(offset + start, 2),
+        "end": round(offset + max(start, end), 2),
+        "text": segment["text"],
     }

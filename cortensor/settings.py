@@ -39,9 +39,11 @@ class Settings(BaseSettings):
     """Most texts in one part of an embed or classify job; longer jobs are split into
     shards that different nodes run at the same time."""
     chunk_s: float = Field(default=30.0, gt=1.0)
-    """Target length of one part of a transcribe job; longer audio is cut at silences
-    into chunks that different nodes transcribe at the same time (Whisper reads 30 s
-    windows, so chunks much shorter than that cost more in all)."""
+    """Longest part of a transcribe job: longer audio is cut at silences into chunks
+    that different nodes transcribe at the same time."""
+    chunk_min_s: float = Field(default=15.0, gt=0)
+    """Shortest chunk worth cutting so that more nodes share a file. Whisper reads 30 s
+    windows, so a short chunk costs nearly as much as a full one."""
     max_audio_s: float = Field(default=900.0, gt=0)
     """Longest audio a transcribe job may carry."""
 

@@ -67,20 +67,9 @@ class Router:
         many nodes at once as there are; the chosen nodes are added to it.
         """
         classes = eligible_classes(job.hw_class)  # type: ignore[arg-type]
-
-        def pool(exclude: frozenset[str]) -> list[NodeView]:
-            return candidates(
-                self.registry.views(),
-                classes=classes,
-                model=job.model,
-                now=time.monotonic(),
-                ttl=self.settings.node_ttl_s,
-                exclude=exclude,
-            )
-
-        eligible = pool(job.taken)
+        eligible = self.live(classes, job.model, job.taken)
         if spread:
-            fresh = pool(job.taken | spread)
+            fresh = self.live(classes, job.model, job.taken | spread)
             if len(fresh) >= needed:
                 eligible = fresh
             else:
@@ -113,6 +102,23 @@ class Router:
             )
             for node in chosen
         ]
+
+    def parallel(self, job: JobRequest) -> int:
+        """How many parts of `job` can run at once: its eligible live nodes over its
+        redundancy."""
+        live = self.live(eligible_classes(job.hw_class), job.model, frozenset())
+        return max(1, len(live) // job.redundancy)
+
+    def live(self, classes: Sequence[str], model: str, exclude: frozenset[str]) -> list[NodeView]:
+        """Live nodes of these classes serving `model`, except those in `exclude`."""
+        return candidates(
+            self.registry.views(),
+            classes=classes,
+            model=model,
+            now=time.monotonic(),
+            ttl=self.settings.node_ttl_s,
+            exclude=exclude,
+        )
 
     def timeout_s(self, job: OpenJob) -> float:
         """How long a node has for one replica of `job`: longer for longer audio."""
@@ -195,7 +201,12 @@ class Router:
         s = self.settings
         try:
             chunks = await asyncio.to_thread(
-                audio.cut, job.audio_bytes(), chunk_s=s.chunk_s, max_seconds=s.max_audio_s
+                audio.cut,
+                job.audio_bytes(),
+                chunk_s=s.chunk_s,
+                min_chunk_s=s.chunk_min_s,
+                max_seconds=s.max_audio_s,
+                parallel=self.parallel(job),
             )
         except BadInput as exc:
             verdict = Verdict(

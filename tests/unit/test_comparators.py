@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from cortensor.comparators import COMPARATORS
+from cortensor.comparators import COMPARATORS, classify, transcribe
 from cortensor.comparators.embed import THRESHOLDS, agree, as_matrix, min_cosine, threshold
 
 DIM = 384
@@ -166,6 +166,7 @@ _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**53), 2**53)
+    | st.just(10**400)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=10),
     lambda children: (
@@ -217,3 +218,370 @@ def test_min_cosine_is_symmetric_and_bounded(a: list[list[float]], b: list[list[
 def test_integer_beyond_float_range_disagrees_instead_of_raising() -> None:
     # json.loads('[[1' + '0' * 400 + ']]') gives such an int; min_cosine promises -1.
     assert min_cosine([[10**400, 1]], GOOD) == -1.0
+
+
+# --- classify: the same top label with a close score ------------------------------------
+
+
+def classification(label: str, score: float, *others: tuple[str, float]) -> dict[str, Any]:
+    top = [{"label": label, "score": score}] + [{"label": n, "score": s} for n, s in others]
+    return {"label": label, "score": score, "top": top}
+
+
+CLASSES = [
+    classification("greeting", 0.91, ("farewell", 0.05), ("thanks", 0.02)),
+    classification("book_flight", 0.55, ("book_hotel", 0.30), ("cancel", 0.10)),
+]
+
+
+def with_scores(output: list[dict[str, Any]], *deltas: float) -> list[dict[str, Any]]:
+    """The output with each item's top-1 score moved by its delta (also in its top list)."""
+    moved = []
+    for item, delta in zip(output, deltas, strict=True):
+        score = item["score"] + delta
+        top = [{**item["top"][0], "score": score}, *item["top"][1:]]
+        moved.append({**item, "score": score, "top": top})
+    return moved
+
+
+def test_classify_and_transcribe_are_registered() -> None:
+    assert COMPARATORS["classify"] is classify.agree
+    assert COMPARATORS["transcribe"] is transcribe.agree
+    assert set(COMPARATORS) == {"embed", "classify", "transcribe"}
+
+
+@pytest.mark.parametrize("a", PRECISIONS)
+@pytest.mark.parametrize("b", PRECISIONS)
+def test_identical_classifications_agree_for_every_precision_pair(a: str, b: str) -> None:
+    assert classify.agree(CLASSES, a, CLASSES, b)
+
+
+def test_classify_tolerances() -> None:
+    for a in PRECISIONS:
+        for b in PRECISIONS:
+            assert classify.tolerance(a, b) == classify.tolerance(b, a)
+    assert classify.tolerance("fp32", "fp32") == 0.02
+    assert classify.tolerance("fp16", "fp16") == 0.02
+    assert classify.tolerance("fp32", "fp16") == 0.02
+    for other in PRECISIONS:
+        assert classify.tolerance("int8", other) == 0.10
+    assert classify.tolerance("fp32", "bf16") == 0.10  # unknown: the loosest
+    assert classify.TOLERANCES[frozenset({"fp32"})] == 0.02
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "delta", "expected"),
+    [
+        ("fp32", "fp32", 0.0, True),
+        ("fp32", "fp32", 0.019, True),
+        ("fp32", "fp32", 0.02, True),  # the boundary is inclusive, despite float rounding
+        ("fp32", "fp32", -0.02, True),
+        ("fp32", "fp32", 0.03, False),
+        ("fp32", "fp16", 0.015, True),
+        ("fp16", "fp32", -0.025, False),
+        ("fp32", "int8", 0.08, True),
+        ("int8", "fp32", -0.10, True),
+        ("int8", "int8", 0.09, True),
+        ("fp16", "int8", 0.12, False),
+        ("int8", "int8", -0.3, False),  # a noisy fault's shift
+    ],
+)
+def test_classify_score_tolerance_per_precision_pair(
+    a: str, b: str, delta: float, expected: bool
+) -> None:
+    moved = with_scores(CLASSES, 0.0, delta)
+    assert classify.agree(CLASSES, a, moved, b) is expected
+    assert classify.agree(moved, b, CLASSES, a) is expected
+
+
+def test_another_top_label_disagrees_even_with_the_same_score() -> None:
+    other = [CLASSES[0], classification("book_hotel", 0.55, ("book_flight", 0.30))]
+    assert not classify.agree(CLASSES, "int8", other, "int8")
+
+
+def test_only_the_top_label_and_its_score_are_compared() -> None:
+    # The rest of the top-k list may differ (order of near-zero labels, k itself).
+    other = [
+        classification("greeting", 0.91, ("thanks", 0.04)),
+        classification("book_flight", 0.56),
+    ]
+    assert classify.agree(CLASSES, "fp32", other, "fp32")
+
+
+@pytest.mark.parametrize("other", [CLASSES[:1], [*CLASSES, CLASSES[0]], []])
+def test_a_different_number_of_classifications_disagrees(other: list[dict[str, Any]]) -> None:
+    assert not classify.agree(CLASSES, "fp32", other, "fp32")
+    assert not classify.agree(other, "fp32", CLASSES, "fp32")
+
+
+GOOD_ITEM = classification("greeting", 0.9)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(None, id="none"),
+        pytest.param(GOOD_ITEM, id="item-not-in-a-list"),
+        pytest.param("greeting", id="text"),
+        pytest.param([], id="empty"),
+        pytest.param([None], id="null-item"),
+        pytest.param([["greeting", 0.9]], id="pair"),
+        pytest.param([{"score": 0.9, "top": []}], id="no-label"),
+        pytest.param([{"label": "greeting", "top": []}], id="no-score"),
+        pytest.param([{"label": "greeting", "score": 0.9}], id="no-top"),
+        pytest.param([{**GOOD_ITEM, "top": "greeting"}], id="top-not-a-list"),
+        pytest.param([{**GOOD_ITEM, "top": [{"label": "x"}]}], id="top-entry-no-score"),
+        pytest.param([{**GOOD_ITEM, "top": [{"label": 3, "score": 0.1}]}], id="top-label-int"),
+        pytest.param([{**GOOD_ITEM, "top": [None]}], id="top-entry-null"),
+        pytest.param([{**GOOD_ITEM, "score": math.nan}], id="nan"),
+        pytest.param([{**GOOD_ITEM, "score": math.inf}], id="inf"),
+        pytest.param([{**GOOD_ITEM, "score": 1.5}], id="above-one"),
+        pytest.param([{**GOOD_ITEM, "score": -0.1}], id="negative"),
+        pytest.param([{**GOOD_ITEM, "score": True}], id="bool-score"),
+        pytest.param([{**GOOD_ITEM, "score": "0.9"}], id="text-score"),
+        pytest.param([{**GOOD_ITEM, "score": 10**400}], id="huge-int-score"),
+        pytest.param([{**GOOD_ITEM, "top": [{"label": "x", "score": -(10**400)}]}], id="huge-int"),
+        pytest.param([{**GOOD_ITEM, "label": None}], id="null-label"),
+        pytest.param([{**GOOD_ITEM, "label": ["greeting"]}], id="list-label"),
+    ],
+)
+def test_malformed_classifications_disagree_and_never_raise(bad: Any) -> None:
+    assert classify.top_labels(bad) is None
+    for p in PRECISIONS:
+        assert not classify.agree([GOOD_ITEM], p, bad, p)
+        assert not classify.agree(bad, p, [GOOD_ITEM], p)
+        assert not classify.agree(bad, p, bad, p)
+
+
+@given(a=_JSON, b=_JSON)
+def test_classify_never_raises_on_json_like_garbage(a: Any, b: Any) -> None:
+    assert isinstance(classify.agree(a, "fp32", b, "int8"), bool)
+    assert isinstance(classify.agree([a], "fp32", [b], "fp32"), bool)
+
+
+_SCORE = st.floats(0.0, 1.0)
+_LABEL = st.sampled_from(["greeting", "farewell", "thanks", "book_flight", "cancel"])
+_CLASSIFICATION = st.builds(
+    lambda label, score, rest: classification(label, score, *rest),
+    _LABEL,
+    _SCORE,
+    st.lists(st.tuples(_LABEL, _SCORE), max_size=4),
+)
+_CLASSES = st.lists(_CLASSIFICATION, min_size=1, max_size=6)
+
+
+@given(_CLASSES, st.sampled_from(PRECISIONS), st.sampled_from(PRECISIONS))
+def test_any_classification_agrees_with_itself(
+    output: list[dict[str, Any]], a: str, b: str
+) -> None:
+    assert classify.agree(output, a, output, b)
+
+
+@given(_CLASSES, _CLASSES, st.sampled_from(PRECISIONS), st.sampled_from(PRECISIONS))
+def test_classify_agreement_is_symmetric(
+    x: list[dict[str, Any]], y: list[dict[str, Any]], a: str, b: str
+) -> None:
+    assert classify.agree(x, a, y, b) == classify.agree(y, b, x, a)
+
+
+# --- transcribe: word error rate after normalization ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [
+        ("Hello, World!", "hello world"),
+        ("  The   quick\tbrown\nfox. ", "the quick brown fox"),
+        ("Don't stop — it's twenty-one.", "dont stop its twenty one"),
+        ("I’m here", "im here"),
+        ("He paid $5 (50%) in 2024.", "he paid 5 50 in 2024"),
+        ("Straße ÉCOLE", "strasse école"),
+        ("...", ""),
+        ("", ""),
+    ],
+)
+def test_normalize(text: str, normal: str) -> None:
+    assert transcribe.normalize(text) == normal
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis", "rate"),
+    [
+        ("", "", 0.0),
+        ("...", " ", 0.0),
+        ("", "something", 1.0),
+        ("something said", "", 1.0),
+        ("The cat sat.", "the cat sat", 0.0),
+        ("the cat sat on the mat", "the cat sat on a mat", 1 / 6),
+        ("the cat sat", "the cat", 1 / 3),
+        ("the cat", "the cat sat", 1 / 2),
+        ("one two three four", "five six seven eight", 1.0),
+    ],
+)
+def test_word_error_rate(reference: str, hypothesis: str, rate: float) -> None:
+    assert transcribe.word_error_rate(reference, hypothesis) == pytest.approx(rate)
+
+
+def test_transcribe_thresholds() -> None:
+    for a in PRECISIONS:
+        for b in PRECISIONS:
+            assert transcribe.threshold(a, b) == transcribe.threshold(b, a)
+            assert transcribe.threshold(a, b) == (0.10 if a == b else 0.20)
+    assert transcribe.threshold("fp32", "bf16") == 0.20
+
+
+FORTY_WORDS = [
+    word
+    for line in (
+        "the quick brown fox jumps over the lazy dog while she sells sea shells",
+        "by the sea shore and a gentle breeze moves the leaves across the empty",
+        "garden as we walk along the river until the sun goes down",
+    )
+    for word in line.split()
+]
+
+
+def transcript_of(words: list[str], **fields: Any) -> dict[str, Any]:
+    text = " ".join(words)
+    output: dict[str, Any] = {
+        "text": text,
+        "language": "en",
+        "duration_s": 12.5,
+        "segments": [{"start": 0.0, "end": 12.5, "text": text}],
+    }
+    return {**output, **fields}
+
+
+def changed(words: list[str], n: int) -> list[str]:
+    """`n` of the words replaced, spread out."""
+    out = list(words)
+    for i in range(n):
+        out[(i * 7) % len(out)] = f"other{i}"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edits", "a", "b", "expected"),
+    [
+        (0, "fp32", "fp32", True),
+        (2, "int8", "fp32", True),  # measured: base int8 vs float32 differ by 1-2 in 40
+        (4, "fp32", "fp32", True),  # 0.10: the same-precision bound
+        (5, "fp32", "fp32", False),
+        (5, "int8", "int8", False),
+        (5, "fp32", "int8", True),
+        (8, "fp16", "int8", True),  # 0.20: the cross-precision bound
+        (9, "fp32", "int8", False),
+        (20, "fp32", "int8", False),
+    ],
+)
+def test_transcript_word_error_threshold_per_precision_pair(
+    edits: int, a: str, b: str, expected: bool
+) -> None:
+    assert len(FORTY_WORDS) == 40
+    x, y = transcript_of(FORTY_WORDS), transcript_of(changed(FORTY_WORDS, edits))
+    assert transcribe.agree(x, a, y, b) is expected
+    assert transcribe.agree(y, b, x, a) is expected
+
+
+def test_case_punctuation_and_segment_times_do_not_matter() -> None:
+    text = "The quick brown fox, jumps over the lazy dog!"
+    x = transcript_of(text.split())
+    y = transcript_of(
+        transcribe.normalize(text).split(),
+        language="de",
+        duration_s=12.0,
+        segments=[{"start": 0.1, "end": 3.0, "text": "the quick"}],
+    )
+    assert transcribe.agree(x, "fp32", y, "fp32")
+
+
+def test_wer_is_taken_in_the_stricter_direction() -> None:
+    # Ten words against the same ten plus two: 2/10 one way, 2/12 the other.
+    ten = FORTY_WORDS[:10]
+    assert transcribe.symmetric_wer(" ".join(ten), " ".join([*ten, "and", "more"])) == 0.2
+    assert not transcribe.agree(transcript_of(ten), "fp32", transcript_of([*ten, "a", "b"]), "fp32")
+    assert transcribe.agree(transcript_of(ten), "fp32", transcript_of([*ten, "a"]), "fp32")
+
+
+def test_integers_are_numbers_but_not_beyond_the_float_range() -> None:
+    # json.loads gives ints for "12" and for 400 digits alike; neither may raise.
+    assert transcribe.transcript_text({**GOOD_TRANSCRIPT, "duration_s": 12}) is not None
+    huge = {**GOOD_TRANSCRIPT, "segments": [{"start": 0, "end": 10**400, "text": ""}]}
+    assert transcribe.transcript_text(huge) is None
+    assert not transcribe.agree(huge, "fp32", GOOD_TRANSCRIPT, "fp32")
+    assert classify.top_labels([classification("greeting", 1)]) == [("greeting", 1.0)]
+
+
+def test_empty_transcripts_agree_with_each_other_only() -> None:
+    empty = transcript_of([], segments=[])
+    assert transcribe.agree(empty, "fp32", empty, "int8")
+    assert not transcribe.agree(empty, "fp32", transcript_of(["hello"]), "int8")
+
+
+GOOD_TRANSCRIPT = transcript_of(FORTY_WORDS[:8])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(None, id="none"),
+        pytest.param("the quick brown fox", id="bare-text"),
+        pytest.param([GOOD_TRANSCRIPT], id="list"),
+        pytest.param({}, id="empty-dict"),
+        pytest.param({**GOOD_TRANSCRIPT, "text": None}, id="null-text"),
+        pytest.param({**GOOD_TRANSCRIPT, "text": ["the"]}, id="list-text"),
+        pytest.param({k: v for k, v in GOOD_TRANSCRIPT.items() if k != "language"}, id="no-lang"),
+        pytest.param({**GOOD_TRANSCRIPT, "language": 1}, id="int-language"),
+        pytest.param({**GOOD_TRANSCRIPT, "duration_s": math.nan}, id="nan-duration"),
+        pytest.param({**GOOD_TRANSCRIPT, "duration_s": "12"}, id="text-duration"),
+        pytest.param({**GOOD_TRANSCRIPT, "duration_s": True}, id="bool-duration"),
+        pytest.param({**GOOD_TRANSCRIPT, "segments": None}, id="null-segments"),
+        pytest.param({**GOOD_TRANSCRIPT, "segments": [None]}, id="null-segment"),
+        pytest.param(
+            {**GOOD_TRANSCRIPT, "segments": [{"start": 0, "end": math.inf, "text": ""}]},
+            id="inf-segment",
+        ),
+        pytest.param({**GOOD_TRANSCRIPT, "segments": [{"start": 0, "end": 1}]}, id="no-seg-text"),
+        pytest.param({**GOOD_TRANSCRIPT, "duration_s": 1e400}, id="inf-duration"),
+    ],
+)
+def test_malformed_transcripts_disagree_and_never_raise(bad: Any) -> None:
+    assert transcribe.transcript_text(bad) is None
+    for p in PRECISIONS:
+        assert not transcribe.agree(GOOD_TRANSCRIPT, p, bad, p)
+        assert not transcribe.agree(bad, p, GOOD_TRANSCRIPT, p)
+        assert not transcribe.agree(bad, p, bad, p)
+
+
+@given(a=_JSON, b=_JSON)
+def test_transcribe_never_raises_on_json_like_garbage(a: Any, b: Any) -> None:
+    assert isinstance(transcribe.agree(a, "fp32", b, "int8"), bool)
+    wrapped_a = {**GOOD_TRANSCRIPT, "text": a}
+    assert isinstance(transcribe.agree(wrapped_a, "fp32", GOOD_TRANSCRIPT, "fp32"), bool)
+
+
+@given(st.text(max_size=200))
+def test_normalize_is_idempotent_and_never_raises(text: str) -> None:
+    once = transcribe.normalize(text)
+    assert transcribe.normalize(once) == once
+    assert once == once.strip()
+    assert "  " not in once
+
+
+_WORDS = st.lists(st.sampled_from(["a", "b", "cat", "Dog", "sat,", "on", "the", "mat."]))
+
+
+@given(_WORDS, st.sampled_from(PRECISIONS), st.sampled_from(PRECISIONS))
+def test_any_transcript_agrees_with_itself(words: list[str], a: str, b: str) -> None:
+    output = transcript_of(words)
+    assert transcribe.agree(output, a, output, b)
+
+
+@given(_WORDS, _WORDS, st.sampled_from(PRECISIONS), st.sampled_from(PRECISIONS))
+def test_transcribe_agreement_is_symmetric(x: list[str], y: list[str], a: str, b: str) -> None:
+    assert transcribe.agree(transcript_of(x), a, transcript_of(y), b) == transcribe.agree(
+        transcript_of(y), b, transcript_of(x), a
+    )
+    wer = transcribe.symmetric_wer(" ".join(x), " ".join(y))
+    assert wer == transcribe.symmetric_wer(" ".join(y), " ".join(x))
+    assert wer >= 0.0
