@@ -256,12 +256,28 @@ class InferenceResult(Message):
     embeddings: list[Vector] | None = None
     classes: list[Classification] | None = None
     transcript: Transcript | None = None
+    build: str = Field(
+        default="",
+        description=(
+            "The prepared variant that ran (e.g. int8-avx2): two builds of one precision"
+            " may differ by more than one build does from itself."
+        ),
+    )
     error: str | None = None
     elapsed_ms: float = 0.0
 
     def output(self) -> Any:
         """The task's output as JSON data (None when the node reported an error)."""
         return _output_json(self, self.task)
+
+    def precision_label(self) -> str:
+        """What the guard's comparators weigh: the precision, and the build when it is
+        not the precision's default one (int8/int8-avx2)."""
+        return (
+            self.precision
+            if self.build in ("", self.precision)
+            else (f"{self.precision}/{self.build}")
+        )
 
 
 class PartVerdict(Output):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cortensor.comparators.precision import pair
+
 TOLERANCES: dict[frozenset[str], float] = {
     frozenset({"fp32"}): 0.02,
     frozenset({"fp16"}): 0.02,
@@ -33,8 +35,10 @@ TOLERANCES: dict[frozenset[str], float] = {
 
 
 def tolerance(precision_a: str, precision_b: str) -> float:
-    """The largest difference of top-1 scores at which outputs of these precisions agree."""
-    return TOLERANCES.get(frozenset({precision_a, precision_b}), 0.10)
+    """The largest difference of top-1 scores at which outputs of these precisions
+    (labels, see comparators.precision) agree."""
+    precisions, builds_differ = pair(precision_a, precision_b)
+    return 0.10 if builds_differ else TOLERANCES.get(precisions, 0.10)
 
 
 def _score(value: Any) -> float | None:
@@ -76,12 +80,42 @@ def top_labels(output: Any) -> list[tuple[str, float]] | None:
 
 
 def agree(a: Any, precision_a: str, b: Any, precision_b: str) -> bool:
-    """Whether two classify outputs are the same answer."""
+    """Whether two classify outputs are the same answer.
+
+    Every text needs the same top label with top-1 scores within the tolerance. Between
+    different precisions or builds, a text whose two best labels are nearly tied may
+    come out either way: there, two different top labels also agree when each output
+    ranks the other's label within the tolerance of its own best, with scores for both
+    labels within the tolerance across the outputs.
+    """
     tops_a, tops_b = top_labels(a), top_labels(b)
     if tops_a is None or tops_b is None or len(tops_a) != len(tops_b):
         return False
     limit = tolerance(precision_a, precision_b) + 1e-9  # 0.90 against 0.88 is within 0.02
-    return all(
-        label_a == label_b and abs(score_a - score_b) <= limit
-        for (label_a, score_a), (label_b, score_b) in zip(tops_a, tops_b, strict=True)
+    near_ties = precision_a != precision_b
+    for i, ((label_a, score_a), (label_b, score_b)) in enumerate(zip(tops_a, tops_b, strict=True)):
+        if label_a == label_b:
+            if abs(score_a - score_b) > limit:
+                return False
+        elif not (near_ties and _near_tie(a[i], b[i], limit)):
+            return False
+    return True
+
+
+def _ranked(item: dict[str, Any]) -> dict[str, float]:
+    scores = (_label_score(entry) for entry in item["top"])
+    return {label: score for label, score in (s for s in scores if s is not None)}
+
+
+def _near_tie(item_a: dict[str, Any], item_b: dict[str, Any], limit: float) -> bool:
+    """Whether two different top labels are the two sides of one near-tie."""
+    ranked_a, ranked_b = _ranked(item_a), _ranked(item_b)
+    x, y = item_a["label"], item_b["label"]
+    if not {x, y} <= ranked_a.keys() & ranked_b.keys():
+        return False
+    return (
+        ranked_a[x] - ranked_a[y] <= limit
+        and ranked_b[y] - ranked_b[x] <= limit
+        and abs(ranked_a[x] - ranked_b[x]) <= limit
+        and abs(ranked_a[y] - ranked_b[y]) <= limit
     )

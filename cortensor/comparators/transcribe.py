@@ -22,6 +22,8 @@ from typing import Any
 
 import jiwer
 
+from cortensor.comparators.precision import pair
+
 THRESHOLDS: dict[frozenset[str], float] = {
     frozenset({"fp32"}): 0.10,
     frozenset({"fp16"}): 0.10,
@@ -35,8 +37,11 @@ _APOSTROPHES = frozenset("'’ʼ`")
 
 
 def threshold(precision_a: str, precision_b: str) -> float:
-    """The highest word error rate at which transcripts of these precisions still agree."""
-    return THRESHOLDS.get(frozenset({precision_a, precision_b}), 0.20)
+    """The highest word error rate at which transcripts of these precisions (labels, see
+    comparators.precision) still agree; two builds of one precision count as two
+    precisions."""
+    precisions, builds_differ = pair(precision_a, precision_b)
+    return 0.20 if builds_differ else THRESHOLDS.get(precisions, 0.20)
 
 
 def _blank(char: str) -> str:

@@ -137,7 +137,7 @@ def _in_hand(result: InferenceResult) -> Replica:
     return Replica(
         node_id=result.node_id,
         result_id=str(result.result_id),
-        precision=result.precision,
+        precision=result.precision_label(),
         output=result.output(),
         error=result.error,
         assignment_id=str(result.assignment_id),
@@ -199,7 +199,7 @@ class GuardLedger(Ledger):
                 [r.result_id for r in batch],
                 [r.assignment_id for r in batch],
                 [r.node_id for r in batch],
-                [r.precision for r in batch],
+                [r.precision_label() for r in batch],
                 # As JSON text: asyncpg would read nested lists as array dimensions.
                 [None if r.error else json.dumps(r.output()) for r in batch],
                 [r.error for r in batch],

@@ -68,7 +68,11 @@ def build_node(
     runtimes = {name: loaded[name] for name in names}
     tasks = tuple(t for t in TASKS if any(TASK_OF[n] == t for n in names))
     identity = NodeIdentity(
-        node_id=node_id or default_node_id(), hw_class=chosen, models=names, tasks=tasks
+        node_id=node_id or default_node_id(),
+        hw_class=chosen,
+        models=names,
+        tasks=tasks,
+        builds={name: _build(variants, name) for name in names},
     )
     injected = Fault(fault, fault_rate) if fault is not None else None
     log.info(
@@ -145,3 +149,9 @@ def serve_node(service: NodeService) -> None:
     """Run the node until it is told to stop."""
     service.start()
     run_worker(make_app(service), service)
+
+
+def _build(variants: dict[str, ModelVariant], name: str) -> str:
+    """The variant that decides a model's numbers: a head's embedding model's own."""
+    variant = variants[name]
+    return variants[variant.base_model].variant if variant.base_model else variant.variant

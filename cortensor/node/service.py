@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
@@ -32,6 +32,8 @@ class NodeIdentity:
     hw_class: HwClass
     models: tuple[str, ...]
     tasks: tuple[Task, ...]
+    builds: Mapping[str, str] = field(default_factory=dict)
+    """The prepared variant behind each model (for a classifier head, its embedding's)."""
 
 
 def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> dict[str, Any]:
@@ -134,6 +136,7 @@ class NodeService:
             "model": assignment.model,
             "hw_class": self.identity.hw_class,
             "precision": PRECISION[self.identity.hw_class],
+            "build": self.identity.builds.get(assignment.model, ""),
         }
         try:
             output = run_task(self.runtimes[assignment.model], assignment, self.fault)

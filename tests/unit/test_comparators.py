@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from cortensor.comparators import COMPARATORS, classify, transcribe
-from cortensor.comparators.embed import THRESHOLDS, agree, as_matrix, min_cosine, threshold
+from cortensor.comparators.embed import (
+    BETWEEN_BUILDS,
+    THRESHOLDS,
+    agree,
+    as_matrix,
+    min_cosine,
+    threshold,
+)
+from cortensor.comparators.precision import pair
 
 DIM = 384
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -585,3 +593,44 @@ def test_transcribe_agreement_is_symmetric(x: list[str], y: list[str], a: str, b
     wer = transcribe.symmetric_wer(" ".join(x), " ".join(y))
     assert wer == transcribe.symmetric_wer(" ".join(y), " ".join(x))
     assert wer >= 0.0
+
+
+# -- builds of one precision, and near-ties between precisions --------------------------
+
+
+def test_precision_labels_name_the_precisions_and_whether_builds_differ() -> None:
+    assert pair("int8", "int8") == (frozenset({"int8"}), False)
+    assert pair("int8", "int8/int8-avx2") == (frozenset({"int8"}), True)
+    assert pair("int8/int8-avx2", "int8/int8-avx2") == (frozenset({"int8"}), False)
+    assert pair("fp32", "int8/int8-avx2") == (frozenset({"fp32", "int8"}), False)
+
+
+def test_two_int8_builds_get_the_between_builds_threshold() -> None:
+    assert threshold("int8", "int8") == 0.99
+    assert threshold("int8", "int8/int8-avx2") == BETWEEN_BUILDS
+    assert threshold("int8/int8-avx2", "int8/int8-avx2") == 0.99
+    # The measured worst case between the VNNI and AVX2 graphs, cosine 0.952, agrees.
+    a = np.array([[1.0, 0.0]])
+    b = np.array([[0.952, math.sqrt(1 - 0.952**2)]])
+    assert agree(a, "int8", b, "int8/int8-avx2")
+    assert not agree(a, "int8", b, "int8")
+    assert transcribe.threshold("int8", "int8/int8-cuda") == 0.20
+    assert classify.tolerance("int8", "int8/int8-avx2") == 0.10
+
+
+NEAR_TIE_A = [classification("book_flight", 0.36, ("book_hotel", 0.33), ("cancel", 0.10))]
+NEAR_TIE_B = [classification("book_hotel", 0.35, ("book_flight", 0.34), ("cancel", 0.11))]
+
+
+def test_a_near_tie_may_flip_between_precisions_but_not_within_one() -> None:
+    assert classify.agree(NEAR_TIE_A, "fp32", NEAR_TIE_B, "int8")
+    assert classify.agree(NEAR_TIE_B, "int8/int8-avx2", NEAR_TIE_A, "int8")
+    assert not classify.agree(NEAR_TIE_A, "int8", NEAR_TIE_B, "int8")
+
+
+def test_a_clear_winner_that_flips_disagrees_whatever_the_precisions() -> None:
+    flipped = [classification("book_hotel", 0.55, ("book_flight", 0.30), ("cancel", 0.10))]
+    assert not classify.agree([CLASSES[1]], "fp32", flipped, "int8")
+    # A label the other output does not rank at all is no near-tie either.
+    stranger = [classification("cancel", 0.36, ("greeting", 0.33))]
+    assert not classify.agree(NEAR_TIE_A, "fp32", stranger, "int8")

@@ -410,3 +410,28 @@ def test_a_classification_must_carry_its_top_labels() -> None:
     assert bare.with_output(output).classes is not None
     with pytest.raises(ValidationError, match="top"):
         bare.with_output(broken)
+
+
+@pytest.mark.parametrize(
+    ("precision", "build", "label"),
+    [
+        ("int8", "", "int8"),
+        ("int8", "int8", "int8"),
+        ("int8", "int8-avx2", "int8/int8-avx2"),
+        ("fp32", "fp32", "fp32"),
+    ],
+)
+def test_a_result_names_its_build_only_when_it_is_not_the_default(
+    precision: str, build: str, label: str
+) -> None:
+    result = InferenceResult(
+        assignment_id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        node_id="n1",
+        model="all-MiniLM-L6-v2",
+        hw_class="cpu-int8" if precision == "int8" else "cpu-fp32",
+        precision=precision,
+        build=build,
+        embeddings=[[1.0]],
+    )
+    assert result.precision_label() == label
