@@ -4,23 +4,29 @@ the model's own speed, measured in the same run on the same machine. Prints JSON
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cortensor import fidelity, speech
+from cortensor.catalog import WHISPER_BASE
 from cortensor.client import Client
+from cortensor.comparators.transcribe import word_error_rate
 from cortensor.fleet import Fleet
 from cortensor.ledger import migrate
 from cortensor.models.manifest import load_manifest
 from cortensor.provision import setup_brokers, teardown_brokers
 from cortensor.runtimes.embedding import EmbeddingRuntime
-from cortensor.schemas import JobRequest
+from cortensor.runtimes.whisper import WhisperRuntime
+from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 
 
@@ -158,13 +164,127 @@ async def pipeline(
     }
 
 
+QUESTIONS = [
+    "What is the weather like in Paris tomorrow?",
+    "Set a timer for ten minutes.",
+    "Translate good morning into Spanish.",
+    "I want to speak to a human agent right now.",
+    "What does the word ephemeral mean?",
+    "Transfer fifty dollars to my savings account.",
+    "Play some relaxing music.",
+    "Remind me to call my mother tonight.",
+    "How many calories are in an apple?",
+    "Book a table for two at an Italian restaurant.",
+    "Cancel my subscription please.",
+    "Tell me a joke about computers.",
+]
+
+
+def speech_sample(folder: Path, sentences: int) -> tuple[Path, str]:
+    """A WAV of the first `sentences` known sentences spoken with pauses, and its text."""
+    spoken = speech.SENTENCES[:sentences]
+    return speech.long_speech(spoken, folder / f"speech-{sentences}.wav"), " ".join(spoken)
+
+
+async def _transcribe(settings: Settings, wav: bytes) -> tuple[float, Verdict]:
+    job = JobRequest(
+        task="transcribe",
+        audio=base64.b64encode(wav).decode("ascii"),
+        redundancy=1,
+        deadline_s=300,
+    )
+    async with Client(settings) as client:
+        started = time.perf_counter()
+        verdict = await client.run(job, timeout_s=300)
+        elapsed = time.perf_counter() - started
+    if verdict.status != "verified":
+        raise RuntimeError(f"transcribe job {verdict.status}: {verdict.reason}")
+    return elapsed, verdict
+
+
+def speech_pipeline(settings: Settings, wav: Path, spoken: str, runs: int) -> dict[str, Any]:
+    """Whisper base through the pipeline (redundancy 1, one chunk) against the same model
+    called directly, on the same file in the same run: real-time factors and their ratio."""
+    audio_s = speech.duration_s(wav)
+    data = wav.read_bytes()
+    manifest = load_manifest(settings.models_dir)
+    direct = WhisperRuntime.from_manifest(
+        settings.models_dir, manifest.variant_for(WHISPER_BASE, "cpu-int8"), threads=1
+    )
+    direct.transcribe(data, None)  # warm-up
+    direct_s = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        direct.transcribe(data, None)
+        direct_s.append(time.perf_counter() - started)
+    through = [asyncio.run(_transcribe(settings, data)) for _ in range(runs + 1)][1:]
+    pipeline_s = [elapsed for elapsed, _ in through]
+    direct_rtf = statistics.median(direct_s) / audio_s
+    pipeline_rtf = statistics.median(pipeline_s) / audio_s
+    return {
+        "audio_s": round(audio_s, 2),
+        "runs": runs,
+        "direct_rtf": round(direct_rtf, 4),
+        "pipeline_rtf": round(pipeline_rtf, 4),
+        "pipeline_vs_direct": round(pipeline_rtf / direct_rtf, 3),
+        "wer": round(word_error_rate(spoken, through[-1][1].transcript.text), 4)
+        if through[-1][1].transcript
+        else None,
+    }
+
+
+def _fleet_run(
+    settings: Settings, nodes: int, started: list[str], work: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run `work` against a fresh fleet of `nodes` single-thread nodes."""
+    with Fleet(
+        settings, nodes=nodes, log_dir=Path(tempfile.mkdtemp(prefix="cortensor-bench-"))
+    ) as fleet:
+        started.extend(fleet.wait_ready())
+        return work()
+
+
+def split_speedup(settings: Settings, wav: Path, runs: int, started: list[str]) -> dict[str, Any]:
+    """One long file on one single-thread node, then on two: the network cuts it into
+    chunks for the nodes free to take them. Wall time from submit to verdict."""
+    data = wav.read_bytes()
+
+    def timed() -> dict[str, Any]:
+        walls, parts = [], 0
+        for _ in range(runs):
+            elapsed, verdict = asyncio.run(_transcribe(settings, data))
+            walls.append(elapsed)
+            parts = len(verdict.parts) or 1
+        return {"wall_s": round(statistics.median(walls), 2), "parts": parts}
+
+    one = _fleet_run(settings, 1, started, timed)
+    two = _fleet_run(settings, 2, started, timed)
+    return {
+        "audio_s": round(speech.duration_s(wav), 2),
+        "runs": runs,
+        "one_node": one,
+        "two_nodes": two,
+        "two_vs_one": round(two["wall_s"] / one["wall_s"], 3),
+        "target": 0.65,
+    }
+
+
+SECTIONS = ("embed", "fidelity", "speech", "split")
+
+
 def main(
     latency_jobs: int = typer.Option(200, help="Sequential jobs for latency."),
     throughput_jobs: int = typer.Option(1000, help="Jobs for throughput."),
     window: int = typer.Option(64, help="Jobs in flight for throughput."),
-    nodes: int = typer.Option(3, help="Honest nodes in the fleet."),
+    nodes: int = typer.Option(3, help="Honest nodes in the embedding fleet."),
+    speech_runs: int = typer.Option(3, help="Runs of each speech measurement."),
+    only: str = typer.Option(",".join(SECTIONS), help="Sections to run, comma-separated."),
 ) -> None:
     """Run the benchmark on a throwaway namespace and database; print JSON."""
+    sections = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {sorted(unknown)}; use {', '.join(SECTIONS)}")
     base = Settings()
     suffix = os.urandom(4).hex()
     settings = Settings(
@@ -173,32 +293,59 @@ def main(
         models_dir=base.models_dir,
     )
     report: dict[str, Any] = {"cpus": os.cpu_count()}
-    report["direct_int8_single_sentence_per_s"] = {
-        "threads_1": round(direct_rate(settings, 1), 1),
-        "threads_2": round(direct_rate(settings, 2), 1),
-    }
+    folder = Path(tempfile.mkdtemp(prefix="cortensor-bench-speech-"))
+    long_wav, long_text = speech_sample(folder, 20)
+    if "fidelity" in sections:
+        report["int8_vs_fp32"] = fidelity.measure(
+            settings.models_dir,
+            sentences=_sentences(100),
+            questions=QUESTIONS,
+            wav=long_wav.read_bytes(),
+            audio_s=speech.duration_s(long_wav),
+            spoken=long_text,
+        )
+    if "embed" in sections:
+        report["direct_int8_single_sentence_per_s"] = {
+            "threads_1": round(direct_rate(settings, 1), 1),
+            "threads_2": round(direct_rate(settings, 2), 1),
+        }
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
     node_ids: list[str] = []
     try:
-        with Fleet(
-            settings, nodes=nodes, log_dir=Path(tempfile.mkdtemp(prefix="cortensor-bench-"))
-        ) as fleet:
-            node_ids = fleet.wait_ready()
-            report["fleet"] = {"nodes": len(node_ids), "logs": str(fleet.log_dir)}
-            report["pipeline"] = [
-                asyncio.run(pipeline(settings, k, latency_jobs, throughput_jobs, window))
-                for k in (1, 3)
-            ]
+        if "embed" in sections:
+            report["pipeline"] = _fleet_run(
+                settings,
+                nodes,
+                node_ids,
+                lambda: {
+                    "nodes": nodes,
+                    "runs": [
+                        asyncio.run(pipeline(settings, k, latency_jobs, throughput_jobs, window))
+                        for k in (1, 3)
+                    ],
+                },
+            )
+        if "speech" in sections:
+            short_wav, short_text = speech_sample(folder, 5)
+            report["speech_pipeline"] = _fleet_run(
+                settings,
+                1,
+                node_ids,
+                lambda: speech_pipeline(settings, short_wav, short_text, speech_runs),
+            )
+        if "split" in sections:
+            report["split"] = split_speedup(settings, long_wav, speech_runs, node_ids)
     finally:
-        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in node_ids]))
+        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in set(node_ids)]))
         migrate.drop_database(settings)
-    direct = report["direct_int8_single_sentence_per_s"]
-    k1 = report["pipeline"][0]["throughput"]["jobs_per_s"]
-    report["ratios"] = {
-        "k1_throughput_vs_direct_1_thread": round(k1 / direct["threads_1"], 3),
-        "k1_throughput_vs_direct_2_threads": round(k1 / direct["threads_2"], 3),
-    }
+    if "embed" in sections:
+        direct = report["direct_int8_single_sentence_per_s"]
+        k1 = report["pipeline"]["runs"][0]["throughput"]["jobs_per_s"]
+        report["ratios"] = {
+            "k1_throughput_vs_direct_1_thread": round(k1 / direct["threads_1"], 3),
+            "k1_throughput_vs_direct_2_threads": round(k1 / direct["threads_2"], 3),
+        }
     print(json.dumps(report, indent=2))
 
 

@@ -117,15 +117,21 @@ class Client:
     ) -> Verdict:
         """Submit a job and wait for its verdict.
 
-        `on_part` is called with the verdict on each part of a job that the network
+        `on_part` is called once with the verdict on each part of a job that the network
         split (long audio, many texts) as the part is decided, for progress.
         """
         parts: Subscription | None = None
         if on_part is not None:
             callback = on_part
+            seen: set[int | None] = set()
 
             async def part_decided(msg: Msg) -> None:
-                callback(Verdict.model_validate_json(msg.data))
+                verdict = Verdict.model_validate_json(msg.data)
+                # A verdict may be published again (a late replica, a republish): the
+                # stream keeps one copy, but a plain subscriber sees each publish.
+                if verdict.part not in seen:
+                    seen.add(verdict.part)
+                    callback(verdict)
 
             subject = self.topology.part_verdicts_subject(str(job.job_id), "*")
             parts = await self.nc.subscribe(subject, cb=part_decided)

@@ -1,8 +1,10 @@
-"""The demo: a fleet of three honest nodes and one dishonest one, and a batch of jobs."""
+"""The demo: a fleet of three honest nodes and one dishonest one, and a batch of jobs of
+every task: embeddings, intent classification, and speech made with espeak-ng."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cortensor import speech
 from cortensor.client import Client
 from cortensor.fleet import Fleet
 from cortensor.reports import console as make_console
@@ -52,19 +55,49 @@ async def _push(settings: Settings, jobs: list[JobRequest], console: Console) ->
             return list(await asyncio.gather(*(one(job) for job in jobs)))
 
 
+QUESTIONS = [
+    "What will the weather be like tomorrow?",
+    "Set an alarm for seven in the morning.",
+    "I want to talk to a real person.",
+    "Translate thank you into French.",
+]
+
+
+def _speech_job(folder: Path) -> JobRequest:
+    wav = speech.long_speech(speech.SENTENCES[3:10], folder / "demo-speech.wav")
+    audio = base64.b64encode(wav.read_bytes()).decode("ascii")
+    return JobRequest(task="transcribe", audio=audio, redundancy=3, deadline_s=240)
+
+
+def _shown(job: JobRequest, verdict: Verdict) -> tuple[str, str]:
+    """A job's input and its verified output, each in a few words."""
+    if verdict.status != "verified":
+        return (job.inputs or ["(audio)"])[0][:48], verdict.reason[:60]
+    if verdict.transcript is not None:
+        t = verdict.transcript
+        where = f", {len(verdict.parts)} parts" if verdict.parts else ""
+        return f"{t.duration_s:.1f} s of speech{where}", t.text[:60] + " ..."
+    if verdict.classes is not None:
+        labels = ", ".join(f"{c.label} {c.score:.2f}" for c in verdict.classes)
+        return f"{len(job.inputs)} questions", labels[:60]
+    vector = (verdict.embeddings or [[]])[0]
+    head = ", ".join(f"{x:+.3f}" for x in vector[:3])
+    return job.inputs[0][:48], f"{len(vector)}-d [{head}, ...]"
+
+
 def _results_table(jobs: list[JobRequest], verdicts: list[Verdict]) -> Table:
     table = Table(title="Verified results")
-    for column in ("text", "status", "agreed", "disagreed", "embedding"):
+    for column in ("task", "input", "status", "agreed", "disagreed", "output"):
         table.add_column(column)
     for job, verdict in zip(jobs, verdicts, strict=True):
-        vector = (verdict.embeddings or [[]])[0]
-        head = ", ".join(f"{x:+.3f}" for x in vector[:3])
+        shown_input, shown_output = _shown(job, verdict)
         table.add_row(
-            job.inputs[0][:48],
+            job.task,
+            shown_input,
             verdict.status,
             ", ".join(verdict.agreeing) or "-",
             ", ".join(verdict.disagreeing) or "-",
-            f"{len(vector)}-d [{head}, ...]" if vector else verdict.reason[:40],
+            shown_output,
         )
     return table
 
@@ -89,6 +122,8 @@ def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -
         batch = [
             JobRequest(inputs=[TEXTS[i % len(TEXTS)]], redundancy=redundancy) for i in range(jobs)
         ]
+        batch.append(JobRequest(task="classify", inputs=QUESTIONS, top_k=3, redundancy=redundancy))
+        batch.append(_speech_job(log_dir))
         verdicts = asyncio.run(_push(settings, batch, console))
         console.print(_results_table(batch, verdicts))
         console.print(
@@ -96,5 +131,5 @@ def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -
         )
         console.print("stopping the fleet")
     verified = sum(v.status == "verified" for v in verdicts)
-    console.print(f"{verified} of {jobs} jobs verified; fleet stopped")
-    return 0 if verified == jobs else 1
+    console.print(f"{verified} of {len(batch)} jobs verified; fleet stopped")
+    return 0 if verified == len(batch) else 1

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport.amqp import REASON_HEADER
 from tests.conftest import make_settings
+from tests.e2e.conftest import DISHONEST
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,7 +46,6 @@ pytestmark = [
     pytest.mark.models,
 ]
 
-DISHONEST = "dishonest-random-1"
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Quorum queues replicate messages with Raft.",
@@ -59,32 +58,6 @@ SENTENCES = [
     "Consensus needs a strict majority of replicas.",
     "Cheap hardware can still do honest work.",
 ]
-
-
-@pytest.fixture(scope="module")
-def fleet(
-    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, Fleet]]:
-    settings = make_settings(models_dir)
-    migrate.upgrade(settings)
-    asyncio.run(setup_brokers(settings))
-    fleet = Fleet(
-        settings,
-        nodes=3,
-        extra_nodes=[["--fault", "random", "--fault-rate", "1.0", "--node-id", DISHONEST]],
-        log_dir=tmp_path_factory.mktemp("fleet-logs"),
-        # Short, so that the hung-node test sees replicas re-routed within seconds.
-        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "2"},
-    )
-    nodes: list[str] = []
-    try:
-        fleet.start()
-        nodes = fleet.wait_ready()
-        yield settings, fleet
-    finally:
-        fleet.stop()
-        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in nodes]))
-        migrate.drop_database(settings)
 
 
 def _job(**fields: Any) -> bytes:
@@ -102,7 +75,7 @@ REJECTED = [
     ("blank text", _job(inputs=["ok", "   "]), "blank"),
     ("text too long", _job(inputs=["x" * (MAX_TEXT_CHARS + 1)]), "inputs.0"),
     ("too many inputs", _job(inputs=["t"] * (MAX_INPUTS + 1)), "inputs"),
-    ("oversized job", _job(inputs=["y" * 8000] * 140), f"limit of {MAX_JOB_BYTES}"),
+    ("oversized job", _job(inputs=["y" * 8000] * 1600), f"limit of {MAX_JOB_BYTES}"),
     ("redundancy zero", _job(redundancy=0), "redundancy"),
     ("redundancy too high", _job(redundancy=99), "redundancy"),
     ("inputs not a list", _job(inputs="just a string"), "inputs"),

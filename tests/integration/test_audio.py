@@ -24,7 +24,7 @@ from cortensor.audio import (
 )
 from cortensor.errors import BadInput
 from cortensor.parts import stitch_transcripts
-from tests.speech import (
+from cortensor.speech import (
     FORMATS,
     SENTENCES,
     SHORT,

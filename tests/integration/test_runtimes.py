@@ -26,7 +26,7 @@ from cortensor.runtimes.classifier import ClassifierRuntime
 from cortensor.runtimes.embedding import EmbeddingRuntime
 from cortensor.runtimes.whisper import WhisperRuntime
 from cortensor.schemas import Transcript
-from tests.speech import SENTENCES, speak
+from cortensor.speech import SENTENCES, speak
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from cortensor.comparators import classify, transcribe
 from cortensor.comparators.embed import agree, min_cosine
 from cortensor.node.faults import FAULT_MODES, Fault
 from cortensor.schemas import Classification, LabelScore, Segment, Transcript
-from tests.speech import SENTENCES
+from cortensor.speech import SENTENCES
 
 DIM = 384
 

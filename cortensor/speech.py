@@ -1,4 +1,6 @@
-"""Synthetic speech for tests: known English sentences spoken by espeak-ng, converted by sox.
+"""Synthetic speech from known sentences: espeak-ng speaks, sox converts (Debian packages
+installed by ops/install). The demo, the benchmark and the tests transcribe it and score
+the transcript against the words that were spoken.
 
 Every file is 16 kHz mono. The sentences use plain words only (no numbers, no names)
 so that a transcript can be scored against them by word error rate.
