@@ -116,7 +116,8 @@ async def test_long_speech_is_split_across_nodes_and_matches_the_unsplit_transcr
     assert all(a.end_s == b.start_s for a, b in itertools.pairwise(parts))
     assert parts[-1].end_s == pytest.approx(length, abs=0.05)
     assert all(len(p.agreeing) >= 2 for p in parts)
-    # Every part went to three nodes; together the parts kept every node busy.
+    # Every part went to three distinct nodes (the dishonest one, once caught, is rarely
+    # chosen: routing weighs reputation).
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
         assigned = await conn.fetch(
@@ -131,7 +132,6 @@ async def test_long_speech_is_split_across_nodes_and_matches_the_unsplit_transcr
         await conn.close()
     assert len(assigned) == len(parts)
     assert all(len(row["nodes"]) >= 3 for row in assigned)
-    assert len({node for row in assigned for node in row["nodes"]}) == 4
     segments = verdict.transcript.segments if verdict.transcript else []
     assert [s.start for s in segments] == sorted(s.start for s in segments)
     assert segments[-1].end > parts[-1].start_s
