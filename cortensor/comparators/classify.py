@@ -5,10 +5,11 @@ embedding's precision error. Two fp32 nodes differ only in the last bits, and fp
 embeddings within cosine 0.995 of fp32: 0.02 leaves room for both (a starting value, not
 measured on the classifier). Quantized int8 embeddings move by more, and int8 kernels
 differ between CPU instruction sets (VNNI, AVX2 with its 16-bit saturation), so every
-pair with int8 gets 0.10. Measured on 52 English texts (20 plain sentences, 32 requests):
-the top-1 score of int8 differs from fp32's by at most 0.063 (int8-avx2: 0.075), 0.018 on
-average. A wrong answer (another label, or the right label with its score shifted by 0.3)
-stays outside every tolerance.
+pair with int8, or of two builds, gets 0.15. Measured: on 52 English texts (20 plain
+sentences, 32 requests) the top-1 score of int8 differs from fp32's by at most 0.063
+(int8-avx2: 0.075), 0.018 on average; on 12 short requests (ops/bench) by up to 0.130.
+A wrong answer (another label, or the right label with its score shifted by 0.3) stays
+outside every tolerance.
 
 Only the top label and its score are compared; the rest of the top-k list comes from
 whichever replica becomes canonical. An input whose two best labels are nearly tied can
@@ -24,13 +25,14 @@ from typing import Any
 
 from cortensor.comparators.precision import pair
 
+LOOSEST = 0.15
 TOLERANCES: dict[frozenset[str], float] = {
     frozenset({"fp32"}): 0.02,
     frozenset({"fp16"}): 0.02,
     frozenset({"fp32", "fp16"}): 0.02,
-    frozenset({"int8"}): 0.10,
-    frozenset({"fp32", "int8"}): 0.10,
-    frozenset({"fp16", "int8"}): 0.10,
+    frozenset({"int8"}): 0.15,
+    frozenset({"fp32", "int8"}): 0.15,
+    frozenset({"fp16", "int8"}): 0.15,
 }
 
 
@@ -38,7 +40,7 @@ def tolerance(precision_a: str, precision_b: str) -> float:
     """The largest difference of top-1 scores at which outputs of these precisions
     (labels, see comparators.precision) agree."""
     precisions, builds_differ = pair(precision_a, precision_b)
-    return 0.10 if builds_differ else TOLERANCES.get(precisions, 0.10)
+    return LOOSEST if builds_differ else TOLERANCES.get(precisions, LOOSEST)
 
 
 def _score(value: Any) -> float | None:

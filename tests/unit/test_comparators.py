@@ -272,8 +272,8 @@ def test_classify_tolerances() -> None:
     assert classify.tolerance("fp16", "fp16") == 0.02
     assert classify.tolerance("fp32", "fp16") == 0.02
     for other in PRECISIONS:
-        assert classify.tolerance("int8", other) == 0.10
-    assert classify.tolerance("fp32", "bf16") == 0.10  # unknown: the loosest
+        assert classify.tolerance("int8", other) == 0.15
+    assert classify.tolerance("fp32", "bf16") == 0.15  # unknown: the loosest
     assert classify.TOLERANCES[frozenset({"fp32"})] == 0.02
 
 
@@ -290,7 +290,8 @@ def test_classify_tolerances() -> None:
         ("fp32", "int8", 0.08, True),
         ("int8", "fp32", -0.10, True),
         ("int8", "int8", 0.09, True),
-        ("fp16", "int8", 0.12, False),
+        ("fp16", "int8", 0.14, True),  # measured up to 0.130 on short requests
+        ("fp16", "int8", 0.16, False),
         ("int8", "int8", -0.3, False),  # a noisy fault's shift
     ],
 )
@@ -615,7 +616,7 @@ def test_two_int8_builds_get_the_between_builds_threshold() -> None:
     assert agree(a, "int8", b, "int8/int8-avx2")
     assert not agree(a, "int8", b, "int8")
     assert transcribe.threshold("int8", "int8/int8-cuda") == 0.20
-    assert classify.tolerance("int8", "int8/int8-avx2") == 0.10
+    assert classify.tolerance("int8", "int8/int8-avx2") == 0.15
 
 
 NEAR_TIE_A = [classification("book_flight", 0.36, ("book_hotel", 0.33), ("cancel", 0.10))]
