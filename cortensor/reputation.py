@@ -1,25 +1,123 @@
-"""Reputation arithmetic over the append-only reputation events.
+"""Reputation arithmetic over the append-only reputation events. Pure logic.
 
-A node's score is the posterior mean of a Beta(1, 1) prior updated by its record:
-(agreed + 1) / (agreed + disagreed + timed_out + 2). A new node starts at 0.5; every
-agreement pulls it towards 1, every disagreement or missed deadline towards 0. The
-ledger's SQL function `cortensor_score` computes the same number, so an admin's
-report and the router's choice agree.
+Each node has a standing overall and one per model, folded from its events in order
+(docs/trust.md gives the formulas and the reasons):
+
+- score: the posterior mean of a Beta(1, 1) prior over time-decayed counts,
+  (1 + A) / (2 + A + D + T), where each event weighs 0.5 ** (age / half-life) at the
+  time of the node's latest event. Routing weighs nodes by it.
+- streak: the run of consecutive valid (agreed) results, reset by any failure.
+  Adaptive replication trusts a node with unreplicated jobs by it (BOINC's rule).
+- suspicion: a one-sided CUSUM of the log-likelihood ratio between "fails at the
+  tolerated rate F0" and "cheats at rate F1"; quarantine when it reaches SUSPICION_LIMIT.
+  It catches a node that is always wrong within 3 results and one wrong 10% of the
+  time within about 50, while an honest node's occasional failure drains away.
+- trust: probation (new: known-answer probes only) -> active (real jobs) ->
+  quarantined (probes only) -> active again after READMIT_PROBES probes in a row.
+
+The ledger keeps the same fold in PostgreSQL (migration 0003, trigger
+`reputation_events_fold`); `cortensor reputation check` recomputes every standing from
+the events alone with this module and compares.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 EventKind = Literal["agreed", "disagreed", "timed_out"]
+Trust = Literal["probation", "active", "quarantined"]
+
+HALF_LIFE_S = 7 * 24 * 3600.0
+"""An event's weight halves every week: a node's record reflects what it does now."""
+F0 = 0.01
+"""Failure rate tolerated from an honest node (deadlines missed under load, near-ties)."""
+F1 = 0.10
+"""Failure rate of the cheaters the suspicion test is tuned to catch."""
+STEP_FAILED = math.log(F1 / F0)
+STEP_VALID = math.log((1 - F1) / (1 - F0))
+SUSPICION_LIMIT = math.log(1000.0)
+"""Three failures in a row reach it; an honest record drains it back towards 0."""
+ADMIT_PROBES = 3
+"""Known-answer probes a new node must pass, in a row, before it gets real jobs."""
+READMIT_PROBES = 5
+"""Probes a quarantined node must pass, in a row, to get real jobs again."""
 PRIOR_SCORE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """A node's standing, overall or for one model, after some events."""
+
+    agreed: float = 0.0
+    disagreed: float = 0.0
+    timed_out: float = 0.0
+    """Time-decayed counts, as of `at`."""
+    observations: int = 0
+    streak: int = 0
+    probe_streak: int = 0
+    suspicion: float = 0.0
+    trust: Trust = "probation"
+    at: float = 0.0
+    """Time of the latest event, in seconds (epoch seconds in the ledger)."""
+
+    @property
+    def score(self) -> float:
+        """The node's reputation in (0, 1): 0.5 with no record."""
+        return (1.0 + self.agreed) / (2.0 + self.agreed + self.disagreed + self.timed_out)
+
+
+def record(standing: Standing, kind: EventKind, at: float, *, probe: bool = False) -> Standing:
+    """The standing after one more event at time `at`."""
+    decay = 0.5 ** (max(at - standing.at, 0.0) / HALF_LIFE_S) if standing.observations else 1.0
+    valid = kind == "agreed"
+    suspicion = max(0.0, standing.suspicion + (STEP_VALID if valid else STEP_FAILED))
+    probe_streak = (standing.probe_streak + 1 if valid else 0) if probe else standing.probe_streak
+    after = replace(
+        standing,
+        agreed=standing.agreed * decay + (1.0 if kind == "agreed" else 0.0),
+        disagreed=standing.disagreed * decay + (1.0 if kind == "disagreed" else 0.0),
+        timed_out=standing.timed_out * decay + (1.0 if kind == "timed_out" else 0.0),
+        observations=standing.observations + 1,
+        streak=standing.streak + 1 if valid else 0,
+        probe_streak=probe_streak,
+        suspicion=suspicion,
+        at=max(at, standing.at),
+    )
+    return _transition(after, valid=valid, probe=probe)
+
+
+def _transition(s: Standing, *, valid: bool, probe: bool) -> Standing:
+    if s.trust == "probation":
+        if probe and not valid:
+            return replace(s, trust="quarantined", probe_streak=0)
+        if s.probe_streak >= ADMIT_PROBES:
+            return replace(s, trust="active", probe_streak=0)
+        return s
+    if s.trust == "active":
+        if s.suspicion >= SUSPICION_LIMIT:
+            return replace(s, trust="quarantined", probe_streak=0)
+        return s
+    if s.probe_streak >= READMIT_PROBES:
+        return replace(s, trust="active", probe_streak=0, suspicion=0.0, streak=0)
+    return s
+
+
+def fold(
+    events: Iterable[tuple[EventKind, float, bool]], start: Standing | None = None
+) -> Standing:
+    """The standing after (kind, time, probe) events, in order."""
+    standing = start or Standing()
+    for kind, at, probe in events:
+        standing = record(standing, kind, at, probe=probe)
+    return standing
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """A node's counts of reputation events."""
+    """A node's plain counts of reputation events, undecayed (the reports' columns)."""
 
     agreed: int = 0
     disagreed: int = 0
@@ -32,7 +130,8 @@ class Record:
 
 
 def score(record: Record) -> float:
-    """The node's reputation in (0, 1)."""
+    """The Beta(1, 1) posterior mean over undecayed counts: the ledger's SQL function
+    `cortensor_score`, which the reports show beside the decayed standing."""
     return (record.agreed + 1.0) / (record.observations + 2.0)
 
 

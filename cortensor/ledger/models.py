@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ledger's six tables.
+"""SQLAlchemy models of the ledger's seven tables.
 
 The schema itself is owned by the hand-written migrations in `db/migrations/versions`;
 these models mirror it (a test compares the two) so that code can read and write the
@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -53,6 +55,7 @@ OPEN_JOB_STATUSES = ("waiting", "running")
 VERDICT_STATUSES = tuple(s for s in JOB_STATUSES if s not in (*OPEN_JOB_STATUSES, "split"))
 ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out")
 EVENT_KINDS = ("agreed", "disagreed", "timed_out")
+TRUST_STATES = ("probation", "active", "quarantined")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -97,6 +100,7 @@ class Job(Base):
             postgresql_where=text(_in("status", OPEN_JOB_STATUSES)),
         ),
         Index("ix_jobs_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
+        Index("ix_jobs_unchecked", "decided_at", postgresql_where=text("unchecked")),
     )
 
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -118,6 +122,12 @@ class Job(Base):
     """Task options (language, top_k) and a part's place in its parent."""
     audio: Mapped[bytes | None] = mapped_column(LargeBinary)
     """The 16 kHz mono WAV that a transcribe job's nodes receive."""
+    probe: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    """A known-answer probe: its reference output is in params; no client awaits it."""
+    auto: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    """The network chose the redundancy (adaptive replication)."""
+    unchecked: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    """Verified on one unreplicated result that no other node has checked yet."""
 
 
 class Assignment(Base):
@@ -178,6 +188,8 @@ class Verdict(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """When the verdict reached the verdicts stream; NULL until then, so it is retried."""
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    """Raised each time a re-validation corrects or confirms the verdict."""
 
 
 class ReputationEvent(Base):
@@ -201,3 +213,30 @@ class ReputationEvent(Base):
     )
     kind: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+    model: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    """The job's model, filled in by the fold trigger."""
+    probe: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    """Whether the job was a known-answer probe, filled in by the fold trigger."""
+    node_seq: Mapped[int | None] = mapped_column(Integer)
+    """The event's place in its node's history, in the order the trigger folded it."""
+
+
+class NodeStanding(Base):
+    """A node's standing, folded from its events by a trigger (cortensor.reputation):
+    overall (model '') and per model."""
+
+    __tablename__ = "node_standing"
+    __table_args__ = (CheckConstraint(_in("trust", TRUST_STATES), name="trust"),)
+
+    node_id: Mapped[str] = mapped_column(Text, ForeignKey("nodes.node_id"), primary_key=True)
+    model: Mapped[str] = mapped_column(Text, primary_key=True)
+    agreed: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    disagreed: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    timed_out: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    observations: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    probe_streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    suspicion: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    trust: Mapped[str] = mapped_column(Text, server_default=text("'probation'"))
+    at: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)

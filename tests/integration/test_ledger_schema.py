@@ -445,8 +445,8 @@ def test_models_create_the_same_constraints_and_indexes(engine: Engine) -> None:
 
     migrated = _catalog(engine)
 
-    # 6 primary keys, 5 checks, 10 foreign keys (a part names its parent job), 3 unique.
-    assert len(migrated["constraints"]) == 24
+    # 7 primary keys, 6 checks, 11 foreign keys (a part names its parent job), 3 unique.
+    assert len(migrated["constraints"]) == 27
     assert migrated == from_models
 
 
