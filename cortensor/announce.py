@@ -37,7 +37,8 @@ class Announcer:
                     self.js,
                     self.topology.verdict_subject(v),
                     v.model_dump_json().encode(),
-                    msg_id=f"verdict-{v.job_id}",
+                    # Each revision is a message of its own; a copy of one is dropped.
+                    msg_id=f"verdict-{v.job_id}" + (f"-r{v.revision}" if v.revision else ""),
                 )
                 for v in verdicts
             )

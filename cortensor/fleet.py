@@ -99,21 +99,37 @@ class Fleet:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def wait_ready(self, timeout_s: float = 120.0) -> list[str]:
-        """Wait until every node has announced itself to the router."""
+    def active_nodes(self) -> list[str]:
+        """Nodes admitted to real jobs (they passed their known-answer probes)."""
+        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
+            rows = conn.execute(
+                "SELECT node_id FROM node_standing WHERE model = '' AND trust = 'active'"
+                " ORDER BY node_id"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def wait_ready(self, timeout_s: float = 120.0, *, admitted: int | None = None) -> list[str]:
+        """Wait until every node has announced itself to the router and `admitted` of
+        them (default: the Procfile's nodes; extra nodes may be dishonest) passed their
+        probes; returns the live nodes."""
         expected = self.nodes + len(self.extra_nodes)
+        wanted = self.nodes if admitted is None else admitted
         deadline = time.monotonic() + timeout_s
         live: list[str] = []
+        active: list[str] = []
         while time.monotonic() < deadline:
             for proc, _ in self._procs:
                 if proc.poll() is not None:
                     raise FleetError(f"a fleet process exited ({proc.args!r}); see {self.log_dir}")
             live = self.live_nodes()
             if len(live) >= expected:
-                return live
+                active = self.active_nodes()
+                if len(active) >= wanted:
+                    return live
             time.sleep(0.5)
         raise FleetError(
-            f"{len(live)} of {expected} nodes up after {timeout_s:g}s; see {self.log_dir}"
+            f"{len(live)} of {expected} nodes up and {len(active)} of {wanted} admitted"
+            f" after {timeout_s:g}s; see {self.log_dir}"
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:

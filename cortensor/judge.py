@@ -29,6 +29,11 @@ class Case:
     parent_id: UUID | None = None
     """Set when the job is one part of a split job."""
     part: int | None = None
+    auto: bool = False
+    """The network chose the redundancy: a lone replica is accepted unchecked."""
+    reference: Any = None
+    """A known-answer probe's reference output (JSON data); None for a real job."""
+    reference_precision: str = "fp32"
 
 
 def judge(case: Case) -> tuple[Verdict, list[Event]]:
@@ -47,10 +52,13 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
     if not case.replicas:
         reason = f"no node returned a result before the deadline ({len(late)} timed out)"
         return Verdict(status="failed", reason=reason, **common), events
+    if case.reference is not None:
+        return _judge_probe(case, common), events + _probe_events(case)
     decision = decide(case.replicas, case.redundancy, COMPARATORS[case.task])
     assignment_of = {r.node_id: r.assignment_id for r in case.replicas}
-    events += [(node, assignment_of[node], "agreed") for node in decision.agreeing]
-    events += [(node, assignment_of[node], "disagreed") for node in decision.disagreeing]
+    if not unchecked(case):
+        events += [(node, assignment_of[node], "agreed") for node in decision.agreeing]
+        events += [(node, assignment_of[node], "disagreed") for node in decision.disagreeing]
     canonical = decision.canonical
     verdict = Verdict(
         status=decision.status,
@@ -61,6 +69,43 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         **common,
     )
     return (verdict if canonical is None else verdict.with_output(canonical.output)), events
+
+
+def unchecked(case: Case) -> bool:
+    """Whether the case is one result accepted alone (adaptive replication): no other
+    node checked it, so it earns its node no event until a re-validation does."""
+    return case.auto and case.redundancy == 1 and case.reference is None
+
+
+def _probe_passed(case: Case) -> bool:
+    answer = case.replicas[0]
+    compare = COMPARATORS[case.task]
+    return answer.error is None and compare(
+        case.reference, case.reference_precision, answer.output, answer.precision
+    )
+
+
+def _judge_probe(case: Case, common: dict[str, Any]) -> Verdict:
+    answer = case.replicas[0]
+    if _probe_passed(case):
+        return Verdict(
+            status="verified",
+            reason="probe: the answer matches the reference",
+            agreeing=[answer.node_id],
+            **common,
+        )
+    return Verdict(
+        status="failed",
+        reason="probe: the answer differs from the reference",
+        disagreeing=[answer.node_id],
+        **common,
+    )
+
+
+def _probe_events(case: Case) -> list[Event]:
+    answer = case.replicas[0]
+    kind = "agreed" if _probe_passed(case) else "disagreed"
+    return [(answer.node_id, answer.assignment_id, kind)]
 
 
 def score_late(task: str, canonical: Replica, late: list[Replica]) -> list[Event]:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from cortensor.replication import REPLICAS
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
 from cortensor.units import OpenJob, job_params
 
@@ -57,7 +58,8 @@ def split_job(
         job_id=job.job_id,
         task=job.task,
         model=job.model,
-        redundancy=job.redundancy,
+        redundancy=REPLICAS if job.redundancy == "auto" else job.redundancy,
+        auto=job.redundancy == "auto",
         hw_class=job.hw_class,
         inputs=job.inputs,
         deadline_at=deadline_at,

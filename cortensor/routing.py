@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from cortensor.errors import NoEligibleNodes
 
@@ -31,6 +31,10 @@ class NodeView:
     capacity: int = 1
     inflight: int = 0
     draining: bool = False
+    trust: str = "active"
+    """probation and quarantined nodes get known-answer probes only, no real jobs."""
+    streaks: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """Its run of valid results per model."""
 
     def live(self, now: float, ttl: float) -> bool:
         """Whether the node announced itself recently and is not leaving."""
@@ -52,11 +56,12 @@ def candidates(
     ttl: float,
     exclude: Collection[str] = (),
 ) -> list[NodeView]:
-    """The nodes that may take a replica of a job."""
+    """The nodes that may take a replica of a real job (active ones)."""
     return [
         n
         for n in nodes
-        if n.hw_class in classes
+        if n.trust == "active"
+        and n.hw_class in classes
         and model in n.models
         and n.live(now, ttl)
         and n.node_id not in exclude

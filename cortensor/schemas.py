@@ -16,8 +16,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -62,6 +64,30 @@ Language = Annotated[
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
+
+
+def _redundancy(value: Any) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_REDUNDANCY}")
+    if not 1 <= value <= MAX_REDUNDANCY:
+        raise ValueError(f"must be auto or from 1 to {MAX_REDUNDANCY}, not {value}")
+    return value
+
+
+Redundancy = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_redundancy),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_REDUNDANCY},
+                {"const": "auto", "type": "string"},
+            ]
+        }
+    ),
+]
 
 
 class Message(BaseModel):
@@ -160,7 +186,14 @@ class JobRequest(Message):
         default=None, description="transcribe: the spoken language; empty means detect it."
     )
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="classify: labels returned.")
-    redundancy: int = Field(default=3, ge=1, le=MAX_REDUNDANCY)
+    redundancy: Redundancy = Field(
+        default="auto",
+        description=(
+            "Replicas on distinct nodes, or auto: the network replicates a job unless the"
+            " node chosen first has a long record of valid results, and spot-checks it"
+            " at random even then."
+        ),
+    )
     hw_class: HwSpec = Field(
         default="any", description="A hardware class, a precision (fp32, fp16, int8) or any."
     )
@@ -318,6 +351,8 @@ class Verdict(Message):
     part: int | None = None
     parts: list[PartVerdict] = Field(default_factory=list)
     """Set on a split job's verdict: each part, in order, with the nodes that did it."""
+    revision: int = 0
+    """Raised when a later check re-validated the job: the latest revision stands."""
 
     def output(self) -> Any:
         """The task's output as JSON data (None unless verified)."""

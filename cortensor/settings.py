@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     node_threads: int = 1
     inference_threads: int = 1
 
+    # Trust.
+    probe_interval_s: float = Field(default=1.0, gt=0)
+    """How often a node on probation is sent a known-answer probe."""
+    quarantine_probe_interval_s: float = Field(default=5.0, gt=0)
+    """How often a quarantined node is sent one, to earn its way back."""
+    revalidate_deadline_s: float = Field(default=120.0, gt=0)
+    """Time allowed to re-validate a result accepted unreplicated, once its node failed
+    a spot-check."""
+
     # Router and guard.
     router_prefetch: int = 64
     router_batch: int = 32

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from cortensor.replication import REPLICAS
 from cortensor.schemas import Assignment, JobRequest
 
 
@@ -20,6 +21,7 @@ class OpenJob:
     task: str
     model: str
     redundancy: int
+    """Replicas asked for (for an `auto` job, what the router chose)."""
     hw_class: str
     inputs: list[str]
     deadline_at: datetime
@@ -31,6 +33,10 @@ class OpenJob:
     audio: bytes | None = None
     parent_id: UUID | None = None
     part: int | None = None
+    auto: bool = False
+    """The network chooses the redundancy (adaptive replication)."""
+    probe: bool = False
+    """A known-answer probe; its reference output is in params."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +65,8 @@ def whole_job(job: JobRequest, deadline_at: datetime, audio: bytes | None = None
         job_id=job.job_id,
         task=job.task,
         model=job.model,
-        redundancy=job.redundancy,
+        redundancy=REPLICAS if job.redundancy == "auto" else job.redundancy,
+        auto=job.redundancy == "auto",
         hw_class=job.hw_class,
         inputs=job.inputs,
         deadline_at=deadline_at,

@@ -51,6 +51,14 @@ class Guard:
             intake = await self.ledger.take_results(job_id, [r for _, r in batch], judge)
             for reason in intake.ignored:
                 log.info("result ignored", job_id=str(job_id), reason=reason)
+            if intake.escalated:
+                log.info("no majority; replicas added", job_id=str(job_id), now=intake.escalated)
+            if intake.reopened:
+                log.warning(
+                    "a node failed a check; its unchecked results reopened",
+                    job_id=str(job_id),
+                    reopened=intake.reopened,
+                )
             if intake.verdict is not None:
                 await self.announcer.publish(
                     [intake.verdict, *([intake.parent] if intake.parent else [])]
@@ -106,6 +114,7 @@ class Guard:
         """Serve until `stop` is set."""
         s = self.settings
         self.ledger = await GuardLedger.connect(s.asyncpg_dsn, max_size=8)
+        self.ledger.revalidate_deadline_s = s.revalidate_deadline_s
         nc = await jetstream.connect(s.nats_url, name=self.name)
         js = nc.jetstream()
         self.announcer = Announcer(js, self.topology, self.ledger)

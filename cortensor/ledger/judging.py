@@ -14,8 +14,9 @@ from typing import Any
 from uuid import UUID
 
 from cortensor.consensus import Replica
-from cortensor.judge import Case, Event, score_late
-from cortensor.ledger.store import Ledger, verdict_of
+from cortensor.judge import Case, Event, score_late, unchecked
+from cortensor.ledger.store import Connection, Ledger, verdict_of
+from cortensor.replication import REPLICAS, REVALIDATE_LIMIT, escalate
 from cortensor.schemas import InferenceResult, Verdict
 
 TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
@@ -24,7 +25,8 @@ Judge = Callable[[Case], tuple[Verdict, list[Event]]]
 """A job's case -> its verdict and the reputation events it implies."""
 
 _LOCK = """
-SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, v.payload,
+SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
+       j.probe, j.params, v.payload, v.revision,
        c.node_id AS c_node_id, c.result_id AS c_result_id, c.assignment_id AS c_assignment_id,
        c.precision AS c_precision, c.output AS c_output
 FROM jobs j
@@ -80,6 +82,24 @@ ORDER BY incoming DESC, received_at NULLS LAST, assignment_id
 other counted or timed-out replicas. The job is locked by then, so what was committed
 before this statement began is all there is: none of the others can be missed."""
 
+_REOPEN = """
+WITH picked AS (
+    SELECT j.job_id
+    FROM jobs j
+    JOIN verdicts v USING (job_id)
+    JOIN results r ON r.result_id = v.canonical_result_id
+    WHERE j.unchecked AND r.node_id = ANY($1::text[]) AND j.model = $2
+    ORDER BY j.decided_at DESC LIMIT $3
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs SET unchecked = false, status = 'running', redundancy = $5,
+                deadline_at = now() + make_interval(secs => $4)
+WHERE job_id IN (SELECT job_id FROM picked)
+RETURNING job_id
+"""
+"""Reopen the unchecked results of nodes that just failed a check: the router gives
+each the replicas it lacks, and the guard decides it again."""
+
 _REPLICAS = """
 SELECT a.assignment_id, a.node_id, a.status, r.result_id, r.precision, r.output, r.error
 FROM assignments a LEFT JOIN results r USING (assignment_id)
@@ -100,6 +120,10 @@ class Intake:
     new_verdict: bool = False
     parent: Verdict | None = None
     """The verdict of the split job this one completed, if it was its last open part."""
+    escalated: int | None = None
+    """The redundancy a split vote raised the job to, if it did."""
+    reopened: int = 0
+    """Unchecked results reopened because a node failed a check here."""
 
 
 def _replica(row: Any, prefix: str = "") -> Replica:
@@ -156,11 +180,17 @@ def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
         ],
         parent_id=job["parent_id"],
         part=job["part"],
+        auto=job["auto"],
+        reference=job["params"].get("reference") if job["probe"] else None,
+        reference_precision=job["params"].get("reference_precision", "fp32"),
     )
 
 
 class GuardLedger(Ledger):
     """Ledger access for guards."""
+
+    revalidate_deadline_s = 120.0
+    """Time given to re-validate an unchecked result (Settings.revalidate_deadline_s)."""
 
     async def take_results(
         self, job_id: UUID, results: Sequence[InferenceResult], judge: Judge
@@ -212,18 +242,88 @@ class GuardLedger(Ledger):
                 if fresh and job["c_result_id"] is not None:
                     canonical = _replica(job, prefix="c_")
                     await self.add_events(conn, job_id, score_late(job["task"], canonical, fresh))
-                intake.verdict = verdict_of({"payload": job["payload"], "output": job["c_output"]})
+                if not job["probe"]:
+                    stored = {"payload": job["payload"], "output": job["c_output"]}
+                    intake.verdict = verdict_of(stored)
                 return intake
-            if not fresh:
-                return intake
-            case = _case(job, [r for r in rows if not r["incoming"]], fresh)
-            verdict, events = judge(case)
-            if verdict.status == "verified" or len(case.replicas) >= job["redundancy"]:
-                await self.write_verdict(conn, verdict, events=events)
-                intake.verdict, intake.new_verdict = verdict, True
-                if job["parent_id"] is not None:
-                    intake.parent = await self.complete_parent(conn, job["parent_id"])
+            if fresh:
+                await self._decide(
+                    conn,
+                    job,
+                    _case(job, [r for r in rows if not r["incoming"]], fresh),
+                    judge,
+                    intake,
+                )
         return intake
+
+    async def _decide(
+        self, conn: Connection, job: Any, case: Case, judge: Judge, intake: Intake
+    ) -> None:
+        """Decide a job whose replicas changed: wait for more, escalate a split vote,
+        or conclude."""
+        verdict, events = judge(case)
+        if verdict.status != "verified" and len(case.replicas) < job["redundancy"]:
+            return  # more replicas are on their way
+        if verdict.status == "inconclusive":
+            more = escalate(job["redundancy"])
+            if more is not None:
+                await conn.execute(
+                    "UPDATE jobs SET redundancy = $2 WHERE job_id = $1", job["job_id"], more
+                )
+                intake.escalated = more
+                return
+        final, intake.parent, intake.reopened = await self._conclude(
+            conn, job, case, verdict, events
+        )
+        if not job["probe"]:
+            intake.verdict, intake.new_verdict = final, True
+
+    @staticmethod
+    def _revised(job: Any, verdict: Verdict) -> Verdict:
+        """The verdict of a re-validated job, as its next revision."""
+        first = Verdict.model_validate(job["payload"])
+        held = first.agreeing[0] if first.agreeing else ""
+        outcome = "stands" if held in verdict.agreeing else "was wrong and is corrected"
+        return verdict.model_copy(
+            update={
+                "revision": job["revision"] + 1,
+                "reason": f"re-validated: {verdict.reason}; the first answer, by {held}, {outcome}",
+            }
+        )
+
+    async def _conclude(
+        self, conn: Connection, job: Any, case: Case, verdict: Verdict, events: list[Event]
+    ) -> tuple[Verdict, Verdict | None, int]:
+        """Record a decision (or the revision of one), reopen the unchecked results of any
+        node it caught, and stitch the split job it may complete."""
+        if job["payload"] is None:
+            await self.write_verdict(conn, verdict, events=events, unchecked=unchecked(case))
+            if case.reference is not None:
+                # A probe's verdict is for the ledger only: publishing it would tell the
+                # node, after the fact, which of its jobs were probes.
+                await self.mark_published([verdict.job_id], conn)
+        else:
+            verdict = self._revised(job, verdict)
+            await self.revise_verdict(conn, verdict, events=events)
+        caught = [node for node, _, kind in events if kind == "disagreed"]
+        reopened = 0
+        if caught and case.reference is None:
+            reopened = len(
+                await conn.fetch(
+                    _REOPEN,
+                    caught,
+                    job["model"],
+                    REVALIDATE_LIMIT,
+                    self.revalidate_deadline_s,
+                    REPLICAS,
+                )
+            )
+        parent = None
+        if job["parent_id"] is not None:
+            parent = await self.complete_parent(
+                conn, job["parent_id"], revise=job["payload"] is not None
+            )
+        return verdict, parent, reopened
 
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Charge nodes that never answered a job decided without them.
@@ -247,18 +347,23 @@ class GuardLedger(Ledger):
     async def decide_expired(self, judge: Judge, limit: int = 50) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has.
 
-        Replicas still missing are timed out and charged to their nodes.
+        Replicas still missing are timed out and charged to their nodes. A re-validation
+        that found no verdict (its checkers never answered) leaves the first verdict in
+        place, still unchecked.
         """
         verdicts = []
         async with self.pool.acquire() as conn, conn.transaction():
             jobs = await conn.fetch(
                 """
-                SELECT job_id, task, model, redundancy, parent_id, part FROM jobs
-                WHERE status = 'running' AND deadline_at < now()
-                ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                SELECT j.job_id, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
+                       j.probe, j.params, v.payload, v.revision
+                FROM jobs j LEFT JOIN verdicts v USING (job_id)
+                WHERE j.status = 'running' AND j.deadline_at < now()
+                ORDER BY j.deadline_at LIMIT $1 FOR UPDATE OF j SKIP LOCKED
                 """,
                 limit,
             )
+            parents = set()
             for job in jobs:
                 await conn.execute(
                     """
@@ -267,11 +372,29 @@ class GuardLedger(Ledger):
                     """,
                     job["job_id"],
                 )
-                verdict, events = judge(_case(job, await conn.fetch(_REPLICAS, job["job_id"])))
-                await self.write_verdict(conn, verdict, events=events)
-                verdicts.append(verdict)
-            for parent_id in {j["parent_id"] for j in jobs if j["parent_id"] is not None}:
+                case = _case(job, await conn.fetch(_REPLICAS, job["job_id"]))
+                verdict, events = judge(case)
+                if job["payload"] is not None and verdict.status != "verified":
+                    await self._keep_first_verdict(conn, job, events)
+                    continue
+                verdict, parent, _ = await self._conclude(conn, job, case, verdict, events)
+                if not job["probe"]:
+                    verdicts.append(verdict)
+                if parent is not None:
+                    parents.add(parent.job_id)
+                    verdicts.append(parent)
+            for parent_id in {j["parent_id"] for j in jobs} - {None, *parents}:
                 parent = await self.complete_parent(conn, parent_id)
                 if parent is not None:
                     verdicts.append(parent)
         return verdicts
+
+    async def _keep_first_verdict(self, conn: Connection, job: Any, events: list[Event]) -> None:
+        first = Verdict.model_validate(job["payload"])
+        await conn.execute(
+            "UPDATE jobs SET status = $2, reason = $3, unchecked = true WHERE job_id = $1",
+            job["job_id"],
+            first.status,
+            first.reason,
+        )
+        await self.add_events(conn, job["job_id"], [e for e in events if e[2] == "timed_out"])

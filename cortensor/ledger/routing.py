@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -16,10 +16,13 @@ from cortensor.units import NewJob, OpenJob, task_fields, whole_job
 
 @dataclass(frozen=True, slots=True)
 class NodeStats:
-    """What the ledger says of a node: its score and its unfinished assignments."""
+    """What the ledger says of a node: its standing and its unfinished assignments."""
 
     score: float
     outstanding: int
+    trust: str = "active"
+    streaks: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """Its run of valid results per model (adaptive replication)."""
 
 
 PlanReplicas = Callable[[OpenJob, int], Sequence[Assignment] | str]
@@ -73,24 +76,27 @@ class RouterLedger(Ledger):
         rows = await self.pool.fetch(
             """
             SELECT n.node_id,
-                   cortensor_score(coalesce(e.agreed, 0), coalesce(e.disagreed, 0),
-                                   coalesce(e.timed_out, 0)) AS score,
-                   coalesce(a.outstanding, 0) AS outstanding
+                   coalesce((1 + s.agreed) / (2 + s.agreed + s.disagreed + s.timed_out), 0.5)
+                       AS score,
+                   coalesce(s.trust, 'probation') AS trust,
+                   coalesce(a.outstanding, 0) AS outstanding,
+                   coalesce(m.streaks, '{}'::jsonb) AS streaks
             FROM nodes n
+            LEFT JOIN node_standing s ON s.node_id = n.node_id AND s.model = ''
             LEFT JOIN (
-                SELECT node_id,
-                       count(*) FILTER (WHERE kind = 'agreed') AS agreed,
-                       count(*) FILTER (WHERE kind = 'disagreed') AS disagreed,
-                       count(*) FILTER (WHERE kind = 'timed_out') AS timed_out
-                FROM reputation_events GROUP BY node_id
-            ) e USING (node_id)
+                SELECT node_id, jsonb_object_agg(model, streak) AS streaks
+                FROM node_standing WHERE model <> '' GROUP BY node_id
+            ) m ON m.node_id = n.node_id
             LEFT JOIN (
                 SELECT node_id, count(*) AS outstanding
                 FROM assignments WHERE status = 'assigned' GROUP BY node_id
-            ) a USING (node_id)
+            ) a ON a.node_id = n.node_id
             """
         )
-        return {r["node_id"]: NodeStats(r["score"], r["outstanding"]) for r in rows}
+        return {
+            r["node_id"]: NodeStats(r["score"], r["outstanding"], r["trust"], r["streaks"])
+            for r in rows
+        }
 
     async def open_job(
         self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
@@ -117,15 +123,17 @@ class RouterLedger(Ledger):
             """
             WITH job AS (
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
-                                  created_at, deadline_at, parent_id, part, params, audio)
+                                  created_at, deadline_at, parent_id, part, params, audio,
+                                  auto, probe)
                 SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs::jsonb,
                        j.status, j.created_at, j.deadline_at, j.parent_id, j.part,
-                       j.params::jsonb, j.audio
+                       j.params::jsonb, j.audio, j.auto, j.probe
                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
                             $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[],
-                            $10::uuid[], $11::int[], $12::text[], $13::bytea[])
+                            $10::uuid[], $11::int[], $12::text[], $13::bytea[], $19::bool[],
+                            $20::bool[])
                      AS j(job_id, task, model, redundancy, hw_class, inputs, status,
-                          created_at, deadline_at, parent_id, part, params, audio)
+                          created_at, deadline_at, parent_id, part, params, audio, auto, probe)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), made AS (
                 INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt,
@@ -157,6 +165,8 @@ class RouterLedger(Ledger):
             [a.node_id for a in made],
             [a.hw_class for a in made],
             [a.deadline_at for a in made],
+            [n.job.auto for n in jobs],
+            [n.job.probe for n in jobs],
         )
         return {r["job_id"] for r in rows}
 
@@ -215,7 +225,7 @@ class RouterLedger(Ledger):
         rows = await conn.fetch(
             f"""
             SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
-                   j.params, j.audio, j.parent_id, j.part,
+                   j.params, j.audio, j.parent_id, j.part, j.auto, j.probe,
                    coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{{}}')
                        AS taken,
                    coalesce(max(a.attempt), 0) + 1 AS attempt
@@ -240,6 +250,8 @@ class RouterLedger(Ledger):
                 audio=r["audio"],
                 parent_id=r["parent_id"],
                 part=r["part"],
+                auto=r["auto"],
+                probe=r["probe"],
             )
             for r in rows
         ]
@@ -282,11 +294,44 @@ class RouterLedger(Ledger):
                 if isinstance(outcome, str):
                     continue
                 await _insert_assignments(conn, outcome)
+                # An auto job's redundancy is what adaptive replication chose for it.
                 await conn.execute(
-                    "UPDATE jobs SET status = 'running' WHERE job_id = $1", job.job_id
+                    "UPDATE jobs SET status = 'running', redundancy = $2 WHERE job_id = $1",
+                    job.job_id,
+                    len(outcome) if job.auto else job.redundancy,
                 )
                 made.extend(outcome)
         return made, failed
+
+    async def top_up(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
+        """Give running jobs the replicas they lack: more after a split vote, or the
+        checks of a result being re-validated."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            short = await conn.fetch(
+                """
+                SELECT j.job_id, j.redundancy - c.live AS missing
+                FROM jobs j,
+                     LATERAL (
+                         SELECT count(*) AS live FROM assignments a
+                         WHERE a.job_id = j.job_id AND a.status IN ('assigned', 'done')
+                     ) c
+                WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
+                ORDER BY j.created_at LIMIT $1
+                FOR UPDATE OF j SKIP LOCKED
+                """,
+                limit,
+            )
+            if not short:
+                return []
+            missing = {r["job_id"]: r["missing"] for r in short}
+            jobs = await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(missing))
+            made: list[Assignment] = []
+            for job in jobs:
+                outcome = plan(job, missing[job.job_id])
+                if not isinstance(outcome, str):
+                    await _insert_assignments(conn, outcome)
+                    made.extend(outcome)
+        return made
 
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
         """Time out assignments past their deadline and give each a replacement node.

@@ -27,6 +27,8 @@ LEFT JOIN results r ON r.result_id = v.canonical_result_id
 """
 """A stored verdict: its payload plus the canonical result's output."""
 
+_DECIDED = frozenset({"verified", "failed", "inconclusive"})
+
 _PARTS = """
 SELECT j.job_id, j.part, j.status, j.params, v.payload, r.output
 FROM jobs j
@@ -66,13 +68,18 @@ class Ledger:
 
     @staticmethod
     async def write_verdict(
-        conn: Connection, verdict: Verdict, *, events: Sequence[tuple[str, Any, str]] = ()
+        conn: Connection,
+        verdict: Verdict,
+        *,
+        events: Sequence[tuple[str, Any, str]] = (),
+        unchecked: bool = False,
     ) -> bool:
         """Close a job with its verdict and the reputation events it implies (one statement;
         PostgreSQL runs every data-modifying CTE to completion whether or not it is read).
 
-        `events` are (node_id, assignment_id, kind). Returns False when the job had a
-        verdict already (a redelivery), in which case nothing is written.
+        `events` are (node_id, assignment_id, kind). `unchecked` marks a result accepted
+        alone, to be re-validated if its node later fails a check. Returns False when
+        the job had a verdict already (a redelivery), in which case nothing is written.
         """
         written: bool = await conn.fetchval(
             """
@@ -82,13 +89,14 @@ class Ledger:
                 VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), job AS (
-                UPDATE jobs SET status = $2, reason = $3, decided_at = now()
+                UPDATE jobs SET status = $2, reason = $3, decided_at = now(), unchecked = $10
                 WHERE job_id IN (SELECT job_id FROM verdict) RETURNING job_id
             ), events AS (
                 INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
                 SELECT e.node_id, v.job_id, e.assignment_id, e.kind
                 FROM verdict v,
                      unnest($7::text[], $8::uuid[], $9::text[]) AS e(node_id, assignment_id, kind)
+                ORDER BY e.node_id
                 ON CONFLICT (assignment_id) DO NOTHING RETURNING 1
             )
             SELECT EXISTS (SELECT 1 FROM verdict)
@@ -106,12 +114,53 @@ class Ledger:
             [e[0] for e in events],
             [e[1] for e in events],
             [e[2] for e in events],
+            unchecked,
         )
         return written
 
-    async def complete_parent(self, conn: Connection, parent_id: Any) -> Verdict | None:
+    @staticmethod
+    async def revise_verdict(
+        conn: Connection, verdict: Verdict, *, events: Sequence[tuple[str, Any, str]] = ()
+    ) -> None:
+        """Replace a job's verdict with a new revision (a re-validation's outcome), with
+        the events it implies; the revision goes out as a message of its own."""
+        await conn.execute(
+            """
+            WITH verdict AS (
+                UPDATE verdicts SET status = $2, reason = $3, canonical_result_id = $4,
+                                    replicas = $5, payload = $6::text::jsonb, revision = $7,
+                                    published_at = NULL
+                WHERE job_id = $1 RETURNING job_id
+            ), job AS (
+                UPDATE jobs SET status = $2, reason = $3, decided_at = now(), unchecked = false
+                WHERE job_id IN (SELECT job_id FROM verdict) RETURNING job_id
+            )
+            INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
+            SELECT e.node_id, $1, e.assignment_id, e.kind
+            FROM unnest($8::text[], $9::uuid[], $10::text[]) AS e(node_id, assignment_id, kind)
+            ORDER BY e.node_id
+            ON CONFLICT (assignment_id) DO NOTHING
+            """,
+            verdict.job_id,
+            verdict.status,
+            verdict.reason,
+            verdict.canonical_result_id,
+            verdict.replicas,
+            verdict.model_dump_json(
+                exclude={OUTPUT_FIELD[verdict.task]} if verdict.canonical_result_id else set()
+            ),
+            verdict.revision,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+        )
+
+    async def complete_parent(
+        self, conn: Connection, parent_id: Any, *, revise: bool = False
+    ) -> Verdict | None:
         """Stitch a split job's verdict once its last part is decided, in the transaction
-        that decided a part; None while some part is still open.
+        that decided a part; None while some part is still open. With `revise` (a part
+        was re-validated), stitch a decided job again as its verdict's next revision.
 
         The parent's row lock serializes the guards deciding its parts at the same time:
         whoever takes it second sees the first one's part committed.
@@ -119,7 +168,7 @@ class Ledger:
         status = await conn.fetchval(
             "SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE", parent_id
         )
-        if status != "split":
+        if status != "split" and not (revise and status in _DECIDED):
             return None
         rows = await conn.fetch(_PARTS, parent_id)
         if not rows or any(r["payload"] is None for r in rows):
@@ -140,7 +189,12 @@ class Ledger:
                 for r in rows
             ],
         )
-        await self.write_verdict(conn, verdict)
+        if status == "split":
+            await self.write_verdict(conn, verdict)
+            return verdict
+        revision = await conn.fetchval("SELECT revision FROM verdicts WHERE job_id = $1", parent_id)
+        verdict = verdict.model_copy(update={"revision": (revision or 0) + 1})
+        await self.revise_verdict(conn, verdict)
         return verdict
 
     @staticmethod
@@ -154,6 +208,7 @@ class Ledger:
                 INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
                 SELECT e.node_id, $1, e.assignment_id, e.kind
                 FROM unnest($2::text[], $3::uuid[], $4::text[]) AS e(node_id, assignment_id, kind)
+                ORDER BY e.node_id
                 ON CONFLICT (assignment_id) DO NOTHING
                 """,
                 job_id,
@@ -174,7 +229,7 @@ class Ledger:
                 RETURNING assignment_id, node_id, job_id
             ), events AS (
                 INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-                SELECT node_id, job_id, assignment_id, 'timed_out' FROM late
+                SELECT node_id, job_id, assignment_id, 'timed_out' FROM late ORDER BY node_id
                 ON CONFLICT (assignment_id) DO NOTHING RETURNING 1
             )
             SELECT count(*) FROM late
@@ -188,10 +243,10 @@ class Ledger:
         row = await self.pool.fetchrow(f"{_VERDICT} WHERE v.job_id = $1", job_id)
         return None if row is None else verdict_of(row)
 
-    async def mark_published(self, job_ids: Sequence[Any]) -> None:
+    async def mark_published(self, job_ids: Sequence[Any], conn: Connection | None = None) -> None:
         """Record that these verdicts reached the verdicts stream."""
         if job_ids:
-            await self.pool.execute(
+            await (conn or self.pool).execute(
                 "UPDATE verdicts SET published_at = now() WHERE job_id = ANY($1::uuid[])",
                 list(job_ids),
             )

@@ -45,6 +45,7 @@ from cortensor.models.manifest import (
     sha256_file,
     verify_variant,
 )
+from cortensor.models.probes import prepare_probes
 
 __all__ = ["EMBED_MODEL", "prepare_models"]
 
@@ -144,7 +145,9 @@ def prepare_models(models_dir: Path, *, force: bool = False, log: Log = print) -
         log(f"{label}: built in {time.perf_counter() - started:.1f} s")
         # Record each variant as soon as it exists, so that a later failure keeps it.
         _write_manifest(models_dir, Manifest(variants=list(entries.values())))
-    return Manifest(variants=list(entries.values()))
+    manifest = Manifest(variants=list(entries.values()))
+    prepare_probes(models_dir, manifest, force=force, log=log)
+    return manifest
 
 
 def _steps(run: _Run) -> Iterator[_Step]:

@@ -59,13 +59,18 @@ class NodeRegistry:
         """Stop offering a node until it announces itself again (its queue is gone)."""
         self._nodes.pop(node_id, None)
 
+    def streak(self, node_id: str, model: str) -> int:
+        """The node's run of valid results for `model`, as of the last refresh."""
+        stats = self._stats.get(node_id)
+        return 0 if stats is None else int(stats.streaks.get(model, 0))
+
     def views(self) -> list[NodeView]:
         """Every recorded node as routing policy sees it."""
         views = []
         for node_id, entry in self._nodes.items():
             if not entry.recorded:
                 continue
-            stats = self._stats.get(node_id, NodeStats(PRIOR_SCORE, 0))
+            stats = self._stats.get(node_id, NodeStats(PRIOR_SCORE, 0, trust="probation"))
             beat = entry.beat
             views.append(
                 NodeView(
@@ -77,6 +82,8 @@ class NodeRegistry:
                     capacity=beat.capacity,
                     inflight=stats.outstanding + self._assigned_since_refresh[node_id],
                     draining=beat.status == "draining",
+                    trust=stats.trust,
+                    streaks=stats.streaks,
                 )
             )
         return views

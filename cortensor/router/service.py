@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from uuid import UUID
 
@@ -24,7 +28,9 @@ from cortensor.errors import BadInput, NoEligibleNodes
 from cortensor.intake import Rejected, Undeliverable, read_job
 from cortensor.ledger.routing import RouterLedger
 from cortensor.loops import every
+from cortensor.models.probes import ProbeSet, load_probes
 from cortensor.parts import AudioChunk, split_job
+from cortensor.replication import REPLICAS, replicas
 from cortensor.router.registry import NodeRegistry
 from cortensor.routing import NodeView, candidates, choose
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
@@ -53,11 +59,40 @@ class Router:
         self.registry = NodeRegistry()
         self.rng = random.Random(seed)
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._probed: dict[str, float] = {}
+        """When each node was last sent a probe (monotonic seconds)."""
+        self.probe_set = ProbeSet(source="", probes=[])
         self._intake: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
 
     # -- policy ---------------------------------------------------------------------------
 
     def plan(
+        self, job: OpenJob, needed: int, spread: set[str] | None = None
+    ) -> Sequence[Assignment] | str:
+        """Assignments for `needed` more replicas of a job, or why there are none now.
+
+        An `auto` job routed for the first time gets as many replicas as adaptive
+        replication gives the node drawn first (cortensor.replication).
+        """
+        if job.auto and not job.taken and needed == job.redundancy:
+            return self.plan_auto(job, spread)
+        return self.plan_fixed(job, needed, spread)
+
+    def plan_auto(self, job: OpenJob, spread: set[str] | None) -> Sequence[Assignment] | str:
+        """The first node by weighted sampling, alone when its run of valid results for
+        the model earns it, else with REPLICAS - 1 more."""
+        first = self.plan_fixed(job, 1, spread)
+        if isinstance(first, str):
+            return first
+        leader = first[0].node_id
+        if replicas(self.registry.streak(leader, job.model), self.rng) == 1:
+            return first
+        more = self.plan_fixed(replace(job, taken=job.taken | {leader}), REPLICAS - 1, spread)
+        if isinstance(more, str):
+            return more
+        return [*first, *more]
+
+    def plan_fixed(
         self, job: OpenJob, needed: int, spread: set[str] | None = None
     ) -> Sequence[Assignment] | str:
         """Assignments for `needed` more replicas of a job, or why there are none now.
@@ -107,7 +142,8 @@ class Router:
         """How many parts of `job` can run at once: its eligible live nodes over its
         redundancy."""
         live = self.live(eligible_classes(job.hw_class), job.model, frozenset())
-        return max(1, len(live) // job.redundancy)
+        replicas = REPLICAS if job.redundancy == "auto" else job.redundancy
+        return max(1, len(live) // replicas)
 
     def live(self, classes: Sequence[str], model: str, exclude: frozenset[str]) -> list[NodeView]:
         """Live nodes of these classes serving `model`, except those in `exclude`."""
@@ -274,7 +310,8 @@ class Router:
                     why[job.job_id] = plan
                     opened.append(NewJob(unit, job.created_at, "waiting"))
                 else:
-                    opened.append(NewJob(unit, job.created_at, "running", plan))
+                    chosen = replace(unit, redundancy=len(plan)) if unit.auto else unit
+                    opened.append(NewJob(chosen, job.created_at, "running", plan))
         written = await self.ledger.open_jobs(opened)
         again = [job.job_id for job, _ in jobs if job.job_id not in written]
         await self.publish_assignments(
@@ -342,10 +379,87 @@ class Router:
         """One pass over waiting jobs and late assignments."""
         made, failed = await self.ledger.route_waiting(self.plan, self.failed)
         made += await self.ledger.reroute_expired(self.plan)
+        made += await self.ledger.top_up(self.plan)
+        made += await self.probes()
         if made:
             await self.publish_assignments(made)
         await self.announcer.publish(failed)
         await self.announcer.flush()
+
+    def probe_due(self, node: NodeView, now: float) -> bool:
+        """Whether a node awaiting admission (or re-admission) gets its next probe now."""
+        if node.trust == "active" or not node.live(now, self.settings.node_ttl_s):
+            return False
+        interval = (
+            self.settings.probe_interval_s
+            if node.trust == "probation"
+            else self.settings.quarantine_probe_interval_s
+        )
+        return now - self._probed.get(node.node_id, -math.inf) >= interval
+
+    def probe_for(self, node: NodeView) -> tuple[Assignment, OpenJob] | None:
+        """A known-answer probe for one of the node's models, as a job of its own that
+        the node cannot tell from a real one."""
+        choices = [p for m in sorted(node.models) for p in self.probe_set.for_model(m)]
+        if not choices:
+            return None
+        probe = self.rng.choice(choices)
+        audio = None if probe.audio is None else base64.b64decode(probe.audio)
+        params: dict[str, object] = {
+            "reference": probe.reference,
+            "reference_precision": probe.precision,
+        }
+        if probe.task == "classify":
+            params["top_k"] = probe.top_k
+        if probe.language is not None:
+            params["language"] = probe.language
+        job = OpenJob(
+            job_id=uuid.uuid4(),
+            task=probe.task,
+            model=probe.model,
+            redundancy=1,
+            hw_class=node.hw_class,
+            inputs=list(probe.inputs),
+            deadline_at=utcnow(),
+            taken=frozenset(),
+            params=params,
+            audio=audio,
+            probe=True,
+        )
+        if probe.task == "transcribe":
+            params |= {"start_s": 0.0, "end_s": float(probe.reference["duration_s"])}
+        deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
+        job = replace(job, params=params, deadline_at=deadline)
+        assignment = Assignment(
+            job_id=job.job_id,
+            node_id=node.node_id,
+            task=job.task,
+            model=job.model,
+            hw_class=node.hw_class,
+            deadline_at=deadline,
+            **task_fields(job.inputs, job.params, job.audio),
+        )
+        return assignment, job
+
+    async def probes(self) -> list[Assignment]:
+        """Probe every live node on probation or in quarantine whose turn it is; the
+        guard admits it after enough answers match the references."""
+        now = time.monotonic()
+        made: list[Assignment] = []
+        opened: list[NewJob] = []
+        for node in self.registry.views():
+            if not self.probe_due(node, now):
+                continue
+            planned = self.probe_for(node)
+            if planned is None:
+                continue
+            assignment, job = planned
+            self._probed[node.node_id] = now
+            made.append(assignment)
+            opened.append(NewJob(job, utcnow(), "running", [assignment]))
+        if opened:
+            await self.ledger.open_jobs(opened)
+        return made
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen."""
@@ -355,6 +469,7 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then finish the jobs in hand and close."""
         s = self.settings
+        self.probe_set = load_probes(s.models_dir)
         self.ledger = await RouterLedger.connect(s.asyncpg_dsn)
         connection = await amqp.connect(s.amqp_url)
         self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

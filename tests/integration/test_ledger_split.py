@@ -12,6 +12,7 @@ disagreeing replicas each draw an orthogonal one) and two-item lists for classif
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from cortensor.ledger import migrate
 from cortensor.ledger.judging import GuardLedger, Intake
 from cortensor.ledger.routing import RouterLedger
 from cortensor.parts import split_job
+from cortensor.replication import MAX_REPLICAS
 from cortensor.router.service import Router
 from cortensor.schemas import (
     Assignment,
@@ -444,14 +446,15 @@ async def test_a_part_verified_by_a_majority_counts_its_dissenter(
 async def test_an_inconclusive_part_makes_the_parent_inconclusive(
     router: RouterLedger, guard: GuardLedger
 ) -> None:
-    split = await open_split(router, 3)
+    split = await open_split(router, 3, redundancy=MAX_REPLICAS)
     await verify(guard, split, 0)
     await verify(guard, split, 2)
 
-    # Three replicas, three different answers: no majority.
+    # As many replicas as the cap allows, every answer different: no majority.
+    angles = [[math.cos(k * 0.5), math.sin(k * 0.5), 0.0, 0.0] for k in range(MAX_REPLICAS)]
     intake = await guard.take_results(
         split.parts[1].job_id,
-        split.results(1, [unit_vectors(0), unit_vectors(1), unit_vectors(2)]),
+        split.results(1, [[row, [0.0, 0.0, 1.0, 0.0]] for row in angles]),
         judge,
     )
 

@@ -27,6 +27,7 @@ from cortensor.judge import judge
 from cortensor.ledger import migrate
 from cortensor.ledger.judging import GuardLedger
 from cortensor.ledger.routing import NodeStats, OpenJob, RouterLedger
+from cortensor.replication import MAX_REPLICAS
 from cortensor.reputation import Record, score
 from cortensor.router.service import Router
 from cortensor.schemas import (
@@ -226,7 +227,7 @@ async def test_a_new_node_scores_the_prior_and_holds_nothing(router: RouterLedge
 
     stats = await router.node_stats()
 
-    assert stats[node] == NodeStats(score=0.5, outstanding=0)
+    assert stats[node] == NodeStats(score=0.5, outstanding=0, trust="probation", streaks={})
 
 
 async def test_upsert_nodes_updates_what_a_node_announces(router: RouterLedger) -> None:
@@ -443,7 +444,10 @@ async def test_a_job_is_decided_once_a_strict_majority_agrees(
         n: ("agreed", running.of(n).assignment_id) for n in running.nodes
     }
     stats = await router.node_stats()
-    assert {stats[n] for n in running.nodes} == {NodeStats(score(Record(agreed=1)), 0)}
+    # Real jobs build a streak, but only known-answer probes admit a node on probation.
+    assert {stats[n] for n in running.nodes} == {
+        NodeStats(score(Record(agreed=1)), 0, trust="probation", streaks={MODEL: 1})
+    }
 
 
 async def test_a_late_liar_is_charged_after_the_verdict(
@@ -653,10 +657,26 @@ async def test_one_liar_among_three_is_outvoted(
     assert stats[liar].score == score(Record(disagreed=1)) < 0.5 < stats[honest_a].score
 
 
-async def test_three_different_answers_are_inconclusive_and_blame_nobody(
+async def test_three_different_answers_ask_for_more_replicas_and_blame_nobody_yet(
     router: RouterLedger, guard: GuardLedger
 ) -> None:
     running = await open_running(router)
+    job_id = running.job.job_id
+
+    intake = await guard.take_results(
+        job_id, [result_for(a, embeddings()) for a in running.assignments], judge
+    )
+
+    assert (intake.stored, intake.verdict, intake.escalated) == (3, None, 5)
+    assert await job_status(guard, job_id) == "running"
+    assert await guard.pool.fetchval("SELECT redundancy FROM jobs WHERE job_id = $1", job_id) == 5
+    assert await events_of(guard, job_id) == {}
+
+
+async def test_no_majority_at_the_cap_is_inconclusive_and_blames_nobody(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    running = await open_running(router, redundancy=MAX_REPLICAS)
     job_id = running.job.job_id
 
     intake = await guard.take_results(

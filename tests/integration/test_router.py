@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import asyncpg
 import pytest
 
 from cortensor.client import Client
 from cortensor.router.service import Router
-from cortensor.schemas import JobRequest, NodeHeartbeat, utcnow
+from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, utcnow
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
@@ -79,9 +81,76 @@ async def _next_task(queue: aio_pika.abc.AbstractQueue) -> dict[str, Any]:
     raise AssertionError("no task message reached the node's queue")
 
 
+async def _ledger_row(settings: Settings, query: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        for _ in range(100):
+            row = await conn.fetchrow(query, *args)
+            if row is not None:
+                return row
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    raise AssertionError(f"nothing in the ledger for {query}")
+
+
+async def _admit(settings: Settings, queue: aio_pika.abc.AbstractQueue) -> None:
+    """Admit the fake node as if it had passed its probes, and drop the probes sent."""
+    await _ledger_row(settings, "SELECT 1 FROM nodes WHERE node_id = $1", NODE)
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO node_standing (node_id, model, trust) VALUES ($1, '', 'active')
+            ON CONFLICT (node_id, model) DO UPDATE SET trust = 'active'
+            """,
+            NODE,
+        )
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.5)  # the router reads standings again every second
+    await queue.purge()
+
+
+async def test_a_new_node_is_sent_probes_that_look_like_real_jobs(
+    broker_settings: Settings, node_queue: aio_pika.abc.AbstractQueue
+) -> None:
+    first = await _next_task(node_queue)
+    [probe] = first["assignments"]
+    assert probe["node_id"] == NODE
+    assert probe["model"] == "all-MiniLM-L6-v2"
+    job = await _ledger_row(
+        broker_settings,
+        "SELECT probe, params FROM jobs WHERE job_id = $1",
+        uuid.UUID(probe["job_id"]),
+    )
+    assert job["probe"] is True
+    reference = json.loads(job["params"])["reference"]
+    assert len(reference) == len(probe["inputs"])
+    # Nothing in the message says it is a probe: the same fields as any assignment.
+    real = Assignment(
+        job_id=uuid.uuid4(),
+        node_id=NODE,
+        task="embed",
+        model="all-MiniLM-L6-v2",
+        inputs=["x"],
+        hw_class="cpu-int8",
+        deadline_at=utcnow(),
+    ).model_dump(mode="json")
+    assert probe.keys() == real.keys()
+    # Until it is admitted, a real job waits for other nodes.
+    async with Client(broker_settings) as client:
+        await client.submit(JobRequest(inputs=["not for you"], redundancy=1))
+    waiting = await _ledger_row(
+        broker_settings, "SELECT status FROM jobs WHERE NOT probe AND inputs = '[\"not for you\"]'"
+    )
+    assert waiting["status"] == "waiting"
+
+
 async def test_a_job_delivered_again_sends_its_outstanding_assignments_again(
     broker_settings: Settings, node_queue: aio_pika.abc.AbstractQueue
 ) -> None:
+    await _admit(broker_settings, node_queue)
     job = JobRequest(inputs=["resend me"], redundancy=1)
     async with Client(broker_settings) as client:
         await client.submit(job)

@@ -178,7 +178,7 @@ def test_a_valid_job_gets_its_defaults_and_the_default_model() -> None:
     assert outcome.task == "embed"
     assert outcome.model == "all-MiniLM-L6-v2"
     assert outcome.inputs == ["hello world"]
-    assert outcome.redundancy == 3
+    assert outcome.redundancy == "auto"
     assert outcome.hw_class == "any"
     assert outcome.deadline_s == DEFAULT_DEADLINE_S
     assert outcome.schema_version == SCHEMA_VERSION

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cortensor.parts import AudioChunk, DecidedPart, part_id, split_job, stitch, stitch_transcripts
+from cortensor.replication import REPLICAS
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
 from cortensor.units import OpenJob, job_params
 
@@ -40,10 +41,12 @@ def chunks(count: int, length_s: float = 25.0) -> list[AudioChunk]:
 
 def assert_keeps_the_job(unit: OpenJob, job: JobRequest) -> None:
     """Every unit of a job keeps its model, redundancy, hardware, options and deadline."""
-    assert (unit.task, unit.model, unit.redundancy, unit.hw_class) == (
+    auto = job.redundancy == "auto"
+    assert (unit.task, unit.model, unit.redundancy, unit.auto, unit.hw_class) == (
         job.task,
         job.model,
-        job.redundancy,
+        REPLICAS if auto else job.redundancy,  # an auto job's starting point
+        auto,
         job.hw_class,
     )
     assert unit.deadline_at == DEADLINE

@@ -153,6 +153,7 @@ def test_forget_removes_a_node_until_it_announces_itself_again() -> None:
 
 def test_draining_heartbeat_marks_the_view_draining_and_not_a_candidate() -> None:
     registry = joined(NodeRegistry(), beat("n1"), beat("n2"), now=100.0)
+    registry.update_stats({n: NodeStats(0.9, 0, trust="active") for n in ("n1", "n2")})
     joined(registry, beat("n1", status="draining"), now=101.0)
     views = {v.node_id: v for v in registry.views()}
     assert views["n1"].draining is True
@@ -171,3 +172,25 @@ def test_a_node_whose_record_failed_is_not_offered_on_its_next_heartbeat() -> No
     assert registry.observe(beat("n1"), 100.0) is True
     needs_record = registry.observe(beat("n1"), 101.0)
     assert (needs_record, offered(registry)) == (True, set())
+
+
+def test_only_admitted_nodes_are_offered_real_jobs() -> None:
+    registry = joined(NodeRegistry(), beat("n1"), beat("n2"), beat("n3"), now=100.0)
+    registry.update_stats(
+        {
+            "n1": NodeStats(0.9, 0, trust="active", streaks={"all-MiniLM-L6-v2": 12}),
+            "n2": NodeStats(0.5, 0, trust="probation"),
+            "n3": NodeStats(0.1, 0, trust="quarantined"),
+        }
+    )
+    pool = candidates(
+        registry.views(), classes=("cpu-fp32",), model="all-MiniLM-L6-v2", now=100.0, ttl=5.0
+    )
+    assert [v.node_id for v in pool] == ["n1"]
+    assert registry.streak("n1", "all-MiniLM-L6-v2") == 12
+    assert registry.streak("n1", "whisper-base") == 0
+    assert registry.streak("unknown", "all-MiniLM-L6-v2") == 0
+    # A node the ledger has not scored yet is on probation.
+    assert {v.node_id: v.trust for v in joined(NodeRegistry(), beat("n4"), now=1.0).views()} == {
+        "n4": "probation"
+    }

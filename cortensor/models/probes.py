@@ -1,0 +1,192 @@
+"""Known-answer probes: inputs whose reference outputs are prepared once, offline.
+
+New and quarantined nodes are sent probe jobs that look exactly like real jobs; the
+guard compares their answer with the reference, computed here by the fp32 variant of
+each model (`cortensor models prepare` writes probes.json beside the manifest). A node
+that passes enough probes in a row is admitted (cortensor.reputation).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cortensor.catalog import (
+    CLASSIFY_MODEL,
+    EMBED_MODEL,
+    WHISPER_BASE,
+    WHISPER_TINY_EN,
+    Task,
+)
+from cortensor.errors import ModelsNotPrepared
+from cortensor.models.manifest import Manifest
+
+PROBES_NAME = "probes.json"
+REFERENCE_CLASS = "cpu-fp32"
+TOP_K = 5
+
+TEXTS: tuple[str, ...] = (
+    "Where is the nearest train station?",
+    "Please book a table for four at eight tonight.",
+    "What time does the pharmacy close on Sundays?",
+    "The river flooded the lower fields after the storm.",
+    "Turn off the lights in the living room.",
+    "How do I change the password of my account?",
+    "A quiet street with old houses and tall trees.",
+    "Remind me to water the plants tomorrow morning.",
+    "What is the exchange rate between euros and dollars?",
+    "Our team won the match in the last minute.",
+    "I would like to cancel my hotel reservation.",
+    "Explain how photosynthesis works in simple words.",
+)
+"""Probe texts: each embed or classify probe takes two of them."""
+
+SPOKEN: tuple[str, ...] = (
+    "The garden gate was painted green last spring.",
+    "Please bring a warm coat because the evening will be cold.",
+    "The library opens early and closes late on weekdays.",
+)
+"""Probe sentences spoken by espeak-ng for transcribe probes."""
+
+
+class Probe(BaseModel):
+    """One probe job's input and the reference output it must match."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: Task
+    model: str
+    inputs: list[str] = []
+    audio: str | None = None
+    top_k: int = TOP_K
+    language: str | None = None
+    reference: Any
+    precision: str = "fp32"
+
+
+class ProbeSet(BaseModel):
+    """Every probe, and the manifest files they were computed from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    """sha256 over the sha256 of the variants used: a changed model makes them stale."""
+    probes: list[Probe]
+
+    def for_model(self, model: str) -> list[Probe]:
+        """The probes of one model."""
+        return [p for p in self.probes if p.model == model]
+
+
+def _source(manifest: Manifest) -> str:
+    digest = hashlib.sha256()
+    for v in sorted(manifest.variants, key=lambda v: (v.name, v.variant)):
+        if REFERENCE_CLASS in v.hw_classes:
+            for f in v.files:
+                digest.update(f"{v.name}/{v.variant}/{f.path}:{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def load_probes(models_dir: Path) -> ProbeSet:
+    """The prepared probe set; ModelsNotPrepared when it is missing or unreadable."""
+    path = models_dir / PROBES_NAME
+    try:
+        return ProbeSet.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as exc:
+        raise ModelsNotPrepared(
+            f"no usable probe set at {path} ({type(exc).__name__}); run `cortensor models prepare`"
+        ) from exc
+
+
+def prepare_probes(
+    models_dir: Path, manifest: Manifest, *, force: bool = False, log: Callable[[str], None]
+) -> ProbeSet:
+    """Compute the reference output of every probe with each model's fp32 variant,
+    unless probes.json is already up to date with the manifest."""
+    source = _source(manifest)
+    if not force:
+        try:
+            current = load_probes(models_dir)
+        except ModelsNotPrepared:
+            current = None
+        if current is not None and current.source == source:
+            log("probes: up to date")
+            return current
+    probes = _text_probes(models_dir, manifest) + _speech_probes(models_dir, manifest)
+    probe_set = ProbeSet(source=source, probes=probes)
+    target = models_dir / PROBES_NAME
+    partial = target.with_suffix(".partial")
+    partial.write_text(probe_set.model_dump_json(), encoding="utf-8")
+    partial.replace(target)
+    log(f"probes: {len(probes)} written")
+    return probe_set
+
+
+def _text_probes(models_dir: Path, manifest: Manifest) -> list[Probe]:
+    from cortensor.runtimes.classifier import ClassifierRuntime
+    from cortensor.runtimes.embedding import EmbeddingRuntime
+
+    embedder = EmbeddingRuntime.from_manifest(
+        models_dir, manifest.variant_for(EMBED_MODEL, REFERENCE_CLASS)
+    )
+    classifier = ClassifierRuntime.from_manifest(
+        models_dir, manifest.variant_for(CLASSIFY_MODEL, REFERENCE_CLASS), embedder
+    )
+    pairs = [list(TEXTS[i : i + 2]) for i in range(0, len(TEXTS), 2)]
+    return [
+        Probe(
+            task="embed",
+            model=EMBED_MODEL,
+            inputs=texts,
+            reference=embedder.embed(texts).tolist(),
+        )
+        for texts in pairs
+    ] + [
+        Probe(
+            task="classify",
+            model=CLASSIFY_MODEL,
+            inputs=texts,
+            reference=[c.model_dump(mode="json") for c in classifier.classify(texts, TOP_K)],
+        )
+        for texts in pairs
+    ]
+
+
+def _speech_probes(models_dir: Path, manifest: Manifest) -> list[Probe]:
+    from cortensor import speech
+    from cortensor.runtimes.whisper import WhisperRuntime
+
+    probes: list[Probe] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        clips = [speech.speak(t, folder / f"{i}.wav").read_bytes() for i, t in enumerate(SPOKEN)]
+        for model in (WHISPER_BASE, WHISPER_TINY_EN):
+            runtime = WhisperRuntime.from_manifest(
+                models_dir, manifest.variant_for(model, REFERENCE_CLASS)
+            )
+            for wav in clips:
+                transcript = runtime.transcribe(wav, "en")
+                probes.append(
+                    Probe(
+                        task="transcribe",
+                        model=model,
+                        audio=base64.b64encode(wav).decode("ascii"),
+                        language="en",
+                        reference=transcript.model_dump(mode="json"),
+                    )
+                )
+    return probes
+
+
+def describe(probe_set: ProbeSet) -> dict[str, int]:
+    """How many probes each model has."""
+    counts: dict[str, int] = {}
+    for p in probe_set.probes:
+        counts[p.model] = counts.get(p.model, 0) + 1
+    return counts
