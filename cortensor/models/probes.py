@@ -4,6 +4,11 @@ New and quarantined nodes are sent probe jobs that look exactly like real jobs; 
 guard compares their answer with the reference, computed here by the fp32 variant of
 each model (`cortensor models prepare` writes probes.json beside the manifest). A node
 that passes enough probes in a row is admitted (cortensor.reputation).
+
+An honest node of any precision must pass every probe, so a candidate is kept only
+when the int8 variant's answer agrees with the fp32 reference under the task's
+comparator: speech that Whisper hears differently at two precisions, or a text whose
+two best intents are nearly tied, would fail honest nodes.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from cortensor.models.manifest import Manifest
 
 PROBES_NAME = "probes.json"
 REFERENCE_CLASS = "cpu-fp32"
+CHECK_CLASS = "cpu-int8"
+"""A probe is kept when this class's variant agrees with the reference."""
 TOP_K = 5
 
 TEXTS: tuple[str, ...] = (
@@ -51,6 +58,8 @@ SPOKEN: tuple[str, ...] = (
     "The garden gate was painted green last spring.",
     "Please bring a warm coat because the evening will be cold.",
     "The library opens early and closes late on weekdays.",
+    "We planted apple trees along the northern wall.",
+    "The bus to the airport leaves every twenty minutes.",
 )
 """Probe sentences spoken by espeak-ng for transcribe probes."""
 
@@ -84,8 +93,12 @@ class ProbeSet(BaseModel):
         return [p for p in self.probes if p.model == model]
 
 
+PROBE_VERSION = 2
+"""Raised whenever the way probes are chosen changes, so that prepared sets are redone."""
+
+
 def _source(manifest: Manifest) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{PROBE_VERSION}\n{TEXTS}\n{SPOKEN}\n".encode())
     for v in sorted(manifest.variants, key=lambda v: (v.name, v.variant)):
         if REFERENCE_CLASS in v.hw_classes:
             for f in v.files:
@@ -118,70 +131,82 @@ def prepare_probes(
         if current is not None and current.source == source:
             log("probes: up to date")
             return current
-    probes = _text_probes(models_dir, manifest) + _speech_probes(models_dir, manifest)
+    candidates = _text_probes(models_dir, manifest) + _speech_probes(models_dir, manifest)
+    probes = [probe for probe, stable in candidates if stable]
+    if {p.model for p in probes} != {p.model for p, _ in candidates}:
+        raise ModelsNotPrepared("a model has no probe whose answer is stable across precisions")
     probe_set = ProbeSet(source=source, probes=probes)
     target = models_dir / PROBES_NAME
     partial = target.with_suffix(".partial")
     partial.write_text(probe_set.model_dump_json(), encoding="utf-8")
     partial.replace(target)
-    log(f"probes: {len(probes)} written")
+    log(f"probes: {len(probes)} written ({len(candidates) - len(probes)} unstable left out)")
     return probe_set
 
 
-def _text_probes(models_dir: Path, manifest: Manifest) -> list[Probe]:
+def _text_probes(models_dir: Path, manifest: Manifest) -> list[tuple[Probe, bool]]:
+    from cortensor.comparators import COMPARATORS
     from cortensor.runtimes.classifier import ClassifierRuntime
     from cortensor.runtimes.embedding import EmbeddingRuntime
 
-    embedder = EmbeddingRuntime.from_manifest(
-        models_dir, manifest.variant_for(EMBED_MODEL, REFERENCE_CLASS)
-    )
-    classifier = ClassifierRuntime.from_manifest(
-        models_dir, manifest.variant_for(CLASSIFY_MODEL, REFERENCE_CLASS), embedder
-    )
-    pairs = [list(TEXTS[i : i + 2]) for i in range(0, len(TEXTS), 2)]
-    return [
-        Probe(
-            task="embed",
-            model=EMBED_MODEL,
-            inputs=texts,
-            reference=embedder.embed(texts).tolist(),
+    found: list[tuple[Probe, bool]] = []
+    runtimes = {}
+    for hw_class in (REFERENCE_CLASS, CHECK_CLASS):
+        embedder = EmbeddingRuntime.from_manifest(
+            models_dir, manifest.variant_for(EMBED_MODEL, hw_class)
         )
-        for texts in pairs
-    ] + [
-        Probe(
-            task="classify",
-            model=CLASSIFY_MODEL,
-            inputs=texts,
-            reference=[c.model_dump(mode="json") for c in classifier.classify(texts, TOP_K)],
+        classifier = ClassifierRuntime.from_manifest(
+            models_dir, manifest.variant_for(CLASSIFY_MODEL, hw_class), embedder
         )
-        for texts in pairs
-    ]
+        runtimes[hw_class] = (embedder, classifier)
+    for first in range(0, len(TEXTS), 2):
+        texts = list(TEXTS[first : first + 2])
+        answers = {
+            c: (
+                e.embed(texts).tolist(),
+                [x.model_dump(mode="json") for x in k.classify(texts, TOP_K)],
+            )
+            for c, (e, k) in runtimes.items()
+        }
+        (vectors, classes), (vectors_int8, classes_int8) = (
+            answers[REFERENCE_CLASS],
+            answers[CHECK_CLASS],
+        )
+        for task, model, reference, check in (
+            ("embed", EMBED_MODEL, vectors, vectors_int8),
+            ("classify", CLASSIFY_MODEL, classes, classes_int8),
+        ):
+            stable = COMPARATORS[task](reference, "fp32", check, "int8")
+            found.append((Probe(task=task, model=model, inputs=texts, reference=reference), stable))
+    return found
 
 
-def _speech_probes(models_dir: Path, manifest: Manifest) -> list[Probe]:
+def _speech_probes(models_dir: Path, manifest: Manifest) -> list[tuple[Probe, bool]]:
     from cortensor import speech
+    from cortensor.comparators import COMPARATORS
     from cortensor.runtimes.whisper import WhisperRuntime
 
-    probes: list[Probe] = []
+    found: list[tuple[Probe, bool]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         clips = [speech.speak(t, folder / f"{i}.wav").read_bytes() for i, t in enumerate(SPOKEN)]
         for model in (WHISPER_BASE, WHISPER_TINY_EN):
-            runtime = WhisperRuntime.from_manifest(
-                models_dir, manifest.variant_for(model, REFERENCE_CLASS)
+            reference, check = (
+                WhisperRuntime.from_manifest(models_dir, manifest.variant_for(model, c))
+                for c in (REFERENCE_CLASS, CHECK_CLASS)
             )
             for wav in clips:
-                transcript = runtime.transcribe(wav, "en")
-                probes.append(
-                    Probe(
-                        task="transcribe",
-                        model=model,
-                        audio=base64.b64encode(wav).decode("ascii"),
-                        language="en",
-                        reference=transcript.model_dump(mode="json"),
-                    )
+                heard = reference.transcribe(wav, "en").model_dump(mode="json")
+                again = check.transcribe(wav, "en").model_dump(mode="json")
+                probe = Probe(
+                    task="transcribe",
+                    model=model,
+                    audio=base64.b64encode(wav).decode("ascii"),
+                    language="en",
+                    reference=heard,
                 )
-    return probes
+                found.append((probe, COMPARATORS["transcribe"](heard, "fp32", again, "int8")))
+    return found
 
 
 def describe(probe_set: ProbeSet) -> dict[str, int]:
