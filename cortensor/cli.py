@@ -32,14 +32,14 @@ db_app = typer.Typer(help="The PostgreSQL ledger.")
 models_app = typer.Typer(help="Model preparation.")
 schemas_app = typer.Typer(help="JSON Schemas of the messages.")
 submit_app = typer.Typer(help="Submit jobs.")
-report_app = typer.Typer(help="Admin reports from the ledger.")
+reputation_app = typer.Typer(help="Node reputation.")
 for sub, name in [
     (brokers_app, "brokers"),
     (db_app, "db"),
     (models_app, "models"),
     (schemas_app, "schemas"),
     (submit_app, "submit"),
-    (report_app, "report"),
+    (reputation_app, "reputation"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -162,21 +162,40 @@ def schemas_write(
 def node(
     hw_class: Annotated[str, typer.Option(help="auto, cpu-int8, cpu-fp32, ...")] = "auto",
     node_id: Annotated[str | None, typer.Option(help="Default: host name + process name.")] = None,
-    fault: Annotated[FaultMode | None, typer.Option(help="Be dishonest.")] = None,
-    fault_rate: Annotated[float, typer.Option(help="Share of jobs answered wrongly.")] = 1.0,
+    fault: Annotated[
+        FaultMode | None,
+        typer.Option(
+            help="Be dishonest: random, lazy or noisy answers; colluding (same wrong answer"
+            " as its --fault-group); slow (answers after the deadline); intermittent (random"
+            " on a share of jobs); crash (the process dies mid-task)."
+        ),
+    ] = None,
+    fault_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of jobs the fault strikes. Default: 0.1 for intermittent, else 1."
+        ),
+    ] = None,
+    fault_group: Annotated[
+        str | None,
+        typer.Option(
+            help="With --fault colluding: nodes of one group give the same wrong answers."
+        ),
+    ] = None,
     models: Annotated[
         str | None,
         typer.Option(help="Comma-separated models to serve; default: all its class serves."),
     ] = None,
 ) -> None:
     """Run an inference node (a Celery worker on its own queue)."""
-    from cortensor.node.faults import FAULT_MODES
+    from cortensor.node.faults import option_problem
     from cortensor.node.main import build_node, serve_node
 
-    _configure_logging()
-    if fault is not None and fault not in FAULT_MODES:
-        err.print(f"[red]error:[/red] --fault must be one of {', '.join(FAULT_MODES)}")
+    problem = option_problem(fault, fault_rate, fault_group)
+    if problem is not None:
+        err.print(f"[red]error:[/red] {problem}")
         raise typer.Exit(2)
+    _configure_logging()
     if node_id is not None:
         try:
             TypeAdapter(NodeId).validate_python(node_id)
@@ -188,8 +207,9 @@ def node(
             _settings(),
             hw_class=cast(HwChoice, hw_class),
             node_id=node_id,
-            fault=fault,  # checked against FAULT_MODES above
+            fault=fault,  # checked by option_problem above
             fault_rate=fault_rate,
+            fault_group=fault_group,
             models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
         )
     except (CortensorError, ValueError) as exc:
@@ -390,18 +410,78 @@ def result(
     _print_verdict(verdict, as_json)
 
 
-@report_app.command("nodes")
-def report_nodes(
+@app.command("report")
+def report(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME", help="A report: db/reports/NAME.sql, or nodes; without it, the list."
+        ),
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="The node, for node_history.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Admin reports from the ledger: the SQL files under db/reports/, which psql runs too."""
+    from cortensor.errors import BadInput
+    from cortensor.reports import ALIASES, find_report, render_table, reports, run_report, to_json
+
+    if name is None:
+        known = [
+            {
+                "report": r.name,
+                "needs": " ".join(f"--{p}" for p in r.parameters),
+                "shows": r.description,
+            }
+            for r in reports().values()
+        ]
+        known += [
+            {"report": alias, "needs": "", "shows": f"= {to}"} for alias, to in ALIASES.items()
+        ]
+        out.print(render_table("Reports (cortensor report NAME)", known))
+        return
+    settings = _settings()
+    try:
+        found = find_report(name)
+        rows = run_report(settings, found.name, {} if node is None else {"node": node})
+    except BadInput as exc:
+        err.print("[red]error:[/red] ", end="")
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from exc
+    except CortensorError as exc:
+        err.print("[red]error:[/red] ", end="")
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        out.print_json(json.dumps(rows, default=to_json))
+    else:
+        out.print(render_table(found.description, rows))
+
+
+@reputation_app.command("check")
+def reputation_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The node reputation report (the view node_reputation_report)."""
-    from cortensor.reports import node_report, render_table
+    """Recompute every node's standing from the reputation events alone and compare it
+    with the stored one; exit 1 on any difference."""
+    from dataclasses import asdict
 
-    rows = node_report(_settings())
+    from cortensor.audit import audit
+
+    outcome = audit(_settings())
     if as_json:
-        out.print_json(json.dumps(rows, default=str))
+        out.print_json(json.dumps(asdict(outcome), default=str))
     else:
-        out.print(render_table("Node reputation", rows))
+        out.print(f"{outcome.events} events, {outcome.standings} standings recomputed")
+        for m in outcome.mismatches:
+            out.print(
+                f"  {m.node_id} {m.model or '(all models)'} {m.field}: stored {m.stored!r},"
+                f" events give {m.recomputed!r}",
+                markup=False,
+            )
+        if not outcome.mismatches:
+            out.print("[green]every stored standing follows from the events[/green]")
+    if outcome.mismatches:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -416,6 +496,51 @@ def demo(
     from cortensor.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(), jobs=jobs, redundancy=redundancy, log_dir=log_dir))
+
+
+@app.command()
+def simulate(
+    nodes: Annotated[int, typer.Option(min=1, help="Simulated nodes.")] = 1000,
+    jobs: Annotated[int, typer.Option(min=0, help="Real jobs to route.")] = 100_000,
+    dishonest: Annotated[float, typer.Option(min=0, max=1, help="Faulty share.")] = 0.2,
+    mix: Annotated[
+        str | None,
+        typer.Option(
+            help="Relative shares of fault modes, e.g. random=4,lazy=2,noisy=3,colluding=4,"
+            "intermittent=5,slow=1,crash=1 (the default)."
+        ),
+    ] = None,
+    intermittent_p: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of jobs an intermittent node gets wrong.")
+    ] = 0.1,
+    probation: Annotated[
+        bool, typer.Option(help="Admit nodes by probes; --no-probation starts them active.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 1,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of reputation and replicas over time.")
+    ] = None,
+) -> None:
+    """Run the routing, consensus and reputation policy on a simulated fleet; print JSON."""
+    from cortensor import simulate as sim
+
+    try:
+        config = sim.SimConfig(
+            nodes=nodes,
+            jobs=jobs,
+            dishonest=dishonest,
+            mix=sim.parse_mix(mix) if mix is not None else dict(sim.DEFAULT_MIX),
+            intermittent_p=intermittent_p,
+            probation=probation,
+            seed=seed,
+        )
+        report, run = sim.simulate(config)
+    except CortensorError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if plot is not None:
+        sim.plot(run, plot)
+    typer.echo(json.dumps(report, indent=2))
 
 
 def main() -> None:

@@ -35,15 +35,19 @@ def build_node(
     hw_class: HwChoice = "auto",
     node_id: str | None = None,
     fault: FaultMode | None = None,
-    fault_rate: float = 1.0,
+    fault_rate: float | None = None,
+    fault_group: str | None = None,
     models: Collection[str] | None = None,
 ) -> NodeService:
     """Detect the class, load once each model it serves, and wire up the node service.
 
     `models` restricts the node to some of the catalog's models (all that the class
     serves when None); auto detection then picks the best class that serves them all.
+    `fault_rate` None is the mode's default (faults.default_rate); `fault_group` names the
+    group of a colluding node.
     """
     wanted = _known(models)
+    injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
     manifest = load_manifest(settings.models_dir)
     isa = int8_isa(cpu_flags())
     cuda = cuda_available()
@@ -74,14 +78,14 @@ def build_node(
         tasks=tasks,
         builds={name: _build(variants, name) for name in names},
     )
-    injected = Fault(fault, fault_rate) if fault is not None else None
     log.info(
         "node starting",
         node_id=identity.node_id,
         hw_class=chosen,
         variants={n: v.variant for n, v in variants.items()},
         fault=fault,
-        fault_rate=fault_rate if fault else None,
+        fault_rate=injected.rate if injected else None,
+        fault_group=fault_group,
     )
     return NodeService(settings, identity, runtimes=runtimes, fault=injected)
 

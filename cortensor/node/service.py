@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +17,7 @@ from pydantic import ValidationError
 
 from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
 from cortensor.node.bridge import NatsBridge
-from cortensor.node.faults import Fault
+from cortensor.node.faults import CRASH_EXIT_CODE, Fault, slow_sleep_s
 from cortensor.runtimes import Classifier, Embedder, Runtime, Transcriber
 from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, utcnow
 from cortensor.settings import Settings
@@ -42,7 +44,7 @@ def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> d
     The node checked that `runtime` serves the assignment's model, and a model serves
     one task (catalog.TASK_OF), so the runtime has the method the task needs.
     """
-    wrong = fault if fault is not None and fault.strikes() else None
+    wrong = fault.wrong_answers(assignment) if fault is not None else None
     if assignment.task == "embed":
         vectors = cast(Embedder, runtime).embed(assignment.inputs)
         return {"embeddings": (wrong.corrupt(vectors) if wrong else vectors).tolist()}
@@ -184,24 +186,56 @@ class NodeService:
             self._inflight += len(ready)
         try:
             results = [self.compute(a) for a in ready]
-            latest = max(a.deadline_at for a in ready)
-            self.bridge.publish_durably(
-                [
-                    (
-                        self.topology.results_subject(str(r.job_id)),
-                        r.model_dump_json().encode(),
-                        str(r.assignment_id),
-                    )
-                    for r in results
-                ],
-                within=max((latest - utcnow()).total_seconds(), 1.0),
-            )
+            if self.fault is None:
+                self._publish(ready, results)
+            else:
+                self._publish_faultily(self.fault, ready, results)
         finally:
             with self._lock:
                 self._inflight -= len(ready)
                 self._processed += len(ready)
         outcomes.update("error" if r.error else "done" for r in results)
         return _summary(outcomes)
+
+    def _publish(
+        self, assignments: Sequence[Assignment], results: Sequence[InferenceResult]
+    ) -> None:
+        """Publish the results and wait until JetStream stored them."""
+        if not results:
+            return
+        latest = max(a.deadline_at for a in assignments)
+        self.bridge.publish_durably(
+            [
+                (
+                    self.topology.results_subject(str(r.job_id)),
+                    r.model_dump_json().encode(),
+                    str(r.assignment_id),
+                )
+                for r in results
+            ],
+            within=max((latest - utcnow()).total_seconds(), 1.0),
+        )
+
+    def _publish_faultily(
+        self, fault: Fault, ready: Sequence[Assignment], results: Sequence[InferenceResult]
+    ) -> None:
+        """Publish as a slow or crashing node does (as any other node for other faults)."""
+        if any([fault.crashes() for _ in ready]):  # a draw for each job
+            log.warning("crash fault: the node dies mid-task", jobs=[str(a.job_id) for a in ready])
+            for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing
+                stream.flush()
+            os._exit(CRASH_EXIT_CODE)
+        held = [fault.delays() for _ in ready]
+        self._publish(
+            [a for a, h in zip(ready, held, strict=True) if not h],
+            [r for r, h in zip(results, held, strict=True) if not h],
+        )
+        late = [a for a, h in zip(ready, held, strict=True) if h]
+        if late:
+            wait = slow_sleep_s(max(a.deadline_at for a in late), utcnow())
+            log.warning("slow fault: holding results past the deadline", wait_s=round(wait, 3))
+            time.sleep(wait)
+            self._publish(late, [r for r, h in zip(results, held, strict=True) if h])
 
 
 def _summary(outcomes: Counter[str]) -> str:

@@ -60,7 +60,7 @@ def test_db_upgrade_creates_the_database_then_is_a_no_op() -> None:
         again = cortensor(settings, "db", "upgrade")
         assert again.returncode == 0, again.stderr
         assert "created" not in again.stdout
-        assert migrate.current(settings) == "0002"
+        assert migrate.current(settings) == "0004"
     finally:
         migrate.drop_database(settings)
 

@@ -1,4 +1,5 @@
-"""The node's NATS bridge (a loop on a thread for Celery's threads) on the real JetStream.
+"""The node's NATS bridge (a loop on a thread for Celery's threads) on the real JetStream,
+and the node service publishing through it, honest or faulty (slow, colluding, crashing).
 
 The bridge's methods block their caller, as Celery task threads expect; the tests call
 them through `asyncio.to_thread` so that their own subscribers keep receiving.
@@ -9,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,13 +27,16 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from numpy.typing import NDArray
 
+from cortensor.comparators.embed import agree
 from cortensor.node.bridge import NatsBridge
+from cortensor.node.faults import CRASH_EXIT_CODE, SLOW_MARGIN_S, Fault
 from cortensor.node.service import NodeIdentity, NodeService
 from cortensor.schemas import (
     Assignment,
     Classification,
     InferenceResult,
     LabelScore,
+    NodeHeartbeat,
     utcnow,
 )
 from cortensor.settings import Settings
@@ -314,3 +321,178 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
     beat = json.loads(service.heartbeat())
     assert beat["processed"] == 3
     assert beat["models"] == ["all-MiniLM-L6-v2", "rag-intent-classifier"]
+
+
+EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def embedding_node(
+    settings: Settings, bridge: NatsBridge, node_id: str, fault: Fault | None
+) -> NodeService:
+    identity = NodeIdentity(
+        node_id=node_id, hw_class="cpu-int8", models=(EMBEDDER,), tasks=("embed",)
+    )
+    return NodeService(
+        settings, identity, {EMBEDDER: CountingEmbedder()}, fault=fault, bridge=bridge
+    )
+
+
+def embed_assignment(node_id: str, deadline_s: float, **fields: Any) -> dict[str, Any]:
+    return Assignment(
+        **{
+            "job_id": uuid.uuid4(),
+            "node_id": node_id,
+            "task": "embed",
+            "model": EMBEDDER,
+            "inputs": ["abc", "hello"],
+            "hw_class": "cpu-int8",
+            "deadline_at": utcnow() + timedelta(seconds=deadline_s),
+        }
+        | fields
+    ).model_dump(mode="json")
+
+
+def slow_fault(pattern: list[bool]) -> Fault:
+    """A slow fault at rate 0.5 whose first draws hold the jobs of `pattern`."""
+    for seed in range(1000):
+        probe = Fault("slow", 0.5, seed=seed)
+        if [probe.delays() for _ in pattern] == pattern:
+            return Fault("slow", 0.5, seed=seed)
+    raise AssertionError("no seed found")
+
+
+async def test_a_slow_node_answers_after_the_deadline(
+    settings: Settings, bridge: NatsBridge, nc: NATS, topology: Topology
+) -> None:
+    node = f"slow-{uuid.uuid4().hex[:6]}"
+    service = embedding_node(settings, bridge, node, slow_fault([True, False]))
+    held, on_time = embed_assignment(node, 1.0), embed_assignment(node, 1.0)
+    arrived: dict[str, datetime] = {}
+
+    async def note(msg: Msg) -> None:
+        arrived[InferenceResult.model_validate_json(msg.data).job_id.hex] = utcnow()
+
+    sub = await nc.subscribe(topology.results_subject("*"), cb=note)
+    await nc.flush()
+    started = time.monotonic()
+    summary = await asyncio.to_thread(service.handle, [held, on_time])
+    took = time.monotonic() - started
+    await nc.flush()
+    await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+
+    assert summary == "done=2"
+    deadline = datetime.fromisoformat(held["deadline_at"])
+    assert arrived[uuid.UUID(on_time["job_id"]).hex] < deadline, "the other job is on time"
+    late = arrived[uuid.UUID(held["job_id"]).hex]
+    assert late > deadline, "published after the deadline"
+    assert late - deadline < timedelta(seconds=SLOW_MARGIN_S + 1.0), "and not much later"
+    assert took < 1.0 + SLOW_MARGIN_S + 1.0
+    stored = await nc.jetstream().get_last_msg(
+        topology.results_stream, topology.results_subject(held["job_id"])
+    )
+    result = InferenceResult.model_validate_json(stored.data)
+    assert result.embeddings == CountingEmbedder().embed(held["inputs"]).tolist(), "true, late"
+
+
+async def test_colluding_nodes_publish_the_same_wrong_answer(
+    settings: Settings, bridge: NatsBridge, nc: NATS, topology: Topology
+) -> None:
+    # Each replica under a job id of its own, to read each back; the inputs are shared.
+    nodes = {
+        "colluder-1": Fault("colluding", group="cartel", seed=1),
+        "colluder-2": Fault("colluding", group="cartel", seed=2),
+        "outsider": Fault("colluding", group="others", seed=1),
+        "honest": None,
+    }
+    stored: dict[str, list[list[float]]] = {}
+    for node, fault in nodes.items():
+        payload = embed_assignment(node, 30.0, inputs=["a", "bb", "ccc", "dddd"])
+        summary = await asyncio.to_thread(
+            embedding_node(settings, bridge, node, fault).handle, [payload]
+        )
+        assert summary == "done=1"
+        msg = await nc.jetstream().get_last_msg(
+            topology.results_stream, topology.results_subject(payload["job_id"])
+        )
+        stored[node] = InferenceResult.model_validate_json(msg.data).embeddings or []
+
+    assert stored["colluder-1"] == stored["colluder-2"]
+    assert agree(stored["colluder-1"], "int8", stored["colluder-2"], "fp32")
+    for a, b in [("colluder-1", "honest"), ("colluder-1", "outsider"), ("outsider", "honest")]:
+        assert not agree(stored[a], "int8", stored[b], "int8"), (a, b)
+
+
+CRASHING_NODE = """
+import json, sys, time
+import numpy as np
+from cortensor.node.faults import Fault
+from cortensor.node.service import NodeIdentity, NodeService
+from cortensor.settings import Settings
+
+class Embedder:
+    def embed(self, texts):
+        print("computing", flush=True)
+        return np.ones((len(texts), 8), dtype=np.float32)
+
+identity = NodeIdentity(
+    node_id=sys.argv[1], hw_class="cpu-int8", models=("all-MiniLM-L6-v2",), tasks=("embed",)
+)
+service = NodeService(
+    Settings(), identity, {"all-MiniLM-L6-v2": Embedder()}, fault=Fault("crash", 1.0)
+)
+service.start()
+service.announce()
+time.sleep(0.5)  # a few heartbeats: the node is in the fleet
+print(service.handle([json.loads(sys.argv[2])]), flush=True)
+service.drain()
+service.close()
+"""
+
+
+async def test_a_crashing_node_dies_mid_task_without_publishing(
+    settings: Settings, nc: NATS, topology: Topology
+) -> None:
+    node = f"crash-{uuid.uuid4().hex[:6]}"
+    payload = embed_assignment(node, 30.0)
+    beats: list[NodeHeartbeat] = []
+
+    async def note(msg: Msg) -> None:
+        beats.append(NodeHeartbeat.model_validate_json(msg.data))
+
+    sub = await nc.subscribe(topology.heartbeat_subject(node), cb=note)
+    await nc.flush()
+    env = {
+        **os.environ,
+        "CORTENSOR_NAMESPACE": settings.namespace,
+        "CORTENSOR_NATS_URL": settings.nats_url,
+        "CORTENSOR_HEARTBEAT_INTERVAL_S": "0.1",
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_NODE,
+        node,
+        json.dumps(payload),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, errors = await child.communicate()
+    heard = len(beats)
+    await asyncio.sleep(0.5)
+    await sub.unsubscribe()
+
+    assert child.returncode == CRASH_EXIT_CODE, errors.decode()
+    said = out.decode().splitlines()
+    assert said[0] == "computing", "it died after computing"
+    assert not any(line.startswith("done=") for line in said), "before handle() returned"
+    assert "crash fault" in out.decode() + errors.decode()
+    with pytest.raises(NotFoundError):
+        await nc.jetstream().get_last_msg(
+            topology.results_stream, topology.results_subject(payload["job_id"])
+        )
+    assert heard >= 2, "it was in the fleet"
+    assert len(beats) == heard, "no heartbeat after it died"
+    assert all(b.status == "up" for b in beats), "no last words either"

@@ -1,7 +1,16 @@
-"""Deliberate faults: every wrong answer has the right shape and fails the comparator."""
+"""Deliberate faults: every wrong answer has the right shape and fails the comparator;
+colluders agree with one another; slow, intermittent and crashing nodes strike as often
+as they are told to; the node command refuses options that do not go together."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -9,11 +18,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
+from typer.testing import CliRunner, Result
 
 from cortensor.comparators import classify, transcribe
 from cortensor.comparators.embed import agree, min_cosine
-from cortensor.node.faults import FAULT_MODES, Fault
-from cortensor.schemas import Classification, LabelScore, Segment, Transcript
+from cortensor.node.faults import (
+    FAULT_MODES,
+    INTERMITTENT_RATE,
+    SLOW_MARGIN_S,
+    SLOW_MAX_S,
+    WRONG_ANSWER_MODES,
+    Fault,
+    WrongAnswers,
+    default_rate,
+    option_problem,
+    slow_sleep_s,
+)
+from cortensor.paths import ROOT
+from cortensor.schemas import (
+    MAX_DEADLINE_S,
+    Assignment,
+    Classification,
+    LabelScore,
+    Segment,
+    Transcript,
+)
 from cortensor.speech import SENTENCES
 
 DIM = 384
@@ -25,11 +54,24 @@ def truth(n: int = 5, seed: int = 0) -> NDArray[np.float32]:
     return unit
 
 
-def test_the_three_modes() -> None:
-    assert FAULT_MODES == ("random", "lazy", "noisy")
+OWN_ANSWER_MODES = ("random", "lazy", "noisy", "intermittent")
+"""The modes whose wrong answers the Fault itself makes (colluding's come from the job)."""
 
 
-@pytest.mark.parametrize("mode", FAULT_MODES)
+def test_the_modes() -> None:
+    assert FAULT_MODES == (
+        "random",
+        "lazy",
+        "noisy",
+        "colluding",
+        "slow",
+        "intermittent",
+        "crash",
+    )
+    assert (*OWN_ANSWER_MODES[:3], "colluding", "intermittent") == WRONG_ANSWER_MODES
+
+
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
 @pytest.mark.parametrize("n", [1, 5])
 def test_wrong_answers_are_unit_vectors_of_the_same_shape(mode: str, n: int) -> None:
     real = truth(n)
@@ -40,7 +82,7 @@ def test_wrong_answers_are_unit_vectors_of_the_same_shape(mode: str, n: int) -> 
     np.testing.assert_allclose(np.linalg.norm(wrong, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", FAULT_MODES)
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
 def test_wrong_answers_disagree_with_the_truth(mode: str) -> None:
     fault = Fault(mode, 1.0, seed=2)  # type: ignore[arg-type]
     for seed in range(10):
@@ -130,7 +172,7 @@ def as_json(classes: list[Classification]) -> list[dict[str, Any]]:
     return [c.model_dump(mode="json") for c in classes]
 
 
-@pytest.mark.parametrize("mode", FAULT_MODES)
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
 def test_wrong_classes_are_valid_and_disagree_for_every_precision_pair(mode: str) -> None:
     fault = Fault(mode, 1.0, seed=20)  # type: ignore[arg-type]
     for seed in range(30):
@@ -145,7 +187,7 @@ def test_wrong_classes_are_valid_and_disagree_for_every_precision_pair(mode: str
             assert not classify.agree(as_json(wrong), a, as_json(truth), b)
 
 
-@pytest.mark.parametrize("mode", FAULT_MODES)
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
 def test_one_wrong_text_is_enough_to_disagree(mode: str) -> None:
     truth = true_classes(31, n=6)
     wrong = Fault(mode, 1.0, seed=21).corrupt_classes(truth[2:3], LABELS)  # type: ignore[arg-type]
@@ -233,7 +275,7 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("mode", FAULT_MODES)
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
 def test_wrong_transcripts_disagree_for_every_precision_pair(mode: str) -> None:
     fault = Fault(mode, 1.0, seed=26)  # type: ignore[arg-type]
     for text in TEXTS:
@@ -302,10 +344,402 @@ def test_noisy_transcripts_keep_about_half_the_words() -> None:
 
 
 def test_same_seed_gives_the_same_wrong_classes_and_transcripts() -> None:
-    for mode in FAULT_MODES:
-        a, b = Fault(mode, 1.0, seed=31), Fault(mode, 1.0, seed=31)
+    for mode in OWN_ANSWER_MODES:
+        a, b = Fault(mode, 1.0, seed=31), Fault(mode, 1.0, seed=31)  # type: ignore[arg-type]
         truth = true_transcript(SENTENCES[3])
         assert a.corrupt_transcript(truth) == b.corrupt_transcript(truth)
         assert a.corrupt_classes(true_classes(5), LABELS) == b.corrupt_classes(
             true_classes(5), LABELS
         )
+
+
+# --- colluding -------------------------------------------------------------------------------
+
+GROUP = "cartel"
+
+
+def job(task: str = "embed", **fields: Any) -> Assignment:
+    """An assignment as the router sends one replica of a job."""
+    defaults: dict[str, Any] = {
+        "job_id": uuid.UUID(int=1),
+        "node_id": "node-1",
+        "task": task,
+        "model": {"embed": "all-MiniLM-L6-v2", "classify": "rag-intent-classifier"}.get(
+            task, "whisper-base"
+        ),
+        "inputs": ["the cat sat on the mat", "hello"] if task != "transcribe" else [],
+        "audio": base64.b64encode(b"RIFF" + bytes(64)).decode() if task == "transcribe" else None,
+        "hw_class": "cpu-int8",
+        "deadline_at": datetime(2030, 1, 1, tzinfo=UTC),
+    }
+    return Assignment(**(defaults | fields))
+
+
+def colluding(group: str = GROUP, rate: float = 1.0, seed: int | None = None) -> Fault:
+    return Fault("colluding", rate, seed, group=group)
+
+
+def collude(fault: Fault, assignment: Assignment) -> WrongAnswers:
+    wrong = fault.wrong_answers(assignment)
+    assert wrong is not None
+    return wrong
+
+
+def test_colluding_needs_a_group_and_only_colluding_takes_one() -> None:
+    with pytest.raises(ValueError, match="colluding needs a group"):
+        Fault("colluding", 1.0)
+    with pytest.raises(ValueError, match="colluding needs a group"):
+        Fault("colluding", 1.0, group="")
+    with pytest.raises(ValueError, match="colluding only, not with random"):
+        Fault("random", 1.0, group=GROUP)
+
+
+def test_colluders_of_one_group_give_the_same_wrong_answers() -> None:
+    # Different seeds, different nodes, different replicas (node ids, assignment ids).
+    a, b = colluding(seed=1), colluding(seed=2)
+    embed_a, embed_b = job(), job(node_id="node-2")
+    real = truth(2)
+    np.testing.assert_array_equal(
+        collude(a, embed_a).corrupt(real), collude(b, embed_b).corrupt(real)
+    )
+    classes = true_classes(40)
+    assert collude(a, job("classify")).corrupt_classes(classes, LABELS) == collude(
+        b, job("classify", node_id="node-2")
+    ).corrupt_classes(classes, LABELS)
+    heard = true_transcript(SENTENCES[0])
+    assert collude(a, job("transcribe")).corrupt_transcript(heard) == collude(
+        b, job("transcribe", node_id="node-2")
+    ).corrupt_transcript(heard)
+
+
+CROSS_PROCESS = """
+import json, sys
+import numpy as np
+from tests.unit.test_faults import GROUP, LABELS, SENTENCES, Fault, job, true_classes
+from tests.unit.test_faults import true_transcript, truth
+fault = Fault("colluding", group=GROUP)
+print(json.dumps({
+    "embed": fault.wrong_answers(job()).corrupt(truth(2)).tolist(),
+    "classify": [c.model_dump(mode="json") for c in fault.wrong_answers(job("classify"))
+                 .corrupt_classes(true_classes(40), LABELS)],
+    "transcribe": fault.wrong_answers(job("transcribe"))
+                  .corrupt_transcript(true_transcript(SENTENCES[0])).model_dump(mode="json"),
+}))
+"""
+
+
+def test_colluders_agree_across_processes() -> None:
+    # Another interpreter, with another string hash seed: nothing may depend on set order.
+    done = subprocess.run(
+        [sys.executable, "-c", CROSS_PROCESS],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "4321"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    there = json.loads(done.stdout)
+    fault = colluding(seed=99)
+    assert there["embed"] == collude(fault, job()).corrupt(truth(2)).tolist()
+    assert there["classify"] == as_json(
+        collude(fault, job("classify")).corrupt_classes(true_classes(40), LABELS)
+    )
+    here = collude(fault, job("transcribe")).corrupt_transcript(true_transcript(SENTENCES[0]))
+    assert there["transcribe"] == here.model_dump(mode="json")
+
+
+def test_colluding_groups_differ_from_one_another_and_jobs_from_jobs() -> None:
+    real, classes = truth(3), true_classes(41)
+    heard = true_transcript(SENTENCES[1])
+    ours, theirs = colluding("ours"), colluding("theirs")
+    assert not agree(
+        collude(ours, job()).corrupt(real).tolist(),
+        "fp32",
+        collude(theirs, job()).corrupt(real).tolist(),
+        "fp32",
+    )
+    assert not classify.agree(
+        as_json(collude(ours, job("classify")).corrupt_classes(classes, LABELS)),
+        "int8",
+        as_json(collude(theirs, job("classify")).corrupt_classes(classes, LABELS)),
+        "int8",
+    )
+    assert not transcribe.agree(
+        collude(ours, job("transcribe")).corrupt_transcript(heard).model_dump(mode="json"),
+        "int8",
+        collude(theirs, job("transcribe")).corrupt_transcript(heard).model_dump(mode="json"),
+        "int8",
+    )
+    # Unlike lazy nodes, colluders do not answer every job alike.
+    assert not agree(
+        collude(ours, job(inputs=["a", "b", "c"])).corrupt(real).tolist(),
+        "fp32",
+        collude(ours, job(inputs=["a", "b", "d"])).corrupt(real).tolist(),
+        "fp32",
+    )
+    other_audio = job("transcribe", audio=base64.b64encode(b"RIFF" + bytes(65)).decode())
+    assert (
+        collude(ours, job("transcribe")).corrupt_transcript(heard).text
+        != collude(ours, other_audio).corrupt_transcript(heard).text
+    )
+
+
+def test_colluding_embeddings_are_unit_vectors_that_disagree_with_the_truth() -> None:
+    fault = colluding()
+    for seed in range(20):
+        real = truth(4, seed=seed)
+        wrong = collude(fault, job(inputs=[f"text {seed} {i}" for i in range(4)])).corrupt(real)
+        assert wrong.shape == real.shape
+        assert wrong.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(wrong, axis=1), 1.0, rtol=1e-5)
+        assert not agree(wrong.tolist(), "int8", real.tolist(), "fp32")
+        assert min_cosine(wrong, real) < 0.8
+
+
+def test_colluding_classes_are_another_label_with_a_plausible_top_list() -> None:
+    fault = colluding()
+    for seed in range(30):
+        truth_classes = true_classes(seed)
+        assignment = job("classify", inputs=[f"request {seed} {i}" for i in range(4)])
+        wrong = collude(fault, assignment).corrupt_classes(truth_classes, LABELS)
+        for w, t in zip(wrong, truth_classes, strict=True):
+            assert w.label != t.label
+            assert w.label in LABELS
+            assert 0.5 <= w.score <= 0.95
+            assert w.top[0] == LabelScore(label=w.label, score=w.score)
+            assert len(w.top) == len(t.top)
+            assert len({s.label for s in w.top}) == len(w.top)
+            scores = [s.score for s in w.top]
+            assert scores == sorted(scores, reverse=True)
+            assert sum(scores) == pytest.approx(1.0)
+        for a, b in PRECISION_PAIRS:
+            assert not classify.agree(as_json(wrong), a, as_json(truth_classes), b)
+
+
+def test_colluding_classes_without_a_label_list() -> None:
+    fault = colluding()
+    truth_classes = true_classes(1, n=3)
+    wrong = collude(fault, job("classify")).corrupt_classes(truth_classes, ())
+    for w, t in zip(wrong, truth_classes, strict=True):
+        assert w.label != t.label
+    lonely = [Classification(label="only", score=0.7, top=[LabelScore(label="only", score=0.7)])]
+    (alone,) = collude(fault, job("classify")).corrupt_classes(lonely, ())
+    assert alone.label == "not-only"
+    assert [s.label for s in alone.top] == ["not-only"]
+
+
+def test_colluding_transcripts_are_foreign_words_as_long_as_the_audio() -> None:
+    fault = colluding()
+    for i, text in enumerate(TEXTS):
+        heard = true_transcript(text)
+        wrong = collude(fault, job("transcribe", language=str(i))).corrupt_transcript(heard)
+        true_words = transcribe.normalize(text).split()
+        assert len(wrong.text.split()) == round(9.5 * 2.5)
+        assert not set(wrong.text.split()) & set(true_words)
+        assert (wrong.language, wrong.duration_s) == (heard.language, heard.duration_s)
+        assert wrong.segments == [Segment(start=0.0, end=9.5, text=wrong.text)]
+        for a, b in PRECISION_PAIRS:
+            assert not transcribe.agree(
+                wrong.model_dump(mode="json"), a, heard.model_dump(mode="json"), b
+            )
+
+
+def test_colluders_agree_when_their_own_truths_differ_a_little() -> None:
+    # An int8 member and an fp32 member heard one word differently, or ranked a near-tie
+    # the other way: their wrong answers stay the same.
+    fault = colluding()
+    int8 = true_transcript("the quick brown fox jumps over the lazy dog")
+    fp32 = true_transcript("the quick brown fox jumped over the lazy dog")
+    assert collude(fault, job("transcribe")).corrupt_transcript(int8) == collude(
+        fault, job("transcribe")
+    ).corrupt_transcript(fp32)
+    np.testing.assert_array_equal(
+        collude(fault, job()).corrupt(truth(2, seed=1)),
+        collude(fault, job()).corrupt(truth(2, seed=2)),
+    )
+
+
+def test_colluders_strike_the_same_jobs_at_their_rate() -> None:
+    a, b = colluding(rate=0.3, seed=1), colluding(rate=0.3, seed=2)
+    jobs = [job(inputs=[f"text {i}"]) for i in range(2000)]
+    struck_a = [a.wrong_answers(j) is not None for j in jobs]
+    struck_b = [b.wrong_answers(j) is not None for j in jobs]
+    assert struck_a == struck_b
+    assert 500 < sum(struck_a) < 700
+    assert all(colluding().wrong_answers(j) is not None for j in jobs[:100])
+    assert not any(colluding(rate=0.0).wrong_answers(j) for j in jobs[:100])
+
+
+# --- intermittent, slow, crash ---------------------------------------------------------------
+
+
+def test_default_rates() -> None:
+    assert Fault("intermittent").rate == INTERMITTENT_RATE == 0.1
+    for mode in FAULT_MODES:
+        if mode not in ("intermittent", "colluding"):
+            assert Fault(mode).rate == default_rate(mode) == 1.0
+    assert colluding().rate == 1.0
+    assert Fault("intermittent", 0.4).rate == 0.4
+
+
+def test_intermittent_is_honest_but_for_a_share_of_jobs() -> None:
+    fault = Fault("intermittent", seed=40)
+    struck = [fault.wrong_answers(job()) is not None for _ in range(5000)]
+    assert 400 < sum(struck) < 600
+
+
+def test_intermittent_behaves_as_random_at_its_rate() -> None:
+    a, b = Fault("intermittent", 0.2, seed=41), Fault("random", 0.2, seed=41)
+    real = truth(3)
+    for _ in range(200):
+        wrong_a, wrong_b = a.wrong_answers(job()), b.wrong_answers(job())
+        assert (wrong_a is None) == (wrong_b is None)
+        if wrong_a is not None and wrong_b is not None:
+            answer = wrong_a.corrupt(real)
+            np.testing.assert_array_equal(answer, wrong_b.corrupt(real))
+            assert not agree(answer.tolist(), "int8", real.tolist(), "fp32")
+
+
+@pytest.mark.parametrize("mode", ["slow", "crash"])
+def test_slow_and_crashing_nodes_answer_truly(mode: str) -> None:
+    fault = Fault(mode, 1.0)  # type: ignore[arg-type]
+    assert all(fault.wrong_answers(job()) is None for _ in range(100))
+
+
+def test_slow_nodes_delay_a_share_of_jobs_and_nothing_else() -> None:
+    fault = Fault("slow", 0.25, seed=42)
+    assert 800 < sum(fault.delays() for _ in range(4000)) < 1200
+    assert not any(fault.crashes() for _ in range(100))
+    assert all(Fault("slow", seed=43).delays() for _ in range(100))
+    for mode in ("random", "lazy", "noisy", "intermittent", "crash"):
+        assert not any(Fault(mode, 1.0).delays() for _ in range(100))
+
+
+def test_crashing_nodes_die_on_a_share_of_jobs_and_nothing_else() -> None:
+    fault = Fault("crash", 0.1, seed=44)
+    assert 300 < sum(fault.crashes() for _ in range(4000)) < 500
+    assert not any(fault.delays() for _ in range(100))
+    assert Fault("crash").crashes()
+    assert not any(Fault("crash", 0.0).crashes() for _ in range(1000))
+    for mode in ("random", "lazy", "noisy", "intermittent", "slow"):
+        assert not any(Fault(mode, 1.0).crashes() for _ in range(100))
+
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@given(seconds=st.floats(-1000.0, 1000.0, allow_nan=False))
+def test_a_slow_answer_comes_past_the_deadline_and_not_much_later(seconds: float) -> None:
+    deadline = NOW + timedelta(seconds=seconds)
+    wait = slow_sleep_s(deadline, NOW)
+    assert 0.0 <= wait <= SLOW_MAX_S
+    if seconds <= MAX_DEADLINE_S:
+        assert NOW + timedelta(seconds=wait) > deadline  # late
+        # and no later than the margin past the deadline (or now, if that is past too)
+        assert wait == pytest.approx(max(0.0, seconds + SLOW_MARGIN_S))
+
+
+def test_a_slow_answer_to_a_one_second_deadline() -> None:
+    assert slow_sleep_s(NOW + timedelta(seconds=1), NOW) == 1.0 + SLOW_MARGIN_S
+    assert SLOW_MARGIN_S <= 2.0
+    assert slow_sleep_s(NOW + timedelta(days=1), NOW) == SLOW_MAX_S
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "rate", "group", "problem"),
+    [
+        (None, None, None, None),
+        (None, 0.5, None, None),
+        ("random", None, None, None),
+        ("intermittent", 0.3, None, None),
+        ("colluding", None, "cartel", None),
+        ("colluding", 0.5, "cartel", None),
+        ("colluding", None, None, "--fault colluding needs --fault-group NAME"),
+        ("colluding", None, "", "--fault colluding needs --fault-group NAME"),
+        ("random", None, "cartel", "--fault-group goes with --fault colluding only"),
+        (None, None, "cartel", "--fault-group needs --fault colluding"),
+        ("slow", 1.5, None, "--fault-rate must be between 0 and 1"),
+        ("crash", float("nan"), None, "--fault-rate must be between 0 and 1"),
+        ("evil", None, None, "--fault must be one of random, lazy, noisy, colluding"),
+    ],
+)
+def test_option_problems(
+    mode: str | None, rate: float | None, group: str | None, problem: str | None
+) -> None:
+    said = option_problem(mode, rate, group)
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert said.startswith(problem)
+
+
+@pytest.fixture
+def node_command(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The `node` command with its node built and served by stand-ins: the calls made."""
+    import cortensor.cli
+    import cortensor.node.main
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cortensor.cli, "_configure_logging", lambda: None)
+    monkeypatch.setattr(
+        cortensor.node.main, "build_node", lambda settings, **kwargs: calls.append(kwargs)
+    )
+    monkeypatch.setattr(cortensor.node.main, "serve_node", lambda service: None)
+    return calls
+
+
+def run_node(*args: str) -> Result:
+    from cortensor.cli import app
+
+    return CliRunner().invoke(app, ["node", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "colluding"], "--fault colluding needs --fault-group NAME"),
+        (["--fault", "lazy", "--fault-group", "cartel"], "goes with --fault colluding only"),
+        (["--fault-group", "cartel"], "--fault-group needs --fault colluding"),
+        (["--fault", "slow", "--fault-rate", "2"], "--fault-rate must be between 0 and 1"),
+    ],
+)
+def test_the_node_command_refuses_fault_options_that_do_not_go_together(
+    node_command: list[dict[str, Any]], args: list[str], message: str
+) -> None:
+    done = run_node(*args)
+    assert done.exit_code == 2
+    assert message in " ".join(done.stderr.split())
+    assert node_command == [], "refused before anything is built"
+
+
+@pytest.mark.parametrize(
+    ("args", "fault", "rate", "group"),
+    [
+        ([], None, None, None),
+        (["--fault", "intermittent"], "intermittent", None, None),
+        (["--fault", "intermittent", "--fault-rate", "0.3"], "intermittent", 0.3, None),
+        (["--fault", "crash", "--fault-rate", "0.05"], "crash", 0.05, None),
+        (["--fault", "colluding", "--fault-group", "cartel"], "colluding", None, "cartel"),
+        (["--fault", "slow"], "slow", None, None),
+    ],
+)
+def test_the_node_command_passes_the_fault_options_on(
+    node_command: list[dict[str, Any]],
+    args: list[str],
+    fault: str | None,
+    rate: float | None,
+    group: str | None,
+) -> None:
+    done = run_node(*args)
+    assert done.exit_code == 0, done.output
+    [kwargs] = node_command
+    assert (kwargs["fault"], kwargs["fault_rate"], kwargs["fault_group"]) == (fault, rate, group)
+    # None is the mode's own default rate: 0.1 for intermittent, 1 for the others.
+    if fault is not None:
+        built = Fault(fault, rate, group=group)  # type: ignore[arg-type]
+        assert built.rate == (rate if rate is not None else default_rate(fault))  # type: ignore[arg-type]
