@@ -130,17 +130,21 @@ async def test_bad_input_is_rejected_or_dead_lettered_and_good_jobs_still_pass(
 
 
 async def _settled(settings: Settings) -> Any:
-    """Ledger counts once every assignment has its reputation event (verdicts go out on
-    a majority; the last replicas land, and are scored, a moment later)."""
+    """Ledger counts of real jobs (known-answer probes left out) once every assignment
+    has its reputation event (verdicts go out on a majority; the last replicas land,
+    and are scored, a moment later)."""
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
         for _ in range(100):
             counts = await conn.fetchrow(
                 """
-                SELECT (SELECT count(*) FROM verdicts) AS verdicts,
-                       (SELECT count(*) FROM assignments) AS assignments,
-                       (SELECT count(*) FROM reputation_events) AS events,
-                       (SELECT count(*) FROM results) AS results
+                SELECT (SELECT count(*) FROM verdicts JOIN jobs USING (job_id)
+                        WHERE NOT probe) AS verdicts,
+                       (SELECT count(*) FROM assignments JOIN jobs USING (job_id)
+                        WHERE NOT probe) AS assignments,
+                       (SELECT count(*) FROM reputation_events WHERE NOT probe) AS events,
+                       (SELECT count(*) FROM results JOIN jobs USING (job_id)
+                        WHERE NOT probe) AS results
                 """
             )
             if counts["events"] == counts["assignments"]:

@@ -1,0 +1,153 @@
+"""Trust on a real fleet: four honest nodes, two dishonest ones of different modes, and
+100 jobs at redundancy auto. No wrong result may be verified, both dishonest nodes must
+end in quarantine, and the replicas spent per job are reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from cortensor.client import Client
+from cortensor.fleet import Fleet
+from cortensor.ledger import migrate
+from cortensor.models.manifest import load_manifest
+from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.runtimes.embedding import EmbeddingRuntime
+from cortensor.schemas import JobRequest, Verdict
+from cortensor.settings import Settings
+from tests.conftest import make_settings
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.nats,
+    pytest.mark.postgres,
+    pytest.mark.models,
+]
+
+NOISY, SLOW = "dishonest-noisy", "dishonest-slow"
+
+
+@pytest.fixture(scope="module")
+def trust_fleet(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Fleet]]:
+    settings = make_settings(models_dir)
+    migrate.upgrade(settings)
+    asyncio.run(setup_brokers(settings))
+    fleet = Fleet(
+        settings,
+        nodes=4,
+        extra_nodes=[
+            ["--fault", "noisy", "--node-id", NOISY],
+            ["--fault", "slow", "--node-id", SLOW],
+        ],
+        log_dir=tmp_path_factory.mktemp("trust-fleet-logs"),
+        # A slow node misses its deadline by 2 s: keep deadlines short.
+        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "3"},
+    )
+    nodes: list[str] = []
+    try:
+        fleet.start()
+        nodes = fleet.wait_ready(admitted=4)
+        yield settings, fleet
+    finally:
+        fleet.stop()
+        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in nodes]))
+        migrate.drop_database(settings)
+
+
+def _cortensor(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CORTENSOR_NAMESPACE": settings.namespace,
+        "CORTENSOR_DATABASE_URL": settings.database_url,
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cortensor"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def _spend(settings: Settings) -> tuple[int, int, int]:
+    """(verified real jobs, their assignments, those that ran on one node)."""
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        row = await conn.fetchrow(
+            """
+            SELECT count(DISTINCT j.job_id) AS jobs, count(a.assignment_id) AS replicas,
+                   count(DISTINCT j.job_id) FILTER (WHERE j.redundancy = 1) AS solo
+            FROM jobs j JOIN assignments a USING (job_id)
+            WHERE NOT j.probe AND j.status = 'verified'
+            """
+        )
+    finally:
+        await conn.close()
+    return row["jobs"], row["replicas"], row["solo"]
+
+
+def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
+    trust_fleet: tuple[Settings, Fleet],
+) -> None:
+    settings, _ = trust_fleet
+    texts = [
+        f"Job {i}: the network checks what its nodes say, {i % 7} times over." for i in range(100)
+    ]
+    jobs = [JobRequest(inputs=[t], deadline_s=120) for t in texts]
+    assert {job.redundancy for job in jobs} == {"auto"}
+
+    async def run_all() -> list[Verdict]:
+        async with Client(settings) as client:
+            gate = asyncio.Semaphore(8)
+
+            async def one(job: JobRequest) -> Verdict:
+                async with gate:
+                    return await client.run(job, timeout_s=150)
+
+            return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+    verdicts = asyncio.run(run_all())
+    reference = EmbeddingRuntime.from_manifest(
+        settings.models_dir,
+        load_manifest(settings.models_dir).variant_for("all-MiniLM-L6-v2", "cpu-fp32"),
+    )
+    expected = reference.embed(texts)
+    wrong = []
+    for i, verdict in enumerate(verdicts):
+        assert verdict.status == "verified", verdict.reason
+        assert not {NOISY, SLOW} & set(verdict.agreeing)
+        got = np.asarray(verdict.embeddings, dtype=np.float32)
+        if float(np.sum(got[0] * expected[i])) < 0.95:
+            wrong.append(i)
+    assert wrong == []
+
+    jobs_done, replicas, solo = asyncio.run(_spend(settings))
+    assert jobs_done == len(jobs)
+    mean = replicas / jobs_done
+    print(f"\nmean replicas per job at redundancy auto: {mean:.2f} ({solo} of {jobs_done} alone)")
+    assert 1.0 <= mean <= 3.5
+
+    board = _cortensor(settings, "report", "leaderboard", "--json")
+    assert board.returncode == 0, board.stderr
+    trust = {row["node_id"]: row["trust"] for row in json.loads(board.stdout)}
+    assert trust[NOISY] == "quarantined"
+    assert trust[SLOW] == "quarantined"
+    assert sorted(t for n, t in trust.items() if n not in (NOISY, SLOW)) == ["active"] * 4
+
+    audit = _cortensor(settings, "reputation", "check")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "every stored standing follows from the events" in audit.stdout
