@@ -270,7 +270,19 @@ def _print_verdict(verdict: Verdict, as_json: bool) -> None:
         out.print(f"  {t.text}", markup=False)
 
 
-Redundancy = Annotated[int, typer.Option(help="Replicas on distinct nodes.")]
+Redundancy = Annotated[
+    str,
+    typer.Option(
+        help="auto (the network replicates unless the node has a long record of valid"
+        " results), or replicas on distinct nodes, 1 to 7."
+    ),
+]
+
+
+def _redundancy(value: str) -> int | str:
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
 HwOption = Annotated[str, typer.Option(help="A class, a precision or any.")]
 Wait = Annotated[bool, typer.Option(help="Wait for the verdict.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -320,7 +332,7 @@ def _submit(fields: dict[str, Any], *, wait: bool, as_json: bool, progress: bool
 @submit_app.command("embed")
 def submit_embed(
     texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
-    redundancy: Redundancy = 3,
+    redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
     deadline: Annotated[
         float, typer.Option(help="Seconds until the job fails.")
@@ -329,7 +341,7 @@ def submit_embed(
     as_json: AsJson = False,
 ) -> None:
     """Submit an embedding job (many texts are split across nodes)."""
-    fields = {"task": "embed", "inputs": texts, "redundancy": redundancy}
+    fields = {"task": "embed", "inputs": texts, "redundancy": _redundancy(redundancy)}
     _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
 
 
@@ -337,7 +349,7 @@ def submit_embed(
 def submit_classify(
     texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
     top_k: Annotated[int, typer.Option(help="Labels returned per text, best first.")] = 5,
-    redundancy: Redundancy = 3,
+    redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
     deadline: Annotated[
         float, typer.Option(help="Seconds until the job fails.")
@@ -346,7 +358,12 @@ def submit_classify(
     as_json: AsJson = False,
 ) -> None:
     """Submit an intent-classification job: each text's label and top-k scores."""
-    fields = {"task": "classify", "inputs": texts, "top_k": top_k, "redundancy": redundancy}
+    fields = {
+        "task": "classify",
+        "inputs": texts,
+        "top_k": top_k,
+        "redundancy": _redundancy(redundancy),
+    }
     _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
 
 
@@ -357,7 +374,7 @@ def submit_transcribe(
         str | None, typer.Option(help="Spoken language (ISO code); default: detect.")
     ] = None,
     model: Annotated[str, typer.Option(help="whisper-base or whisper-tiny.en.")] = "",
-    redundancy: Redundancy = 3,
+    redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
     deadline: Annotated[float, typer.Option(help="Seconds until the job fails.")] = 300.0,
     wait: Wait = False,
@@ -374,7 +391,7 @@ def submit_transcribe(
         "audio": base64.b64encode(data).decode("ascii"),
         "language": language,
         "model": model,
-        "redundancy": redundancy,
+        "redundancy": _redundancy(redundancy),
     }
     _submit(
         {**fields, "hw_class": hw_class, "deadline_s": deadline},
