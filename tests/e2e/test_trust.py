@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def trust_fleet(
             ["--fault", "slow", "--node-id", SLOW],
         ],
         log_dir=tmp_path_factory.mktemp("trust-fleet-logs"),
-        # A slow node misses its deadline by 2 s: keep deadlines short.
-        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "3"},
+        # A slow node answers 2 s after its deadline, whatever the deadline; six nodes
+        # share two cores here, so an honest node needs some seconds under load.
+        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "8"},
     )
     nodes: list[str] = []
     try:
@@ -112,7 +114,7 @@ def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
 
     async def run_all() -> list[Verdict]:
         async with Client(settings) as client:
-            gate = asyncio.Semaphore(8)
+            gate = asyncio.Semaphore(4)
 
             async def one(job: JobRequest) -> Verdict:
                 async with gate:
@@ -141,9 +143,16 @@ def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
     print(f"\nmean replicas per job at redundancy auto: {mean:.2f} ({solo} of {jobs_done} alone)")
     assert 1.0 <= mean <= 3.5
 
-    board = _cortensor(settings, "report", "leaderboard", "--json")
-    assert board.returncode == 0, board.stderr
-    trust = {row["node_id"]: row["trust"] for row in json.loads(board.stdout)}
+    # A slow node is caught when its first probe's deadline passes: wait for that.
+    for _ in range(60):
+        board = _cortensor(settings, "report", "leaderboard", "--json")
+        assert board.returncode == 0, board.stderr
+        rows = {row["node_id"]: row for row in json.loads(board.stdout)}
+        if rows[SLOW]["trust"] != "probation":
+            break
+        time.sleep(1.0)
+    print({n: (r["trust"], r["agreed"], r["disagreed"], r["timed_out"]) for n, r in rows.items()})
+    trust = {node: row["trust"] for node, row in rows.items()}
     assert trust[NOISY] == "quarantined"
     assert trust[SLOW] == "quarantined"
     assert sorted(t for n, t in trust.items() if n not in (NOISY, SLOW)) == ["active"] * 4
