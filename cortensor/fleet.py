@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, LiteralString, Self
 
 import psycopg
 
@@ -90,23 +90,23 @@ class Fleet:
         for i, args in enumerate(self.extra_nodes, start=1):
             self._spawn(f"extra-node-{i}", [str(bin_dir / "cortensor"), "node", *args])
 
+    def _node_ids(self, query: LiteralString) -> list[str]:
+        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
+            return [r[0] for r in conn.execute(query).fetchall()]
+
     def live_nodes(self) -> list[str]:
         """Nodes the router has recorded as up in the last few seconds."""
-        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
-            rows = conn.execute(
-                "SELECT node_id FROM nodes WHERE status = 'up'"
-                " AND last_seen > now() - interval '5 seconds' ORDER BY node_id"
-            ).fetchall()
-        return [r[0] for r in rows]
+        return self._node_ids(
+            "SELECT node_id FROM nodes WHERE status = 'up'"
+            " AND last_seen > now() - interval '5 seconds' ORDER BY node_id"
+        )
 
     def active_nodes(self) -> list[str]:
         """Nodes admitted to real jobs (they passed their known-answer probes)."""
-        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
-            rows = conn.execute(
-                "SELECT node_id FROM node_standing WHERE model = '' AND trust = 'active'"
-                " ORDER BY node_id"
-            ).fetchall()
-        return [r[0] for r in rows]
+        return self._node_ids(
+            "SELECT node_id FROM node_standing WHERE model = '' AND trust = 'active'"
+            " ORDER BY node_id"
+        )
 
     def wait_ready(self, timeout_s: float = 120.0, *, admitted: int | None = None) -> list[str]:
         """Wait until every node has announced itself to the router and `admitted` of

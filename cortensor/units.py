@@ -49,6 +49,20 @@ class NewJob:
     assignments: Sequence[Assignment] = ()
 
 
+def assignment_for(job: OpenJob, node_id: str, hw_class: str, deadline_at: datetime) -> Assignment:
+    """One replica of `job` for one node."""
+    return Assignment(
+        job_id=job.job_id,
+        node_id=node_id,
+        task=job.task,
+        model=job.model,
+        hw_class=hw_class,
+        deadline_at=deadline_at,
+        attempt=job.attempt,
+        **task_fields(job.inputs, job.params, job.audio),
+    )
+
+
 def job_params(job: JobRequest) -> dict[str, Any]:
     """The task options of a job, as kept in the ledger's `params`."""
     params: dict[str, Any] = {}

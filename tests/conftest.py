@@ -8,6 +8,9 @@ its tests and removed after them. A service that is down fails the test; nothing
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,27 @@ def models_dir() -> Path:
     directory = Settings().models_dir
     prepare_models(directory, log=lambda _: None)
     return directory
+
+
+def run_cortensor(
+    settings: Settings, *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """The `cortensor` command of this virtualenv, run against `settings`' namespace and
+    ledger, as a user would run it."""
+    env = {
+        **os.environ,
+        "CORTENSOR_NAMESPACE": settings.namespace,
+        "CORTENSOR_DATABASE_URL": settings.database_url,
+        "CORTENSOR_MODELS_DIR": str(settings.models_dir),
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cortensor"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def make_settings(models_dir: Path | None = None, **overrides: object) -> Settings:

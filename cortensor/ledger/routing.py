@@ -323,15 +323,7 @@ class RouterLedger(Ledger):
             )
             if not short:
                 return []
-            missing = {r["job_id"]: r["missing"] for r in short}
-            jobs = await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(missing))
-            made: list[Assignment] = []
-            for job in jobs:
-                outcome = plan(job, missing[job.job_id])
-                if not isinstance(outcome, str):
-                    await _insert_assignments(conn, outcome)
-                    made.extend(outcome)
-        return made
+            return await self._replan(conn, {r["job_id"]: r["missing"] for r in short}, plan)
 
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
         """Time out assignments past their deadline and give each a replacement node.
@@ -357,11 +349,16 @@ class RouterLedger(Ledger):
             lost: dict[UUID, int] = {}
             for r in expired:
                 lost[r["job_id"]] = lost.get(r["job_id"], 0) + 1
-            jobs = await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(lost))
-            made: list[Assignment] = []
-            for job in jobs:
-                outcome = plan(job, lost[job.job_id])
-                if not isinstance(outcome, str):
-                    await _insert_assignments(conn, outcome)
-                    made.extend(outcome)
+            return await self._replan(conn, lost, plan)
+
+    async def _replan(
+        self, conn: Connection, needed: dict[UUID, int], plan: PlanReplicas
+    ) -> list[Assignment]:
+        """Plan and record `needed[job]` more replicas of each of these jobs."""
+        made: list[Assignment] = []
+        for job in await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(needed)):
+            outcome = plan(job, needed[job.job_id])
+            if not isinstance(outcome, str):
+                await _insert_assignments(conn, outcome)
+                made.extend(outcome)
         return made

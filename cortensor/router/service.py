@@ -38,7 +38,7 @@ from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
 from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
-from cortensor.units import NewJob, OpenJob, task_fields
+from cortensor.units import NewJob, OpenJob, assignment_for
 
 log = structlog.get_logger(__name__)
 
@@ -123,20 +123,7 @@ class Router:
             self.registry.assigned(node.node_id)
             if spread is not None:
                 spread.add(node.node_id)
-        fields = task_fields(job.inputs, job.params, job.audio)
-        return [
-            Assignment(
-                job_id=job.job_id,
-                node_id=node.node_id,
-                task=job.task,
-                model=job.model,
-                hw_class=node.hw_class,
-                deadline_at=deadline,
-                attempt=job.attempt,
-                **fields,
-            )
-            for node in chosen
-        ]
+        return [assignment_for(job, node.node_id, node.hw_class, deadline) for node in chosen]
 
     def parallel(self, job: JobRequest) -> int:
         """How many parts of `job` can run at once: its eligible live nodes over its
@@ -430,16 +417,7 @@ class Router:
             params |= {"start_s": 0.0, "end_s": float(probe.reference["duration_s"])}
         deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
         job = replace(job, params=params, deadline_at=deadline)
-        assignment = Assignment(
-            job_id=job.job_id,
-            node_id=node.node_id,
-            task=job.task,
-            model=job.model,
-            hw_class=node.hw_class,
-            deadline_at=deadline,
-            **task_fields(job.inputs, job.params, job.audio),
-        )
-        return assignment, job
+        return assignment_for(job, node.node_id, node.hw_class, deadline), job
 
     async def probes(self) -> list[Assignment]:
         """Probe every live node on probation or in quarantine whose turn it is; the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,31 +22,47 @@ from tests.conftest import make_settings
 DISHONEST = "dishonest-random-1"
 
 
+@contextmanager
+def running_fleet(
+    models_dir: Path,
+    log_dir: Path,
+    *,
+    nodes: int,
+    extra_nodes: list[list[str]],
+    env: dict[str, str],
+    admitted: int | None = None,
+) -> Iterator[tuple[Settings, Fleet]]:
+    """A fleet on a namespace and ledger of its own, started from the Procfile with
+    `nodes` nodes plus `extra_nodes` (their `cortensor node` arguments), torn down after."""
+    settings = make_settings(models_dir)
+    migrate.upgrade(settings)
+    asyncio.run(setup_brokers(settings))
+    fleet = Fleet(settings, nodes=nodes, extra_nodes=extra_nodes, log_dir=log_dir, env=env)
+    started: list[str] = []
+    try:
+        fleet.start()
+        started = fleet.wait_ready(admitted=admitted)
+        yield settings, fleet
+    finally:
+        fleet.stop()
+        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in started]))
+        migrate.drop_database(settings)
+
+
 @pytest.fixture(scope="package")
 def fleet(
     models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, Fleet]]:
-    settings = make_settings(models_dir)
-    migrate.upgrade(settings)
-    asyncio.run(setup_brokers(settings))
-    fleet = Fleet(
-        settings,
+    with running_fleet(
+        models_dir,
+        tmp_path_factory.mktemp("fleet-logs"),
         nodes=3,
         extra_nodes=[["--fault", "random", "--fault-rate", "1.0", "--node-id", DISHONEST]],
-        log_dir=tmp_path_factory.mktemp("fleet-logs"),
         env={
             # Short, so that the hung-node test sees replicas re-routed within seconds.
             "CORTENSOR_ASSIGNMENT_TIMEOUT_S": "2",
             # Four nodes share two cores here: give audio chunks room on top of that.
             "CORTENSOR_AUDIO_TIMEOUT_FACTOR": "2",
         },
-    )
-    nodes: list[str] = []
-    try:
-        fleet.start()
-        nodes = fleet.wait_ready()
-        yield settings, fleet
-    finally:
-        fleet.stop()
-        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in nodes]))
-        migrate.drop_database(settings)
+    ) as started:
+        yield started

@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from cortensor.schemas import MAX_INPUTS, MAX_JOB_BYTES, MAX_TEXT_CHARS, JobRequ
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport.amqp import REASON_HEADER
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_cortensor
 from tests.e2e.conftest import DISHONEST
 
 pytestmark = [
@@ -198,21 +196,9 @@ async def test_thirty_jobs_verified_and_the_dishonest_node_ranks_last(
     assert all(row["disagreed"] == 0 and row["agreed"] > 0 for row in honest)
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CORTENSOR_NAMESPACE": settings.namespace,
-        "CORTENSOR_DATABASE_URL": settings.database_url,
-    }
-    cortensor = Path(sys.executable).parent / "cortensor"
-    return subprocess.run(
-        [str(cortensor), *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_the_readme_commands_work_against_the_fleet(fleet: tuple[Settings, Fleet]) -> None:
     settings, _ = fleet
-    submitted = _cli(
+    submitted = run_cortensor(
         settings, "submit", "embed", "The cat sat on the mat.", "Dogs bark.",
         "--redundancy", "3", "--wait", "--json",
     )  # fmt: skip
@@ -221,22 +207,22 @@ def test_the_readme_commands_work_against_the_fleet(fleet: tuple[Settings, Fleet
     assert verdict["status"] == "verified"
     assert [len(v) for v in verdict["embeddings"]] == [384, 384]
 
-    shown = _cli(settings, "result", verdict["job_id"], "--json")
+    shown = run_cortensor(settings, "result", verdict["job_id"], "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == verdict
 
-    queued = _cli(settings, "submit", "embed", "Hello", "--json")
+    queued = run_cortensor(settings, "submit", "embed", "Hello", "--json")
     assert queued.returncode == 0, queued.stderr
     job_id = json.loads(queued.stdout)["job_id"]
-    waited = _cli(settings, "result", job_id, "--wait", "20")
+    waited = run_cortensor(settings, "result", job_id, "--wait", "20")
     assert waited.returncode == 0, waited.stderr
     assert f"job {job_id}: verified" in waited.stdout
 
-    report = _cli(settings, "report", "nodes", "--json")
+    report = run_cortensor(settings, "report", "nodes", "--json")
     assert report.returncode == 0, report.stderr
     assert DISHONEST in {row["node_id"] for row in json.loads(report.stdout)}
 
-    refused = _cli(settings, "submit", "embed", "   ", "--redundancy", "9")
+    refused = run_cortensor(settings, "submit", "embed", "   ", "--redundancy", "9")
     assert refused.returncode == 2
     assert "redundancy" in refused.stderr
     assert "blank" in refused.stderr

@@ -10,9 +10,6 @@ import asyncio
 import base64
 import itertools
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from cortensor.runtimes.whisper import WhisperRuntime
 from cortensor.schemas import MAX_AUDIO_BYTES, JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.speech import SENTENCES, SHORT, duration_s, long_speech, silence, speak
+from tests.conftest import run_cortensor
 from tests.e2e.conftest import DISHONEST
 
 pytestmark = [
@@ -240,33 +238,21 @@ async def test_bad_audio_and_empty_text_are_rejected_and_the_next_job_passes(
     assert word_error_rate(SHORT[0], _words(good)) <= 0.15
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CORTENSOR_NAMESPACE": settings.namespace,
-        "CORTENSOR_DATABASE_URL": settings.database_url,
-    }
-    cortensor = Path(sys.executable).parent / "cortensor"
-    return subprocess.run(
-        [str(cortensor), *args], env=env, capture_output=True, text=True, timeout=240, check=False
-    )
-
-
 def test_the_cli_classifies_and_transcribes(fleet: tuple[Settings, Fleet], tmp_path: Path) -> None:
     settings, _ = fleet
-    labels = _cli(settings, "submit", "classify", *QUESTIONS[:2], "--wait", "--json")
+    labels = run_cortensor(settings, "submit", "classify", *QUESTIONS[:2], "--wait", "--json")
     assert labels.returncode == 0, labels.stderr
     verdict = Verdict.model_validate_json(labels.stdout)
     assert verdict.status == "verified"
     assert len(verdict.classes or []) == 2
 
     path = speak(SHORT[1], tmp_path / "cli.ogg", fmt="ogg")
-    spoken = _cli(settings, "submit", "transcribe", str(path), "--wait")
+    spoken = run_cortensor(settings, "submit", "transcribe", str(path), "--wait", timeout=240)
     assert spoken.returncode == 0, spoken.stderr
     assert "verified" in spoken.stdout
     heard = spoken.stdout.strip().splitlines()[-1]
     assert word_error_rate(SHORT[1], heard) <= 0.15, spoken.stdout
 
-    missing = _cli(settings, "submit", "transcribe", str(tmp_path / "nope.wav"))
+    missing = run_cortensor(settings, "submit", "transcribe", str(tmp_path / "nope.wav"))
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr

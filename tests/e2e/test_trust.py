@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +16,12 @@ import pytest
 
 from cortensor.client import Client
 from cortensor.fleet import Fleet
-from cortensor.ledger import migrate
 from cortensor.models.manifest import load_manifest
-from cortensor.provision import setup_brokers, teardown_brokers
 from cortensor.runtimes.embedding import EmbeddingRuntime
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import run_cortensor
+from tests.e2e.conftest import running_fleet
 
 pytestmark = [
     pytest.mark.e2e,
@@ -43,46 +39,20 @@ NOISY, SLOW = "dishonest-noisy", "dishonest-slow"
 def trust_fleet(
     models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, Fleet]]:
-    settings = make_settings(models_dir)
-    migrate.upgrade(settings)
-    asyncio.run(setup_brokers(settings))
-    fleet = Fleet(
-        settings,
+    with running_fleet(
+        models_dir,
+        tmp_path_factory.mktemp("trust-fleet-logs"),
         nodes=4,
         extra_nodes=[
             ["--fault", "noisy", "--node-id", NOISY],
             ["--fault", "slow", "--node-id", SLOW],
         ],
-        log_dir=tmp_path_factory.mktemp("trust-fleet-logs"),
         # A slow node answers 2 s after its deadline, whatever the deadline; six nodes
         # share two cores here, so an honest node needs some seconds under load.
         env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "8"},
-    )
-    nodes: list[str] = []
-    try:
-        fleet.start()
-        nodes = fleet.wait_ready(admitted=4)
-        yield settings, fleet
-    finally:
-        fleet.stop()
-        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in nodes]))
-        migrate.drop_database(settings)
-
-
-def _cortensor(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CORTENSOR_NAMESPACE": settings.namespace,
-        "CORTENSOR_DATABASE_URL": settings.database_url,
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "cortensor"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+        admitted=4,
+    ) as started:
+        yield started
 
 
 async def _spend(settings: Settings) -> tuple[int, int, int]:
@@ -145,7 +115,7 @@ def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
 
     # A slow node is caught when its first probe's deadline passes: wait for that.
     for _ in range(60):
-        board = _cortensor(settings, "report", "leaderboard", "--json")
+        board = run_cortensor(settings, "report", "leaderboard", "--json")
         assert board.returncode == 0, board.stderr
         rows = {row["node_id"]: row for row in json.loads(board.stdout)}
         if rows[SLOW]["trust"] != "probation":
@@ -157,6 +127,6 @@ def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
     assert trust[SLOW] == "quarantined"
     assert sorted(t for n, t in trust.items() if n not in (NOISY, SLOW)) == ["active"] * 4
 
-    audit = _cortensor(settings, "reputation", "check")
+    audit = run_cortensor(settings, "reputation", "check")
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "every stored standing follows from the events" in audit.stdout

@@ -18,24 +18,9 @@ from cortensor.provision import teardown_brokers
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import jetstream
+from tests.conftest import run_cortensor
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
-
-
-def cortensor(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CORTENSOR_NAMESPACE": settings.namespace,
-        "CORTENSOR_DATABASE_URL": settings.database_url,
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "cortensor"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def _stream_names(settings: Settings) -> set[str]:
@@ -54,10 +39,10 @@ async def _stream_names(settings: Settings) -> set[str]:
 def test_db_upgrade_creates_the_database_then_is_a_no_op() -> None:
     settings = make_settings()
     try:
-        first = cortensor(settings, "db", "upgrade")
+        first = run_cortensor(settings, "db", "upgrade")
         assert first.returncode == 0, first.stderr
         assert "created and migrated" in first.stdout
-        again = cortensor(settings, "db", "upgrade")
+        again = run_cortensor(settings, "db", "upgrade")
         assert again.returncode == 0, again.stderr
         assert "created" not in again.stdout
         assert migrate.current(settings) == "0004"
@@ -69,7 +54,7 @@ def test_brokers_setup_declares_the_topology_idempotently() -> None:
     settings = make_settings()
     try:
         for _ in range(2):
-            done = cortensor(settings, "brokers", "setup")
+            done = run_cortensor(settings, "brokers", "setup")
             assert done.returncode == 0, done.stderr
             assert (
                 f"queue {settings.namespace}.router <- {settings.namespace}.jobs[job]"
@@ -97,6 +82,6 @@ def test_a_bad_setting_is_named() -> None:
 
 
 def test_node_refuses_a_bad_node_id_before_loading_anything() -> None:
-    done = cortensor(make_settings(), "node", "--node-id", "has.dots")
+    done = run_cortensor(make_settings(), "node", "--node-id", "has.dots")
     assert done.returncode == 2
     assert "--node-id" in done.stderr

@@ -26,6 +26,7 @@ from cortensor.hardware import cpu_flags, int8_isa
 from cortensor.models import manifest as manifest_module
 from cortensor.models.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 from cortensor.models.prepare import prepare_models
+from cortensor.models.probes import describe, load_probes
 from cortensor.runtimes.embedding import EmbeddingRuntime
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
@@ -164,8 +165,13 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def test_prepare_builds_every_variant_into_one_manifest(prepared: Prepared) -> None:
     assert load_manifest(prepared.models_dir) == prepared.manifest
     assert [f"{v.name}/{v.variant}" for v in prepared.manifest.variants] == ORDER
-    assert [line.split(":")[0] for line in prepared.log] == ORDER
-    assert all(": built in " in line for line in prepared.log)
+    assert [line.split(":")[0] for line in prepared.log] == [*ORDER, "probes"]
+    assert all(": built in " in line for line in prepared.log[:-1])
+    assert prepared.log[-1].startswith("probes: ")
+    assert " written" in prepared.log[-1]
+    probes = load_probes(prepared.models_dir)
+    # Every model can be probed, and every probe's answer held across precisions.
+    assert set(describe(probes)) == {name for name, _ in (o.split("/") for o in ORDER)}
     for variant in prepared.manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
     assert not list(prepared.models_dir.rglob("*.partial"))
@@ -263,7 +269,7 @@ def test_second_call_skips_everything(prepared: Prepared, hashed: Counter[str]) 
     manifest = prepare_models(prepared.models_dir, log=log.append)
     assert time.perf_counter() - started < 5.0
     assert manifest == prepared.manifest
-    assert log == [f"{label}: up to date" for label in ORDER]
+    assert log == [f"{label}: up to date" for label in ORDER] + ["probes: up to date"]
     assert _mtimes(prepared.models_dir) == before
     # Four variants share each Whisper model.bin: hashed once.
     assert hashed[WHISPER_BASE] == hashed[WHISPER_TINY_EN] == 1
@@ -313,7 +319,8 @@ def test_a_missing_file_rebuilds_that_variant(prepared: Prepared) -> None:
     assert log[0].startswith(f"{EMBED_MODEL}/fp32: rebuilding")
     assert "tokenizer.json: missing" in log[0]
     assert log[1].startswith(f"{EMBED_MODEL}/fp32: built in ")
-    assert log[2:] == [f"{label}: up to date" for label in ORDER[1:]]
+    assert log[2:-1] == [f"{label}: up to date" for label in ORDER[1:]]
+    assert log[-1].startswith("probes: ")
     for variant in manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
 
@@ -437,8 +444,8 @@ def test_a_missing_model_says_to_prepare(tmp_path: Path) -> None:
 def test_force_rebuilds_everything_and_copies_whisper_once(prepared: Prepared) -> None:
     log: list[str] = []
     manifest = prepare_models(prepared.models_dir, force=True, log=log.append)
-    assert [line.split(":")[0] for line in log] == ORDER
-    assert all(": built in " in line for line in log)
+    assert [line.split(":")[0] for line in log] == [*ORDER, "probes"]
+    assert all(": built in " in line for line in log[:-1])
     for variant in manifest.variants:
         assert verify_variant(prepared.models_dir, variant) == []
     # The other compute types reuse the copy the first one made in this run.
