@@ -16,7 +16,7 @@ from cortensor import speech
 from cortensor.client import Client
 from cortensor.fleet import Fleet
 from cortensor.reports import console as make_console
-from cortensor.reports import node_report, render_table
+from cortensor.reports import render_table, run_report
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 
@@ -127,7 +127,11 @@ def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -
         verdicts = asyncio.run(_push(settings, batch, console))
         console.print(_results_table(batch, verdicts))
         console.print(
-            render_table("Node reputation (node_reputation_report)", node_report(settings))
+            render_table(
+                "Node leaderboard (db/reports/leaderboard.sql): the dishonest node is"
+                " quarantined by its first known-answer probe",
+                run_report(settings, "leaderboard"),
+            )
         )
         console.print("stopping the fleet")
     verified = sum(v.status == "verified" for v in verdicts)

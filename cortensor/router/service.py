@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
 import random
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,9 +25,10 @@ from cortensor.errors import BadInput, NoEligibleNodes
 from cortensor.intake import Rejected, Undeliverable, read_job
 from cortensor.ledger.routing import RouterLedger
 from cortensor.loops import every
-from cortensor.models.probes import ProbeSet, load_probes
+from cortensor.models.probes import load_probes
 from cortensor.parts import AudioChunk, split_job
 from cortensor.replication import REPLICAS, replicas
+from cortensor.router.probing import Prober
 from cortensor.router.registry import NodeRegistry
 from cortensor.routing import NodeView, candidates, choose
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
@@ -59,9 +57,7 @@ class Router:
         self.registry = NodeRegistry()
         self.rng = random.Random(seed)
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._probed: dict[str, float] = {}
-        """When each node was last sent a probe (monotonic seconds)."""
-        self.probe_set = ProbeSet(source="", probes=[])
+        self.prober = Prober(settings, self.rng)
         self._intake: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
 
     # -- policy ---------------------------------------------------------------------------
@@ -373,52 +369,6 @@ class Router:
         await self.announcer.publish(failed)
         await self.announcer.flush()
 
-    def probe_due(self, node: NodeView, now: float) -> bool:
-        """Whether a node awaiting admission (or re-admission) gets its next probe now."""
-        if node.trust == "active" or not node.live(now, self.settings.node_ttl_s):
-            return False
-        interval = (
-            self.settings.probe_interval_s
-            if node.trust == "probation"
-            else self.settings.quarantine_probe_interval_s
-        )
-        return now - self._probed.get(node.node_id, -math.inf) >= interval
-
-    def probe_for(self, node: NodeView) -> tuple[Assignment, OpenJob] | None:
-        """A known-answer probe for one of the node's models, as a job of its own that
-        the node cannot tell from a real one."""
-        choices = [p for m in sorted(node.models) for p in self.probe_set.for_model(m)]
-        if not choices:
-            return None
-        probe = self.rng.choice(choices)
-        audio = None if probe.audio is None else base64.b64decode(probe.audio)
-        params: dict[str, object] = {
-            "reference": probe.reference,
-            "reference_precision": probe.precision,
-        }
-        if probe.task == "classify":
-            params["top_k"] = probe.top_k
-        if probe.language is not None:
-            params["language"] = probe.language
-        job = OpenJob(
-            job_id=uuid.uuid4(),
-            task=probe.task,
-            model=probe.model,
-            redundancy=1,
-            hw_class=node.hw_class,
-            inputs=list(probe.inputs),
-            deadline_at=utcnow(),
-            taken=frozenset(),
-            params=params,
-            audio=audio,
-            probe=True,
-        )
-        if probe.task == "transcribe":
-            params |= {"start_s": 0.0, "end_s": float(probe.reference["duration_s"])}
-        deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
-        job = replace(job, params=params, deadline_at=deadline)
-        return assignment_for(job, node.node_id, node.hw_class, deadline), job
-
     async def probes(self) -> list[Assignment]:
         """Probe every live node on probation or in quarantine whose turn it is; the
         guard admits it after enough answers match the references."""
@@ -426,13 +376,13 @@ class Router:
         made: list[Assignment] = []
         opened: list[NewJob] = []
         for node in self.registry.views():
-            if not self.probe_due(node, now):
+            job = self.prober.job_for(node) if self.prober.due(node, now) else None
+            if job is None:
                 continue
-            planned = self.probe_for(node)
-            if planned is None:
-                continue
-            assignment, job = planned
-            self._probed[node.node_id] = now
+            deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
+            job = replace(job, deadline_at=deadline)
+            assignment = assignment_for(job, node.node_id, node.hw_class, deadline)
+            self.prober.sent(node.node_id, now)
             made.append(assignment)
             opened.append(NewJob(job, utcnow(), "running", [assignment]))
         if opened:
@@ -447,7 +397,7 @@ class Router:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then finish the jobs in hand and close."""
         s = self.settings
-        self.probe_set = load_probes(s.models_dir)
+        self.prober.probe_set = load_probes(s.models_dir)
         self.ledger = await RouterLedger.connect(s.asyncpg_dsn)
         connection = await amqp.connect(s.amqp_url)
         self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
