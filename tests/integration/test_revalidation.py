@@ -1,0 +1,155 @@
+"""A result accepted unreplicated is re-validated when its node fails a spot-check, and
+a wrong verdict is corrected as a new revision the client can read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+import pytest
+
+from cortensor.judge import judge
+from cortensor.ledger.judging import GuardLedger
+from cortensor.ledger.routing import RouterLedger
+from cortensor.schemas import Assignment, JobRequest
+from cortensor.settings import Settings
+from cortensor.units import NewJob, OpenJob, whole_job
+from tests.integration.test_ledger_store import (
+    assignments_for,
+    embeddings,
+    events_of,
+    heartbeat,
+    in_s,
+    job_status,
+    node_ids,
+    result_for,
+)
+
+pytestmark = [pytest.mark.postgres]
+
+
+@pytest.fixture
+async def router(ledger_settings: Settings) -> AsyncIterator[RouterLedger]:
+    ledger = await RouterLedger.connect(ledger_settings.asyncpg_dsn)
+    yield ledger
+    await ledger.close()
+
+
+@pytest.fixture
+async def guard(ledger_settings: Settings) -> AsyncIterator[GuardLedger]:
+    ledger = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
+    yield ledger
+    await ledger.close()
+
+
+async def open_on(
+    router: RouterLedger, nodes: Sequence[str], *, solo: bool
+) -> tuple[JobRequest, list[Assignment]]:
+    """An auto job, as the router records it: alone on one node, or on three."""
+    job = JobRequest(inputs=["a text", "another"])
+    assert job.redundancy == "auto"
+    unit = whole_job(job, in_s(600))
+    if solo:
+        unit = replace(unit, redundancy=1)
+    made = assignments_for(job, nodes, in_s(600))
+    assert await router.open_jobs([NewJob(unit, job.created_at, "running", made)])
+    return job, made
+
+
+async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    x, a, b = node_ids(3)
+    await router.upsert_nodes([heartbeat(n) for n in (x, a, b)])
+    truth, lie = embeddings(), embeddings()
+
+    # x's answer to a job it ran alone is accepted, unchecked: no event yet.
+    solo, [alone] = await open_on(router, [x], solo=True)
+    first = await guard.take_results(solo.job_id, [result_for(alone, lie)], judge)
+    assert first.verdict is not None
+    assert (first.verdict.status, first.verdict.revision) == ("verified", 0)
+    assert await events_of(guard, solo.job_id) == {}
+    assert await guard.pool.fetchval("SELECT unchecked FROM jobs WHERE job_id = $1", solo.job_id)
+
+    # A spot-check catches x: its unchecked result is reopened for two more nodes.
+    checked, replicas = await open_on(router, [x, a, b], solo=False)
+    answers = {x: lie, a: truth, b: truth}
+    caught = await guard.take_results(
+        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas], judge
+    )
+    assert caught.verdict is not None
+    assert caught.verdict.disagreeing == [x]
+    assert caught.reopened == 1
+    assert await job_status(guard, solo.job_id) == "running"
+
+    def plan(job: OpenJob, needed: int) -> list[Assignment]:
+        assert job.taken == frozenset({x})
+        return assignments_for(job, [a, b][:needed], in_s(600))
+
+    checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
+    assert sorted(m.node_id for m in checkers) == sorted([a, b])
+
+    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers], judge)
+    corrected = again.verdict
+    assert corrected is not None
+    assert corrected.revision == 1
+    assert corrected.status == "verified"
+    assert corrected.embeddings == truth
+    assert sorted(corrected.agreeing) == sorted([a, b])
+    assert "was wrong and is corrected" in corrected.reason
+    assert (await guard.stored_verdict(solo.job_id)) == corrected
+    events = await events_of(guard, solo.job_id)
+    assert events[x] == ("disagreed", alone.assignment_id)
+    assert {events[a][0], events[b][0]} == {"agreed"}
+    assert not await guard.pool.fetchval(
+        "SELECT unchecked FROM jobs WHERE job_id = $1", solo.job_id
+    )
+
+
+async def test_a_right_unchecked_answer_stands_and_earns_its_event(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    x, a, b = node_ids(3)
+    await router.upsert_nodes([heartbeat(n) for n in (x, a, b)])
+    truth = embeddings()
+    solo, [alone] = await open_on(router, [x], solo=True)
+    await guard.take_results(solo.job_id, [result_for(alone, truth)], judge)
+    checked, replicas = await open_on(router, [x, a, b], solo=False)
+    answers = {x: embeddings(), a: truth, b: truth}
+    await guard.take_results(
+        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas], judge
+    )
+
+    def plan(job: OpenJob, needed: int) -> list[Assignment]:
+        return assignments_for(job, [a, b][:needed], in_s(600))
+
+    checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
+    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers], judge)
+    assert again.verdict is not None
+    assert again.verdict.revision == 1
+    assert "stands" in again.verdict.reason
+    assert x in again.verdict.agreeing
+    assert (await events_of(guard, solo.job_id))[x] == ("agreed", alone.assignment_id)
+
+
+async def test_no_majority_asks_the_router_for_more_replicas(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    nodes = node_ids(5)
+    await router.upsert_nodes([heartbeat(n) for n in nodes])
+    job, replicas = await open_on(router, nodes[:3], solo=False)
+    split = await guard.take_results(
+        job.job_id, [result_for(r, embeddings()) for r in replicas], judge
+    )
+    assert (split.verdict, split.escalated) == (None, 5)
+
+    def plan(open_job: OpenJob, needed: int) -> list[Assignment]:
+        assert open_job.taken == frozenset(nodes[:3])
+        return assignments_for(open_job, nodes[3:][:needed], in_s(600))
+
+    more = [m for m in await router.top_up(plan) if m.job_id == job.job_id]
+    assert sorted(m.node_id for m in more) == sorted(nodes[3:])
+    truth = embeddings()
+    done = await guard.take_results(job.job_id, [result_for(m, truth) for m in more], judge)
+    # Two of five agree: still no strict majority of five (3 needed), and 5 < 7.
+    assert (done.verdict, done.escalated) == (None, 7)
