@@ -19,9 +19,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from cortensor.replication import REPLICAS
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
-from cortensor.units import OpenJob, job_params
+from cortensor.units import OpenJob, whole_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +52,8 @@ def split_job(
     """
     if shard_inputs < 1:
         raise ValueError("shard_inputs must be at least 1")
-    params = job_params(job)
-    whole = OpenJob(
-        job_id=job.job_id,
-        task=job.task,
-        model=job.model,
-        redundancy=REPLICAS if job.redundancy == "auto" else job.redundancy,
-        auto=job.redundancy == "auto",
-        hw_class=job.hw_class,
-        inputs=job.inputs,
-        deadline_at=deadline_at,
-        taken=frozenset(),
-        params=params,
-    )
+    whole = whole_job(job, deadline_at)
+    params = dict(whole.params)
     if job.task == "transcribe":
         if not chunks:
             raise ValueError("a transcribe job needs at least one audio chunk")
