@@ -11,6 +11,7 @@ import pytest
 from cortensor.judge import judge
 from cortensor.ledger.judging import GuardLedger
 from cortensor.ledger.routing import RouterLedger
+from cortensor.parts import split_job
 from cortensor.schemas import Assignment, JobRequest
 from cortensor.settings import Settings
 from cortensor.units import NewJob, OpenJob, whole_job
@@ -153,3 +154,58 @@ async def test_no_majority_asks_the_router_for_more_replicas(
     done = await guard.take_results(job.job_id, [result_for(m, truth) for m in more], judge)
     # Two of five agree: still no strict majority of five (3 needed), and 5 < 7.
     assert (done.verdict, done.escalated) == (None, 7)
+
+
+async def test_a_corrected_part_restitches_its_split_job(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    x, a, b = node_ids(3)
+    await router.upsert_nodes([heartbeat(n) for n in (x, a, b)])
+    job = JobRequest(inputs=["one", "two", "three", "four"])
+    parent, units = split_job(job, in_s(600), shard_inputs=2)
+    assert parent is not None
+    solo = [replace(u, redundancy=1) for u in units]
+    made = {u.job_id: assignments_for(u, [x], in_s(600)) for u in solo}
+    await router.open_jobs(
+        [NewJob(parent, job.created_at, "split")]
+        + [NewJob(u, job.created_at, "running", made[u.job_id]) for u in solo]
+    )
+    truth = {u.job_id: embeddings() for u in solo}
+    lie = embeddings()
+    # x answers part 0 wrongly and part 1 rightly; both are accepted unchecked.
+    answers = {solo[0].job_id: lie, solo[1].job_id: truth[solo[1].job_id]}
+    for u in solo:
+        decided = await guard.take_results(
+            u.job_id, [result_for(made[u.job_id][0], answers[u.job_id])], judge
+        )
+    assert decided.parent is not None
+    assert decided.parent.embeddings == lie + truth[solo[1].job_id]
+
+    checked, replicas = await open_on(router, [x, a, b], solo=False)
+    good = embeddings()
+    await guard.take_results(
+        checked.job_id,
+        [result_for(r, lie if r.node_id == x else good) for r in replicas],
+        judge,
+    )
+
+    def plan(open_job: OpenJob, needed: int) -> list[Assignment]:
+        return assignments_for(open_job, [a, b][:needed], in_s(600))
+
+    checkers = await router.top_up(plan)
+    parents = []
+    for u in solo:
+        mine = [m for m in checkers if m.job_id == u.job_id]
+        assert len(mine) == 2
+        again = await guard.take_results(
+            u.job_id, [result_for(m, truth[u.job_id]) for m in mine], judge
+        )
+        assert again.verdict is not None
+        assert again.verdict.revision == 1
+        assert again.parent is not None
+        parents.append(again.parent)
+    # Each revised part re-stitched the job; the last revision holds the right answers.
+    assert [p.revision for p in parents] == [1, 2]
+    final = parents[-1]
+    assert final.embeddings == truth[solo[0].job_id] + truth[solo[1].job_id]
+    assert await guard.stored_verdict(parent.job_id) == final
