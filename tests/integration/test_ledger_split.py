@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import make_settings
 
 from cortensor.judge import judge
-from cortensor.ledger import migrate
 from cortensor.ledger.judging import GuardLedger, Intake
 from cortensor.ledger.routing import RouterLedger
 from cortensor.parts import split_job
@@ -40,6 +38,7 @@ from cortensor.schemas import (
 )
 from cortensor.settings import Settings
 from cortensor.units import NewJob, OpenJob
+from tests.integration.conftest import Ledgers
 
 pytestmark = pytest.mark.postgres
 
@@ -222,47 +221,6 @@ async def verdict_count(ledger: Any, job_id: uuid.UUID) -> int:
         "SELECT count(*) FROM verdicts WHERE job_id = $1", job_id
     )
     return count
-
-
-# -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def router(ledger_settings: Settings) -> AsyncIterator[RouterLedger]:
-    ledger = await RouterLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture(scope="module")
-async def guard(ledger_settings: Settings) -> AsyncIterator[GuardLedger]:
-    ledger = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture
-def own_database() -> Iterator[Settings]:
-    """A ledger of this test's own, for the sweeps that act on every job in it."""
-    settings = make_settings()
-    migrate.upgrade(settings)
-    yield settings
-    migrate.drop_database(settings)
-
-
-@dataclass
-class Ledgers:
-    router: RouterLedger
-    guard: GuardLedger
-
-
-@pytest.fixture
-async def own(own_database: Settings) -> AsyncIterator[Ledgers]:
-    router = await RouterLedger.connect(own_database.asyncpg_dsn)
-    guard = await GuardLedger.connect(own_database.asyncpg_dsn)
-    yield Ledgers(router, guard)
-    await guard.close()
-    await router.close()
 
 
 # -- recording a split job ------------------------------------------------------------------

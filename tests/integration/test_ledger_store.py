@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,10 +21,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
-from conftest import make_settings
 
 from cortensor.judge import judge
-from cortensor.ledger import migrate
 from cortensor.ledger.judging import GuardLedger
 from cortensor.ledger.routing import NodeStats, OpenJob, RouterLedger
 from cortensor.replication import MAX_REPLICAS
@@ -39,6 +37,7 @@ from cortensor.schemas import (
     utcnow,
 )
 from cortensor.settings import Settings
+from tests.integration.conftest import Ledgers
 
 pytestmark = pytest.mark.postgres
 
@@ -175,47 +174,6 @@ async def statuses(ledger: Any, job_id: uuid.UUID) -> dict[str, str]:
 async def job_status(ledger: Any, job_id: uuid.UUID) -> str:
     status: str = await ledger.pool.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id)
     return status
-
-
-# -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def router(ledger_settings: Settings) -> AsyncIterator[RouterLedger]:
-    ledger = await RouterLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture(scope="module")
-async def guard(ledger_settings: Settings) -> AsyncIterator[GuardLedger]:
-    ledger = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture
-def own_database() -> Iterator[Settings]:
-    """A ledger of this test's own, for the sweeps that act on every job in it."""
-    settings = make_settings()
-    migrate.upgrade(settings)
-    yield settings
-    migrate.drop_database(settings)
-
-
-@dataclass
-class Ledgers:
-    router: RouterLedger
-    guard: GuardLedger
-
-
-@pytest.fixture
-async def own(own_database: Settings) -> AsyncIterator[Ledgers]:
-    router = await RouterLedger.connect(own_database.asyncpg_dsn)
-    guard = await GuardLedger.connect(own_database.asyncpg_dsn)
-    yield Ledgers(router, guard)
-    await guard.close()
-    await router.close()
 
 
 # -- nodes ----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ a wrong verdict is corrected as a new revision the client can read."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -13,7 +13,6 @@ from cortensor.ledger.judging import GuardLedger
 from cortensor.ledger.routing import RouterLedger
 from cortensor.parts import split_job
 from cortensor.schemas import Assignment, JobRequest
-from cortensor.settings import Settings
 from cortensor.units import NewJob, OpenJob, whole_job
 from tests.integration.test_ledger_store import (
     assignments_for,
@@ -27,20 +26,6 @@ from tests.integration.test_ledger_store import (
 )
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-async def router(ledger_settings: Settings) -> AsyncIterator[RouterLedger]:
-    ledger = await RouterLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
-
-
-@pytest.fixture
-async def guard(ledger_settings: Settings) -> AsyncIterator[GuardLedger]:
-    ledger = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
-    yield ledger
-    await ledger.close()
 
 
 async def open_on(
