@@ -53,7 +53,9 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         reason = f"no node returned a result before the deadline ({len(late)} timed out)"
         return Verdict(status="failed", reason=reason, **common), events
     if case.reference is not None:
-        return _judge_probe(case, common), events + _probe_events(case)
+        verdict, kind = _judge_probe(case, common)
+        answer = case.replicas[0]
+        return verdict, [*events, (answer.node_id, answer.assignment_id, kind)]
     decision = decide(case.replicas, case.redundancy, COMPARATORS[case.task])
     assignment_of = {r.node_id: r.assignment_id for r in case.replicas}
     if not unchecked(case):
@@ -77,35 +79,20 @@ def unchecked(case: Case) -> bool:
     return case.auto and case.redundancy == 1 and case.reference is None
 
 
-def _probe_passed(case: Case) -> bool:
+def _judge_probe(case: Case, common: dict[str, Any]) -> tuple[Verdict, str]:
+    """A probe's verdict, and its node's event: does the answer match the reference?"""
     answer = case.replicas[0]
     compare = COMPARATORS[case.task]
-    return answer.error is None and compare(
+    passed = answer.error is None and compare(
         case.reference, case.reference_precision, answer.output, answer.precision
     )
-
-
-def _judge_probe(case: Case, common: dict[str, Any]) -> Verdict:
-    answer = case.replicas[0]
-    if _probe_passed(case):
-        return Verdict(
-            status="verified",
-            reason="probe: the answer matches the reference",
-            agreeing=[answer.node_id],
-            **common,
-        )
-    return Verdict(
-        status="failed",
-        reason="probe: the answer differs from the reference",
-        disagreeing=[answer.node_id],
-        **common,
-    )
-
-
-def _probe_events(case: Case) -> list[Event]:
-    answer = case.replicas[0]
-    kind = "agreed" if _probe_passed(case) else "disagreed"
-    return [(answer.node_id, answer.assignment_id, kind)]
+    if passed:
+        reason = "probe: the answer matches the reference"
+        verdict = Verdict(status="verified", reason=reason, agreeing=[answer.node_id], **common)
+    else:
+        reason = "probe: the answer differs from the reference"
+        verdict = Verdict(status="failed", reason=reason, disagreeing=[answer.node_id], **common)
+    return verdict, "agreed" if passed else "disagreed"
 
 
 def score_late(task: str, canonical: Replica, late: list[Replica]) -> list[Event]:

@@ -16,20 +16,22 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
 from cortensor.units import OpenJob, whole_job
 
 
-@dataclass(frozen=True, slots=True)
-class AudioChunk:
-    """A stretch of a job's audio, as 16 kHz mono WAV."""
+class AudioSpan(Protocol):
+    """A stretch of a job's audio, as 16 kHz mono WAV (cortensor.audio.Chunk)."""
 
-    start_s: float
-    end_s: float
-    wav: bytes
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+    @property
+    def wav(self) -> bytes: ...
 
 
 def part_id(parent: UUID, part: int) -> UUID:
@@ -42,7 +44,7 @@ def split_job(
     deadline_at: datetime,
     *,
     shard_inputs: int,
-    chunks: Sequence[AudioChunk] = (),
+    chunks: Sequence[AudioSpan] = (),
 ) -> tuple[OpenJob | None, list[OpenJob]]:
     """The parent (None when the job runs whole) and the units to route.
 

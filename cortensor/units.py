@@ -49,18 +49,25 @@ class NewJob:
     assignments: Sequence[Assignment] = ()
 
 
-def assignment_for(job: OpenJob, node_id: str, hw_class: str, deadline_at: datetime) -> Assignment:
-    """One replica of `job` for one node."""
-    return Assignment(
-        job_id=job.job_id,
-        node_id=node_id,
-        task=job.task,
-        model=job.model,
-        hw_class=hw_class,
-        deadline_at=deadline_at,
-        attempt=job.attempt,
-        **task_fields(job.inputs, job.params, job.audio),
-    )
+def assignments_for(
+    job: OpenJob, nodes: Sequence[tuple[str, str]], deadline_at: datetime
+) -> list[Assignment]:
+    """One replica of `job` for each (node id, hardware class); the task's fields (the
+    audio in base64, say) are made once for all of them."""
+    fields = task_fields(job.inputs, job.params, job.audio)
+    return [
+        Assignment(
+            job_id=job.job_id,
+            node_id=node_id,
+            task=job.task,
+            model=job.model,
+            hw_class=hw_class,
+            deadline_at=deadline_at,
+            attempt=job.attempt,
+            **fields,
+        )
+        for node_id, hw_class in nodes
+    ]
 
 
 def job_params(job: JobRequest) -> dict[str, Any]:

@@ -40,6 +40,13 @@ ORDER BY j.part
 """Every part of a split job, with its verdict and canonical output once decided."""
 
 
+def _payload(verdict: Verdict) -> str:
+    """A verdict as stored: a verified output lives once, in the canonical result (see
+    _VERDICT); a split job's stitched output has no such result and stays here."""
+    exclude = {OUTPUT_FIELD[verdict.task]} if verdict.canonical_result_id else set()
+    return verdict.model_dump_json(exclude=exclude)
+
+
 def verdict_of(row: Any) -> Verdict:
     """A Verdict from a stored payload and the canonical output (see _VERDICT)."""
     verdict = Verdict.model_validate(row["payload"])
@@ -106,11 +113,7 @@ class Ledger:
             verdict.reason,
             verdict.canonical_result_id,
             verdict.replicas,
-            # A verified output lives once, in the canonical result; see _VERDICT. A split
-            # job's stitched output has no such result and stays in the payload.
-            verdict.model_dump_json(
-                exclude={OUTPUT_FIELD[verdict.task]} if verdict.canonical_result_id else set()
-            ),
+            _payload(verdict),
             [e[0] for e in events],
             [e[1] for e in events],
             [e[2] for e in events],
@@ -131,29 +134,19 @@ class Ledger:
                                     replicas = $5, payload = $6::text::jsonb, revision = $7,
                                     published_at = NULL
                 WHERE job_id = $1 RETURNING job_id
-            ), job AS (
-                UPDATE jobs SET status = $2, reason = $3, decided_at = now(), unchecked = false
-                WHERE job_id IN (SELECT job_id FROM verdict) RETURNING job_id
             )
-            INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-            SELECT e.node_id, $1, e.assignment_id, e.kind
-            FROM unnest($8::text[], $9::uuid[], $10::text[]) AS e(node_id, assignment_id, kind)
-            ORDER BY e.node_id
-            ON CONFLICT (assignment_id) DO NOTHING
+            UPDATE jobs SET status = $2, reason = $3, decided_at = now(), unchecked = false
+            WHERE job_id IN (SELECT job_id FROM verdict)
             """,
             verdict.job_id,
             verdict.status,
             verdict.reason,
             verdict.canonical_result_id,
             verdict.replicas,
-            verdict.model_dump_json(
-                exclude={OUTPUT_FIELD[verdict.task]} if verdict.canonical_result_id else set()
-            ),
+            _payload(verdict),
             verdict.revision,
-            [e[0] for e in events],
-            [e[1] for e in events],
-            [e[2] for e in events],
         )
+        await Ledger.add_events(conn, verdict.job_id, events)
 
     async def complete_parent(
         self, conn: Connection, parent_id: Any, *, revise: bool = False

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -26,7 +27,7 @@ from cortensor.intake import Rejected, Undeliverable, read_job
 from cortensor.ledger.routing import RouterLedger
 from cortensor.loops import every
 from cortensor.models.probes import load_probes
-from cortensor.parts import AudioChunk, split_job
+from cortensor.parts import AudioSpan, split_job
 from cortensor.replication import REPLICAS, replicas
 from cortensor.router.probing import Prober
 from cortensor.router.registry import NodeRegistry
@@ -36,7 +37,7 @@ from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
 from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
-from cortensor.units import NewJob, OpenJob, assignment_for
+from cortensor.units import NewJob, OpenJob, assignments_for
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +120,7 @@ class Router:
             self.registry.assigned(node.node_id)
             if spread is not None:
                 spread.add(node.node_id)
-        return [assignment_for(job, node.node_id, node.hw_class, deadline) for node in chosen]
+        return assignments_for(job, [(n.node_id, n.hw_class) for n in chosen], deadline)
 
     def parallel(self, job: JobRequest) -> int:
         """How many parts of `job` can run at once: its eligible live nodes over its
@@ -209,13 +210,17 @@ class Router:
             return "dead-lettered"
         if isinstance(outcome, Rejected):
             verdict = Verdict(job_id=outcome.job_id, status="rejected", reason=outcome.reason)
-            if await self.ledger.reject(outcome.job_id, outcome.request, verdict):
-                await self.announcer.publish([verdict])
-            log.info("job rejected", job_id=str(outcome.job_id), reason=outcome.reason)
-            return "rejected"
+            return await self._reject(verdict, outcome.request)
         return outcome
 
-    async def _cut(self, job: JobRequest) -> list[AudioChunk] | str:
+    async def _reject(self, verdict: Verdict, request: dict[str, Any]) -> str:
+        """Record and announce a job's rejection (once, however often it is delivered)."""
+        if await self.ledger.reject(verdict.job_id, request, verdict):
+            await self.announcer.publish([verdict])
+        log.info("job rejected", job_id=str(verdict.job_id), reason=verdict.reason)
+        return "rejected"
+
+    async def _cut(self, job: JobRequest) -> list[audio.Chunk] | str:
         """The chunks of a transcribe job's audio, or "rejected" when it is unusable."""
         s = self.settings
         try:
@@ -235,11 +240,8 @@ class Router:
                 task=job.task,
                 model=job.model,
             )
-            if await self.ledger.reject(job.job_id, {"task": job.task}, verdict):
-                await self.announcer.publish([verdict])
-            log.info("job rejected", job_id=str(job.job_id), reason=verdict.reason)
-            return "rejected"
-        return [AudioChunk(c.start_s, c.end_s, c.wav) for c in chunks]
+            return await self._reject(verdict, {"task": job.task})
+        return chunks
 
     async def take(self, messages: Sequence[tuple[bytes, str]]) -> list[str]:
         """Handle job messages (body, message id) together; returns what became of each.
@@ -270,7 +272,7 @@ class Router:
         return outcomes
 
     async def route(
-        self, jobs: Sequence[tuple[JobRequest, Sequence[AudioChunk]]]
+        self, jobs: Sequence[tuple[JobRequest, Sequence[AudioSpan]]]
     ) -> dict[UUID, str]:
         """Record valid jobs (split into parts where they are long) with their first
         assignments, then publish them."""
@@ -381,7 +383,7 @@ class Router:
                 continue
             deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
             job = replace(job, deadline_at=deadline)
-            assignment = assignment_for(job, node.node_id, node.hw_class, deadline)
+            [assignment] = assignments_for(job, [(node.node_id, node.hw_class)], deadline)
             self.prober.sent(node.node_id, now)
             made.append(assignment)
             opened.append(NewJob(job, utcnow(), "running", [assignment]))

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.parts import AudioChunk, DecidedPart, part_id, split_job, stitch, stitch_transcripts
+from cortensor.audio import Chunk
+from cortensor.parts import DecidedPart, part_id, split_job, stitch, stitch_transcripts
 from cortensor.replication import REPLICAS
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
 from cortensor.units import OpenJob, job_params
@@ -32,9 +33,9 @@ def audio_job(**fields: Any) -> JobRequest:
     return JobRequest(task="transcribe", audio=audio, **fields)
 
 
-def chunks(count: int, length_s: float = 25.0) -> list[AudioChunk]:
+def chunks(count: int, length_s: float = 25.0) -> list[Chunk]:
     return [
-        AudioChunk(start_s=i * length_s, end_s=(i + 1) * length_s, wav=FAKE_WAV + bytes([i]))
+        Chunk(index=i, start_s=i * length_s, end_s=(i + 1) * length_s, wav=FAKE_WAV + bytes([i]))
         for i in range(count)
     ]
 
