@@ -15,7 +15,6 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
-from conftest import make_settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, DeliverPolicy, StorageType
@@ -26,6 +25,7 @@ from cortensor.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import amqp, jetstream
+from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats]
 

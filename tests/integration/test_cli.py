@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
 from nats.js.errors import NotFoundError
 
 from cortensor.ledger import migrate
@@ -18,7 +17,7 @@ from cortensor.provision import teardown_brokers
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import jetstream
-from tests.conftest import run_cortensor
+from tests.conftest import make_settings, run_cortensor
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 

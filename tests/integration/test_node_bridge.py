@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_settings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -42,6 +41,7 @@ from cortensor.schemas import (
 from cortensor.settings import Settings
 from cortensor.topology import Topology
 from cortensor.transport import jetstream
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.nats
 

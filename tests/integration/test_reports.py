@@ -37,13 +37,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import make_settings
 
 from cortensor.errors import BadInput
 from cortensor.ledger import migrate
 from cortensor.reports import find_report, reports, run_report
 from cortensor.reputation import fold
 from cortensor.settings import Settings
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.postgres
 

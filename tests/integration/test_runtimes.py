@@ -14,7 +14,6 @@ from typing import Any
 import jiwer
 import numpy as np
 import pytest
-from conftest import make_settings
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, TASK_OF, WHISPER_BASE, WHISPER_TINY_EN
 from cortensor.errors import BadInput, ModelsNotPrepared
@@ -27,6 +26,7 @@ from cortensor.runtimes.embedding import EmbeddingRuntime
 from cortensor.runtimes.whisper import WhisperRuntime
 from cortensor.schemas import Transcript
 from cortensor.speech import SENTENCES, speak
+from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
