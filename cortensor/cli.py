@@ -18,13 +18,13 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 
 from cortensor.errors import CortensorError
-from cortensor.intake import explain
-from cortensor.node.faults import FaultMode
-from cortensor.node.identity import HwChoice
 from cortensor.paths import ROOT
-from cortensor.reports import console
+from cortensor.protocol.intake import explain
 from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
+from cortensor.services.node.faults import FaultMode
+from cortensor.services.node.identity import HwChoice
 from cortensor.settings import Settings
+from cortensor.tools.reports import console
 
 app = typer.Typer(help="Cortensor: verified inference on a network of untrusted nodes.")
 brokers_app = typer.Typer(help="Broker topology.")
@@ -95,7 +95,7 @@ def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @brokers_app.command("setup")
 def brokers_setup() -> None:
     """Declare exchanges, queues and JetStream streams (idempotent)."""
-    from cortensor.provision import setup_brokers
+    from cortensor.adapters.provision import setup_brokers
 
     settings = _settings()
     for line in _run(setup_brokers(settings)):
@@ -106,7 +106,7 @@ def brokers_setup() -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create the ledger database if missing and migrate it."""
-    from cortensor.ledger import migrate
+    from cortensor.adapters.ledger import migrate
 
     settings = _settings()
     try:
@@ -123,7 +123,7 @@ def db_upgrade(revision: str = "head") -> None:
 def models_prepare(force: bool = typer.Option(False, help="Redo every variant.")) -> None:
     """Export and quantize the models into the models directory, with a sha256 manifest."""
     try:
-        from cortensor.models.prepare import prepare_models
+        from cortensor.tools.prepare import prepare_models
     except ImportError as exc:
         err.print(f"[red]error:[/red] {exc}; install the `prepare` extra (ops/install does)")
         raise typer.Exit(1) from exc
@@ -188,8 +188,8 @@ def node(
     ] = None,
 ) -> None:
     """Run an inference node (a Celery worker on its own queue)."""
-    from cortensor.node.faults import option_problem
-    from cortensor.node.main import build_node, serve_node
+    from cortensor.services.node.faults import option_problem
+    from cortensor.services.node.main import build_node, serve_node
 
     problem = option_problem(fault, fault_rate, fault_group)
     if problem is not None:
@@ -221,7 +221,7 @@ def node(
 @app.command()
 def router() -> None:
     """Run a router: jobs in, assignments out."""
-    from cortensor.router.service import Router
+    from cortensor.services.router.service import Router
 
     _serve(Router(_settings()).run)
 
@@ -229,7 +229,7 @@ def router() -> None:
 @app.command()
 def guard() -> None:
     """Run a guard: results in, verdicts and reputation out."""
-    from cortensor.guard.service import Guard
+    from cortensor.services.guard.service import Guard
 
     _serve(Guard(_settings()).run)
 
@@ -440,7 +440,14 @@ def report(
 ) -> None:
     """Admin reports from the ledger: the SQL files under db/reports/, which psql runs too."""
     from cortensor.errors import BadInput
-    from cortensor.reports import ALIASES, find_report, render_table, reports, run_report, to_json
+    from cortensor.tools.reports import (
+        ALIASES,
+        find_report,
+        render_table,
+        reports,
+        run_report,
+        to_json,
+    )
 
     if name is None:
         known = [
@@ -482,7 +489,7 @@ def reputation_check(
     with the stored one; exit 1 on any difference."""
     from dataclasses import asdict
 
-    from cortensor.audit import audit
+    from cortensor.tools.audit import audit
 
     outcome = audit(_settings())
     if as_json:
@@ -510,7 +517,7 @@ def demo(
     ),
 ) -> None:
     """Run the demo: a fleet of 3 honest nodes and 1 dishonest, jobs, results, report."""
-    from cortensor.demo import run_demo
+    from cortensor.tools.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(), jobs=jobs, redundancy=redundancy, log_dir=log_dir))
 
@@ -539,7 +546,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Run the routing, consensus and reputation policy on a simulated fleet; print JSON."""
-    from cortensor import simulate as sim
+    from cortensor.tools import simulate as sim
 
     try:
         config = sim.SimConfig(

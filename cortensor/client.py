@@ -18,11 +18,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
+from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.topology import Topology
 from cortensor.errors import RetryableError
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport import amqp, jetstream
 
 
 class VerdictTimeout(RetryableError):

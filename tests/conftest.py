@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cortensor.ledger import migrate
-from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
 
 
@@ -30,7 +30,7 @@ def unique_name(prefix: str) -> str:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The prepared models (ops/test prepares them; this only checks they are intact)."""
-    from cortensor.models.prepare import prepare_models
+    from cortensor.tools.prepare import prepare_models
 
     directory = Settings().models_dir
     prepare_models(directory, log=lambda _: None)

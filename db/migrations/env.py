@@ -1,5 +1,5 @@
 """Alembic environment of the ledger. The URL comes from the config that
-cortensor.ledger.migrate builds from Settings; there is no alembic.ini."""
+cortensor.adapters.ledger.migrate builds from Settings; there is no alembic.ini."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from cortensor.ledger.models import Base
+from cortensor.adapters.ledger.tables import Base
 
 # Any constant will do; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x636F7274656E73  # "cortens"
@@ -20,7 +20,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError(
-            "sqlalchemy.url is not set; build the config with cortensor.ledger.migrate"
+            "sqlalchemy.url is not set; build the config with cortensor.adapters.ledger.migrate"
         )
     return url
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cortensor.fleet import Fleet
-from cortensor.ledger import migrate
-from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
+from cortensor.tools.fleet import Fleet
 from tests.conftest import make_settings
 
 DISHONEST = "dishonest-random-1"

@@ -21,17 +21,17 @@ import asyncpg
 import numpy as np
 import pytest
 
+from cortensor.adapters.amqp import REASON_HEADER
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
+from cortensor.adapters.topology import Topology
 from cortensor.client import Client
-from cortensor.fleet import Fleet
-from cortensor.ledger import migrate
-from cortensor.models.manifest import load_manifest
-from cortensor.provision import setup_brokers, teardown_brokers
-from cortensor.reports import node_report
-from cortensor.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.manifest import load_manifest
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.schemas import MAX_INPUTS, MAX_JOB_BYTES, MAX_TEXT_CHARS, JobRequest
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport.amqp import REASON_HEADER
+from cortensor.tools.fleet import Fleet
+from cortensor.tools.reports import node_report
 from tests.conftest import make_settings, run_cortensor
 from tests.e2e.conftest import DISHONEST
 

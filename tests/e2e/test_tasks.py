@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 
 from cortensor.client import Client
-from cortensor.comparators.transcribe import word_error_rate
-from cortensor.fleet import Fleet
-from cortensor.models.manifest import load_manifest
-from cortensor.runtimes.classifier import ClassifierRuntime
-from cortensor.runtimes.embedding import EmbeddingRuntime
-from cortensor.runtimes.whisper import WhisperRuntime
+from cortensor.inference.manifest import load_manifest
+from cortensor.inference.runtimes.classifier import ClassifierRuntime
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.protocol.comparators.transcribe import word_error_rate
 from cortensor.schemas import MAX_AUDIO_BYTES, JobRequest, Verdict
 from cortensor.settings import Settings
-from cortensor.speech import SENTENCES, SHORT, duration_s, long_speech, silence, speak
+from cortensor.tools.fleet import Fleet
+from cortensor.tools.speech import SENTENCES, SHORT, duration_s, long_speech, silence, speak
 from tests.conftest import run_cortensor
 from tests.e2e.conftest import DISHONEST
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from cortensor.client import Client
-from cortensor.fleet import Fleet
-from cortensor.models.manifest import load_manifest
-from cortensor.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.manifest import load_manifest
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
+from cortensor.tools.fleet import Fleet
 from tests.conftest import run_cortensor
 from tests.e2e.conftest import running_fleet
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from cortensor.ledger import migrate
-from cortensor.ledger.judging import GuardLedger
-from cortensor.ledger.routing import RouterLedger
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.settings import Settings
 from tests.conftest import make_settings
 

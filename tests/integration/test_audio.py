@@ -23,8 +23,8 @@ from cortensor.audio import (
     speech_spans,
 )
 from cortensor.errors import BadInput
-from cortensor.parts import stitch_transcripts
-from cortensor.speech import (
+from cortensor.protocol.parts import stitch_transcripts
+from cortensor.tools.speech import (
     FORMATS,
     SENTENCES,
     SHORT,
@@ -381,9 +381,9 @@ def test_chunks_transcribed_apart_and_stitched_read_as_well_as_the_whole(
     models_dir: Path, long_file: Path, long_chunks: list[Chunk]
 ) -> None:
     from cortensor.catalog import WHISPER_TINY_EN
-    from cortensor.comparators.transcribe import agree, word_error_rate
-    from cortensor.models.manifest import load_manifest
-    from cortensor.runtimes.whisper import WhisperRuntime
+    from cortensor.inference.manifest import load_manifest
+    from cortensor.inference.runtimes.whisper import WhisperRuntime
+    from cortensor.protocol.comparators.transcribe import agree, word_error_rate
 
     variant = load_manifest(models_dir).variant_for(WHISPER_TINY_EN, "cpu-int8")
     whisper = WhisperRuntime.from_manifest(models_dir, variant, threads=2)

@@ -21,10 +21,10 @@ from nats.js.api import AckPolicy, DeliverPolicy, StorageType
 from nats.js.errors import NotFoundError
 from pamqp.commands import Basic
 
-from cortensor.provision import setup_brokers, teardown_brokers
+from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
+from cortensor.adapters.topology import Topology
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport import amqp, jetstream
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats]

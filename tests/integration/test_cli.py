@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 
-from cortensor.ledger import migrate
-from cortensor.provision import teardown_brokers
+from cortensor.adapters import jetstream
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import teardown_brokers
+from cortensor.adapters.topology import Topology
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport import jetstream
 from tests.conftest import make_settings, run_cortensor
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]

@@ -29,9 +29,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from cortensor.errors import BadInput
-from cortensor.ledger import migrate
-from cortensor.ledger.models import (
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.ledger.tables import (
     Assignment,
     Base,
     Job,
@@ -40,7 +39,8 @@ from cortensor.ledger.models import (
     Result,
     Verdict,
 )
-from cortensor.reputation import Record, score
+from cortensor.errors import BadInput
+from cortensor.protocol.reputation import Record, score
 from cortensor.settings import Settings
 
 pytestmark = pytest.mark.postgres
@@ -216,7 +216,7 @@ def test_upgrade_creates_the_database_and_is_idempotent(fresh_settings: Settings
 def test_concurrent_upgrades_take_turns(fresh_settings: Settings) -> None:
     code = (
         "from cortensor.settings import Settings\n"
-        "from cortensor.ledger.migrate import upgrade\n"
+        "from cortensor.adapters.ledger.migrate import upgrade\n"
         "upgrade(Settings())\n"
     )
     env = {**os.environ, "CORTENSOR_DATABASE_URL": fresh_settings.database_url}

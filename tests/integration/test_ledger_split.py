@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from cortensor.judge import judge
-from cortensor.ledger.judging import GuardLedger, Intake
-from cortensor.ledger.routing import RouterLedger
-from cortensor.parts import split_job
-from cortensor.replication import MAX_REPLICAS
-from cortensor.router.service import Router
+from cortensor.adapters.ledger.guard import GuardLedger, Intake
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.protocol.adjudication import judge
+from cortensor.protocol.parts import split_job
+from cortensor.protocol.replication import MAX_REPLICAS
+from cortensor.protocol.units import NewJob, OpenJob
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
@@ -36,8 +36,8 @@ from cortensor.schemas import (
     Verdict,
     utcnow,
 )
+from cortensor.services.router.service import Router
 from cortensor.settings import Settings
-from cortensor.units import NewJob, OpenJob
 from tests.integration.conftest import Ledgers
 
 pytestmark = pytest.mark.postgres

@@ -22,12 +22,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from cortensor.judge import judge
-from cortensor.ledger.judging import GuardLedger
-from cortensor.ledger.routing import NodeStats, OpenJob, RouterLedger
-from cortensor.replication import MAX_REPLICAS
-from cortensor.reputation import Record, score
-from cortensor.router.service import Router
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import NodeStats, OpenJob, RouterLedger
+from cortensor.protocol.adjudication import judge
+from cortensor.protocol.replication import MAX_REPLICAS
+from cortensor.protocol.reputation import Record, score
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
@@ -36,6 +35,7 @@ from cortensor.schemas import (
     Verdict,
     utcnow,
 )
+from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.integration.conftest import Ledgers
 

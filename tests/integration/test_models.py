@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cortensor.models import manifest as manifest_module
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, WHISPER_BASE, WHISPER_TINY_EN
 from cortensor.errors import ModelsNotPrepared
-from cortensor.hardware import cpu_flags, int8_isa
-from cortensor.models import manifest as manifest_module
-from cortensor.models.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
-from cortensor.models.prepare import prepare_models
-from cortensor.models.probes import describe, load_probes
-from cortensor.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.hardware import cpu_flags, int8_isa
+from cortensor.inference.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
+from cortensor.inference.probes import load_probes
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.tools.prepare import prepare_models
+from cortensor.tools.probe_prep import describe
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
@@ -154,8 +155,8 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         counts[path.name if path.name != "model.bin" else path.parent.parent.name] += 1
         return real(path)
 
-    monkeypatch.setattr("cortensor.models.manifest.sha256_file", counting)
-    monkeypatch.setattr("cortensor.models.prepare.sha256_file", counting)
+    monkeypatch.setattr("cortensor.inference.manifest.sha256_file", counting)
+    monkeypatch.setattr("cortensor.tools.prepare.sha256_file", counting)
     return counts
 
 
@@ -369,7 +370,7 @@ def test_a_missing_weights_package_says_to_run_the_installer(
 def test_the_skip_path_imports_no_preparation_library(prepared: Prepared) -> None:
     heavy = {"torch", "optimum", "transformers", "sklearn", "joblib", "onnx"}
     code = (
-        "import sys; from pathlib import Path; from cortensor.models.prepare import prepare_models;"
+        "import sys; from pathlib import Path; from cortensor.tools.prepare import prepare_models;"
         f"prepare_models(Path({str(prepared.models_dir)!r}), log=lambda _: None);"
         f"assert not {heavy!r} & set(sys.modules), sorted({heavy!r} & set(sys.modules))"
     )

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from nats.js.api import StorageType
 
-from cortensor.topology import Topology
-from cortensor.transport import jetstream
+from cortensor.adapters import jetstream
+from cortensor.adapters.topology import Topology
 
 pytestmark = pytest.mark.nats
 

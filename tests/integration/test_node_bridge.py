@@ -26,10 +26,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from numpy.typing import NDArray
 
-from cortensor.comparators.embed import agree
-from cortensor.node.bridge import NatsBridge
-from cortensor.node.faults import CRASH_EXIT_CODE, SLOW_MARGIN_S, Fault
-from cortensor.node.service import NodeIdentity, NodeService
+from cortensor.adapters import jetstream
+from cortensor.adapters.topology import Topology
+from cortensor.protocol.comparators.embed import agree
 from cortensor.schemas import (
     Assignment,
     Classification,
@@ -38,9 +37,10 @@ from cortensor.schemas import (
     NodeHeartbeat,
     utcnow,
 )
+from cortensor.services.node.bridge import NatsBridge
+from cortensor.services.node.faults import CRASH_EXIT_CODE, SLOW_MARGIN_S, Fault
+from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport import jetstream
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.nats
@@ -426,8 +426,8 @@ async def test_colluding_nodes_publish_the_same_wrong_answer(
 CRASHING_NODE = """
 import json, sys, time
 import numpy as np
-from cortensor.node.faults import Fault
-from cortensor.node.service import NodeIdentity, NodeService
+from cortensor.services.node.faults import Fault
+from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
 
 class Embedder:

@@ -38,11 +38,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from cortensor.adapters.ledger import migrate
 from cortensor.errors import BadInput
-from cortensor.ledger import migrate
-from cortensor.reports import find_report, reports, run_report
-from cortensor.reputation import fold
+from cortensor.protocol.reputation import fold
 from cortensor.settings import Settings
+from cortensor.tools.reports import find_report, reports, run_report
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.postgres

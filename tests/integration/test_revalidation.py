@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from cortensor.judge import judge
-from cortensor.ledger.judging import GuardLedger
-from cortensor.ledger.routing import RouterLedger
-from cortensor.parts import split_job
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.protocol.adjudication import judge
+from cortensor.protocol.parts import split_job
+from cortensor.protocol.units import NewJob, OpenJob, whole_job
 from cortensor.schemas import Assignment, JobRequest
-from cortensor.units import NewJob, OpenJob, whole_job
 from tests.integration.test_ledger_store import (
     assignments_for,
     embeddings,

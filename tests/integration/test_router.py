@@ -14,12 +14,12 @@ import aio_pika
 import asyncpg
 import pytest
 
+from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.topology import Topology
 from cortensor.client import Client
-from cortensor.router.service import Router
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, utcnow
+from cortensor.services.router.service import Router
 from cortensor.settings import Settings
-from cortensor.topology import Topology
-from cortensor.transport import amqp, jetstream
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 

@@ -17,15 +17,15 @@ import pytest
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, TASK_OF, WHISPER_BASE, WHISPER_TINY_EN
 from cortensor.errors import BadInput, ModelsNotPrepared
-from cortensor.hardware import cuda_available
-from cortensor.models.manifest import MANIFEST_NAME, load_manifest
-from cortensor.node.main import build_node
-from cortensor.node.service import NodeService
-from cortensor.runtimes.classifier import ClassifierRuntime
-from cortensor.runtimes.embedding import EmbeddingRuntime
-from cortensor.runtimes.whisper import WhisperRuntime
+from cortensor.inference.hardware import cuda_available
+from cortensor.inference.manifest import MANIFEST_NAME, load_manifest
+from cortensor.inference.runtimes.classifier import ClassifierRuntime
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.schemas import Transcript
-from cortensor.speech import SENTENCES, speak
+from cortensor.services.node.main import build_node
+from cortensor.services.node.service import NodeService
+from cortensor.tools.speech import SENTENCES, speak
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from cortensor.audit import audit
-from cortensor.ledger.routing import RouterLedger
-from cortensor.ledger.store import Ledger
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.ledger.store import Ledger
 from cortensor.settings import Settings
+from cortensor.tools.audit import audit
 
 pytestmark = [pytest.mark.postgres]
 

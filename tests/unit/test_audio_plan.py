@@ -20,7 +20,7 @@ from cortensor.audio import (
     plan_chunks,
     sniff_format,
 )
-from cortensor.parts import stitch_transcripts
+from cortensor.protocol.parts import stitch_transcripts
 
 Spans = list[tuple[float, float]]
 

@@ -12,7 +12,7 @@ import pytest
 from celery.worker.request import Request
 from kombu.message import Message
 
-from cortensor.transport.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
+from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
 
 KWARGS: dict[str, Any] = {
     "assignments": [

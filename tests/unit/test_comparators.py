@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from cortensor.comparators import COMPARATORS, classify, transcribe
-from cortensor.comparators.embed import (
+from cortensor.protocol.comparators import COMPARATORS, classify, transcribe
+from cortensor.protocol.comparators.embed import (
     BETWEEN_BUILDS,
     THRESHOLDS,
     agree,
@@ -20,7 +20,7 @@ from cortensor.comparators.embed import (
     min_cosine,
     threshold,
 )
-from cortensor.comparators.precision import pair
+from cortensor.protocol.comparators.precision import pair
 
 DIM = 384
 PRECISIONS = ("fp32", "fp16", "int8")

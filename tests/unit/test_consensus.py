@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.comparators import embed
-from cortensor.consensus import Replica, decide, largest_cluster
+from cortensor.protocol.comparators import embed
+from cortensor.protocol.consensus import Replica, decide, largest_cluster
 
 TRUTH = [[0.6, 0.8], [1.0, 0.0]]
 LIE = [[0.8, -0.6], [0.0, 1.0]]  # orthogonal to the truth, row by row

@@ -20,9 +20,18 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from typer.testing import CliRunner, Result
 
-from cortensor.comparators import classify, transcribe
-from cortensor.comparators.embed import agree, min_cosine
-from cortensor.node.faults import (
+from cortensor.paths import ROOT
+from cortensor.protocol.comparators import classify, transcribe
+from cortensor.protocol.comparators.embed import agree, min_cosine
+from cortensor.schemas import (
+    MAX_DEADLINE_S,
+    Assignment,
+    Classification,
+    LabelScore,
+    Segment,
+    Transcript,
+)
+from cortensor.services.node.faults import (
     FAULT_MODES,
     INTERMITTENT_RATE,
     SLOW_MARGIN_S,
@@ -34,16 +43,7 @@ from cortensor.node.faults import (
     option_problem,
     slow_sleep_s,
 )
-from cortensor.paths import ROOT
-from cortensor.schemas import (
-    MAX_DEADLINE_S,
-    Assignment,
-    Classification,
-    LabelScore,
-    Segment,
-    Transcript,
-)
-from cortensor.speech import SENTENCES
+from cortensor.tools.speech import SENTENCES
 
 DIM = 384
 
@@ -682,14 +682,14 @@ def test_option_problems(
 def node_command(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The `node` command with its node built and served by stand-ins: the calls made."""
     import cortensor.cli
-    import cortensor.node.main
+    import cortensor.services.node.main
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(cortensor.cli, "_configure_logging", lambda: None)
     monkeypatch.setattr(
-        cortensor.node.main, "build_node", lambda settings, **kwargs: calls.append(kwargs)
+        cortensor.services.node.main, "build_node", lambda settings, **kwargs: calls.append(kwargs)
     )
-    monkeypatch.setattr(cortensor.node.main, "serve_node", lambda service: None)
+    monkeypatch.setattr(cortensor.services.node.main, "serve_node", lambda service: None)
     return calls
 
 

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.hardware import CUDA_PROVIDER, cpu_flags, cuda_available, cuda_usable, int8_isa
+from cortensor.inference.hardware import (
+    CUDA_PROVIDER,
+    cpu_flags,
+    cuda_available,
+    cuda_usable,
+    int8_isa,
+)
 
 _FLAGS = st.frozensets(st.sampled_from(["sse4_2", "avx", "avx2", "avx512f", "avx512_vnni", "fma"]))
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cortensor.intake import Rejected, Undeliverable, read_job
+from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.schemas import (
     DEFAULT_DEADLINE_S,
     MAX_DEADLINE_S,

@@ -6,8 +6,8 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 
-from cortensor.consensus import Replica
-from cortensor.judge import Case, judge, score_late
+from cortensor.protocol.adjudication import Case, judge, score_late
+from cortensor.protocol.consensus import Replica
 from cortensor.schemas import Verdict
 
 MODEL = "all-MiniLM-L6-v2"

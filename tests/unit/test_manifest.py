@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, WHISPER_BASE
 from cortensor.errors import ModelsNotPrepared
-from cortensor.hardware import Int8Isa
-from cortensor.models.manifest import (
+from cortensor.inference.hardware import Int8Isa
+from cortensor.inference.manifest import (
     MANIFEST_NAME,
     FileChecks,
     Manifest,
@@ -183,7 +183,7 @@ def test_the_exact_isa_wins_whatever_the_order(tmp_path: Path) -> None:
 
 
 def test_without_an_isa_the_local_cpu_decides(manifest: Manifest) -> None:
-    from cortensor.hardware import cpu_flags, int8_isa
+    from cortensor.inference.hardware import cpu_flags, int8_isa
 
     local = int8_isa(cpu_flags())
     assert manifest.find(EMBED_MODEL, "cpu-int8") == manifest.find(EMBED_MODEL, "cpu-int8", local)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from cortensor.errors import BadInput
-from cortensor.node.identity import HwChoice, choose_hw_class, default_node_id
 from cortensor.schemas import NodeId
+from cortensor.services.node.identity import HwChoice, choose_hw_class, default_node_id
 
 ALL_CLASSES = {"cpu-fp32", "cpu-int8", "cuda-fp16", "cuda-int8"}
 _NODE_ID = TypeAdapter(NodeId)

@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cortensor.audio import Chunk
-from cortensor.parts import DecidedPart, part_id, split_job, stitch, stitch_transcripts
-from cortensor.replication import REPLICAS
+from cortensor.protocol.parts import DecidedPart, part_id, split_job, stitch, stitch_transcripts
+from cortensor.protocol.replication import REPLICAS
+from cortensor.protocol.units import OpenJob, job_params
 from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
-from cortensor.units import OpenJob, job_params
 
 DEADLINE = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 FAKE_WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "

@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from cortensor.models.probes import Probe, ProbeSet
-from cortensor.router.probing import Prober
-from cortensor.routing import NodeView
+from cortensor.protocol.placement import NodeView
+from cortensor.protocol.probing import Probe, Prober, ProbeSet
 from cortensor.settings import Settings
 
 SETTINGS = Settings(probe_interval_s=1.0, quarantine_probe_interval_s=5.0, node_ttl_s=5.0)

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from cortensor.ledger.routing import NodeStats
-from cortensor.reputation import PRIOR_SCORE
-from cortensor.router.registry import NodeRegistry
-from cortensor.routing import candidates
+from cortensor.adapters.ledger.router import NodeStats
+from cortensor.protocol.placement import candidates
+from cortensor.protocol.reputation import PRIOR_SCORE
 from cortensor.schemas import NodeHeartbeat
+from cortensor.services.router.registry import NodeRegistry
 
 STARTED = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.reputation import PRIOR_SCORE, Record, score, tally
+from cortensor.protocol.reputation import PRIOR_SCORE, Record, score, tally
 
 
 def test_a_new_node_starts_at_the_prior() -> None:

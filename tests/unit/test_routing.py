@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cortensor.errors import NoEligibleNodes, RetryableError
-from cortensor.routing import NodeView, candidates, choose, weight
+from cortensor.protocol.placement import NodeView, candidates, choose, weight
 
 MODEL = "all-MiniLM-L6-v2"
 NOW = 1000.0

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cortensor.cli import SCHEMAS_DIR, app
-from cortensor.intake import Rejected, explain, read_job
+from cortensor.protocol.intake import Rejected, explain, read_job
 from cortensor.schemas import (
     MAX_AUDIO_BYTES,
     MESSAGES,

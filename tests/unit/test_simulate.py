@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cortensor import replication
 from cortensor.cli import app
 from cortensor.errors import BadInput
-from cortensor.routing import NodeView, choose, weight
-from cortensor.simulate import (
+from cortensor.protocol import replication
+from cortensor.protocol.placement import NodeView, choose, weight
+from cortensor.tools.simulate import (
     DEFAULT_MIX,
     JobRecord,
     Mode,

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor import reputation
-from cortensor.consensus import Replica
-from cortensor.judge import Case, judge, unchecked
-from cortensor.replication import (
+from cortensor.protocol import reputation
+from cortensor.protocol.adjudication import Case, judge, unchecked
+from cortensor.protocol.consensus import Replica
+from cortensor.protocol.replication import (
     MAX_REPLICAS,
     MIN_STREAK,
     REPLICAS,
@@ -24,7 +24,7 @@ from cortensor.replication import (
     replicas,
     solo_probability,
 )
-from cortensor.reputation import (
+from cortensor.protocol.reputation import (
     ADMIT_PROBES,
     HALF_LIFE_S,
     READMIT_PROBES,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from cortensor.adapters.topology import Topology
 from cortensor.catalog import HW_CLASSES
 from cortensor.errors import PermanentError
 from cortensor.paths import checkout_path
-from cortensor.topology import Topology
 
 TOPOLOGY_FILE = checkout_path("brokers", "topology.toml")
 

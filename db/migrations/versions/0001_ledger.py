@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Written by hand; cortensor.ledger.models mirrors it, and a test checks that the two agree.
+Written by hand; cortensor.adapters.ledger.tables mirrors it, and a test checks that the two agree.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def upgrade() -> None:
     )
 
     # Posterior mean of a Beta(1, 1) prior. Float arithmetic, operand for operand the
-    # same as cortensor.reputation.score, so the two give the identical double.
+    # same as cortensor.protocol.reputation.score, so the two give the identical double.
     op.execute(
         """
         CREATE FUNCTION cortensor_score(agreed bigint, disagreed bigint, timed_out bigint)

@@ -6,7 +6,7 @@ Revises: 0002
 Create Date: 2026-11-26
 
 `node_standing` holds, per node overall (model '') and per node and model, the fold of
-its reputation events that cortensor.reputation defines: time-decayed Beta counts, the
+its reputation events that cortensor.protocol.reputation defines: time-decayed Beta counts, the
 run of valid results, the suspicion statistic and the trust state. A BEFORE INSERT
 trigger on reputation_events folds each event as it is inserted, under the standing
 row's lock, and stamps the event with its place in the node's history (`node_seq`), so
@@ -28,7 +28,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The constants of cortensor.reputation, written out; a test checks that they agree.
+# The constants of cortensor.protocol.reputation, written out; a test checks that they agree.
 HALF_LIFE_S = 7 * 24 * 3600.0
 STEP_VALID = math.log((1 - 0.10) / (1 - 0.01))
 STEP_FAILED = math.log(0.10 / 0.01)

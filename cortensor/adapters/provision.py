@@ -1,0 +1,48 @@
+"""Creating and removing a namespace's broker objects (`cortensor brokers setup`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from nats.js.errors import NotFoundError
+
+from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
+
+
+async def setup_brokers(settings: Settings) -> list[str]:
+    """Declare the RabbitMQ topology and the JetStream streams (idempotent)."""
+    topology = Topology(settings.namespace)
+    connection = await amqp.connect(settings.amqp_url)
+    async with connection:
+        declared = await amqp.apply_topology(await connection.channel(), topology)
+    nc = await jetstream.connect(settings.nats_url, name="cortensor-setup")
+    try:
+        declared += await jetstream.apply_streams(nc.jetstream(), topology)
+    finally:
+        await nc.drain()
+    return declared
+
+
+async def teardown_brokers(settings: Settings, node_ids: Iterable[tuple[str, str]] = ()) -> None:
+    """Delete a namespace's queues, exchanges and streams; `node_ids` are (id, hw_class)."""
+    topology = Topology(settings.namespace)
+    connection = await amqp.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queues = [q.name for q in topology.queues]
+        queues += [topology.node_queue(node, hw).name for node, hw in node_ids]
+        for name in queues:
+            await channel.queue_delete(name)
+        for exchange in topology.exchanges:
+            await channel.exchange_delete(exchange.name)
+    nc = await jetstream.connect(settings.nats_url, name="cortensor-teardown")
+    try:
+        js = nc.jetstream()
+        for stream in topology.streams:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(stream.name)
+    finally:
+        await nc.drain()

@@ -1,1 +1,0 @@
-"""Prepared models: the manifest a node reads at run time, and the offline preparation step."""

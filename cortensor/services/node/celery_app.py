@@ -1,0 +1,103 @@
+"""The node's Celery worker: consumes only the node's own quorum queue."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from celery import Celery, signals
+from celery.worker.consumer import Consumer
+from kombu import Exchange, Queue
+
+from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
+from cortensor.services.node.service import NodeService
+
+
+class NodeConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer without native delayed delivery.
+
+    Assignments carry a deadline instead of an ETA, so the 28 delayed-delivery queues
+    Celery would declare at each start for quorum queues are never used.
+    """
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps: ClassVar[list[str]] = [
+            step
+            for step in Consumer.Blueprint.default_steps
+            if not step.endswith("DelayedDelivery")
+        ]
+
+
+def make_app(service: NodeService) -> Celery:
+    """A Celery app bound to one node service and its queue."""
+    settings, identity = service.settings, service.identity
+    spec = service.topology.node_queue(identity.node_id, identity.hw_class)
+    queue = Queue(
+        spec.name,
+        Exchange(spec.exchange, type="direct", durable=True),
+        routing_key=spec.routing_key,
+        durable=True,
+        queue_arguments=spec.arguments,
+    )
+    app = Celery(
+        f"cortensor-node-{identity.node_id}", broker=settings.amqp_url, set_as_current=False
+    )
+    app.conf.update(
+        task_queues=[queue],
+        task_default_queue=spec.name,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=settings.node_prefetch,
+        worker_consumer=f"{__name__}:NodeConsumer",
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_detect_quorum_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"confirm_publish": True},
+    )
+
+    @app.task(name=TASK_RUN_ASSIGNMENTS, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
+    def run_assignments(assignments: Any) -> str:
+        return service.handle(assignments if isinstance(assignments, list) else [assignments])
+
+    def on_ready(**_: Any) -> None:
+        # A log line per task costs the node (and the Procfile runner relaying it)
+        # a large share of a task's overhead; failures are still logged as errors.
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        service.announce()
+
+    def on_shutdown(**_: Any) -> None:
+        service.drain()
+
+    # Heartbeats start only once the queue is declared and consumed, so that no
+    # router sends work to a queue that does not exist yet.
+    signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    return app
+
+
+def run_worker(app: Celery, service: NodeService, *, loglevel: str = "INFO") -> None:
+    """Run the worker in this process until it is told to stop."""
+    spec = service.topology.node_queue(service.identity.node_id, service.identity.hw_class)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={service.settings.node_threads}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                f"--hostname={service.identity.node_id}@%h",
+                f"--queues={spec.name}",
+                f"--loglevel={loglevel}",
+            ]
+        )
+    finally:
+        service.close()

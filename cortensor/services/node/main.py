@@ -1,0 +1,161 @@
+"""Starting a node: identity, hardware class, its models, then the Celery worker."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import structlog
+
+from cortensor.catalog import HW_CLASSES, TASK_OF, TASKS, HwClass
+from cortensor.errors import BadInput, ModelsNotPrepared
+from cortensor.inference.hardware import Int8Isa, cpu_flags, cuda_available, int8_isa
+from cortensor.inference.manifest import (
+    FileChecks,
+    Manifest,
+    ModelVariant,
+    load_manifest,
+    verify_variant,
+)
+from cortensor.inference.runtimes import Embedder, Runtime
+from cortensor.inference.runtimes.classifier import ClassifierRuntime
+from cortensor.inference.runtimes.embedding import Device, EmbeddingRuntime
+from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.services.node.celery_app import make_app, run_worker
+from cortensor.services.node.faults import Fault, FaultMode
+from cortensor.services.node.identity import HwChoice, choose_hw_class, default_node_id
+from cortensor.services.node.service import NodeIdentity, NodeService
+from cortensor.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def build_node(
+    settings: Settings,
+    *,
+    hw_class: HwChoice = "auto",
+    node_id: str | None = None,
+    fault: FaultMode | None = None,
+    fault_rate: float | None = None,
+    fault_group: str | None = None,
+    models: Collection[str] | None = None,
+) -> NodeService:
+    """Detect the class, load once each model it serves, and wire up the node service.
+
+    `models` restricts the node to some of the catalog's models (all that the class
+    serves when None); auto detection then picks the best class that serves them all.
+    `fault_rate` None is the mode's default (faults.default_rate); `fault_group` names the
+    group of a colluding node.
+    """
+    wanted = _known(models)
+    injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
+    manifest = load_manifest(settings.models_dir)
+    isa = int8_isa(cpu_flags())
+    cuda = cuda_available()
+    served = {c: _loadable(manifest, c, isa, wanted) for c in HW_CLASSES}
+    if wanted is not None and hw_class != "auto" and not served[hw_class]:
+        missing = sorted(wanted - set(manifest.served(hw_class, isa)))
+        raise BadInput(
+            f"hardware class {hw_class} has no prepared variant of {', '.join(missing)} that"
+            f" it can load on this CPU ({isa}); run `cortensor models prepare` or choose"
+            " another class"
+        )
+    chosen = choose_hw_class(
+        hw_class, served={c for c, names in served.items() if names}, int8_isa=isa, cuda=cuda
+    )
+    names = served[chosen]
+    variants = {name: manifest.variant_for(name, chosen, isa) for name in names}
+    # A head's base model is loaded for it even when the node does not serve that model.
+    for base in {v.base_model for v in variants.values()} - {"", *variants}:
+        variants[base] = manifest.variant_for(base, chosen, isa)
+    _verify(settings, variants.values())
+    loaded = _load(settings, chosen, variants)
+    runtimes = {name: loaded[name] for name in names}
+    tasks = tuple(t for t in TASKS if any(TASK_OF[n] == t for n in names))
+    identity = NodeIdentity(
+        node_id=node_id or default_node_id(),
+        hw_class=chosen,
+        models=names,
+        tasks=tasks,
+        builds={name: _build(variants, name) for name in names},
+    )
+    log.info(
+        "node starting",
+        node_id=identity.node_id,
+        hw_class=chosen,
+        variants={n: v.variant for n, v in variants.items()},
+        fault=fault,
+        fault_rate=injected.rate if injected else None,
+        fault_group=fault_group,
+    )
+    return NodeService(settings, identity, runtimes=runtimes, fault=injected)
+
+
+def _known(models: Collection[str] | None) -> frozenset[str] | None:
+    if models is None:
+        return None
+    unknown = sorted(set(models) - set(TASK_OF))
+    if unknown or not models:
+        given = ", ".join(unknown) or "(none given)"
+        raise BadInput(f"unknown model {given}; known models: {', '.join(TASK_OF)}")
+    return frozenset(models)
+
+
+def _loadable(
+    manifest: Manifest, hw_class: HwClass, isa: Int8Isa, wanted: frozenset[str] | None
+) -> tuple[str, ...]:
+    """The models a node of `hw_class` loads: all it serves, or exactly `wanted` if it serves
+    every one of them (else none, so that auto detection passes the class over)."""
+    names = manifest.served(hw_class, isa)
+    if wanted is None:
+        return names
+    return tuple(n for n in names if n in wanted) if wanted <= set(names) else ()
+
+
+def _verify(settings: Settings, variants: Collection[ModelVariant]) -> None:
+    checks: FileChecks = {}
+    problems = [
+        f"{v.name} {v.variant}: {problem}"
+        for v in variants
+        for problem in verify_variant(settings.models_dir, v, checks)
+    ]
+    if problems:
+        raise ModelsNotPrepared(
+            f"damaged models ({'; '.join(problems[:5])}); run `cortensor models prepare`"
+        )
+
+
+def _load(
+    settings: Settings, hw_class: HwClass, variants: dict[str, ModelVariant]
+) -> dict[str, Runtime]:
+    device: Device = "cuda" if hw_class.startswith("cuda-") else "cpu"
+    threads = settings.inference_threads
+    runtimes: dict[str, Runtime] = {}
+    embedders: dict[str, Embedder] = {}
+    # Embedding models first: a classifier head runs over its base model's runtime.
+    for name, variant in sorted(variants.items(), key=lambda item: bool(item[1].base_model)):
+        if variant.format == "onnx":
+            embedder = EmbeddingRuntime.from_manifest(
+                settings.models_dir, variant, threads=threads, device=device
+            )
+            runtimes[name] = embedders[name] = embedder
+        elif variant.format == "linear-head":
+            runtimes[name] = ClassifierRuntime.from_manifest(
+                settings.models_dir, variant, embedders[variant.base_model]
+            )
+        else:
+            runtimes[name] = WhisperRuntime.from_manifest(
+                settings.models_dir, variant, device=device, threads=threads
+            )
+    return runtimes
+
+
+def serve_node(service: NodeService) -> None:
+    """Run the node until it is told to stop."""
+    service.start()
+    run_worker(make_app(service), service)
+
+
+def _build(variants: dict[str, ModelVariant], name: str) -> str:
+    """The variant that decides a model's numbers: a head's embedding model's own."""
+    variant = variants[name]
+    return variants[variant.base_model].variant if variant.base_model else variant.variant

@@ -1,0 +1,242 @@
+"""What a node does with the assignments it is given, independent of how they are delivered."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+from pydantic import ValidationError
+
+from cortensor.adapters.topology import Topology
+from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
+from cortensor.inference.runtimes import Classifier, Embedder, Runtime, Transcriber
+from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, utcnow
+from cortensor.services.node.bridge import NatsBridge
+from cortensor.services.node.faults import CRASH_EXIT_CODE, Fault, slow_sleep_s
+from cortensor.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What a node announces about itself."""
+
+    node_id: str
+    hw_class: HwClass
+    models: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    builds: Mapping[str, str] = field(default_factory=dict)
+    """The prepared variant behind each model (for a classifier head, its embedding's)."""
+
+
+def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> dict[str, Any]:
+    """The output field of a result: the runtime's answer, made wrong when `fault` strikes.
+
+    The node checked that `runtime` serves the assignment's model, and a model serves
+    one task (catalog.TASK_OF), so the runtime has the method the task needs.
+    """
+    wrong = fault.wrong_answers(assignment) if fault is not None else None
+    if assignment.task == "embed":
+        vectors = cast(Embedder, runtime).embed(assignment.inputs)
+        return {"embeddings": (wrong.corrupt(vectors) if wrong else vectors).tolist()}
+    if assignment.task == "classify":
+        classifier = cast(Classifier, runtime)
+        classes = classifier.classify(assignment.inputs, assignment.top_k)
+        if wrong:
+            classes = wrong.corrupt_classes(classes, getattr(classifier, "labels", ()))
+        return {"classes": classes}
+    wav = base64.b64decode(assignment.audio or "")
+    transcript = cast(Transcriber, runtime).transcribe(wav, assignment.language)
+    return {"transcript": wrong.corrupt_transcript(transcript) if wrong else transcript}
+
+
+class NodeService:
+    """Runs assignments on the loaded model and publishes results and heartbeats."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        identity: NodeIdentity,
+        runtimes: Mapping[str, Runtime],
+        *,
+        fault: Fault | None = None,
+        bridge: NatsBridge | None = None,
+    ) -> None:
+        self.settings, self.identity, self.runtimes, self.fault = (
+            settings,
+            identity,
+            dict(runtimes),
+            fault,
+        )
+        self.topology = Topology(settings.namespace)
+        self.bridge = bridge or NatsBridge(settings.nats_url, name=f"node {identity.node_id}")
+        self.capacity = settings.node_threads * settings.node_prefetch
+        self.started_at = utcnow()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._processed = 0
+
+    def heartbeat(self, status: str = "up") -> bytes:
+        """The node's current heartbeat message."""
+        with self._lock:
+            inflight, processed = self._inflight, self._processed
+        return (
+            NodeHeartbeat(
+                node_id=self.identity.node_id,
+                hw_class=self.identity.hw_class,
+                precision=PRECISION[self.identity.hw_class],
+                tasks=list(self.identity.tasks),
+                models=list(self.identity.models),
+                capacity=self.capacity,
+                inflight=inflight,
+                processed=processed,
+                status="draining" if status == "draining" else "up",
+                started_at=self.started_at,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    def start(self) -> None:
+        """Connect to NATS."""
+        self.bridge.start()
+
+    def announce(self) -> None:
+        """Start heartbeats: from now on routers may send work."""
+        self.bridge.start_heartbeats(
+            self.topology.heartbeat_subject(self.identity.node_id),
+            self.heartbeat,
+            self.settings.heartbeat_interval_s,
+        )
+
+    def drain(self) -> None:
+        """Tell routers the node is leaving; work already queued still completes."""
+        subject = self.topology.heartbeat_subject(self.identity.node_id)
+        self.bridge.stop_heartbeats(last_words=(subject, self.heartbeat("draining")))
+
+    def close(self) -> None:
+        """Close the NATS connection once no task runs any more."""
+        self.bridge.close()
+
+    def compute(self, assignment: Assignment) -> InferenceResult:
+        """Run the assignment on its model (wrongly, when a fault strikes)."""
+        started = time.perf_counter()
+        common: dict[str, Any] = {
+            "assignment_id": assignment.assignment_id,
+            "job_id": assignment.job_id,
+            "node_id": self.identity.node_id,
+            "task": assignment.task,
+            "model": assignment.model,
+            "hw_class": self.identity.hw_class,
+            "precision": PRECISION[self.identity.hw_class],
+            "build": self.identity.builds.get(assignment.model, ""),
+        }
+        try:
+            output = run_task(self.runtimes[assignment.model], assignment, self.fault)
+        except Exception as exc:  # the model failed on this input; report, do not crash
+            log.exception("inference failed", assignment_id=str(assignment.assignment_id))
+            return InferenceResult(**common, error=f"{type(exc).__name__}: {exc}")
+        elapsed = (time.perf_counter() - started) * 1000
+        return InferenceResult(**common, **output, elapsed_ms=elapsed)
+
+    def _accept(self, payload: Any) -> Assignment | str:
+        """The assignment to run, or why it is dropped."""
+        try:
+            assignment = Assignment.model_validate(payload)
+        except ValidationError as exc:
+            log.error("malformed assignment dropped", error=str(exc))
+            return "malformed"
+        if assignment.node_id != self.identity.node_id:
+            log.error("assignment for another node dropped", node_id=assignment.node_id)
+            return "misrouted"
+        if assignment.model not in self.runtimes or TASK_OF[assignment.model] != assignment.task:
+            log.error("assignment for a model not served here dropped", model=assignment.model)
+            return "unserved"
+        if assignment.deadline_at <= utcnow():
+            # The router has re-routed it already; the work would be wasted.
+            return "expired"
+        return assignment
+
+    def handle(self, payloads: Sequence[Any]) -> str:
+        """Run the assignments delivered in one task; returns what happened, for the log.
+
+        Returns only after JetStream acknowledged every result, so the caller acks the
+        task after the results are durable.
+        """
+        outcomes: Counter[str] = Counter()
+        ready: list[Assignment] = []
+        for payload in payloads:
+            accepted = self._accept(payload)
+            if isinstance(accepted, str):
+                outcomes[accepted] += 1
+            else:
+                ready.append(accepted)
+        if not ready:
+            return _summary(outcomes)
+        with self._lock:
+            self._inflight += len(ready)
+        try:
+            results = [self.compute(a) for a in ready]
+            if self.fault is None:
+                self._publish(ready, results)
+            else:
+                self._publish_faultily(self.fault, ready, results)
+        finally:
+            with self._lock:
+                self._inflight -= len(ready)
+                self._processed += len(ready)
+        outcomes.update("error" if r.error else "done" for r in results)
+        return _summary(outcomes)
+
+    def _publish(
+        self, assignments: Sequence[Assignment], results: Sequence[InferenceResult]
+    ) -> None:
+        """Publish the results and wait until JetStream stored them."""
+        if not results:
+            return
+        latest = max(a.deadline_at for a in assignments)
+        self.bridge.publish_durably(
+            [
+                (
+                    self.topology.results_subject(str(r.job_id)),
+                    r.model_dump_json().encode(),
+                    str(r.assignment_id),
+                )
+                for r in results
+            ],
+            within=max((latest - utcnow()).total_seconds(), 1.0),
+        )
+
+    def _publish_faultily(
+        self, fault: Fault, ready: Sequence[Assignment], results: Sequence[InferenceResult]
+    ) -> None:
+        """Publish as a slow or crashing node does (as any other node for other faults)."""
+        if any([fault.crashes() for _ in ready]):  # a draw for each job
+            log.warning("crash fault: the node dies mid-task", jobs=[str(a.job_id) for a in ready])
+            for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing
+                stream.flush()
+            os._exit(CRASH_EXIT_CODE)
+        held = [fault.delays() for _ in ready]
+        self._publish(
+            [a for a, h in zip(ready, held, strict=True) if not h],
+            [r for r, h in zip(results, held, strict=True) if not h],
+        )
+        late = [a for a, h in zip(ready, held, strict=True) if h]
+        if late:
+            wait = slow_sleep_s(max(a.deadline_at for a in late), utcnow())
+            log.warning("slow fault: holding results past the deadline", wait_s=round(wait, 3))
+            time.sleep(wait)
+            self._publish(late, [r for r, h in zip(results, held, strict=True) if h])
+
+
+def _summary(outcomes: Counter[str]) -> str:
+    return " ".join(f"{kind}={count}" for kind, count in sorted(outcomes.items()))

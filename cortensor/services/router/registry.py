@@ -1,0 +1,89 @@
+"""The router's view of the fleet: heartbeats merged with what the ledger says."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from cortensor.adapters.ledger.router import NodeStats
+from cortensor.protocol.placement import NodeView
+from cortensor.protocol.reputation import PRIOR_SCORE
+from cortensor.schemas import NodeHeartbeat
+
+
+@dataclass(slots=True)
+class _Entry:
+    beat: NodeHeartbeat
+    seen: float
+    recorded: bool = False
+
+
+class NodeRegistry:
+    """Nodes known from their heartbeats; only nodes recorded in the ledger are offered."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, _Entry] = {}
+        self._stats: dict[str, NodeStats] = {}
+        self._assigned_since_refresh: Counter[str] = Counter()
+
+    def observe(self, beat: NodeHeartbeat, now: float) -> bool:
+        """Take a heartbeat; True when the ledger must record the node before it is offered."""
+        entry = self._nodes.get(beat.node_id)
+        changed = entry is None or (
+            (entry.beat.hw_class, entry.beat.models, entry.beat.status)
+            != (beat.hw_class, beat.models, beat.status)
+        )
+        recorded = not changed and entry is not None and entry.recorded
+        self._nodes[beat.node_id] = _Entry(beat, now, recorded=recorded)
+        return not recorded
+
+    def recorded(self, node_id: str) -> None:
+        """The ledger now holds the node."""
+        if node_id in self._nodes:
+            self._nodes[node_id].recorded = True
+
+    def heartbeats(self) -> list[NodeHeartbeat]:
+        """The last heartbeat of every node."""
+        return [e.beat for e in self._nodes.values()]
+
+    def update_stats(self, stats: dict[str, NodeStats]) -> None:
+        """Fresh scores and outstanding counts from the ledger."""
+        self._stats = stats
+        self._assigned_since_refresh.clear()
+
+    def assigned(self, node_id: str) -> None:
+        """Count an assignment made since the last refresh."""
+        self._assigned_since_refresh[node_id] += 1
+
+    def forget(self, node_id: str) -> None:
+        """Stop offering a node until it announces itself again (its queue is gone)."""
+        self._nodes.pop(node_id, None)
+
+    def streak(self, node_id: str, model: str) -> int:
+        """The node's run of valid results for `model`, as of the last refresh."""
+        stats = self._stats.get(node_id)
+        return 0 if stats is None else int(stats.streaks.get(model, 0))
+
+    def views(self) -> list[NodeView]:
+        """Every recorded node as routing policy sees it."""
+        views = []
+        for node_id, entry in self._nodes.items():
+            if not entry.recorded:
+                continue
+            stats = self._stats.get(node_id, NodeStats(PRIOR_SCORE, 0, trust="probation"))
+            beat = entry.beat
+            views.append(
+                NodeView(
+                    node_id=node_id,
+                    hw_class=beat.hw_class,
+                    models=frozenset(beat.models),
+                    last_seen=entry.seen,
+                    score=stats.score,
+                    capacity=beat.capacity,
+                    inflight=stats.outstanding + self._assigned_since_refresh[node_id],
+                    draining=beat.status == "draining",
+                    trust=stats.trust,
+                    streaks=stats.streaks,
+                )
+            )
+        return views

@@ -1,0 +1,353 @@
+"""The benchmark behind ops/bench: the pipeline's latency and throughput as ratios to
+the model's own speed, measured in the same run on the same machine. Prints JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
+from cortensor.catalog import WHISPER_BASE
+from cortensor.client import Client
+from cortensor.inference.manifest import load_manifest
+from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.protocol.comparators.transcribe import word_error_rate
+from cortensor.schemas import JobRequest, Verdict
+from cortensor.settings import Settings
+from cortensor.tools import fidelity, speech
+from cortensor.tools.fleet import Fleet
+
+
+def _sentences(n: int) -> list[str]:
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "network",
+        "guard",
+        "node",
+        "router",
+        "ledger",
+        "vector",
+        "quorum",
+    ]
+    return [
+        f"Sentence {i}: {' '.join(words[(i + j) % len(words)] for j in range(8))}."
+        for i in range(n)
+    ]
+
+
+def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5) -> float:
+    """Single-sentence int8 embeddings per second, called directly in this process
+    (median of `rounds` rounds: the rate moves with whatever else the machine does)."""
+    manifest = load_manifest(settings.models_dir)
+    runtime = EmbeddingRuntime.from_manifest(
+        settings.models_dir, manifest.variant_for("all-MiniLM-L6-v2", "cpu-int8"), threads=threads
+    )
+    texts = _sentences(n)
+    for t in texts[:20]:
+        runtime.embed([t])
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for t in texts:
+            runtime.embed([t])
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+_SERVERS = {b"beam.smp": "rabbitmq", b"nats-server": "nats", b"postgres": "postgresql"}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _component(pid: str, namespace: str) -> str | None:
+    """Which part of the system a process is: a fleet process of this namespace, a server."""
+    proc = Path("/proc") / pid
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for marker, name in _SERVERS.items():
+        if marker in cmdline:
+            return name
+    if f"CORTENSOR_NAMESPACE={namespace}".encode() not in environ:
+        return None
+    for role in ("router", "guard", "node"):
+        if f"cortensor {role}".encode() in cmdline.replace(b"\0", b" "):
+            return role
+    return None
+
+
+def cpu_seconds(namespace: str) -> dict[str, float]:
+    """CPU seconds used so far by each component (processes of the fleet, the servers)."""
+    used: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        component = _component(proc.name, namespace) if proc.name.isdigit() else None
+        if component is None:
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[component] = used.get(component, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def pipeline(
+    settings: Settings, k: int, latency_jobs: int, throughput_jobs: int, window: int
+) -> dict[str, Any]:
+    """Sequential latency and windowed throughput of single-sentence jobs at redundancy k."""
+    texts = _sentences(latency_jobs + throughput_jobs + 20)
+    async with Client(settings) as client:
+        for t in texts[:20]:  # warm-up
+            await client.run(JobRequest(inputs=[t], redundancy=k))
+        latencies = []
+        for t in texts[20 : 20 + latency_jobs]:
+            start = time.perf_counter()
+            verdict = await client.run(JobRequest(inputs=[t], redundancy=k))
+            latencies.append((time.perf_counter() - start) * 1000)
+            assert verdict.status == "verified", verdict.reason
+        gate = asyncio.Semaphore(window)
+
+        async def one(text: str) -> str:
+            async with gate:
+                return (
+                    await client.run(JobRequest(inputs=[text], redundancy=k), timeout_s=120)
+                ).status
+
+        before, client_before = cpu_seconds(settings.namespace), time.process_time()
+        start = time.perf_counter()
+        statuses = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
+        elapsed = time.perf_counter() - start
+        after, client_after = cpu_seconds(settings.namespace), time.process_time()
+    cpu = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu["client"] = client_after - client_before
+    return {
+        "redundancy": k,
+        "latency_ms": {
+            "jobs": latency_jobs,
+            "p50": round(statistics.median(latencies), 2),
+            "p99": round(_percentile(latencies, 0.99), 2),
+            "mean": round(statistics.fmean(latencies), 2),
+        },
+        "throughput": {
+            "jobs": throughput_jobs,
+            "in_flight": window,
+            "jobs_per_s": round(throughput_jobs / elapsed, 1),
+            "verified": statuses.count("verified"),
+            # CPU per job is steadier than rates on a shared machine (LIMITS.md).
+            "cpu_ms_per_job": {
+                name: round(seconds / throughput_jobs * 1000, 2)
+                for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+            }
+            | {"total": round(sum(cpu.values()) / throughput_jobs * 1000, 2)},
+        },
+    }
+
+
+QUESTIONS = [
+    "What is the weather like in Paris tomorrow?",
+    "Set a timer for ten minutes.",
+    "Translate good morning into Spanish.",
+    "I want to speak to a human agent right now.",
+    "What does the word ephemeral mean?",
+    "Transfer fifty dollars to my savings account.",
+    "Play some relaxing music.",
+    "Remind me to call my mother tonight.",
+    "How many calories are in an apple?",
+    "Book a table for two at an Italian restaurant.",
+    "Cancel my subscription please.",
+    "Tell me a joke about computers.",
+]
+
+
+def speech_sample(folder: Path, sentences: int) -> tuple[Path, str]:
+    """A WAV of the first `sentences` known sentences spoken with pauses, and its text."""
+    spoken = speech.SENTENCES[:sentences]
+    return speech.long_speech(spoken, folder / f"speech-{sentences}.wav"), " ".join(spoken)
+
+
+async def _transcribe(settings: Settings, wav: bytes) -> tuple[float, Verdict]:
+    job = JobRequest(
+        task="transcribe",
+        audio=base64.b64encode(wav).decode("ascii"),
+        redundancy=1,
+        deadline_s=300,
+    )
+    async with Client(settings) as client:
+        started = time.perf_counter()
+        verdict = await client.run(job, timeout_s=300)
+        elapsed = time.perf_counter() - started
+    if verdict.status != "verified":
+        raise RuntimeError(f"transcribe job {verdict.status}: {verdict.reason}")
+    return elapsed, verdict
+
+
+def speech_pipeline(settings: Settings, wav: Path, spoken: str, runs: int) -> dict[str, Any]:
+    """Whisper base through the pipeline (redundancy 1, one chunk) against the same model
+    called directly, on the same file in the same run: real-time factors and their ratio."""
+    audio_s = speech.duration_s(wav)
+    data = wav.read_bytes()
+    manifest = load_manifest(settings.models_dir)
+    direct = WhisperRuntime.from_manifest(
+        settings.models_dir, manifest.variant_for(WHISPER_BASE, "cpu-int8"), threads=1
+    )
+    direct.transcribe(data, None)  # warm-up
+    direct_s = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        direct.transcribe(data, None)
+        direct_s.append(time.perf_counter() - started)
+    through = [asyncio.run(_transcribe(settings, data)) for _ in range(runs + 1)][1:]
+    pipeline_s = [elapsed for elapsed, _ in through]
+    direct_rtf = statistics.median(direct_s) / audio_s
+    pipeline_rtf = statistics.median(pipeline_s) / audio_s
+    return {
+        "audio_s": round(audio_s, 2),
+        "runs": runs,
+        "direct_rtf": round(direct_rtf, 4),
+        "pipeline_rtf": round(pipeline_rtf, 4),
+        "pipeline_vs_direct": round(pipeline_rtf / direct_rtf, 3),
+        "wer": round(word_error_rate(spoken, through[-1][1].transcript.text), 4)
+        if through[-1][1].transcript
+        else None,
+    }
+
+
+def _fleet_run(
+    settings: Settings, nodes: int, started: list[str], work: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run `work` against a fresh fleet of `nodes` single-thread nodes."""
+    with Fleet(
+        settings, nodes=nodes, log_dir=Path(tempfile.mkdtemp(prefix="cortensor-bench-"))
+    ) as fleet:
+        started.extend(fleet.wait_ready())
+        return work()
+
+
+def split_speedup(settings: Settings, wav: Path, runs: int, started: list[str]) -> dict[str, Any]:
+    """One long file on one single-thread node, then on two: the network cuts it into
+    chunks for the nodes free to take them. Wall time from submit to verdict."""
+    data = wav.read_bytes()
+
+    def timed() -> dict[str, Any]:
+        walls, parts = [], 0
+        for _ in range(runs):
+            elapsed, verdict = asyncio.run(_transcribe(settings, data))
+            walls.append(elapsed)
+            parts = len(verdict.parts) or 1
+        return {"wall_s": round(statistics.median(walls), 2), "parts": parts}
+
+    one = _fleet_run(settings, 1, started, timed)
+    two = _fleet_run(settings, 2, started, timed)
+    return {
+        "audio_s": round(speech.duration_s(wav), 2),
+        "runs": runs,
+        "one_node": one,
+        "two_nodes": two,
+        "two_vs_one": round(two["wall_s"] / one["wall_s"], 3),
+        "target": 0.65,
+    }
+
+
+SECTIONS = ("embed", "fidelity", "speech", "split")
+
+
+def main(
+    latency_jobs: int = typer.Option(200, help="Sequential jobs for latency."),
+    throughput_jobs: int = typer.Option(1000, help="Jobs for throughput."),
+    window: int = typer.Option(64, help="Jobs in flight for throughput."),
+    nodes: int = typer.Option(3, help="Honest nodes in the embedding fleet."),
+    speech_runs: int = typer.Option(3, help="Runs of each speech measurement."),
+    only: str = typer.Option(",".join(SECTIONS), help="Sections to run, comma-separated."),
+) -> None:
+    """Run the benchmark on a throwaway namespace and database; print JSON."""
+    sections = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {sorted(unknown)}; use {', '.join(SECTIONS)}")
+    base = Settings()
+    suffix = os.urandom(4).hex()
+    settings = Settings(
+        namespace=f"bench{suffix}",
+        database_url=base.database_url.rsplit("/", 1)[0] + f"/cortensor_bench_{suffix}",
+        models_dir=base.models_dir,
+    )
+    report: dict[str, Any] = {"cpus": os.cpu_count()}
+    folder = Path(tempfile.mkdtemp(prefix="cortensor-bench-speech-"))
+    long_wav, long_text = speech_sample(folder, 20)
+    if "fidelity" in sections:
+        report["int8_vs_fp32"] = fidelity.measure(
+            settings.models_dir,
+            sentences=_sentences(100),
+            questions=QUESTIONS,
+            wav=long_wav.read_bytes(),
+            audio_s=speech.duration_s(long_wav),
+            spoken=long_text,
+        )
+    if "embed" in sections:
+        report["direct_int8_single_sentence_per_s"] = {
+            "threads_1": round(direct_rate(settings, 1), 1),
+            "threads_2": round(direct_rate(settings, 2), 1),
+        }
+    migrate.upgrade(settings)
+    asyncio.run(setup_brokers(settings))
+    node_ids: list[str] = []
+    try:
+        if "embed" in sections:
+            report["pipeline"] = _fleet_run(
+                settings,
+                nodes,
+                node_ids,
+                lambda: {
+                    "nodes": nodes,
+                    "runs": [
+                        asyncio.run(pipeline(settings, k, latency_jobs, throughput_jobs, window))
+                        for k in (1, 3)
+                    ],
+                },
+            )
+        if "speech" in sections:
+            short_wav, short_text = speech_sample(folder, 5)
+            report["speech_pipeline"] = _fleet_run(
+                settings,
+                1,
+                node_ids,
+                lambda: speech_pipeline(settings, short_wav, short_text, speech_runs),
+            )
+        if "split" in sections:
+            report["split"] = split_speedup(settings, long_wav, speech_runs, node_ids)
+    finally:
+        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in set(node_ids)]))
+        migrate.drop_database(settings)
+    if "embed" in sections:
+        direct = report["direct_int8_single_sentence_per_s"]
+        k1 = report["pipeline"]["runs"][0]["throughput"]["jobs_per_s"]
+        report["ratios"] = {
+            "k1_throughput_vs_direct_1_thread": round(k1 / direct["threads_1"], 3),
+            "k1_throughput_vs_direct_2_threads": round(k1 / direct["threads_2"], 3),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)
