@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from cortensor.models import manifest as manifest_module
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, WHISPER_BASE, WHISPER_TINY_EN
 from cortensor.errors import ModelsNotPrepared
+from cortensor.inference import manifest as manifest_module
 from cortensor.inference.hardware import cpu_flags, int8_isa
 from cortensor.inference.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 from cortensor.inference.probes import load_probes
