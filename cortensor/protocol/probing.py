@@ -12,6 +12,7 @@ import base64
 import math
 import random
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -53,6 +54,135 @@ class ProbeSet(BaseModel):
     def for_model(self, model: str) -> list[Probe]:
         """The probes of one model."""
         return [p for p in self.probes if p.model == model]
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    """How often each kind of node is probed.
+
+    Every gap between two probes of a node is drawn from an exponential distribution
+    with the mean below, so that the time since the last probe says nothing about when
+    the next one comes (the process is memoryless), and a node cannot tell a probe from
+    a real job by when it arrives.
+    """
+
+    probation_mean_s: float = 1.0
+    """Mean gap between probes of a node on probation (it gets nothing else)."""
+    quarantine_mean_s: float = 5.0
+    """Mean gap between probes of a quarantined node that passed its last probe."""
+    quarantine_backoff: float = 2.0
+    """Factor on the quarantine gap per failed probe in a row, so that a node that keeps
+    failing costs the network less and less."""
+    quarantine_max_s: float = 120.0
+    """Cap of the quarantine gap's mean, however many probes failed."""
+    active_mean_s: float = 300.0
+    """Mean gap between probes of an active node (math.inf: active nodes are not probed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("probation_mean_s", "quarantine_mean_s", "quarantine_max_s", "active_mean_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ProbePolicy.{name} must be positive")
+        if self.quarantine_backoff < 1:
+            raise ValueError("ProbePolicy.quarantine_backoff must be at least 1")
+        if self.quarantine_max_s < self.quarantine_mean_s:
+            raise ValueError("ProbePolicy.quarantine_max_s must be at least quarantine_mean_s")
+
+    def mean_gap(self, trust: str, failures: int = 0) -> float:
+        """The mean gap before the next probe of a node in state `trust` whose last
+        `failures` probes failed in a row."""
+        if trust == "probation":
+            return self.probation_mean_s
+        if trust == "quarantined":
+            # Multiplied step by step, never raised to a power: backoff**failures
+            # overflows long before a node stops failing.
+            gap = self.quarantine_mean_s
+            for _ in range(failures):
+                if gap >= self.quarantine_max_s or self.quarantine_backoff == 1:
+                    break
+                gap *= self.quarantine_backoff
+            return min(gap, self.quarantine_max_s)
+        if trust == "active":
+            return self.active_mean_s
+        raise ValueError(f"unknown trust state {trust!r}")
+
+
+@dataclass
+class _Due:
+    """One node's place in the schedule."""
+
+    trust: str
+    at: float
+    """When its next probe is due (the caller's clock)."""
+    failures: int = 0
+    """Its failed probes in a row."""
+
+
+@dataclass
+class ProbeSchedule:
+    """When each node gets its next probe: per-node state, no clock and no randomness
+    of its own (the caller passes `now` and the random source).
+
+    A node seen for the first time, or seen in a new trust state, has its next probe
+    drawn from that moment; `sent` draws the gap after each probe; `outcome` counts the
+    failures in a row that lengthen a quarantined node's gaps.
+    """
+
+    policy: ProbePolicy
+    rng: random.Random
+    node_ttl_s: float = math.inf
+    """A node whose last heartbeat is older than this is not probed."""
+    _nodes: dict[str, _Due] = field(default_factory=dict, init=False, repr=False)
+
+    def gap(self, trust: str, failures: int = 0) -> float:
+        """One random gap (exponential, positive) for a node in this state."""
+        mean = self.policy.mean_gap(trust, failures)
+        if math.isinf(mean):
+            return math.inf
+        # expovariate can return 0.0 (when random() is 0): a gap is never zero.
+        return max(self.rng.expovariate(1.0 / mean), math.ulp(mean))
+
+    def due(self, node: NodeView, now: float) -> bool:
+        """Whether `node` should be sent a probe now."""
+        if not node.live(now, self.node_ttl_s):
+            return False
+        state = self._nodes.get(node.node_id)
+        if state is None:
+            state = self._nodes[node.node_id] = _Due(node.trust, now + self.gap(node.trust))
+        elif state.trust != node.trust:
+            state.trust = node.trust
+            if node.trust != "quarantined":
+                state.failures = 0
+            state.at = now + self.gap(node.trust, state.failures)
+        return now >= state.at
+
+    def sent(self, node_id: str, now: float) -> None:
+        """Record that a node was sent a probe at `now`: its next one is a fresh gap away."""
+        state = self._nodes.get(node_id)
+        if state is None:
+            raise KeyError(f"node {node_id} was never asked about (call due first)")
+        state.at = now + self.gap(state.trust, state.failures)
+
+    def outcome(self, node_id: str, passed: bool) -> None:
+        """Record how a node's probe was judged: a failure lengthens its next gaps while
+        it is quarantined (up to the cap); a pass resets them."""
+        state = self._nodes.get(node_id)
+        if state is None:
+            return  # judged after this router forgot it (restart): nothing to adjust
+        state.failures = 0 if passed else state.failures + 1
+
+    def next_at(self, node_id: str) -> float | None:
+        """When the node's next probe is due, or None before it was first seen."""
+        state = self._nodes.get(node_id)
+        return None if state is None else state.at
+
+    def failures(self, node_id: str) -> int:
+        """The node's failed probes in a row, as this schedule knows them."""
+        state = self._nodes.get(node_id)
+        return 0 if state is None else state.failures
+
+    def forget(self, node_id: str) -> None:
+        """Drop a node that left the network."""
+        self._nodes.pop(node_id, None)
 
 
 class Prober:
