@@ -221,17 +221,31 @@ def node(
 @app.command()
 def router() -> None:
     """Run a router: jobs in, assignments out."""
+    from cortensor.adapters.live import router_ports
     from cortensor.services.router.service import Router
 
-    _serve(Router(_settings()).run)
+    settings = _settings()
+
+    async def serve(stop: asyncio.Event) -> None:
+        async with router_ports(settings) as ports:
+            await Router(settings, ports).run(stop)
+
+    _serve(serve)
 
 
 @app.command()
 def guard() -> None:
     """Run a guard: results in, verdicts and reputation out."""
+    from cortensor.adapters.live import guard_ports
     from cortensor.services.guard.service import Guard
 
-    _serve(Guard(_settings()).run)
+    settings = _settings()
+
+    async def serve(stop: asyncio.Event) -> None:
+        async with guard_ports(settings) as ports:
+            await Guard(settings, ports).run(stop)
+
+    _serve(serve)
 
 
 def _print_verdict(verdict: Verdict, as_json: bool) -> None:

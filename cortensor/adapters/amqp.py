@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection, ExchangeType
+from collections.abc import Mapping
+from typing import Any
 
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+from aio_pika.exceptions import DeliveryError
+
+from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 
 REASON_HEADER = "x-cortensor-reason"
@@ -59,3 +70,81 @@ async def dead_letter(
         headers={REASON_HEADER: reason[:1000]},
     )
     await exchange.publish(message, routing_key="")
+
+
+class AmqpWorkQueue:
+    """A work queue consumed with manual settlement (the router's job queue, or any
+    queue of the topology), and the topology's dead-letter exchange: a `JobQueue`.
+
+    The channel's prefetch count bounds the messages in hand at once.
+    """
+
+    def __init__(self, channel: AbstractChannel, topology: Topology, queue: str = "") -> None:
+        self.channel, self.topology = channel, topology
+        self.queue_name = queue or topology.router_queue
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+
+    async def consume(self, handler: DeliveryHandler) -> None:
+        """Deliver messages to `handler` until `cancel`."""
+        self._queue = await self.channel.get_queue(self.queue_name)
+        self._tag = await self._queue.consume(handler)
+
+    async def cancel(self) -> None:
+        """Stop delivering; messages in hand may still be settled."""
+        if self._queue is not None and self._tag is not None:
+            await self._queue.cancel(self._tag)
+            self._tag = None
+
+    async def dead_letter(self, body: bytes, reason: str, *, message_id: str) -> None:
+        """Park a message with the reason in a header (confirmed when the channel is)."""
+        await dead_letter(self.channel, self.topology, body, reason, message_id=message_id)
+
+
+class AmqpTaskPublisher:
+    """Publishes to node queues through the class exchanges: a `TaskPublisher`.
+
+    The channel must have publisher confirms on and raise on returned messages
+    (`connection.channel(publisher_confirms=True, on_return_raises=True)`).
+    """
+
+    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
+        self.channel, self.topology = channel, topology
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def publish(
+        self,
+        hw_class: str,
+        node_id: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any],
+        message_id: str,
+    ) -> None:
+        """Publish persistently with `mandatory`; a returned message raises `Unroutable`."""
+        exchange = self._exchanges.get(hw_class)
+        if exchange is None:
+            exchange = await self.channel.get_exchange(self.topology.hw_exchange(hw_class))
+            self._exchanges[hw_class] = exchange
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers),
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=message_id,
+            message_id=message_id,
+        )
+        try:
+            await exchange.publish(message, routing_key=node_id, mandatory=True)
+        except DeliveryError as exc:
+            raise Unroutable(f"no queue for node {node_id} on {exchange.name}") from exc
+
+
+async def router_channel(
+    connection: AbstractRobustConnection, topology: Topology, *, prefetch: int
+) -> tuple[AmqpWorkQueue, AmqpTaskPublisher]:
+    """The router's job queue and task publisher, on one confirmed channel."""
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await channel.set_qos(prefetch_count=prefetch)
+    return AmqpWorkQueue(channel, topology), AmqpTaskPublisher(channel, topology)

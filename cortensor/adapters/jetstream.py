@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import Topology
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -53,3 +58,58 @@ async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
 async def publish(js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str) -> None:
     """Publish and wait for the stream's ack; the msg id makes a retried publish a no-op."""
     await js.publish(subject, payload, headers={MSG_ID_HEADER: msg_id})
+
+
+class JetStreamPublisher:
+    """Deduplicated, acknowledged publishing to the streams: a `StreamPublisher`."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> None:
+        """Publish and wait for the stream's ack."""
+        await publish(self.js, subject, payload, msg_id=msg_id)
+
+
+class PullConsumer:
+    """A fetcher on a durable pull consumer (the guards'): a `StreamConsumer`."""
+
+    def __init__(self, psub: JetStreamContext.PullSubscription) -> None:
+        self.psub = psub
+
+    @classmethod
+    async def bind(cls, js: JetStreamContext, *, stream: str, durable: str) -> PullConsumer:
+        """Fetch from an existing durable consumer of `stream`."""
+        return cls(await js.pull_subscribe_bind(durable=durable, stream=stream))
+
+    async def fetch(self, batch: int, wait_s: float) -> list[StreamMessage]:
+        """Long-poll for one message, then take what is already pending without waiting:
+        a fetch of many on an idle consumer would wait for the whole batch."""
+        try:
+            msgs = await self.psub.fetch(1, timeout=wait_s)
+        except NatsTimeout:
+            return []
+        pending = msgs[-1].metadata.num_pending or 0
+        if pending and batch > 1:
+            with contextlib.suppress(NatsTimeout):
+                msgs += await self.psub.fetch(min(pending, batch - 1), timeout=wait_s)
+        return list(msgs)
+
+    async def close(self) -> None:
+        """Stop fetching; what is unacked is delivered again after its ack wait."""
+        await self.psub.unsubscribe()
+
+
+class NatsSignals:
+    """Core NATS publish/subscribe on a connection: a `SignalBus`."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        """Send to current subscribers."""
+        await self.nc.publish(subject, payload)
+
+    async def subscribe(self, subject: str, handler: SignalHandler) -> Subscription:
+        """Call `handler` for each message on `subject` until unsubscribed."""
+        return await self.nc.subscribe(subject, cb=handler)

@@ -6,9 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from uuid import UUID
 
-from nats.js import JetStreamContext
-
-from cortensor.adapters import jetstream
+from cortensor.adapters.interfaces import StreamPublisher
 from cortensor.adapters.ledger.store import Ledger
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import Verdict
@@ -23,8 +21,8 @@ class Announcer:
     before `flush` only means a harmless second publish.
     """
 
-    def __init__(self, js: JetStreamContext, topology: Topology, ledger: Ledger) -> None:
-        self.js, self.topology, self.ledger = js, topology, ledger
+    def __init__(self, stream: StreamPublisher, topology: Topology, ledger: Ledger) -> None:
+        self.stream, self.topology, self.ledger = stream, topology, ledger
         self._published: list[UUID] = []
 
     async def publish(self, verdicts: Sequence[Verdict]) -> None:
@@ -33,8 +31,7 @@ class Announcer:
             return
         await asyncio.gather(
             *(
-                jetstream.publish(
-                    self.js,
+                self.stream.publish(
                     self.topology.verdict_subject(v),
                     v.model_dump_json().encode(),
                     # Each revision is a message of its own; a copy of one is dropped.

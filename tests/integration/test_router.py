@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.live import router_ports
 from cortensor.adapters.topology import Topology
 from cortensor.client import Client
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, utcnow
@@ -54,7 +55,12 @@ async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.Ab
             await asyncio.sleep(0.2)
 
     stop = asyncio.Event()
-    router = asyncio.create_task(Router(settings, seed=7).run(stop))
+
+    async def serve() -> None:
+        async with router_ports(settings) as ports:
+            await Router(settings, ports, seed=7).run(stop)
+
+    router = asyncio.create_task(serve())
     heartbeats = asyncio.create_task(announce())
     try:
         yield await channel.get_queue(spec.name)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict
 from uuid import UUID
 
 import structlog
-from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from cortensor.adapters import jetstream
-from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.interfaces import StreamMessage as Msg
+from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
 from cortensor.protocol.adjudication import judge
 from cortensor.schemas import InferenceResult
@@ -25,15 +21,20 @@ from cortensor.settings import Settings
 log = structlog.get_logger(__name__)
 
 REPUBLISH_AFTER_S = 5.0
+FETCH_WAIT_S = 1.0
+"""How long one fetch waits for a result: also how long a stop may take to be seen."""
 
 
 class Guard:
     """Stores results; decides each job as soon as its outcome is certain, or at its deadline."""
 
-    def __init__(self, settings: Settings, *, name: str = "guard") -> None:
+    def __init__(self, settings: Settings, ports: GuardPorts, *, name: str = "guard") -> None:
         self.settings = settings
         self.name = name
         self.topology = Topology(settings.namespace)
+        self.ledger, self.results = ports.ledger, ports.results
+        self.ledger.revalidate_deadline_s = settings.revalidate_deadline_s
+        self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
 
     def _parse(self, msg: Msg) -> InferenceResult | None:
         try:
@@ -97,38 +98,16 @@ class Guard:
         await self.announcer.publish(decided)
         await self.announcer.republish_stale(REPUBLISH_AFTER_S)
 
-    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
-        # Long-poll for one message, then take what is already pending without waiting:
-        # a fetch of many on an idle consumer would wait for the whole batch.
-        try:
-            msgs = await psub.fetch(1, timeout=1.0)
-        except NatsTimeout:
-            return []
-        pending = msgs[-1].metadata.num_pending or 0
-        if pending:
-            with contextlib.suppress(NatsTimeout):
-                msgs += await psub.fetch(min(pending, self.settings.guard_batch), timeout=1.0)
-        return msgs
-
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set."""
+        """Serve until `stop` is set; the adapters stay open (whoever gave them closes them)."""
         s = self.settings
-        self.ledger = await GuardLedger.connect(s.asyncpg_dsn, max_size=8)
-        self.ledger.revalidate_deadline_s = s.revalidate_deadline_s
-        nc = await jetstream.connect(s.nats_url, name=self.name)
-        js = nc.jetstream()
-        self.announcer = Announcer(js, self.topology, self.ledger)
-        consumer = self.topology.guard_consumer
-        psub = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
         sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop))
-        log.info("guard ready", consumer=consumer.durable)
+        log.info("guard ready", consumer=self.topology.guard_consumer.durable)
         while not stop.is_set():
-            msgs = await self._fetch(psub)
+            msgs = await self.results.fetch(s.guard_batch + 1, FETCH_WAIT_S)
             if msgs:
                 await self.take(msgs)
         await sweeper
         await self.announcer.flush()
-        await psub.unsubscribe()
-        await nc.drain()
-        await self.ledger.close()
+        await self.results.close()
         log.info("guard stopped")

@@ -12,17 +12,13 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
-from aio_pika.exceptions import DeliveryError
-from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from cortensor import audio
-from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
-from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.interfaces import Delivery, Signal, Subscription, Unroutable
+from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
 from cortensor.errors import BadInput, NoEligibleNodes
@@ -50,16 +46,27 @@ class Router:
     """Validates jobs, picks nodes, records assignments, and publishes them."""
 
     def __init__(
-        self, settings: Settings, *, name: str = "router", seed: int | None = None
+        self,
+        settings: Settings,
+        ports: RouterPorts,
+        *,
+        name: str = "router",
+        seed: int | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.topology = Topology(settings.namespace)
+        self.ledger, self.jobs, self.tasks, self.signals = (
+            ports.ledger,
+            ports.jobs,
+            ports.tasks,
+            ports.signals,
+        )
+        self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.registry = NodeRegistry()
         self.rng = random.Random(seed)
-        self._exchanges: dict[str, AbstractExchange] = {}
         self.prober = Prober(settings, self.rng)
-        self._intake: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._intake: asyncio.Queue[Delivery | None] = asyncio.Queue()
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -180,20 +187,11 @@ class Router:
                 {"assignments": [a.model_dump(mode="json") for a in batch]},
                 origin=self.name,
             )
-            message = aio_pika.Message(
-                body,
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                correlation_id=task_id,
-                message_id=task_id,
-            )
             try:
-                await self._exchanges[hw_class].publish(
-                    message, routing_key=node_id, mandatory=True
+                await self.tasks.publish(
+                    hw_class, node_id, body, headers=headers, message_id=task_id
                 )
-            except DeliveryError:
+            except Unroutable:
                 log.warning("node queue missing; node dropped", node_id=node_id)
                 self.registry.forget(node_id)
 
@@ -203,9 +201,7 @@ class Router:
         """A valid job, or what became of an invalid one (dead-lettered or rejected)."""
         outcome = read_job(body)
         if isinstance(outcome, Undeliverable):
-            await amqp.dead_letter(
-                self._channel, self.topology, body, outcome.reason, message_id=message_id
-            )
+            await self.jobs.dead_letter(body, outcome.reason, message_id=message_id)
             log.warning("job dead-lettered", reason=outcome.reason)
             return "dead-lettered"
         if isinstance(outcome, Rejected):
@@ -314,7 +310,7 @@ class Router:
                 outcomes[job.job_id] = "routed"
         return outcomes
 
-    async def on_job(self, message: AbstractIncomingMessage) -> None:
+    async def on_job(self, message: Delivery) -> None:
         """Queue a delivered job for the next batch."""
         self._intake.put_nowait(message)
 
@@ -343,7 +339,7 @@ class Router:
                 continue
             await asyncio.gather(*(m.ack() for m in batch))
 
-    async def on_heartbeat(self, msg: Msg) -> None:
+    async def on_heartbeat(self, msg: Signal) -> None:
         """Track a node from its heartbeat; a node may speak only for itself."""
         try:
             beat = NodeHeartbeat.model_validate_json(msg.data)
@@ -397,36 +393,28 @@ class Router:
         self.registry.update_stats(await self.ledger.node_stats())
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set, then finish the jobs in hand and close."""
+        """Serve until `stop` is set, then finish the jobs in hand.
+
+        The adapters stay open: whoever gave them closes them.
+        """
         s = self.settings
         self.prober.probe_set = load_probes(s.models_dir)
-        self.ledger = await RouterLedger.connect(s.asyncpg_dsn)
-        connection = await amqp.connect(s.amqp_url)
-        self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await self._channel.set_qos(prefetch_count=s.router_prefetch)
-        for hw_class in self.topology.hw_classes:
-            self._exchanges[hw_class] = await self._channel.get_exchange(
-                self.topology.hw_exchange(hw_class)
-            )
-        nc = await jetstream.connect(s.nats_url, name=self.name)
-        self.announcer = Announcer(nc.jetstream(), self.topology, self.ledger)
-        await nc.subscribe(self.topology.heartbeat_subject("*"), cb=self.on_heartbeat)
+        beats: Subscription = await self.signals.subscribe(
+            self.topology.heartbeat_subject("*"), self.on_heartbeat
+        )
         await self.refresh()
-        queue = await self._channel.get_queue(self.topology.router_queue)
         workers = [asyncio.create_task(self._batches()) for _ in range(ROUTER_WORKERS)]
-        tag = await queue.consume(self.on_job)
-        log.info("router ready", queue=queue.name)
+        await self.jobs.consume(self.on_job)
+        log.info("router ready", queue=self.topology.router_queue)
         loops = [
             asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop)),
             asyncio.create_task(every(s.registry_refresh_s, self.refresh, stop)),
         ]
         await stop.wait()
-        await queue.cancel(tag)
+        await self.jobs.cancel()
+        await beats.unsubscribe()
         for _ in workers:
             self._intake.put_nowait(None)
         await asyncio.gather(*loops, *workers)
         await self.announcer.flush()
-        await nc.drain()
-        await connection.close()
-        await self.ledger.close()
         log.info("router stopped")

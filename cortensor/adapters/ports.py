@@ -1,0 +1,39 @@
+"""What each service is given to talk to the world: its ledger and its broker sides.
+
+The live ones come from `cortensor.adapters.live`; tests give in-memory twins of the
+brokers (`cortensor.adapters.memory`). A service never builds its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cortensor.adapters.interfaces import (
+    JobQueue,
+    SignalBus,
+    StreamConsumer,
+    StreamPublisher,
+    TaskPublisher,
+)
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
+
+
+@dataclass(frozen=True, slots=True)
+class RouterPorts:
+    """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out."""
+
+    ledger: RouterLedger
+    jobs: JobQueue
+    tasks: TaskPublisher
+    signals: SignalBus
+    verdicts: StreamPublisher
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPorts:
+    """A guard's adapters: results in, verdicts out."""
+
+    ledger: GuardLedger
+    results: StreamConsumer
+    verdicts: StreamPublisher
