@@ -167,7 +167,9 @@ def node(
         typer.Option(
             help="Be dishonest: random, lazy or noisy answers; colluding (same wrong answer"
             " as its --fault-group); slow (answers after the deadline); intermittent (random"
-            " on a share of jobs); crash (the process dies mid-task)."
+            " on a share of jobs); crash (the process dies mid-task); probe-aware (random"
+            " answers on every job it cannot recognise as a probe); adaptive (the same, only"
+            " when no peer's result shows within --fault-window-ms)."
         ),
     ] = None,
     fault_rate: Annotated[
@@ -182,6 +184,17 @@ def node(
             help="With --fault colluding: nodes of one group give the same wrong answers."
         ),
     ] = None,
+    fault_window_ms: Annotated[
+        float | None,
+        typer.Option(help="With --fault adaptive: how long to wait for a peer. Default: 50."),
+    ] = None,
+    fault_trust_after: Annotated[
+        int | None,
+        typer.Option(
+            help="With --fault adaptive: cheat only after this many checked valid results"
+            " in a row (the router trusts a node alone from 30). Default: 0."
+        ),
+    ] = None,
     models: Annotated[
         str | None,
         typer.Option(help="Comma-separated models to serve; default: all its class serves."),
@@ -191,7 +204,7 @@ def node(
     from cortensor.services.node.faults import option_problem
     from cortensor.services.node.main import build_node, serve_node
 
-    problem = option_problem(fault, fault_rate, fault_group)
+    problem = option_problem(fault, fault_rate, fault_group, fault_window_ms, fault_trust_after)
     if problem is not None:
         err.print(f"[red]error:[/red] {problem}")
         raise typer.Exit(2)
@@ -210,6 +223,8 @@ def node(
             fault=fault,  # checked by option_problem above
             fault_rate=fault_rate,
             fault_group=fault_group,
+            fault_window_ms=fault_window_ms,
+            fault_trust_after=fault_trust_after,
             models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
         )
     except (CortensorError, ValueError) as exc:

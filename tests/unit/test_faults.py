@@ -32,6 +32,7 @@ from cortensor.schemas import (
     Transcript,
 )
 from cortensor.services.node.faults import (
+    ADAPTING_MODES,
     FAULT_MODES,
     INTERMITTENT_RATE,
     SLOW_MARGIN_S,
@@ -67,8 +68,13 @@ def test_the_modes() -> None:
         "slow",
         "intermittent",
         "crash",
+        "probe-aware",
+        "adaptive",
     )
-    assert (*OWN_ANSWER_MODES[:3], "colluding", "intermittent") == WRONG_ANSWER_MODES
+    assert ADAPTING_MODES == ("probe-aware", "adaptive")
+    assert (*OWN_ANSWER_MODES[:3], "colluding", "intermittent", *ADAPTING_MODES) == (
+        WRONG_ANSWER_MODES
+    )
 
 
 @pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
@@ -665,12 +671,40 @@ def test_a_slow_answer_to_a_one_second_deadline() -> None:
         ("slow", 1.5, None, "--fault-rate must be between 0 and 1"),
         ("crash", float("nan"), None, "--fault-rate must be between 0 and 1"),
         ("evil", None, None, "--fault must be one of random, lazy, noisy, colluding"),
+        ("probe-aware", None, None, None),
+        ("adaptive", 0.5, None, None),
+        ("adaptive", None, "cartel", "--fault-group goes with --fault colluding only"),
     ],
 )
 def test_option_problems(
     mode: str | None, rate: float | None, group: str | None, problem: str | None
 ) -> None:
     said = option_problem(mode, rate, group)
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert said.startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("mode", "window_ms", "trust_after", "problem"),
+    [
+        ("adaptive", 50.0, None, None),
+        ("adaptive", 0.0, 30, None),
+        ("adaptive", None, 0, None),
+        ("adaptive", -1.0, None, "--fault-window-ms must be between 0 and 10000"),
+        ("adaptive", 10_001.0, None, "--fault-window-ms must be between 0 and 10000"),
+        ("adaptive", None, -3, "--fault-trust-after must be 0 or more"),
+        ("probe-aware", 50.0, None, "--fault-window-ms goes with --fault adaptive only"),
+        ("random", None, 30, "--fault-trust-after goes with --fault adaptive only"),
+        (None, 50.0, None, "--fault-window-ms goes with --fault adaptive only"),
+    ],
+)
+def test_adaptive_option_problems(
+    mode: str | None, window_ms: float | None, trust_after: int | None, problem: str | None
+) -> None:
+    said = option_problem(mode, None, None, window_ms, trust_after)
     if problem is None:
         assert said is None
     else:
@@ -706,6 +740,8 @@ def run_node(*args: str) -> Result:
         (["--fault", "lazy", "--fault-group", "cartel"], "goes with --fault colluding only"),
         (["--fault-group", "cartel"], "--fault-group needs --fault colluding"),
         (["--fault", "slow", "--fault-rate", "2"], "--fault-rate must be between 0 and 1"),
+        (["--fault", "random", "--fault-window-ms", "50"], "goes with --fault adaptive only"),
+        (["--fault", "adaptive", "--fault-trust-after", "-1"], "must be 0 or more"),
     ],
 )
 def test_the_node_command_refuses_fault_options_that_do_not_go_together(
@@ -726,6 +762,8 @@ def test_the_node_command_refuses_fault_options_that_do_not_go_together(
         (["--fault", "crash", "--fault-rate", "0.05"], "crash", 0.05, None),
         (["--fault", "colluding", "--fault-group", "cartel"], "colluding", None, "cartel"),
         (["--fault", "slow"], "slow", None, None),
+        (["--fault", "probe-aware"], "probe-aware", None, None),
+        (["--fault", "adaptive"], "adaptive", None, None),
     ],
 )
 def test_the_node_command_passes_the_fault_options_on(
@@ -743,3 +781,56 @@ def test_the_node_command_passes_the_fault_options_on(
     if fault is not None:
         built = Fault(fault, rate, group=group)  # type: ignore[arg-type]
         assert built.rate == (rate if rate is not None else default_rate(fault))  # type: ignore[arg-type]
+
+
+def test_the_node_command_passes_the_adaptive_options_on(
+    node_command: list[dict[str, Any]],
+) -> None:
+    done = run_node("--fault", "adaptive", "--fault-window-ms", "20", "--fault-trust-after", "30")
+    assert done.exit_code == 0, done.output
+    [kwargs] = node_command
+    assert (kwargs["fault"], kwargs["fault_window_ms"], kwargs["fault_trust_after"]) == (
+        "adaptive",
+        20.0,
+        30,
+    )
+
+
+# --- adapting modes ---------------------------------------------------------------------------
+
+
+class Scripted:
+    """A cover that answers from a script and remembers what it was asked."""
+
+    def __init__(self, *answers: bool) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[Assignment, object]] = []
+
+    def cheats(self, assignment: Assignment, truth: object) -> bool:
+        self.asked.append((assignment, truth))
+        return self.answers.pop(0)
+
+
+@pytest.mark.parametrize("mode", ADAPTING_MODES)
+def test_an_adapting_node_cheats_only_where_its_cover_lets_it(mode: str) -> None:
+    cover = Scripted(True, False, True)
+    fault = Fault(mode, cover=cover)  # type: ignore[arg-type]
+    real = truth(2)
+    answers = [fault.wrong_answers(job(), real) for _ in range(3)]
+    assert [a is not None for a in answers] == [True, False, True]
+    assert [t is real for _, t in cover.asked] == [True] * 3, "the cover weighs the truth"
+    wrong = answers[0]
+    assert wrong is not None
+    assert not agree(wrong.corrupt(real).tolist(), "int8", real.tolist(), "fp32")
+
+
+@pytest.mark.parametrize("mode", ADAPTING_MODES)
+def test_an_adapting_node_without_a_cover_strikes_at_its_rate(mode: str) -> None:
+    fault = Fault(mode, 0.3, seed=50)  # type: ignore[arg-type]
+    struck = sum(fault.wrong_answers(job()) is not None for _ in range(2000))
+    assert 500 < struck < 700
+
+
+def test_only_adapting_modes_take_a_cover() -> None:
+    with pytest.raises(ValueError, match="consult a cover"):
+        Fault("random", cover=Scripted())

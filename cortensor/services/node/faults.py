@@ -3,6 +3,9 @@
 Modes that answer wrongly: random, lazy, noisy, intermittent (random on a small share of
 jobs) and colluding (a group that agrees on its wrong answers). Modes that misbehave
 otherwise: slow (answers after the deadline) and crash (the process dies mid-task).
+Modes that adapt (cortensor.services.node.hostile decides, cortensor.services.node.lookout
+listens): probe-aware (random answers on every job it cannot recognise as a probe) and
+adaptive (the same, and only when it believes no peer checks it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from cortensor.errors import BadInput
 from cortensor.protocol.comparators.transcribe import normalize
 from cortensor.schemas import (
     MAX_DEADLINE_S,
@@ -27,7 +31,17 @@ from cortensor.schemas import (
     Transcript,
 )
 
-FaultMode = Literal["random", "lazy", "noisy", "colluding", "slow", "intermittent", "crash"]
+FaultMode = Literal[
+    "random",
+    "lazy",
+    "noisy",
+    "colluding",
+    "slow",
+    "intermittent",
+    "crash",
+    "probe-aware",
+    "adaptive",
+]
 FAULT_MODES: tuple[FaultMode, ...] = (
     "random",
     "lazy",
@@ -36,8 +50,19 @@ FAULT_MODES: tuple[FaultMode, ...] = (
     "slow",
     "intermittent",
     "crash",
+    "probe-aware",
+    "adaptive",
 )
-WRONG_ANSWER_MODES: tuple[FaultMode, ...] = ("random", "lazy", "noisy", "colluding", "intermittent")
+ADAPTING_MODES: tuple[FaultMode, ...] = ("probe-aware", "adaptive")
+"""The modes that decide job by job, from what they overhear, whether to cheat."""
+WRONG_ANSWER_MODES: tuple[FaultMode, ...] = (
+    "random",
+    "lazy",
+    "noisy",
+    "colluding",
+    "intermittent",
+    *ADAPTING_MODES,
+)
 """The modes whose fault is a wrong answer; slow and crash answer honestly, or never."""
 
 INTERMITTENT_RATE = 0.1
@@ -87,9 +112,23 @@ def default_rate(mode: FaultMode) -> float:
     return INTERMITTENT_RATE if mode == "intermittent" else 1.0
 
 
-def option_problem(mode: str | None, rate: float | None, group: str | None) -> str | None:
-    """What is wrong with a node's `--fault`, `--fault-rate` and `--fault-group`, said so
-    that the user can fix it; None when they go together."""
+def option_problem(
+    mode: str | None,
+    rate: float | None,
+    group: str | None,
+    window_ms: float | None = None,
+    trust_after: int | None = None,
+) -> str | None:
+    """What is wrong with a node's `--fault`, `--fault-rate`, `--fault-group`,
+    `--fault-window-ms` and `--fault-trust-after`, said so that the user can fix it; None
+    when they go together."""
+    if mode != "adaptive" and (window_ms is not None or trust_after is not None):
+        given = "--fault-window-ms" if window_ms is not None else "--fault-trust-after"
+        return f"{given} goes with --fault adaptive only"
+    if window_ms is not None and not 0.0 <= window_ms <= 10_000.0:
+        return "--fault-window-ms must be between 0 and 10000"
+    if trust_after is not None and trust_after < 0:
+        return "--fault-trust-after must be 0 or more"
     if mode is None:
         return "--fault-group needs --fault colluding" if group is not None else None
     if mode not in FAULT_MODES:
@@ -131,6 +170,15 @@ class WrongAnswers(Protocol):
         ...
 
 
+class Cover(Protocol):
+    """What an adapting node consults before cheating (lookout.Lookout in a live node)."""
+
+    def cheats(self, assignment: Assignment, truth: object) -> bool:
+        """Whether to answer `assignment` wrongly, given its true answer `truth` (an
+        embedding matrix, a list of Classification, or a Transcript)."""
+        ...
+
+
 class Fault:
     """A node's dishonesty: which jobs it strikes (a share `rate` of them) and what it does.
 
@@ -148,6 +196,9 @@ class Fault:
     Other faults: slow, the true answer held until past the deadline (slow_sleep_s), so
     that the router re-routes the replica and charges the node `timed_out`. crash: the
     node computes, then exits with CRASH_EXIT_CODE before publishing.
+
+    Adapting: probe-aware and adaptive give random's answers, but only on the jobs their
+    `cover` lets them cheat on (all struck jobs without one, as in the simulation).
     """
 
     def __init__(
@@ -157,17 +208,20 @@ class Fault:
         seed: int | None = None,
         *,
         group: str | None = None,
+        cover: Cover | None = None,
     ) -> None:
         if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}; use one of {', '.join(FAULT_MODES)}")
+            raise BadInput(f"unknown fault mode {mode!r}; use one of {', '.join(FAULT_MODES)}")
         rate = default_rate(mode) if rate is None else rate
         if not 0.0 <= rate <= 1.0:
-            raise ValueError("fault rate must be between 0 and 1")
+            raise BadInput("fault rate must be between 0 and 1")
         if mode == "colluding" and not group:
-            raise ValueError("colluding needs a group: the name its members share")
+            raise BadInput("colluding needs a group: the name its members share")
         if mode != "colluding" and group is not None:
-            raise ValueError(f"a fault group goes with colluding only, not with {mode}")
-        self.mode, self.rate, self.group = mode, rate, group
+            raise BadInput(f"a fault group goes with colluding only, not with {mode}")
+        if cover is not None and mode not in ADAPTING_MODES:
+            raise ValueError(f"only {' and '.join(ADAPTING_MODES)} consult a cover, not {mode}")
+        self.mode, self.rate, self.group, self.cover = mode, rate, group, cover
         self._rng = random.Random(seed)
         self._np = np.random.default_rng(seed)
 
@@ -175,8 +229,11 @@ class Fault:
         """Whether this job is struck (drawn at `rate`)."""
         return self._rng.random() < self.rate
 
-    def wrong_answers(self, assignment: Assignment) -> WrongAnswers | None:
-        """How to answer this assignment wrongly; None to answer it truly."""
+    def wrong_answers(self, assignment: Assignment, truth: object = None) -> WrongAnswers | None:
+        """How to answer this assignment wrongly; None to answer it truly. `truth`, the
+        true answer, is what an adapting node's cover weighs."""
+        if self.cover is not None and not self.cover.cheats(assignment, truth):
+            return None
         if self.group is not None:  # colluding
             collusion = Collusion(self.group, assignment)
             return collusion if collusion.share < self.rate else None

@@ -21,8 +21,10 @@ from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import Device, EmbeddingRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.services.node.celery_app import make_app, run_worker
-from cortensor.services.node.faults import Fault, FaultMode
+from cortensor.services.node.faults import ADAPTING_MODES, Fault, FaultMode
+from cortensor.services.node.hostile import ADAPTIVE, PROBE_AWARE, Tactic
 from cortensor.services.node.identity import HwChoice, choose_hw_class, default_node_id
+from cortensor.services.node.lookout import Lookout
 from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
 
@@ -37,6 +39,8 @@ def build_node(
     fault: FaultMode | None = None,
     fault_rate: float | None = None,
     fault_group: str | None = None,
+    fault_window_ms: float | None = None,
+    fault_trust_after: int | None = None,
     models: Collection[str] | None = None,
 ) -> NodeService:
     """Detect the class, load once each model it serves, and wire up the node service.
@@ -44,7 +48,8 @@ def build_node(
     `models` restricts the node to some of the catalog's models (all that the class
     serves when None); auto detection then picks the best class that serves them all.
     `fault_rate` None is the mode's default (faults.default_rate); `fault_group` names the
-    group of a colluding node.
+    group of a colluding node; `fault_window_ms` and `fault_trust_after` tune an adaptive
+    node (hostile.Tactic).
     """
     wanted = _known(models)
     injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
@@ -78,6 +83,10 @@ def build_node(
         tasks=tasks,
         builds={name: _build(variants, name) for name in names},
     )
+    if fault is not None and fault in ADAPTING_MODES:
+        tactic = _tactic(fault, fault_window_ms, fault_trust_after)
+        lookout = Lookout(settings, identity.node_id, tactic)
+        injected = Fault(fault, fault_rate, cover=lookout)
     log.info(
         "node starting",
         node_id=identity.node_id,
@@ -88,6 +97,18 @@ def build_node(
         fault_group=fault_group,
     )
     return NodeService(settings, identity, runtimes=runtimes, fault=injected)
+
+
+def _tactic(mode: str, window_ms: float | None, trust_after: int | None) -> Tactic:
+    """How an adapting node decides: probe-aware recognises probes; adaptive also waits
+    `window_ms` for a peer's result and, with `trust_after`, for its own record."""
+    if mode == "probe-aware":
+        return PROBE_AWARE
+    return Tactic(
+        watch_peers=True,
+        window_s=ADAPTIVE.window_s if window_ms is None else window_ms / 1000.0,
+        trust_after=trust_after or 0,
+    )
 
 
 def _known(models: Collection[str] | None) -> frozenset[str] | None:
@@ -152,6 +173,8 @@ def _load(
 def serve_node(service: NodeService) -> None:
     """Run the node until it is told to stop."""
     service.start()
+    if service.fault is not None and isinstance(service.fault.cover, Lookout):
+        service.fault.cover.start()
     run_worker(make_app(service), service)
 
 

@@ -39,23 +39,26 @@ class NodeIdentity:
 
 
 def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> dict[str, Any]:
-    """The output field of a result: the runtime's answer, made wrong when `fault` strikes.
+    """The output field of a result: the runtime's answer, made wrong when `fault` strikes
+    (decided once the true answer is known: an adapting fault weighs it).
 
     The node checked that `runtime` serves the assignment's model, and a model serves
     one task (catalog.TASK_OF), so the runtime has the method the task needs.
     """
-    wrong = fault.wrong_answers(assignment) if fault is not None else None
     if assignment.task == "embed":
         vectors = cast(Embedder, runtime).embed(assignment.inputs)
+        wrong = fault.wrong_answers(assignment, vectors) if fault is not None else None
         return {"embeddings": (wrong.corrupt(vectors) if wrong else vectors).tolist()}
     if assignment.task == "classify":
         classifier = cast(Classifier, runtime)
         classes = classifier.classify(assignment.inputs, assignment.top_k)
+        wrong = fault.wrong_answers(assignment, classes) if fault is not None else None
         if wrong:
             classes = wrong.corrupt_classes(classes, getattr(classifier, "labels", ()))
         return {"classes": classes}
     wav = base64.b64decode(assignment.audio or "")
     transcript = cast(Transcriber, runtime).transcribe(wav, assignment.language)
+    wrong = fault.wrong_answers(assignment, transcript) if fault is not None else None
     return {"transcript": wrong.corrupt_transcript(transcript) if wrong else transcript}
 
 
