@@ -1,13 +1,18 @@
-"""Turning a job's replicas into a verdict and reputation events. Pure logic."""
+"""Turning a job's replicas into a decision: wait, escalate, or a verdict with its
+reputation events. Pure logic: the ledger loads a Case, calls `adjudicate`, and applies
+the Outcome it returns without deciding anything itself."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from cortensor.protocol.comparators import COMPARATORS
 from cortensor.protocol.consensus import Replica, decide
+from cortensor.protocol.planning import replicas_due
+from cortensor.protocol.replication import REPLICAS, REVALIDATE_LIMIT, escalate
 from cortensor.schemas import Verdict
 
 Event = tuple[str, str, str]
@@ -34,10 +39,129 @@ class Case:
     reference: Any = None
     """A known-answer probe's reference output (JSON data); None for a real job."""
     reference_precision: str = "fp32"
+    pending: int = 0
+    """Replicas still out (assigned, neither answered nor timed out)."""
+    first: Verdict | None = None
+    """The verdict the job was given before, when this is its re-validation."""
+    expired: bool = False
+    """The job's deadline has passed: decide with what is there, nothing more will come."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No decision yet: the replicas needed for one are out, or are to be sent."""
+
+    due: int = 0
+    """Replicas the router is to send now: an `auto` job's checks once its leader has
+    answered. Zero when everything needed is on its way."""
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """A split vote below the cap: the job needs more replicas."""
+
+    redundancy: int
+    """The job's new redundancy; the router sends the replicas it lacks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reopen:
+    """Re-validate the unchecked results of nodes a verdict caught."""
+
+    nodes: tuple[str, ...]
+    limit: int = REVALIDATE_LIMIT
+    """The most recent unchecked results per call, at most."""
+    redundancy: int = REPLICAS
+    """Replicas each reopened job is to have."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conclude:
+    """A decision to record."""
+
+    verdict: Verdict
+    events: tuple[Event, ...]
+    unchecked: bool = False
+    """The verdict rests on one replica that nobody checked (re-validated if its node
+    later fails a check)."""
+    reopen: Reopen | None = None
+    revision: bool = False
+    """The verdict replaces an earlier one, as its next revision."""
+    keep_first: bool = False
+    """A re-validation ended without a verdict: the first one (`verdict`) stands,
+    still unchecked; `events` are the checkers' timeouts."""
+    publish: bool = True
+    """False for a probe: its verdict is for the ledger only, for publishing it would tell
+    the node, after the fact, which of its jobs were probes."""
+
+
+Outcome = Wait | Escalate | Conclude
+"""Exactly one of: wait, escalate, conclude."""
+
+
+def adjudicate(case: Case) -> Outcome:
+    """What to do with a job whose replicas changed, or whose deadline passed.
+
+    Before the deadline a job is decided as soon as its outcome is certain: a strict
+    majority of its redundancy agrees, or every replica it asked for is in. A split vote
+    then escalates to more replicas up to the cap (replication.escalate); at the cap
+    the job concludes inconclusive. At the deadline, see `at_deadline`.
+    """
+    if case.expired:
+        return at_deadline(case)
+    verdict, events = judge(case)
+    if verdict.status != "verified" and len(case.replicas) < case.redundancy:
+        finished = len(case.replicas) + len(case.timed_out)
+        live = len(case.replicas) + case.pending
+        return Wait(replicas_due(case.redundancy, auto=case.auto, live=live, finished=finished))
+    if verdict.status == "inconclusive":
+        more = escalate(case.redundancy)
+        if more is not None:
+            return Escalate(more)
+    return _conclude(case, verdict, events)
+
+
+def at_deadline(case: Case) -> Conclude:
+    """The decision on a job whose deadline has passed, with the replicas it has; the
+    missing ones count as timed out. A re-validation that found no verdict by then
+    (its checkers never answered) keeps the first verdict, still unchecked."""
+    verdict, events = judge(case)
+    if case.first is not None and verdict.status != "verified":
+        timeouts = tuple(e for e in events if e[2] == "timed_out")
+        return Conclude(case.first, timeouts, unchecked=True, keep_first=True)
+    return _conclude(case, verdict, events)
+
+
+def _conclude(case: Case, verdict: Verdict, events: Sequence[Event]) -> Conclude:
+    """A verdict to record: the first, or the next revision of a re-validated one. Nodes
+    a real job's verdict finds in the minority have their unchecked results reopened."""
+    caught = tuple(dict.fromkeys(node for node, _, kind in events if kind == "disagreed"))
+    reopen = Reopen(caught) if caught and case.reference is None else None
+    publish = case.reference is None
+    if case.first is not None:
+        revised = _revised(case.first, verdict)
+        return Conclude(revised, tuple(events), reopen=reopen, revision=True, publish=publish)
+    return Conclude(
+        verdict, tuple(events), unchecked=unchecked(case), reopen=reopen, publish=publish
+    )
+
+
+def _revised(first: Verdict, verdict: Verdict) -> Verdict:
+    """The verdict of a re-validated job, as the next revision of its first verdict."""
+    held = first.agreeing[0] if first.agreeing else ""
+    outcome = "stands" if held in verdict.agreeing else "was wrong and is corrected"
+    return verdict.model_copy(
+        update={
+            "revision": first.revision + 1,
+            "reason": f"re-validated: {verdict.reason}; the first answer, by {held}, {outcome}",
+        }
+    )
 
 
 def judge(case: Case) -> tuple[Verdict, list[Event]]:
-    """The verdict on a job and one reputation event per replica it had."""
+    """The verdict on a job's replicas as they stand, and one reputation event per
+    replica it had (none for a result accepted unchecked). `adjudicate` decides whether
+    the verdict is final."""
     events: list[Event] = [(node, assignment, "timed_out") for assignment, node in case.timed_out]
     late = [node for _, node in case.timed_out]
     common: dict[str, Any] = {
@@ -95,7 +219,7 @@ def _judge_probe(case: Case, common: dict[str, Any]) -> tuple[Verdict, str]:
     return verdict, "agreed" if passed else "disagreed"
 
 
-def score_late(task: str, canonical: Replica, late: list[Replica]) -> list[Event]:
+def score_late(task: str, canonical: Replica, late: Sequence[Replica]) -> list[Event]:
     """Events for replicas that arrived after their job was verified: each is held
     against the canonical answer, so a node cannot dodge a check by being slow."""
     compare = COMPARATORS[task]

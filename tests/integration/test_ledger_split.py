@@ -23,7 +23,6 @@ import pytest
 
 from cortensor.adapters.ledger.guard import GuardLedger, Intake
 from cortensor.adapters.ledger.router import RouterLedger
-from cortensor.protocol.adjudication import judge
 from cortensor.protocol.parts import split_job
 from cortensor.protocol.replication import MAX_REPLICAS
 from cortensor.protocol.units import NewJob, OpenJob
@@ -36,7 +35,6 @@ from cortensor.schemas import (
     Verdict,
     utcnow,
 )
-from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.integration.conftest import Ledgers
 
@@ -199,8 +197,7 @@ async def verify(guard: GuardLedger, split: Split, part: int) -> Intake:
     """Every replica of `part` returns the same honest answer."""
     truth = classes(part) if split.job.task == "classify" else unit_vectors(part)
     intake = await guard.take_results(
-        split.parts[part].job_id, split.results(part, [truth] * split.job.redundancy), judge
-    )
+        split.parts[part].job_id, split.results(part, [truth] * split.job.redundancy))
     assert intake.verdict is not None
     assert intake.verdict.status == "verified"
     return intake
@@ -362,8 +359,7 @@ async def test_the_last_part_decided_stitches_the_parent(
 
     # A redelivered part changes nothing and stitches nothing again.
     again = await guard.take_results(
-        split.parts[1].job_id, split.results(1, [unit_vectors(1)] * 3), judge
-    )
+        split.parts[1].job_id, split.results(1, [unit_vectors(1)] * 3))
     assert (again.stored, again.new_verdict, again.parent) == (0, False, None)
     assert await verdict_count(guard, split.parent_id) == 1
     assert await guard.stored_verdict(split.parent_id) == parent
@@ -379,7 +375,6 @@ async def test_a_part_verified_by_a_majority_counts_its_dissenter(
     intake = await guard.take_results(
         split.parts[1].job_id,
         split.results(1, [unit_vectors(1), liar, unit_vectors(1)]),
-        judge,
     )
 
     parent = intake.parent
@@ -413,7 +408,6 @@ async def test_an_inconclusive_part_makes_the_parent_inconclusive(
     intake = await guard.take_results(
         split.parts[1].job_id,
         split.results(1, [[row, [0.0, 0.0, 1.0, 0.0]] for row in angles]),
-        judge,
     )
 
     assert intake.verdict is not None
@@ -489,7 +483,7 @@ async def test_decide_expired_fails_a_silent_part_and_the_last_part_stitches(
         "UPDATE jobs SET deadline_at = now() - interval '1 second' WHERE job_id = $1", late
     )
 
-    [failed] = await own.guard.decide_expired(judge)
+    [failed] = await own.guard.decide_expired()
 
     assert (failed.job_id, failed.status, failed.parent_id, failed.part) == (
         late,
@@ -515,7 +509,7 @@ async def test_decide_expired_fails_a_silent_part_and_the_last_part_stitches(
 async def test_decide_expired_on_every_part_completes_the_parent(own: Ledgers) -> None:
     split = await open_split(own.router, 3, deadline_at=in_s(-1))
 
-    verdicts = await own.guard.decide_expired(judge)
+    verdicts = await own.guard.decide_expired()
 
     by_job = {v.job_id: v for v in verdicts}
     assert len(verdicts) == 4
@@ -528,7 +522,7 @@ async def test_decide_expired_on_every_part_completes_the_parent(own: Ledgers) -
     assert [(p.part, p.status) for p in parent.parts] == [(i, "failed") for i in range(3)]
     assert await own.guard.stored_verdict(split.parent_id) == parent
     assert (await job_row(own.guard, split.parent_id))["status"] == "failed"
-    assert await own.guard.decide_expired(judge) == []
+    assert await own.guard.decide_expired() == []
     assert await verdict_count(own.guard, split.parent_id) == 1
 
 
@@ -562,13 +556,13 @@ async def test_route_waiting_failing_the_last_waiting_part_completes_the_parent(
     assert (await job_row(own.router, split.parts[2].job_id))["status"] == "waiting"
 
     # Still within the deadline: the part keeps waiting and the parent stays open.
-    assert await own.router.route_waiting(NoNodes(), Router.failed) == ([], [])
+    assert await own.router.route_waiting(NoNodes()) == ([], [])
     await own.router.pool.execute(
         "UPDATE jobs SET deadline_at = now() - interval '1 second' WHERE job_id = $1",
         split.parts[2].job_id,
     )
 
-    made, failed = await own.router.route_waiting(NoNodes(), Router.failed)
+    made, failed = await own.router.route_waiting(NoNodes())
 
     assert made == []
     assert [v.job_id for v in failed] == [split.parts[2].job_id, split.parent_id]
@@ -579,13 +573,13 @@ async def test_route_waiting_failing_the_last_waiting_part_completes_the_parent(
     assert [p.status for p in parent.parts] == ["verified", "verified", "failed"]
     assert await own.router.stored_verdict(split.parent_id) == parent
     assert (await job_row(own.router, split.parent_id))["status"] == "failed"
-    assert await own.router.route_waiting(NoNodes(), Router.failed) == ([], [])
+    assert await own.router.route_waiting(NoNodes()) == ([], [])
 
 
 async def test_route_waiting_failing_every_waiting_part_stitches_once(own: Ledgers) -> None:
     split = await open_split(own.router, 3, waiting=[0, 1, 2], deadline_at=in_s(-1))
 
-    made, failed = await own.router.route_waiting(NoNodes(), Router.failed)
+    made, failed = await own.router.route_waiting(NoNodes())
 
     assert made == []
     by_job = {v.job_id: v for v in failed}
@@ -601,7 +595,7 @@ async def test_route_waiting_failing_every_waiting_part_stitches_once(own: Ledge
 async def test_a_part_failed_while_waiting_names_its_parent(own: Ledgers) -> None:
     split = await open_split(own.router, 2, waiting=[0, 1], deadline_at=in_s(-1))
 
-    _, failed = await own.router.route_waiting(NoNodes(), Router.failed)
+    _, failed = await own.router.route_waiting(NoNodes())
 
     parts = {v.job_id: v for v in failed if v.job_id != split.parent_id}
     assert len(parts) == 2

@@ -24,7 +24,7 @@ import pytest
 
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import NodeStats, OpenJob, RouterLedger
-from cortensor.protocol.adjudication import judge
+from cortensor.protocol.planning import Plan
 from cortensor.protocol.replication import MAX_REPLICAS
 from cortensor.protocol.reputation import Record, score
 from cortensor.schemas import (
@@ -35,7 +35,6 @@ from cortensor.schemas import (
     Verdict,
     utcnow,
 )
-from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.integration.conftest import Ledgers
 
@@ -219,8 +218,7 @@ async def test_outstanding_counts_only_assigned_replicas(
     assert (stats[a].outstanding, stats[b].outstanding) == (1, 1)
 
     intake = await guard.take_results(
-        running.job.job_id, [result_for(running.of(a), embeddings())], judge
-    )
+        running.job.job_id, [result_for(running.of(a), embeddings())])
 
     assert intake.stored == 1
     stats = await router.node_stats()
@@ -367,13 +365,13 @@ async def test_a_job_is_decided_once_a_strict_majority_agrees(
     truth = embeddings()
     ra, rb, rc = (result_for(running.of(n), truth) for n in running.nodes)
 
-    first = await guard.take_results(job_id, [ra], judge)
+    first = await guard.take_results(job_id, [ra])
 
     assert (first.stored, first.ignored, first.verdict, first.new_verdict) == (1, [], None, False)
     assert await job_status(guard, job_id) == "running"
     assert await events_of(guard, job_id) == {}
 
-    second = await guard.take_results(job_id, [rb], judge)
+    second = await guard.take_results(job_id, [rb])
 
     assert second.stored == 1
     assert second.new_verdict is True
@@ -395,7 +393,7 @@ async def test_a_job_is_decided_once_a_strict_majority_agrees(
     }
 
     # The third replica still counts: it is held against the canonical answer.
-    last = await guard.take_results(job_id, [rc], judge)
+    last = await guard.take_results(job_id, [rc])
 
     assert (last.stored, last.new_verdict, last.verdict) == (1, False, verdict)
     assert await events_of(guard, job_id) == {
@@ -416,10 +414,9 @@ async def test_a_late_liar_is_charged_after_the_verdict(
     a, b, liar = running.nodes
     truth = embeddings()
     await guard.take_results(
-        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)], judge
-    )
+        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)])
 
-    late = await guard.take_results(job_id, [result_for(running.of(liar), embeddings())], judge)
+    late = await guard.take_results(job_id, [result_for(running.of(liar), embeddings())])
 
     assert late.new_verdict is False
     assert late.verdict is not None
@@ -438,11 +435,10 @@ async def test_a_split_waits_for_the_deciding_replica(
     split = await guard.take_results(
         job_id,
         [result_for(running.of(honest), truth), result_for(running.of(liar), embeddings())],
-        judge,
     )
     assert (split.stored, split.verdict) == (2, None)
 
-    decided = await guard.take_results(job_id, [result_for(running.of(third), truth)], judge)
+    decided = await guard.take_results(job_id, [result_for(running.of(third), truth)])
 
     assert decided.verdict is not None
     assert decided.verdict.status == "verified"
@@ -457,15 +453,14 @@ async def test_results_after_the_verdict_return_it_and_write_nothing(
     job_id = running.job.job_id
     truth = embeddings()
     results = [result_for(a, truth) for a in running.assignments]
-    decided = await guard.take_results(job_id, results, judge)
+    decided = await guard.take_results(job_id, results)
     assert decided.new_verdict
     events = await events_of(guard, job_id)
 
     # A redelivery of the same message, and a node's second, different answer.
-    redelivered = await guard.take_results(job_id, results[:1], judge)
+    redelivered = await guard.take_results(job_id, results[:1])
     second_answer = await guard.take_results(
-        job_id, [result_for(running.assignments[0], embeddings())], judge
-    )
+        job_id, [result_for(running.assignments[0], embeddings())])
 
     for intake in (redelivered, second_answer):
         assert intake.stored == 0
@@ -490,12 +485,12 @@ async def test_a_duplicate_result_before_the_verdict_changes_nothing(
     running = await open_running(router)
     job_id = running.job.job_id
     first = result_for(running.assignments[0], embeddings())
-    assert (await guard.take_results(job_id, [first], judge)).stored == 1
+    assert (await guard.take_results(job_id, [first])).stored == 1
 
-    again = await guard.take_results(job_id, [first], judge)
+    again = await guard.take_results(job_id, [first])
     # The same message twice in one batch: the second copy is a duplicate too.
     other = result_for(running.assignments[1], embeddings())
-    batch = await guard.take_results(job_id, [other, other], judge)
+    batch = await guard.take_results(job_id, [other, other])
 
     assert (again.stored, again.verdict) == (0, None)
     assert "duplicate" in again.ignored[0]
@@ -525,7 +520,7 @@ async def test_results_from_nodes_without_that_assignment_are_ignored(
     # An honest result filed under another job's id.
     elsewhere = result_for(running.of(a).model_copy(update={"job_id": uuid.uuid4()}), truth)
 
-    intake = await guard.take_results(job_id, [invented, stolen, swapped, elsewhere], judge)
+    intake = await guard.take_results(job_id, [invented, stolen, swapped, elsewhere])
 
     assert intake.stored == 0
     assert len(intake.ignored) == 4, intake.ignored
@@ -534,7 +529,7 @@ async def test_results_from_nodes_without_that_assignment_are_ignored(
 
     # The rightful holders can still answer, and only they are judged.
     honest = [result_for(running.of(n), truth) for n in (a, b, c)]
-    decided = await guard.take_results(job_id, honest, judge)
+    decided = await guard.take_results(job_id, honest)
     assert decided.verdict is not None
     assert sorted(decided.verdict.agreeing) == sorted([a, b, c])
     assert stranger not in await events_of(guard, job_id)
@@ -545,7 +540,7 @@ async def test_a_result_for_an_unknown_job_is_ignored(guard: GuardLedger) -> Non
     assignment = assignments_for(job_request(1), node_ids(1), in_s(10))[0]
     result = result_for(assignment.model_copy(update={"job_id": job_id}), embeddings())
 
-    intake = await guard.take_results(job_id, [result], judge)
+    intake = await guard.take_results(job_id, [result])
 
     assert (intake.stored, intake.verdict) == (0, None)
     assert len(intake.ignored) == 1
@@ -563,8 +558,7 @@ async def test_a_stored_result_keeps_the_whole_output(
 
     # One batch with a vector result and an error result, as the guard gets them.
     intake = await guard.take_results(
-        job_id, [result_for(vectors, truth), result_for(failing, None, error="boom")], judge
-    )
+        job_id, [result_for(vectors, truth), result_for(failing, None, error="boom")])
 
     assert intake.ignored == [], (
         "each result of a batch must be stored as one jsonb value; nested lists must not be"
@@ -597,7 +591,7 @@ async def test_one_liar_among_three_is_outvoted(
         result_for(running.of(honest_b), truth),
     ]
 
-    intake = await guard.take_results(job_id, results, judge)
+    intake = await guard.take_results(job_id, results)
 
     verdict = intake.verdict
     assert verdict is not None
@@ -622,8 +616,7 @@ async def test_three_different_answers_ask_for_more_replicas_and_blame_nobody_ye
     job_id = running.job.job_id
 
     intake = await guard.take_results(
-        job_id, [result_for(a, embeddings()) for a in running.assignments], judge
-    )
+        job_id, [result_for(a, embeddings()) for a in running.assignments])
 
     assert (intake.stored, intake.verdict, intake.escalated) == (3, None, 5)
     assert await job_status(guard, job_id) == "running"
@@ -638,8 +631,7 @@ async def test_no_majority_at_the_cap_is_inconclusive_and_blames_nobody(
     job_id = running.job.job_id
 
     intake = await guard.take_results(
-        job_id, [result_for(a, embeddings()) for a in running.assignments], judge
-    )
+        job_id, [result_for(a, embeddings()) for a in running.assignments])
 
     assert intake.verdict is not None
     assert intake.verdict.status == "inconclusive"
@@ -656,12 +648,12 @@ async def test_two_guards_racing_for_the_last_results_decide_once(
     job_id = running.job.job_id
     truth = embeddings()
     ra, rb, rc = (result_for(a, truth) for a in running.assignments)
-    assert (await guard.take_results(job_id, [ra], judge)).stored == 1
+    assert (await guard.take_results(job_id, [ra])).stored == 1
     other = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
     try:
         intakes = await asyncio.gather(
-            guard.take_results(job_id, [rb], judge),
-            other.take_results(job_id, [rc], judge),
+            guard.take_results(job_id, [rb]),
+            other.take_results(job_id, [rc]),
         )
     finally:
         await other.close()
@@ -681,7 +673,7 @@ async def test_two_guards_racing_for_the_last_results_decide_once(
 async def test_decide_expired_with_no_results_fails_the_job(own: Ledgers) -> None:
     running = await open_running(own.router, deadline_at=in_s(-1))
 
-    verdicts = await own.guard.decide_expired(judge)
+    verdicts = await own.guard.decide_expired()
 
     assert [v.job_id for v in verdicts] == [running.job.job_id]
     [verdict] = verdicts
@@ -695,7 +687,7 @@ async def test_decide_expired_with_no_results_fails_the_job(own: Ledgers) -> Non
     assert await events_of(own.guard, running.job.job_id) == {
         n: ("timed_out", running.of(n).assignment_id) for n in running.nodes
     }
-    assert await own.guard.decide_expired(judge) == []
+    assert await own.guard.decide_expired() == []
 
 
 async def test_decide_expired_with_one_of_three_results_is_inconclusive(own: Ledgers) -> None:
@@ -704,11 +696,10 @@ async def test_decide_expired_with_one_of_three_results_is_inconclusive(own: Led
     answered, *silent = running.nodes
     late_result = result_for(running.of(silent[0]), embeddings())
     intake = await own.guard.take_results(
-        job_id, [result_for(running.of(answered), embeddings())], judge
-    )
+        job_id, [result_for(running.of(answered), embeddings())])
     assert (intake.stored, intake.verdict) == (1, None)
 
-    [verdict] = await own.guard.decide_expired(judge)
+    [verdict] = await own.guard.decide_expired()
 
     assert verdict.job_id == job_id
     assert verdict.status == "inconclusive"
@@ -724,7 +715,7 @@ async def test_decide_expired_with_one_of_three_results_is_inconclusive(own: Led
     assert events == {n: ("timed_out", running.of(n).assignment_id) for n in silent}
 
     # A replica that arrives after the deadline is too late: the verdict stands.
-    late = await own.guard.take_results(job_id, [late_result], judge)
+    late = await own.guard.take_results(job_id, [late_result])
     assert (late.stored, late.new_verdict) == (0, False)
     assert late.verdict == verdict
     assert "too late" in late.ignored[0]
@@ -743,11 +734,10 @@ async def test_a_silent_replica_of_a_decided_job_is_charged_at_its_deadline(
     a, b, silent = running.nodes
     truth = embeddings()
     intake = await own.guard.take_results(
-        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)], judge
-    )
+        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)])
     assert intake.verdict is not None
     assert intake.verdict.status == "verified"
-    assert await own.guard.decide_expired(judge) == []
+    assert await own.guard.decide_expired() == []
 
     assert await own.guard.expire_stragglers() == 1
     assert await own.guard.expire_stragglers() == 0
@@ -765,7 +755,7 @@ async def test_decide_expired_leaves_jobs_within_their_deadline(own: Ledgers) ->
     waiting = job_request()
     await own.router.open_job(waiting, in_s(-1), [])
 
-    assert await own.guard.decide_expired(judge) == []
+    assert await own.guard.decide_expired() == []
 
     assert await job_status(own.guard, running.job.job_id) == "running"
     assert await job_status(own.guard, waiting.job_id) == "waiting"
@@ -781,12 +771,13 @@ class Planner:
         self.spare = list(spare)
         self.calls: list[tuple[OpenJob, int]] = []
 
-    def __call__(self, job: OpenJob, needed: int) -> Sequence[Assignment] | str:
+    def __call__(self, job: OpenJob, needed: int) -> Plan | str:
         self.calls.append((job, needed))
         free = [n for n in self.spare if n not in job.taken]
         if len(free) < needed:
             return f"needs {needed} more node(s); {len(free)} available"
-        return assignments_for(job, free[:needed], in_s(60), attempt=job.attempt)
+        made = assignments_for(job, free[:needed], in_s(60), attempt=job.attempt)
+        return Plan(tuple(made), job.redundancy)
 
 
 async def test_reroute_expired_replaces_a_late_replica(own: Ledgers) -> None:
@@ -826,13 +817,12 @@ async def test_reroute_expired_replaces_a_late_replica(own: Ledgers) -> None:
 
     # The replacement's result completes the job; the late node's result is too late.
     truth = embeddings()
-    too_late = await own.guard.take_results(job_id, [result_for(running.of(late), truth)], judge)
+    too_late = await own.guard.take_results(job_id, [result_for(running.of(late), truth)])
     assert (too_late.stored, too_late.verdict) == (0, None)
     assert "too late" in too_late.ignored[0]
     intake = await own.guard.take_results(
         job_id,
         [result_for(a, truth) for a in (running.of(b), running.of(c), replacement)],
-        judge,
     )
     verdict = intake.verdict
     assert verdict is not None
@@ -877,7 +867,7 @@ async def test_route_waiting_assigns_a_job_once_nodes_are_there(own: Ledgers) ->
     await own.router.open_job(job, in_s(60), [])
     plan = Planner(nodes)
 
-    made, failed = await own.router.route_waiting(plan, Router.failed)
+    made, failed = await own.router.route_waiting(plan)
 
     assert failed == []
     [(seen, needed)] = plan.calls
@@ -885,14 +875,14 @@ async def test_route_waiting_assigns_a_job_once_nodes_are_there(own: Ledgers) ->
     assert sorted(a.node_id for a in made) == sorted(nodes)
     assert await job_status(own.router, job.job_id) == "running"
     assert await statuses(own.router, job.job_id) == dict.fromkeys(nodes, "assigned")
-    assert await own.router.route_waiting(plan, Router.failed) == ([], [])
+    assert await own.router.route_waiting(plan) == ([], [])
 
 
 async def test_route_waiting_keeps_a_job_waiting_until_its_deadline(own: Ledgers) -> None:
     job = job_request(3)
     await own.router.open_job(job, in_s(60), [])
 
-    made, failed = await own.router.route_waiting(Planner([]), Router.failed)
+    made, failed = await own.router.route_waiting(Planner([]))
 
     assert (made, failed) == ([], [])
     assert await job_status(own.router, job.job_id) == "waiting"
@@ -903,7 +893,7 @@ async def test_route_waiting_fails_a_job_past_its_deadline(own: Ledgers) -> None
     job = job_request(3)
     await own.router.open_job(job, in_s(-1), [])
 
-    made, failed = await own.router.route_waiting(Planner([]), Router.failed)
+    made, failed = await own.router.route_waiting(Planner([]))
 
     assert made == []
     [verdict] = failed
@@ -911,7 +901,7 @@ async def test_route_waiting_fails_a_job_past_its_deadline(own: Ledgers) -> None
     assert verdict.reason.startswith("no eligible nodes before the deadline"), verdict.reason
     assert await job_status(own.router, job.job_id) == "failed"
     assert await own.router.stored_verdict(job.job_id) == verdict
-    assert await own.router.route_waiting(Planner([]), Router.failed) == ([], [])
+    assert await own.router.route_waiting(Planner([])) == ([], [])
 
 
 async def test_route_waiting_does_not_assign_a_job_past_its_deadline(own: Ledgers) -> None:
@@ -921,8 +911,8 @@ async def test_route_waiting_does_not_assign_a_job_past_its_deadline(own: Ledger
     await own.router.open_job(job, in_s(-1), [])
 
     # Nodes are free again only after the job's deadline (say the router was down).
-    made, failed = await own.router.route_waiting(Planner(nodes), Router.failed)
-    await own.guard.decide_expired(judge)
+    made, failed = await own.router.route_waiting(Planner(nodes))
+    await own.guard.decide_expired()
 
     charged = await events_of(own.guard, job.job_id)
     assert (made, charged) == ([], {}), (
@@ -973,11 +963,11 @@ async def test_late_results_for_many_decided_jobs_at_once_do_not_exhaust_the_poo
         for running in jobs:
             truth = embeddings()
             first, second, third = (result_for(running.of(n), truth) for n in running.nodes)
-            await guard.take_results(running.job.job_id, [first, second], judge)
+            await guard.take_results(running.job.job_id, [first, second])
             late.append((running.job.job_id, third))
 
         intakes = await asyncio.wait_for(
-            asyncio.gather(*(guard.take_results(job_id, [r], judge) for job_id, r in late)),
+            asyncio.gather(*(guard.take_results(job_id, [r]) for job_id, r in late)),
             timeout=20,
         )
 

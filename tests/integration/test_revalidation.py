@@ -10,8 +10,8 @@ import pytest
 
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import RouterLedger
-from cortensor.protocol.adjudication import judge
 from cortensor.protocol.parts import split_job
+from cortensor.protocol.planning import Plan
 from cortensor.protocol.units import NewJob, OpenJob, whole_job
 from cortensor.schemas import Assignment, JobRequest
 from tests.integration.test_ledger_store import (
@@ -51,7 +51,7 @@ async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
 
     # x's answer to a job it ran alone is accepted, unchecked: no event yet.
     solo, [alone] = await open_on(router, [x], solo=True)
-    first = await guard.take_results(solo.job_id, [result_for(alone, lie)], judge)
+    first = await guard.take_results(solo.job_id, [result_for(alone, lie)])
     assert first.verdict is not None
     assert (first.verdict.status, first.verdict.revision) == ("verified", 0)
     assert await events_of(guard, solo.job_id) == {}
@@ -61,21 +61,20 @@ async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
     checked, replicas = await open_on(router, [x, a, b], solo=False)
     answers = {x: lie, a: truth, b: truth}
     caught = await guard.take_results(
-        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas], judge
-    )
+        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas])
     assert caught.verdict is not None
     assert caught.verdict.disagreeing == [x]
     assert caught.reopened == 1
     assert await job_status(guard, solo.job_id) == "running"
 
-    def plan(job: OpenJob, needed: int) -> list[Assignment]:
+    def plan(job: OpenJob, needed: int) -> Plan:
         assert job.taken == frozenset({x})
-        return assignments_for(job, [a, b][:needed], in_s(600))
+        return Plan(tuple(assignments_for(job, [a, b][:needed], in_s(600))), job.redundancy)
 
     checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
     assert sorted(m.node_id for m in checkers) == sorted([a, b])
 
-    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers], judge)
+    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers])
     corrected = again.verdict
     assert corrected is not None
     assert corrected.revision == 1
@@ -99,18 +98,17 @@ async def test_a_right_unchecked_answer_stands_and_earns_its_event(
     await router.upsert_nodes([heartbeat(n) for n in (x, a, b)])
     truth = embeddings()
     solo, [alone] = await open_on(router, [x], solo=True)
-    await guard.take_results(solo.job_id, [result_for(alone, truth)], judge)
+    await guard.take_results(solo.job_id, [result_for(alone, truth)])
     checked, replicas = await open_on(router, [x, a, b], solo=False)
     answers = {x: embeddings(), a: truth, b: truth}
     await guard.take_results(
-        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas], judge
-    )
+        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas])
 
-    def plan(job: OpenJob, needed: int) -> list[Assignment]:
-        return assignments_for(job, [a, b][:needed], in_s(600))
+    def plan(job: OpenJob, needed: int) -> Plan:
+        return Plan(tuple(assignments_for(job, [a, b][:needed], in_s(600))), job.redundancy)
 
     checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
-    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers], judge)
+    again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers])
     assert again.verdict is not None
     assert again.verdict.revision == 1
     assert "stands" in again.verdict.reason
@@ -125,18 +123,18 @@ async def test_no_majority_asks_the_router_for_more_replicas(
     await router.upsert_nodes([heartbeat(n) for n in nodes])
     job, replicas = await open_on(router, nodes[:3], solo=False)
     split = await guard.take_results(
-        job.job_id, [result_for(r, embeddings()) for r in replicas], judge
-    )
+        job.job_id, [result_for(r, embeddings()) for r in replicas])
     assert (split.verdict, split.escalated) == (None, 5)
 
-    def plan(open_job: OpenJob, needed: int) -> list[Assignment]:
+    def plan(open_job: OpenJob, needed: int) -> Plan:
         assert open_job.taken == frozenset(nodes[:3])
-        return assignments_for(open_job, nodes[3:][:needed], in_s(600))
+        made = assignments_for(open_job, nodes[3:][:needed], in_s(600))
+        return Plan(tuple(made), open_job.redundancy)
 
     more = [m for m in await router.top_up(plan) if m.job_id == job.job_id]
     assert sorted(m.node_id for m in more) == sorted(nodes[3:])
     truth = embeddings()
-    done = await guard.take_results(job.job_id, [result_for(m, truth) for m in more], judge)
+    done = await guard.take_results(job.job_id, [result_for(m, truth) for m in more])
     # Two of five agree: still no strict majority of five (3 needed), and 5 < 7.
     assert (done.verdict, done.escalated) == (None, 7)
 
@@ -161,8 +159,7 @@ async def test_a_corrected_part_restitches_its_split_job(
     answers = {solo[0].job_id: lie, solo[1].job_id: truth[solo[1].job_id]}
     for u in solo:
         decided = await guard.take_results(
-            u.job_id, [result_for(made[u.job_id][0], answers[u.job_id])], judge
-        )
+            u.job_id, [result_for(made[u.job_id][0], answers[u.job_id])])
     assert decided.parent is not None
     assert decided.parent.embeddings == lie + truth[solo[1].job_id]
 
@@ -171,11 +168,11 @@ async def test_a_corrected_part_restitches_its_split_job(
     await guard.take_results(
         checked.job_id,
         [result_for(r, lie if r.node_id == x else good) for r in replicas],
-        judge,
     )
 
-    def plan(open_job: OpenJob, needed: int) -> list[Assignment]:
-        return assignments_for(open_job, [a, b][:needed], in_s(600))
+    def plan(open_job: OpenJob, needed: int) -> Plan:
+        made = assignments_for(open_job, [a, b][:needed], in_s(600))
+        return Plan(tuple(made), open_job.redundancy)
 
     checkers = await router.top_up(plan)
     parents = []
@@ -183,8 +180,7 @@ async def test_a_corrected_part_restitches_its_split_job(
         mine = [m for m in checkers if m.job_id == u.job_id]
         assert len(mine) == 2
         again = await guard.take_results(
-            u.job_id, [result_for(m, truth[u.job_id]) for m in mine], judge
-        )
+            u.job_id, [result_for(m, truth[u.job_id]) for m in mine])
         assert again.verdict is not None
         assert again.verdict.revision == 1
         assert again.parent is not None

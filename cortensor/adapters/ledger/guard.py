@@ -1,28 +1,36 @@
 """The guard's reads and writes: results in, verdicts and reputation events out.
 
-Few round trips on the hot path: one job lock (which also reads a verdict already
-made), one statement that stores a batch of results and reads back the job's other
-replicas, and one statement that writes the verdict with its reputation events.
+The ledger loads a job's case under its row lock, asks the protocol core
+(cortensor.protocol.adjudication.adjudicate) what to do, and applies the answer; no
+decision is made here. Few round trips on the hot path: one job lock (which also reads
+a verdict already made), one statement that stores a batch of results and reads back the
+job's other replicas, and one statement that writes the verdict with its reputation
+events.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from cortensor.adapters.ledger.store import Connection, Ledger, verdict_of
-from cortensor.protocol.adjudication import Case, Event, score_late, unchecked
+from cortensor.protocol.adjudication import (
+    Case,
+    Conclude,
+    Escalate,
+    Outcome,
+    Wait,
+    adjudicate,
+    at_deadline,
+    score_late,
+)
 from cortensor.protocol.consensus import Replica
-from cortensor.protocol.replication import REPLICAS, REVALIDATE_LIMIT, escalate
 from cortensor.schemas import InferenceResult, Verdict
 
 TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
-
-Judge = Callable[[Case], tuple[Verdict, list[Event]]]
-"""A job's case -> its verdict and the reputation events it implies."""
 
 _LOCK = """
 SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
@@ -74,12 +82,11 @@ UNION ALL
 SELECT false, a.assignment_id, NULL, NULL, NULL,
        a.node_id, a.status, r.result_id, r.precision, r.output, r.error, r.received_at
 FROM assignments a LEFT JOIN results r USING (assignment_id)
-WHERE $9 AND a.job_id = $1 AND a.status IN ('done', 'timed_out')
-  AND a.assignment_id <> ALL($3::uuid[])
+WHERE $9 AND a.job_id = $1 AND a.assignment_id <> ALL($3::uuid[])
 ORDER BY incoming DESC, received_at NULLS LAST, assignment_id
 """
 """Store a batch of results (one statement, idempotent) and, when $9, read back the job's
-other counted or timed-out replicas. The job is locked by then, so what was committed
+other replicas: counted, timed out, or still out. The job is locked by then, so what was committed
 before this statement began is all there is: none of the others can be missed."""
 
 _REOPEN = """
@@ -168,7 +175,10 @@ def _in_hand(result: InferenceResult) -> Replica:
     )
 
 
-def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
+def _case(
+    job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = (), *, expired: bool = False
+) -> Case:
+    """A job's case from its locked row, its other replicas' rows and the new results."""
     return Case(
         job_id=job["job_id"],
         task=job["task"],
@@ -183,6 +193,9 @@ def _case(job: Any, rows: Sequence[Any], fresh: Sequence[Replica] = ()) -> Case:
         auto=job["auto"],
         reference=job["params"].get("reference") if job["probe"] else None,
         reference_precision=job["params"].get("reference_precision", "fp32"),
+        pending=sum(r["status"] == "assigned" for r in rows),
+        first=None if job["payload"] is None else Verdict.model_validate(job["payload"]),
+        expired=expired,
     )
 
 
@@ -192,17 +205,17 @@ class GuardLedger(Ledger):
     revalidate_deadline_s = 120.0
     """Time given to re-validate an unchecked result (Settings.revalidate_deadline_s)."""
 
-    async def take_results(
-        self, job_id: UUID, results: Sequence[InferenceResult], judge: Judge
-    ) -> Intake:
-        """Store a job's results idempotently; decide the job as soon as its outcome is
-        certain: every replica is in, or a strict majority already agrees.
+    async def take_results(self, job_id: UUID, results: Sequence[InferenceResult]) -> Intake:
+        """Store a job's results idempotently and act on the job's outcome (see
+        cortensor.protocol.adjudication.adjudicate), all in one transaction.
 
         A result counts only when it answers an assignment of this job held by the
         node that sent it. Results from unassigned nodes and duplicates are dropped;
         a late one (its assignment timed out) is kept for the record but not counted.
         All of them are reported in `Intake.ignored`. A result arriving after its job
-        was verified is held against the canonical answer.
+        was verified is held against the canonical answer. When the job needs replicas
+        sent now (an `auto` job's checks after its leader answered, a split vote's extra
+        replicas, reopened results' checks), routers hear of it at commit (`notify_due`).
         """
         intake = Intake()
         unique: dict[UUID, InferenceResult] = {}
@@ -247,83 +260,68 @@ class GuardLedger(Ledger):
                     intake.verdict = verdict_of(stored)
                 return intake
             if fresh:
-                await self._decide(
-                    conn,
-                    job,
-                    _case(job, [r for r in rows if not r["incoming"]], fresh),
-                    judge,
-                    intake,
-                )
+                case = _case(job, [r for r in rows if not r["incoming"]], fresh)
+                await self._apply(conn, job, adjudicate(case), intake)
         return intake
 
-    async def _decide(
-        self, conn: Connection, job: Any, case: Case, judge: Judge, intake: Intake
-    ) -> None:
-        """Decide a job whose replicas changed: wait for more, escalate a split vote,
-        or conclude."""
-        verdict, events = judge(case)
-        if verdict.status != "verified" and len(case.replicas) < job["redundancy"]:
-            return  # more replicas are on their way
-        if verdict.status == "inconclusive":
-            more = escalate(job["redundancy"])
-            if more is not None:
-                await conn.execute(
-                    "UPDATE jobs SET redundancy = $2 WHERE job_id = $1", job["job_id"], more
-                )
-                intake.escalated = more
-                return
-        final, intake.parent, intake.reopened = await self._conclude(
-            conn, job, case, verdict, events
-        )
-        if not job["probe"]:
-            intake.verdict, intake.new_verdict = final, True
-
-    @staticmethod
-    def _revised(job: Any, verdict: Verdict) -> Verdict:
-        """The verdict of a re-validated job, as its next revision."""
-        first = Verdict.model_validate(job["payload"])
-        held = first.agreeing[0] if first.agreeing else ""
-        outcome = "stands" if held in verdict.agreeing else "was wrong and is corrected"
-        return verdict.model_copy(
-            update={
-                "revision": job["revision"] + 1,
-                "reason": f"re-validated: {verdict.reason}; the first answer, by {held}, {outcome}",
-            }
-        )
+    async def _apply(self, conn: Connection, job: Any, outcome: Outcome, intake: Intake) -> None:
+        """Record what the core decided for a job whose replicas changed."""
+        if isinstance(outcome, Wait):
+            if outcome.due:
+                await self.notify_due(conn, [job["job_id"]])
+            return
+        if isinstance(outcome, Escalate):
+            await conn.execute(
+                "UPDATE jobs SET redundancy = $2 WHERE job_id = $1",
+                job["job_id"],
+                outcome.redundancy,
+            )
+            await self.notify_due(conn, [job["job_id"]])
+            intake.escalated = outcome.redundancy
+            return
+        intake.parent, intake.reopened = await self._conclude(conn, job, outcome)
+        if outcome.publish:
+            intake.verdict, intake.new_verdict = outcome.verdict, True
 
     async def _conclude(
-        self, conn: Connection, job: Any, case: Case, verdict: Verdict, events: list[Event]
-    ) -> tuple[Verdict, Verdict | None, int]:
-        """Record a decision (or the revision of one), reopen the unchecked results of any
-        node it caught, and stitch the split job it may complete."""
-        if job["payload"] is None:
-            await self.write_verdict(conn, verdict, events=events, unchecked=unchecked(case))
-            if case.reference is not None:
-                # A probe's verdict is for the ledger only: publishing it would tell the
-                # node, after the fact, which of its jobs were probes.
-                await self.mark_published([verdict.job_id], conn)
-        else:
-            verdict = self._revised(job, verdict)
-            await self.revise_verdict(conn, verdict, events=events)
-        caught = [node for node, _, kind in events if kind == "disagreed"]
-        reopened = 0
-        if caught and case.reference is None:
-            reopened = len(
-                await conn.fetch(
-                    _REOPEN,
-                    caught,
-                    job["model"],
-                    REVALIDATE_LIMIT,
-                    self.revalidate_deadline_s,
-                    REPLICAS,
-                )
+        self, conn: Connection, job: Any, outcome: Conclude
+    ) -> tuple[Verdict | None, int]:
+        """Record a decision (or the revision of one, or the first verdict kept), reopen
+        the unchecked results of any node it caught, and stitch the split job it may
+        complete. Returns that split job's verdict and how many results were reopened."""
+        verdict = outcome.verdict
+        if outcome.keep_first:
+            await conn.execute(
+                "UPDATE jobs SET status = $2, reason = $3, unchecked = true WHERE job_id = $1",
+                job["job_id"],
+                verdict.status,
+                verdict.reason,
             )
+            await self.add_events(conn, job["job_id"], outcome.events)
+            return None, 0
+        if outcome.revision:
+            await self.revise_verdict(conn, verdict, events=outcome.events)
+        else:
+            await self.write_verdict(
+                conn, verdict, events=outcome.events, unchecked=outcome.unchecked
+            )
+            if not outcome.publish:
+                await self.mark_published([verdict.job_id], conn)
+        reopened: list[Any] = []
+        if outcome.reopen is not None:
+            reopened = await conn.fetch(
+                _REOPEN,
+                list(outcome.reopen.nodes),
+                job["model"],
+                outcome.reopen.limit,
+                self.revalidate_deadline_s,
+                outcome.reopen.redundancy,
+            )
+            await self.notify_due(conn, [r["job_id"] for r in reopened])
         parent = None
         if job["parent_id"] is not None:
-            parent = await self.complete_parent(
-                conn, job["parent_id"], revise=job["payload"] is not None
-            )
-        return verdict, parent, reopened
+            parent = await self.complete_parent(conn, job["parent_id"], revise=outcome.revision)
+        return parent, len(reopened)
 
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Charge nodes that never answered a job decided without them.
@@ -344,12 +342,11 @@ class GuardLedger(Ledger):
             )
             return await self.time_out(conn, [r["assignment_id"] for r in late]) if late else 0
 
-    async def decide_expired(self, judge: Judge, limit: int = 50) -> list[Verdict]:
-        """Decide every running job past its deadline with the results it has.
+    async def decide_expired(self, limit: int = 50) -> list[Verdict]:
+        """Decide every running job past its deadline with the results it has (see
+        `at_deadline`); returns the verdicts to publish.
 
-        Replicas still missing are timed out and charged to their nodes. A re-validation
-        that found no verdict (its checkers never answered) leaves the first verdict in
-        place, still unchecked.
+        Replicas still missing are timed out and charged to their nodes.
         """
         verdicts = []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -372,14 +369,11 @@ class GuardLedger(Ledger):
                     """,
                     job["job_id"],
                 )
-                case = _case(job, await conn.fetch(_REPLICAS, job["job_id"]))
-                verdict, events = judge(case)
-                if job["payload"] is not None and verdict.status != "verified":
-                    await self._keep_first_verdict(conn, job, events)
-                    continue
-                verdict, parent, _ = await self._conclude(conn, job, case, verdict, events)
-                if not job["probe"]:
-                    verdicts.append(verdict)
+                rows = await conn.fetch(_REPLICAS, job["job_id"])
+                outcome = at_deadline(_case(job, rows, expired=True))
+                parent, _ = await self._conclude(conn, job, outcome)
+                if outcome.publish and not outcome.keep_first:
+                    verdicts.append(outcome.verdict)
                 if parent is not None:
                     parents.add(parent.job_id)
                     verdicts.append(parent)
@@ -388,13 +382,3 @@ class GuardLedger(Ledger):
                 if parent is not None:
                     verdicts.append(parent)
         return verdicts
-
-    async def _keep_first_verdict(self, conn: Connection, job: Any, events: list[Event]) -> None:
-        first = Verdict.model_validate(job["payload"])
-        await conn.execute(
-            "UPDATE jobs SET status = $2, reason = $3, unchecked = true WHERE job_id = $1",
-            job["job_id"],
-            first.status,
-            first.reason,
-        )
-        await self.add_events(conn, job["job_id"], [e for e in events if e[2] == "timed_out"])

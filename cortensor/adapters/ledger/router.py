@@ -1,15 +1,22 @@
-"""The router's reads and writes: nodes, jobs and their assignments."""
+"""The router's reads and writes: nodes, jobs and their assignments.
+
+Plans are the protocol core's (cortensor.protocol.planning): these methods load the
+jobs to plan under their row locks, hand them to a plan callable, and record the
+assignments it returns. What the SQL decides is only what must be atomic: which jobs
+this router locks.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from cortensor.adapters.ledger.store import Connection, Ledger
+from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger
+from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.units import NewJob, OpenJob, task_fields, whole_job
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
 
@@ -25,8 +32,60 @@ class NodeStats:
     """Its run of valid results per model (adaptive replication)."""
 
 
-PlanReplicas = Callable[[OpenJob, int], Sequence[Assignment] | str]
-"""(job, replicas needed) -> the assignments to make, or why none can be made now."""
+PlanReplicas = Callable[[OpenJob, int], Plan | str]
+"""(job, replicas needed) -> the replicas to send, or why none can be sent now."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """An open job and the count of its replicas, read under its row lock."""
+
+    job: OpenJob
+    live: int
+    """Replicas out or answered."""
+    finished: int
+    """Replicas answered or timed out."""
+
+    @property
+    def due(self) -> int:
+        return replicas_due(
+            self.job.redundancy, auto=self.job.auto, live=self.live, finished=self.finished
+        )
+
+
+_LOAD = """
+SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
+       j.params, j.audio, j.parent_id, j.part, j.auto, j.probe,
+       coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{}') AS taken,
+       coalesce(max(a.attempt), 0) + 1 AS attempt,
+       count(*) FILTER (WHERE a.status IN ('assigned', 'done')) AS live,
+       count(*) FILTER (WHERE a.status IN ('done', 'timed_out')) AS finished
+FROM jobs j LEFT JOIN assignments a USING (job_id)
+WHERE j.job_id = ANY($1::uuid[])
+GROUP BY j.job_id
+ORDER BY j.created_at
+"""
+"""Open jobs with the nodes they used and the count of their replicas."""
+
+_SHORT = """
+SELECT j.job_id
+FROM jobs j,
+     LATERAL (
+         SELECT count(*) AS live FROM assignments a
+         WHERE a.job_id = j.job_id AND a.status IN ('assigned', 'done')
+     ) c
+WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
+ORDER BY j.created_at LIMIT $1
+"""
+"""Running jobs with fewer replicas than their redundancy (read without locks)."""
+
+_LOCK_RUNNING = """
+SELECT job_id FROM jobs
+WHERE job_id = ANY($1::uuid[]) AND status = 'running' AND deadline_at > now()
+ORDER BY created_at
+FOR UPDATE SKIP LOCKED
+"""
+"""Lock running jobs within their deadline; those another router holds are skipped."""
 
 
 async def _insert_assignments(conn: Connection, assignments: Sequence[Assignment]) -> None:
@@ -221,45 +280,40 @@ class RouterLedger(Ledger):
             for r in rows
         ]
 
-    async def _open_jobs(self, conn: Connection, where: str, *args: Any) -> list[OpenJob]:
-        rows = await conn.fetch(
-            f"""
-            SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
-                   j.params, j.audio, j.parent_id, j.part, j.auto, j.probe,
-                   coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{{}}')
-                       AS taken,
-                   coalesce(max(a.attempt), 0) + 1 AS attempt
-            FROM jobs j LEFT JOIN assignments a USING (job_id)
-            WHERE {where}
-            GROUP BY j.job_id
-            """,
-            *args,
-        )
+    @staticmethod
+    async def _load(conn: Connection, job_ids: Sequence[Any]) -> list[_Loaded]:
+        rows = await conn.fetch(_LOAD, list(job_ids))
         return [
-            OpenJob(
-                job_id=r["job_id"],
-                task=r["task"],
-                model=r["model"],
-                redundancy=r["redundancy"],
-                hw_class=r["hw_class"],
-                inputs=r["inputs"],
-                deadline_at=r["deadline_at"],
-                taken=frozenset(r["taken"]),
-                attempt=r["attempt"],
-                params=r["params"],
-                audio=r["audio"],
-                parent_id=r["parent_id"],
-                part=r["part"],
-                auto=r["auto"],
-                probe=r["probe"],
+            _Loaded(
+                OpenJob(
+                    job_id=r["job_id"],
+                    task=r["task"],
+                    model=r["model"],
+                    redundancy=r["redundancy"],
+                    hw_class=r["hw_class"],
+                    inputs=r["inputs"],
+                    deadline_at=r["deadline_at"],
+                    taken=frozenset(r["taken"]),
+                    attempt=r["attempt"],
+                    params=r["params"],
+                    audio=r["audio"],
+                    parent_id=r["parent_id"],
+                    part=r["part"],
+                    auto=r["auto"],
+                    probe=r["probe"],
+                ),
+                r["live"],
+                r["finished"],
             )
             for r in rows
         ]
 
     async def route_waiting(
-        self, plan: PlanReplicas, fail: Callable[[OpenJob, str], Verdict], limit: int = 100
+        self, plan: PlanReplicas, limit: int = 100
     ) -> tuple[list[Assignment], list[Verdict]]:
-        """Give waiting jobs their replicas, or fail those whose deadline has passed.
+        """Give waiting jobs their replicas, or fail those whose deadline has passed
+        (cortensor.protocol.planning.waiting decides which); returns the assignments
+        made and the verdicts of the jobs failed (a split job's, too, if one completed it).
 
         Jobs locked by another router are skipped, so several routers share the work.
         """
@@ -273,60 +327,52 @@ class RouterLedger(Ledger):
             )
             if not ids:
                 return [], []
-            jobs = await self._open_jobs(
-                conn, "j.job_id = ANY($1::uuid[])", [r["job_id"] for r in ids]
-            )
             now = await conn.fetchval("SELECT now()")
             made: list[Assignment] = []
             failed: list[Verdict] = []
-            for job in jobs:
-                outcome = plan(job, job.redundancy)
-                if job.deadline_at <= now:
-                    # Too late to start: replicas assigned now could only time out.
-                    why = outcome if isinstance(outcome, str) else "no node took it in time"
-                    verdict = fail(job, why)
-                    await self.write_verdict(conn, verdict)
-                    failed.append(verdict)
+            for loaded in await self._load(conn, [r["job_id"] for r in ids]):
+                job = loaded.job
+                fate = waiting(job, now, plan(job, job.redundancy))
+                if isinstance(fate, Verdict):
+                    await self.write_verdict(conn, fate)
+                    failed.append(fate)
                     if job.parent_id is not None:
                         parent = await self.complete_parent(conn, job.parent_id)
                         failed.extend([parent] if parent is not None else [])
-                    continue
-                if isinstance(outcome, str):
-                    continue
-                await _insert_assignments(conn, outcome)
-                # An auto job's redundancy is what adaptive replication chose for it.
-                await conn.execute(
-                    "UPDATE jobs SET status = 'running', redundancy = $2 WHERE job_id = $1",
-                    job.job_id,
-                    len(outcome) if job.auto else job.redundancy,
-                )
-                made.extend(outcome)
+                elif fate is not None:
+                    await _insert_assignments(conn, fate.assignments)
+                    await conn.execute(
+                        "UPDATE jobs SET status = 'running', redundancy = $2 WHERE job_id = $1",
+                        job.job_id,
+                        fate.redundancy,
+                    )
+                    made.extend(fate.assignments)
         return made, failed
 
-    async def top_up(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
-        """Give running jobs the replicas they lack: more after a split vote, or the
-        checks of a result being re-validated."""
+    async def top_up(
+        self, plan: PlanReplicas, job_ids: Sequence[UUID] | None = None, limit: int = 100
+    ) -> list[Assignment]:
+        """Give running jobs the replicas they lack now (planning.replicas_due): an `auto`
+        job's checks once its leader has answered, more after a split vote, the checks
+        of a result being re-validated. `job_ids` narrows it to jobs a guard named
+        (`listen_due`); without it, every running job is looked at."""
+        if job_ids is None:
+            short = await self.pool.fetch(_SHORT, limit)
+            job_ids = [r["job_id"] for r in short]
+        if not job_ids:
+            return []
         async with self.pool.acquire() as conn, conn.transaction():
-            short = await conn.fetch(
-                """
-                SELECT j.job_id, j.redundancy - c.live AS missing
-                FROM jobs j,
-                     LATERAL (
-                         SELECT count(*) AS live FROM assignments a
-                         WHERE a.job_id = j.job_id AND a.status IN ('assigned', 'done')
-                     ) c
-                WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
-                ORDER BY j.created_at LIMIT $1
-                FOR UPDATE OF j SKIP LOCKED
-                """,
-                limit,
-            )
-            if not short:
+            locked = await conn.fetch(_LOCK_RUNNING, list(job_ids))
+            if not locked:
                 return []
-            return await self._replan(conn, {r["job_id"]: r["missing"] for r in short}, plan)
+            # Counted after the lock, so that a router that topped a job up just before
+            # is seen, and its replicas are not sent twice.
+            return await self._replan(conn, [r["job_id"] for r in locked], plan)
 
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
-        """Time out assignments past their deadline and give each a replacement node.
+        """Time out assignments past their deadline and give their jobs the replicas they
+        lack now: a replacement for each, and an `auto` job whose leader timed out its
+        checks too (planning.replicas_due).
 
         The late node is charged a `timed_out` event. A job past its own deadline is
         the guard's to decide, so only assignments of jobs still running are touched.
@@ -346,19 +392,36 @@ class RouterLedger(Ledger):
             if not expired:
                 return []
             await self.time_out(conn, [r["assignment_id"] for r in expired])
-            lost: dict[UUID, int] = {}
-            for r in expired:
-                lost[r["job_id"]] = lost.get(r["job_id"], 0) + 1
-            return await self._replan(conn, lost, plan)
+            jobs = list(dict.fromkeys(r["job_id"] for r in expired))
+            return await self._replan(conn, jobs, plan)
 
     async def _replan(
-        self, conn: Connection, needed: dict[UUID, int], plan: PlanReplicas
+        self, conn: Connection, job_ids: Sequence[UUID], plan: PlanReplicas
     ) -> list[Assignment]:
-        """Plan and record `needed[job]` more replicas of each of these jobs."""
+        """Plan and record the replicas these (locked) jobs lack now."""
         made: list[Assignment] = []
-        for job in await self._open_jobs(conn, "j.job_id = ANY($1::uuid[])", list(needed)):
-            outcome = plan(job, needed[job.job_id])
+        for loaded in await self._load(conn, job_ids):
+            if loaded.due < 1:
+                continue
+            outcome = plan(loaded.job, loaded.due)
             if not isinstance(outcome, str):
-                await _insert_assignments(conn, outcome)
-                made.extend(outcome)
+                await _insert_assignments(conn, outcome.assignments)
+                made.extend(outcome.assignments)
         return made
+
+    async def listen_due(self, on_due: Callable[[UUID], None]) -> Callable[[], Awaitable[None]]:
+        """Call `on_due(job_id)` whenever a guard commits a job that needs replicas sent
+        now (store.DUE_CHANNEL); returns the coroutine function that stops listening.
+        One connection of the pool is held for it."""
+        conn = await self.pool.acquire()
+
+        def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            on_due(UUID(str(payload)))
+
+        await conn.add_listener(DUE_CHANNEL, heard)
+
+        async def stop() -> None:
+            await conn.remove_listener(DUE_CHANNEL, heard)
+            await self.pool.release(conn)
+
+        return stop

@@ -20,6 +20,12 @@ from cortensor.schemas import OUTPUT_FIELD, Verdict
 
 Connection: TypeAlias = asyncpg.Connection
 
+DUE_CHANNEL = "cortensor_due"
+"""The PostgreSQL NOTIFY channel on which a guard tells routers, when its transaction
+commits, that a job needs replicas sent now (the job id is the payload): an `auto` job's
+checks once its leader has answered, a split vote's extra replicas, the checks of a
+reopened result. Routers' sweeps find the same jobs; the notice only saves the wait."""
+
 
 _VERDICT = """
 SELECT v.payload, r.output FROM verdicts v
@@ -208,6 +214,16 @@ class Ledger:
                 [e[0] for e in events],
                 [e[1] for e in events],
                 [e[2] for e in events],
+            )
+
+    @staticmethod
+    async def notify_due(conn: Connection, job_ids: Sequence[Any]) -> None:
+        """Tell listening routers, at commit, that these jobs need replicas sent now."""
+        if job_ids:
+            await conn.execute(
+                "SELECT pg_notify($1, j::text) FROM unnest($2::uuid[]) AS j",
+                DUE_CHANNEL,
+                list(job_ids),
             )
 
     @staticmethod

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from cortensor.adapters.interfaces import StreamMessage as Msg
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
-from cortensor.protocol.adjudication import judge
 from cortensor.schemas import InferenceResult
 from cortensor.services.announce import Announcer
 from cortensor.services.loops import every
@@ -49,7 +48,7 @@ class Guard:
 
     async def _take_job(self, job_id: UUID, batch: list[tuple[Msg, InferenceResult]]) -> None:
         try:
-            intake = await self.ledger.take_results(job_id, [r for _, r in batch], judge)
+            intake = await self.ledger.take_results(job_id, [r for _, r in batch])
             for reason in intake.ignored:
                 log.info("result ignored", job_id=str(job_id), reason=reason)
             if intake.escalated:
@@ -89,7 +88,7 @@ class Guard:
 
     async def sweep(self) -> None:
         """Decide jobs past their deadline; publish verdicts whose publisher died."""
-        decided = await self.ledger.decide_expired(judge)
+        decided = await self.ledger.decide_expired()
         await self.ledger.expire_stragglers()
         for v in decided:
             log.info(

@@ -21,17 +21,16 @@ from cortensor.adapters.interfaces import Delivery, Signal, Subscription, Unrout
 from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
-from cortensor.errors import BadInput, NoEligibleNodes
-from cortensor.inference.probes import load_probes
+from cortensor.errors import BadInput
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.parts import AudioSpan, split_job
-from cortensor.protocol.placement import NodeView, candidates, choose
-from cortensor.protocol.probing import Prober
-from cortensor.protocol.replication import REPLICAS, replicas
-from cortensor.protocol.units import NewJob, OpenJob, assignments_for
+from cortensor.protocol.placement import NodeView, candidates
+from cortensor.protocol.planning import Plan, Timing, parallel, plan
+from cortensor.protocol.units import NewJob, OpenJob
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
 from cortensor.services.announce import Announcer
 from cortensor.services.loops import every
+from cortensor.services.router.probes import ProbeSender
 from cortensor.services.router.registry import NodeRegistry
 from cortensor.settings import Settings
 
@@ -65,105 +64,45 @@ class Router:
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.registry = NodeRegistry()
         self.rng = random.Random(seed)
-        self.prober = Prober(settings, self.rng)
+        self.prober = ProbeSender(settings, self.rng)
         self._intake: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._due: set[UUID] = set()
+        """Jobs guards named as needing replicas now (see _send_due)."""
+        self._due_now = asyncio.Event()
 
-    # -- policy ---------------------------------------------------------------------------
+    # -- policy: the core's (cortensor.protocol.planning), with this router's clock ------
 
-    def plan(
-        self, job: OpenJob, needed: int, spread: set[str] | None = None
-    ) -> Sequence[Assignment] | str:
-        """Assignments for `needed` more replicas of a job, or why there are none now.
+    @property
+    def timing(self) -> Timing:
+        """How long a node has for one replica, from the settings."""
+        return Timing(self.settings.assignment_timeout_s, self.settings.audio_timeout_factor)
 
-        An `auto` job routed for the first time gets as many replicas as adaptive
-        replication gives the node drawn first (cortensor.protocol.replication).
-        """
-        if job.auto and not job.taken and needed == job.redundancy:
-            return self.plan_auto(job, spread)
-        return self.plan_fixed(job, needed, spread)
+    def plan(self, job: OpenJob, needed: int, spread: frozenset[str] = frozenset()) -> Plan | str:
+        """`needed` more replicas of a job on live nodes, or why there are none now (see
+        planning.plan); the nodes chosen count as busier until the next refresh."""
+        outcome = plan(
+            job,
+            needed,
+            pool=self.live(eligible_classes(job.hw_class), job.model),  # type: ignore[arg-type]
+            rng=self.rng,
+            now=utcnow(),
+            timing=self.timing,
+            temperature=self.settings.routing_temperature,
+            spread=spread,
+        )
+        if not isinstance(outcome, str):
+            for node in outcome.nodes:
+                self.registry.assigned(node)
+        return outcome
 
-    def plan_auto(self, job: OpenJob, spread: set[str] | None) -> Sequence[Assignment] | str:
-        """The first node by weighted sampling, alone when its run of valid results for
-        the model earns it, else with REPLICAS - 1 more."""
-        first = self.plan_fixed(job, 1, spread)
-        if isinstance(first, str):
-            return first
-        leader = first[0].node_id
-        if replicas(self.registry.streak(leader, job.model), self.rng) == 1:
-            return first
-        more = self.plan_fixed(replace(job, taken=job.taken | {leader}), REPLICAS - 1, spread)
-        if isinstance(more, str):
-            return more
-        return [*first, *more]
-
-    def plan_fixed(
-        self, job: OpenJob, needed: int, spread: set[str] | None = None
-    ) -> Sequence[Assignment] | str:
-        """Assignments for `needed` more replicas of a job, or why there are none now.
-
-        `spread` holds the nodes already given other parts of the same split job: they
-        are passed over while other eligible nodes remain, so that the parts run on as
-        many nodes at once as there are; the chosen nodes are added to it.
-        """
-        classes = eligible_classes(job.hw_class)  # type: ignore[arg-type]
-        eligible = self.live(classes, job.model, job.taken)
-        if spread:
-            fresh = self.live(classes, job.model, job.taken | spread)
-            if len(fresh) >= needed:
-                eligible = fresh
-            else:
-                spread.clear()  # every node has a part: start another round
-        try:
-            chosen = choose(
-                eligible, needed, rng=self.rng, temperature=self.settings.routing_temperature
-            )
-        except NoEligibleNodes:
-            return (
-                f"needs {needed} more distinct live node(s) of class {' or '.join(classes)}"
-                f" serving {job.model}; {len(eligible)} available"
-            )
-        deadline = min(utcnow() + timedelta(seconds=self.timeout_s(job)), job.deadline_at)
-        for node in chosen:
-            self.registry.assigned(node.node_id)
-            if spread is not None:
-                spread.add(node.node_id)
-        return assignments_for(job, [(n.node_id, n.hw_class) for n in chosen], deadline)
-
-    def parallel(self, job: JobRequest) -> int:
-        """How many parts of `job` can run at once: its eligible live nodes over its
-        redundancy."""
-        live = self.live(eligible_classes(job.hw_class), job.model, frozenset())
-        replicas = REPLICAS if job.redundancy == "auto" else job.redundancy
-        return max(1, len(live) // replicas)
-
-    def live(self, classes: Sequence[str], model: str, exclude: frozenset[str]) -> list[NodeView]:
-        """Live nodes of these classes serving `model`, except those in `exclude`."""
+    def live(self, classes: Sequence[str], model: str) -> list[NodeView]:
+        """Live nodes of these classes serving `model`."""
         return candidates(
             self.registry.views(),
             classes=classes,
             model=model,
             now=time.monotonic(),
             ttl=self.settings.node_ttl_s,
-            exclude=exclude,
-        )
-
-    def timeout_s(self, job: OpenJob) -> float:
-        """How long a node has for one replica of `job`: longer for longer audio."""
-        p = job.params
-        audio_s = float(p.get("end_s", 0.0)) - float(p.get("start_s", 0.0))
-        return self.settings.assignment_timeout_s + self.settings.audio_timeout_factor * audio_s
-
-    @staticmethod
-    def failed(job: OpenJob, why: str) -> Verdict:
-        """The verdict on a job that found no nodes before its deadline."""
-        return Verdict(
-            job_id=job.job_id,
-            status="failed",
-            reason=f"no eligible nodes before the deadline: {why}",
-            task=job.task,
-            model=job.model,
-            parent_id=job.parent_id,
-            part=job.part,
         )
 
     # -- I/O ------------------------------------------------------------------------------
@@ -226,7 +165,9 @@ class Router:
                 chunk_s=s.chunk_s,
                 min_chunk_s=s.chunk_min_s,
                 max_seconds=s.max_audio_s,
-                parallel=self.parallel(job),
+                parallel=parallel(
+                    len(self.live(eligible_classes(job.hw_class), job.model)), job.redundancy
+                ),
             )
         except BadInput as exc:
             verdict = Verdict(
@@ -284,15 +225,16 @@ class Router:
             )
             if parent is not None:
                 opened.append(NewJob(parent, job.created_at, "split"))
-            spread: set[str] = set()
+            spread: frozenset[str] = frozenset()
             for unit in units:
-                plan = self.plan(unit, unit.redundancy, spread)
-                if isinstance(plan, str):
-                    why[job.job_id] = plan
+                planned = self.plan(unit, unit.redundancy, spread)
+                if isinstance(planned, str):
+                    why[job.job_id] = planned
                     opened.append(NewJob(unit, job.created_at, "waiting"))
                 else:
-                    chosen = replace(unit, redundancy=len(plan)) if unit.auto else unit
-                    opened.append(NewJob(chosen, job.created_at, "running", plan))
+                    spread = planned.spread
+                    chosen = replace(unit, redundancy=planned.redundancy)
+                    opened.append(NewJob(chosen, job.created_at, "running", planned.assignments))
         written = await self.ledger.open_jobs(opened)
         again = [job.job_id for job, _ in jobs if job.job_id not in written]
         await self.publish_assignments(
@@ -358,7 +300,7 @@ class Router:
 
     async def sweep(self) -> None:
         """One pass over waiting jobs and late assignments."""
-        made, failed = await self.ledger.route_waiting(self.plan, self.failed)
+        made, failed = await self.ledger.route_waiting(self.plan)
         made += await self.ledger.reroute_expired(self.plan)
         made += await self.ledger.top_up(self.plan)
         made += await self.probes()
@@ -367,25 +309,32 @@ class Router:
         await self.announcer.publish(failed)
         await self.announcer.flush()
 
-    async def probes(self) -> list[Assignment]:
-        """Probe every live node on probation or in quarantine whose turn it is; the
-        guard admits it after enough answers match the references."""
-        now = time.monotonic()
-        made: list[Assignment] = []
-        opened: list[NewJob] = []
-        for node in self.registry.views():
-            job = self.prober.job_for(node) if self.prober.due(node, now) else None
-            if job is None:
+    def _heard_due(self, job_id: UUID) -> None:
+        """A guard committed a job that needs replicas now: send them in the next pass."""
+        self._due.add(job_id)
+        self._due_now.set()
+
+    async def _send_due(self, stop: asyncio.Event) -> None:
+        """Send the replicas guards asked for as soon as they ask (an `auto` job's checks
+        once its leader has answered), rather than at the next sweep. A failure here
+        only delays them: the sweep's top-up finds the same jobs."""
+        while not stop.is_set():
+            await self._due_now.wait()
+            self._due_now.clear()
+            due, self._due = list(self._due), set()
+            if not due:
                 continue
-            deadline = utcnow() + timedelta(seconds=self.timeout_s(job))
-            job = replace(job, deadline_at=deadline)
-            [assignment] = assignments_for(job, [(node.node_id, node.hw_class)], deadline)
-            self.prober.sent(node.node_id, now)
-            made.append(assignment)
-            opened.append(NewJob(job, utcnow(), "running", [assignment]))
-        if opened:
-            await self.ledger.open_jobs(opened)
-        return made
+            try:
+                made = await self.ledger.top_up(self.plan, due)
+                if made:
+                    await self.publish_assignments(made)
+            except Exception:
+                log.exception("replicas due not sent; the sweep will", jobs=len(due))
+
+    async def probes(self) -> list[Assignment]:
+        """Record the probes due now, for nodes of every trust state (see
+        cortensor.services.router.probes); the guard judges them against their references."""
+        return await self.prober.send(self.ledger, self.registry.views())
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen."""
@@ -398,19 +347,23 @@ class Router:
         The adapters stay open: whoever gave them closes them.
         """
         s = self.settings
-        self.prober.probe_set = load_probes(s.models_dir)
+        self.prober.load(s.probes_path)
         beats: Subscription = await self.signals.subscribe(
             self.topology.heartbeat_subject("*"), self.on_heartbeat
         )
         await self.refresh()
+        stop_listening = await self.ledger.listen_due(self._heard_due)
         workers = [asyncio.create_task(self._batches()) for _ in range(ROUTER_WORKERS)]
         await self.jobs.consume(self.on_job)
         log.info("router ready", queue=self.topology.router_queue)
         loops = [
             asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop)),
             asyncio.create_task(every(s.registry_refresh_s, self.refresh, stop)),
+            asyncio.create_task(self._send_due(stop)),
         ]
         await stop.wait()
+        self._due_now.set()  # wakes _send_due to see the stop
+        await stop_listening()
         await self.jobs.cancel()
         await beats.unsubscribe()
         for _ in workers:

@@ -1,0 +1,194 @@
+"""The router's plan for a job: how many replicas, on which nodes, until when, and what
+becomes of a job no node can take. Pure logic: the clock (`now`) and the random source
+are passed in, and nothing here records or sends anything.
+
+Hidden checks. An `auto` job's leader is drawn first and sent alone, whether adaptive
+replication (cortensor.protocol.replication) lets it run alone or not: a checked job
+only has its redundancy raised, and its checkers are planned once the leader's answer
+is in or its assignment has timed out (`replicas_due`). So at the moment a leader
+answers, no other node holds its job, nothing about its assignment differs, and no
+peer's result exists that it could see or copy: it cannot tell whether it is checked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from cortensor.catalog import eligible_classes
+from cortensor.errors import NoEligibleNodes
+from cortensor.protocol.placement import NodeView, choose
+from cortensor.protocol.replication import REPLICAS, replicas
+from cortensor.protocol.units import OpenJob, assignments_for
+from cortensor.schemas import Assignment, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How long a node has for one replica (Settings.assignment_timeout_s and
+    Settings.audio_timeout_factor)."""
+
+    assignment_s: float = 10.0
+    per_audio_s: float = 0.5
+    """Extra time per second of audio in the replica."""
+
+    def timeout_s(self, params: Mapping[str, Any]) -> float:
+        """Seconds for one replica of a job with these params: longer for longer audio."""
+        audio_s = float(params.get("end_s", 0.0)) - float(params.get("start_s", 0.0))
+        return self.assignment_s + self.per_audio_s * audio_s
+
+    def deadline(self, job: OpenJob, now: datetime) -> datetime:
+        """When a replica sent `now` times out: its own time, never past the job's deadline.
+        Every replica of every job gets it this way, leaders alone or checked alike."""
+        return min(now + timedelta(seconds=self.timeout_s(job.params)), job.deadline_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The replicas to send for a job now."""
+
+    assignments: tuple[Assignment, ...]
+    redundancy: int
+    """The job's redundancy once this plan is recorded. An `auto` job's first plan
+    decides it (1 alone, REPLICAS checked) while sending only the leader."""
+    spread: frozenset[str] = frozenset()
+    """The nodes holding parts of the same split job, these included (pass it on to the
+    plan of the next part)."""
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes this plan sends replicas to."""
+        return [a.node_id for a in self.assignments]
+
+
+def plan(
+    job: OpenJob,
+    needed: int,
+    *,
+    pool: Sequence[NodeView],
+    rng: random.Random,
+    now: datetime,
+    timing: Timing,
+    temperature: float = 1.0,
+    spread: frozenset[str] = frozenset(),
+) -> Plan | str:
+    """`needed` more replicas of `job` on nodes of `pool`, or why there are none now.
+
+    `pool` holds the live nodes that may take a replica (cortensor.protocol.placement
+    .candidates); nodes in `job.taken` are passed over. An `auto` job routed for the first
+    time gets its leader only (see the module's note on hidden checks); its redundancy
+    is what adaptive replication gives that leader, and it is planned only if enough
+    nodes are there for its checks too, so that a checked job never starts without them.
+    """
+    if needed < 1:
+        raise ValueError(f"needed must be at least 1, not {needed}")
+    if job.auto and not job.taken and needed == job.redundancy:
+        return _plan_leader(job, pool, rng, now, timing, temperature, spread)
+    return _place(job, needed, pool, rng, now, timing, temperature, spread, job.redundancy)
+
+
+def _plan_leader(
+    job: OpenJob,
+    pool: Sequence[NodeView],
+    rng: random.Random,
+    now: datetime,
+    timing: Timing,
+    temperature: float,
+    spread: frozenset[str],
+) -> Plan | str:
+    first = _place(job, 1, pool, rng, now, timing, temperature, spread, 1)
+    if isinstance(first, str):
+        return first
+    leader = first.nodes[0]
+    streak = next(n.streaks.get(job.model, 0) for n in pool if n.node_id == leader)
+    k = replicas(int(streak), rng)
+    if k > 1 and len(_eligible(job, pool)) < k:
+        return _short(job, k, len(_eligible(job, pool)))
+    return replace(first, redundancy=k)
+
+
+def _eligible(job: OpenJob, pool: Sequence[NodeView]) -> list[NodeView]:
+    return [n for n in pool if n.node_id not in job.taken]
+
+
+def _short(job: OpenJob, needed: int, available: int) -> str:
+    classes = eligible_classes(job.hw_class)  # type: ignore[arg-type]
+    return (
+        f"needs {needed} more distinct live node(s) of class {' or '.join(classes)}"
+        f" serving {job.model}; {available} available"
+    )
+
+
+def _place(
+    job: OpenJob,
+    needed: int,
+    pool: Sequence[NodeView],
+    rng: random.Random,
+    now: datetime,
+    timing: Timing,
+    temperature: float,
+    spread: frozenset[str],
+    redundancy: int,
+) -> Plan | str:
+    """`needed` nodes for `job`, preferring those without a part of the same split job
+    while enough of them remain; once every node has a part, a new round starts."""
+    eligible = _eligible(job, pool)
+    fresh = [n for n in eligible if n.node_id not in spread]
+    if spread and len(fresh) >= needed:
+        eligible = fresh
+    elif spread:
+        spread = frozenset()
+    try:
+        chosen = choose(eligible, needed, rng=rng, temperature=temperature)
+    except NoEligibleNodes:
+        return _short(job, needed, len(eligible))
+    made = assignments_for(
+        job, [(n.node_id, n.hw_class) for n in chosen], timing.deadline(job, now)
+    )
+    return Plan(tuple(made), redundancy, spread | {n.node_id for n in chosen})
+
+
+def replicas_due(redundancy: int, *, auto: bool, live: int, finished: int) -> int:
+    """How many more replicas a running job needs now.
+
+    `live`: its replicas out or answered; `finished`: those answered or timed out. A job
+    whose replicas number fewer than its redundancy (checks of an `auto` job, a split
+    vote's extra replicas, the checks of a re-validated result, replacements of late
+    replicas) gets the rest, except an `auto` job whose leader is still out: its checks
+    wait for the leader's answer or its timeout.
+    """
+    if auto and finished == 0 and live > 0:
+        return 0
+    return max(redundancy - live, 0)
+
+
+def parallel(live_nodes: int, redundancy: int | str) -> int:
+    """How many parts of a split job can run at once on `live_nodes` eligible nodes, each
+    part taking `redundancy` of them (REPLICAS for `auto`)."""
+    per_part = REPLICAS if redundancy == "auto" else int(redundancy)
+    return max(1, live_nodes // per_part)
+
+
+def failed(job: OpenJob, why: str) -> Verdict:
+    """The verdict on a job that found no nodes before its deadline."""
+    return Verdict(
+        job_id=job.job_id,
+        status="failed",
+        reason=f"no eligible nodes before the deadline: {why}",
+        task=job.task,
+        model=job.model,
+        parent_id=job.parent_id,
+        part=job.part,
+    )
+
+
+def waiting(job: OpenJob, now: datetime, planned: Plan | str) -> Plan | Verdict | None:
+    """What becomes of a job waiting for nodes, given the plan made for it now: it is
+    sent, it fails (its deadline has passed: replicas sent now could only time out), or
+    it waits on (None)."""
+    if job.deadline_at <= now:
+        return failed(job, planned if isinstance(planned, str) else "no node took it in time")
+    return None if isinstance(planned, str) else planned
