@@ -128,7 +128,12 @@ def models_prepare(force: bool = typer.Option(False, help="Redo every variant.")
         err.print(f"[red]error:[/red] {exc}; install the `prepare` extra (ops/install does)")
         raise typer.Exit(1) from exc
     settings = _settings()
-    manifest = prepare_models(settings.models_dir, force=force, log=lambda m: out.print(f"  {m}"))
+    manifest = prepare_models(
+        settings.models_dir,
+        probes_path=settings.probes_path,
+        force=force,
+        log=lambda m: out.print(f"  {m}"),
+    )
     for v in manifest.variants:
         out.print(f"  {v.name} {v.variant}: {', '.join(v.hw_classes)} ({len(v.files)} files)")
     out.print(f"[green]models ready[/green] in {settings.models_dir}")

@@ -56,9 +56,21 @@ class Settings(BaseSettings):
 
     # Trust.
     probe_interval_s: float = Field(default=1.0, gt=0)
-    """How often a node on probation is sent a known-answer probe."""
+    """Mean gap between the known-answer probes of a node on probation (gaps are random,
+    exponential: cortensor.protocol.probing.ProbeSchedule)."""
     quarantine_probe_interval_s: float = Field(default=5.0, gt=0)
-    """How often a quarantined node is sent one, to earn its way back."""
+    """Mean gap between the probes of a quarantined node, to earn its way back."""
+    quarantine_probe_max_s: float = Field(default=120.0, gt=0)
+    """Cap of that mean gap, which doubles with each probe it fails in a row."""
+    active_probe_interval_s: float = Field(default=300.0, gt=0)
+    """Mean gap between the probes of an active node, mixed with its real jobs."""
+    probe_pool_size: int = Field(default=256, ge=1)
+    """Recent verified jobs per model that the router keeps as probes."""
+    probe_pool_refresh_s: float = Field(default=10.0, gt=0)
+    """How often the router reads the probe pool and the probes' outcomes again."""
+    probes_file: Path | None = None
+    """The prepared probes that start a network without traffic (router side only); by
+    default probes.json beside the models directory, never inside it, as nodes read that."""
     revalidate_deadline_s: float = Field(default=120.0, gt=0)
     """Time allowed to re-validate a result accepted unreplicated, once its node failed
     a spot-check."""
@@ -81,6 +93,11 @@ class Settings(BaseSettings):
                 " (at most 40 characters)"
             )
         return value
+
+    @property
+    def probes_path(self) -> Path:
+        """Where `cortensor models prepare` writes the prepared probes and routers read them."""
+        return self.probes_file or self.models_dir.with_name("probes.json")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -1,4 +1,9 @@
-"""Reading the prepared probe set that `cortensor models prepare` writes."""
+"""Reading the prepared probe set that `cortensor models prepare` writes.
+
+The file lives beside the models directory, never inside it (Settings.probes_path):
+nodes read the models directory, and a node that could read the probes would answer
+exactly those honestly. Only routers read it.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from cortensor.protocol.probing import ProbeSet
 PROBES_NAME = "probes.json"
 
 
-def load_probes(models_dir: Path) -> ProbeSet:
-    """The prepared probe set; ModelsNotPrepared when it is missing or unreadable."""
-    path = models_dir / PROBES_NAME
+def default_probes_path(models_dir: Path) -> Path:
+    """Where the prepared probes go unless configured: beside the models directory."""
+    return models_dir.with_name(PROBES_NAME)
+
+
+def load_probes(path: Path) -> ProbeSet:
+    """The prepared probe set at `path`; ModelsNotPrepared when it is missing or unreadable."""
     try:
         return ProbeSet.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:

@@ -1,27 +1,33 @@
-"""Known-answer probes for nodes that are not trusted with real jobs. Pure policy.
+"""Known-answer probes: when a node is probed, with what, and the job that carries it.
+Pure policy.
 
-A node on probation, or in quarantine, is sent a probe every `probe_interval_s` (or
-`quarantine_probe_interval_s`): one of the prepared probes of a model it serves,
-recorded as a job of its own with the reference output in its params, so that the
-node cannot tell it from a real job. See docs/trust.md.
+Every node is probed: one on probation or in quarantine gets nothing else, an active
+one gets a probe now and then among its real jobs (`ProbeSchedule`, at random
+exponential gaps). A probe is the input of a recent real job that at least two nodes
+agreed on, sent to a node that never held it, with the verified answer as its
+reference (`ProbePool`); the prepared probes (`ProbeSet`) only start a network that has
+no such traffic yet. `probe_job` makes the job, identical in form to a real one: the
+reference stays in the ledger's params, which no node sees. See docs/trust.md.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
 from cortensor.catalog import Task
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.units import OpenJob
-from cortensor.schemas import utcnow
-from cortensor.settings import Settings
+from cortensor.schemas import DEFAULT_DEADLINE_S
 
 PROBE_TOP_K = 5
 """The top_k of a classify probe."""
@@ -185,57 +191,146 @@ class ProbeSchedule:
         self._nodes.pop(node_id, None)
 
 
-class Prober:
-    """Which nodes are due a probe, and the probe job each gets."""
+OPTIONS = ("top_k", "language", "start_s", "end_s")
+"""The params of a job that a probe made from it keeps: what the node is told (top_k,
+language) and what its deadline is computed from (an audio span)."""
 
-    def __init__(self, settings: Settings, rng: random.Random) -> None:
-        self.settings, self.rng = settings, rng
-        self.probe_set = ProbeSet(source="", probes=[])
-        self._sent: dict[str, float] = {}
-        """When each node was last sent a probe (monotonic seconds)."""
 
-    def due(self, node: NodeView, now: float) -> bool:
-        """Whether a node awaiting admission (or re-admission) gets its next probe now."""
-        if node.trust == "active" or not node.live(now, self.settings.node_ttl_s):
-            return False
-        interval = (
-            self.settings.probe_interval_s
-            if node.trust == "probation"
-            else self.settings.quarantine_probe_interval_s
-        )
-        return now - self._sent.get(node.node_id, -math.inf) >= interval
+@dataclass(frozen=True, slots=True)
+class PoolProbe:
+    """An input whose right answer the network knows, ready to be sent as a probe."""
 
-    def sent(self, node_id: str, now: float) -> None:
-        """Record that a node was just sent a probe."""
-        self._sent[node_id] = now
+    key: str
+    """What it was drawn from: a verified job's id, or `prepared:<digest>` for a
+    prepared probe. Every probe job made from it records this key (params `source`)."""
+    task: str
+    model: str
+    inputs: tuple[str, ...]
+    audio: bytes | None
+    options: Mapping[str, Any]
+    """The source job's task options and audio span (see OPTIONS)."""
+    reference: Any
+    """The verified (canonical) output, as JSON data."""
+    precision: str
+    """The precision the reference was computed at, for the comparators' tolerances."""
+    deadline_s: float
+    """The time the source job's user gave it: a probe job gets the same."""
+    holders: frozenset[str] = frozenset()
+    """Nodes that held an assignment of the source job or of a probe made from it."""
 
-    def job_for(self, node: NodeView) -> OpenJob | None:
-        """A probe job on one of the node's models (its deadline still to be set), or
-        None when no prepared probe fits the node."""
-        choices = [p for m in sorted(node.models) for p in self.probe_set.for_model(m)]
-        if not choices:
-            return None
-        probe = self.rng.choice(choices)
-        params: dict[str, Any] = {
-            "reference": probe.reference,
-            "reference_precision": probe.precision,
-        }
+    @classmethod
+    def prepared(cls, probe: Probe) -> PoolProbe:
+        """A prepared probe, keyed by its content so that a node gets each once."""
+        digest = hashlib.sha256(
+            f"{probe.model}\n{probe.inputs}\n{probe.audio}\n{probe.language}".encode()
+        ).hexdigest()[:32]
+        options: dict[str, Any] = {}
         if probe.task == "classify":
-            params["top_k"] = probe.top_k
+            options["top_k"] = probe.top_k
         if probe.language is not None:
-            params["language"] = probe.language
+            options["language"] = probe.language
         if probe.task == "transcribe":
-            params |= {"start_s": 0.0, "end_s": float(probe.reference["duration_s"])}
-        return OpenJob(
-            job_id=uuid.uuid4(),
+            options |= {"start_s": 0.0, "end_s": float(probe.reference["duration_s"])}
+        return cls(
+            key=f"prepared:{digest}",
             task=probe.task,
             model=probe.model,
-            redundancy=1,
-            hw_class=node.hw_class,
-            inputs=list(probe.inputs),
-            deadline_at=utcnow(),
-            taken=frozenset(),
-            params=params,
+            inputs=tuple(probe.inputs),
             audio=None if probe.audio is None else base64.b64decode(probe.audio),
-            probe=True,
+            options=options,
+            reference=probe.reference,
+            precision=probe.precision,
+            deadline_s=DEFAULT_DEADLINE_S,
         )
+
+
+class ProbePool:
+    """The probes a router can send, and who must never get which.
+
+    The rules of `pick`: a probe goes only to a node serving its model that never held
+    its source (nor a probe made from it); probes drawn from verified traffic come first,
+    and a model's prepared probes are used only while the pool has no traffic of that
+    model (a network without history), since anyone can read them.
+    """
+
+    def __init__(self, bootstrap: Iterable[Probe] = ()) -> None:
+        self._traffic: dict[str, PoolProbe] = {}
+        self._bootstrap = {p.key: p for p in map(PoolProbe.prepared, bootstrap)}
+        self._sent: dict[str, set[str]] = {}
+        """Nodes sent a probe of each key since the ledger was last read: the next read
+        may have started before the probe job was written, and must not forget them."""
+
+    def refresh(self, traffic: Iterable[PoolProbe], holders: Mapping[str, Iterable[str]]) -> None:
+        """Replace the traffic probes with a fresh read of the ledger; `holders` adds,
+        per key, the nodes that held probes made from it (prepared ones included)."""
+        self._traffic = {p.key: p for p in traffic}
+        merged = {**self._traffic, **self._bootstrap}
+        for key, nodes in holders.items():
+            if key in self._traffic:
+                probe = self._traffic[key]
+                self._traffic[key] = replace(probe, holders=probe.holders | set(nodes))
+            elif key in self._bootstrap:
+                probe = self._bootstrap[key]
+                self._bootstrap[key] = replace(probe, holders=probe.holders | set(nodes))
+        self._sent = {k: v for k, v in self._sent.items() if k in merged}
+
+    def __len__(self) -> int:
+        return len(self._traffic)
+
+    def keys(self) -> list[str]:
+        """The keys of every probe, prepared ones included."""
+        return [*self._traffic, *self._bootstrap]
+
+    def models(self) -> set[str]:
+        """The models with probes drawn from traffic."""
+        return {p.model for p in self._traffic.values()}
+
+    def held(self, probe: PoolProbe, node_id: str) -> bool:
+        """Whether `node_id` held the probe's source or a probe made from it."""
+        return node_id in probe.holders or node_id in self._sent.get(probe.key, ())
+
+    def choices(self, node: NodeView) -> list[PoolProbe]:
+        """Every probe `node` may be sent now (see the class's rules)."""
+        traffic = self.models()
+        pool = [*self._traffic.values()] + [
+            p for p in self._bootstrap.values() if p.model not in traffic
+        ]
+        return [p for p in pool if p.model in node.models and not self.held(p, node.node_id)]
+
+    def pick(self, node: NodeView, rng: random.Random) -> PoolProbe | None:
+        """A probe for `node`, drawn at random, or None when none may go to it."""
+        choices = self.choices(node)
+        return rng.choice(sorted(choices, key=lambda p: p.key)) if choices else None
+
+    def sent(self, probe: PoolProbe, node_id: str) -> None:
+        """Record that a probe of this key went to `node_id`."""
+        self._sent.setdefault(probe.key, set()).add(node_id)
+
+
+def probe_job(probe: PoolProbe, node: NodeView, job_id: UUID, now: datetime) -> OpenJob:
+    """The job that sends `probe` to `node`: a whole job with one replica, on the node's
+    class, with the source job's options and time; its params add the reference and the
+    source, which stay in the ledger (an Assignment carries only the task's fields).
+
+    `job_id` comes from the caller: a real job's id is a random UUID drawn by its client,
+    and a probe's must be one too (not one from a seeded generator a node could learn).
+    """
+    params: dict[str, Any] = {
+        **{k: v for k, v in probe.options.items() if k in OPTIONS},
+        "reference": probe.reference,
+        "reference_precision": probe.precision,
+        "source": probe.key,
+    }
+    return OpenJob(
+        job_id=job_id,
+        task=probe.task,
+        model=probe.model,
+        redundancy=1,
+        hw_class=node.hw_class,
+        inputs=list(probe.inputs),
+        deadline_at=now + timedelta(seconds=probe.deadline_s),
+        taken=frozenset(),
+        params=params,
+        audio=probe.audio,
+        probe=True,
+    )

@@ -120,7 +120,9 @@ class _Step:
     """Fields the recorded variant must have to count as up to date."""
 
 
-def prepare_models(models_dir: Path, *, force: bool = False, log: Log = print) -> Manifest:
+def prepare_models(
+    models_dir: Path, *, probes_path: Path | None = None, force: bool = False, log: Log = print
+) -> Manifest:
     """Make `models_dir` hold every model variant and a manifest that verifies.
 
     A variant already listed in the manifest whose files verify is left alone; one with
@@ -146,7 +148,7 @@ def prepare_models(models_dir: Path, *, force: bool = False, log: Log = print) -
         # Record each variant as soon as it exists, so that a later failure keeps it.
         _write_manifest(models_dir, Manifest(variants=list(entries.values())))
     manifest = Manifest(variants=list(entries.values()))
-    prepare_probes(models_dir, manifest, force=force, log=log)
+    prepare_probes(models_dir, manifest, target=probes_path, force=force, log=log)
     return manifest
 
 

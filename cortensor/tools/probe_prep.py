@@ -1,9 +1,12 @@
 """Known-answer probes: inputs whose reference outputs are prepared once, offline.
 
-New and quarantined nodes are sent probe jobs that look exactly like real jobs; the
-guard compares their answer with the reference, computed here by the fp32 variant of
-each model (`cortensor models prepare` writes probes.json beside the manifest). A node
-that passes enough probes in a row is admitted (cortensor.protocol.reputation).
+Probes are drawn from the network's own verified traffic (cortensor.protocol.probing);
+these prepared ones only start a network that has none yet. The guard compares a probe's
+answer with the reference, computed here by the fp32 variant of each model.
+`cortensor models prepare` writes them to probes.json beside the models directory
+(Settings.probes_path), where routers read them and nodes, which read the models
+directory, do not. A node that passes enough probes in a row is admitted
+(cortensor.protocol.reputation).
 
 An honest node of any precision must pass every probe, so a candidate is kept only
 when the int8 variant's answer agrees with the fp32 reference under the task's
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +31,7 @@ from cortensor.catalog import (
 )
 from cortensor.errors import ModelsNotPrepared
 from cortensor.inference.manifest import Manifest
-from cortensor.inference.probes import PROBES_NAME, load_probes
+from cortensor.inference.probes import PROBES_NAME, default_probes_path, load_probes
 from cortensor.protocol.probing import PROBE_TOP_K, Probe, ProbeSet
 
 REFERENCE_CLASS = "cpu-fp32"
@@ -74,14 +78,31 @@ def _source(manifest: Manifest) -> str:
 
 
 def prepare_probes(
-    models_dir: Path, manifest: Manifest, *, force: bool = False, log: Callable[[str], None]
+    models_dir: Path,
+    manifest: Manifest,
+    *,
+    target: Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None],
 ) -> ProbeSet:
-    """Compute the reference output of every probe with each model's fp32 variant,
-    unless probes.json is already up to date with the manifest."""
+    """Compute the reference output of every probe with each model's fp32 variant and
+    write them to `target` (default: beside the models directory), unless it is already
+    up to date with the manifest.
+
+    A probe set left inside the models directory by an older version is moved out (or
+    removed), since every node reads that directory.
+    """
+    target = target or default_probes_path(models_dir)
+    if target.resolve().parent == models_dir.resolve():
+        raise ModelsNotPrepared(
+            f"the probe set must not be written into the models directory {models_dir},"
+            " which every node reads; set CORTENSOR_PROBES_FILE to a path outside it"
+        )
     source = _source(manifest)
+    _move_out_of(models_dir, target)
     if not force:
         try:
-            current = load_probes(models_dir)
+            current = load_probes(target)
         except ModelsNotPrepared:
             current = None
         if current is not None and current.source == source:
@@ -92,12 +113,25 @@ def prepare_probes(
     if {p.model for p in probes} != {p.model for p, _ in candidates}:
         raise ModelsNotPrepared("a model has no probe whose answer is stable across precisions")
     probe_set = ProbeSet(source=source, probes=probes)
-    target = models_dir / PROBES_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     partial.write_text(probe_set.model_dump_json(), encoding="utf-8")
     partial.replace(target)
     log(f"probes: {len(probes)} written ({len(candidates) - len(probes)} unstable left out)")
     return probe_set
+
+
+def _move_out_of(models_dir: Path, target: Path) -> None:
+    """Move a probe set an older version wrote inside the models directory to `target`
+    (or drop it when `target` exists), so that nodes cannot read it."""
+    inside = models_dir / PROBES_NAME
+    if not inside.exists():
+        return
+    if target.exists():
+        inside.unlink()
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(inside, target)
 
 
 def _text_probes(models_dir: Path, manifest: Manifest) -> list[tuple[Probe, bool]]:

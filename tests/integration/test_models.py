@@ -25,7 +25,7 @@ from cortensor.errors import ModelsNotPrepared
 from cortensor.inference import manifest as manifest_module
 from cortensor.inference.hardware import cpu_flags, int8_isa
 from cortensor.inference.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
-from cortensor.inference.probes import load_probes
+from cortensor.inference.probes import default_probes_path, load_probes
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.tools.prepare import prepare_models
 from cortensor.tools.probe_prep import describe
@@ -170,7 +170,7 @@ def test_prepare_builds_every_variant_into_one_manifest(prepared: Prepared) -> N
     assert all(": built in " in line for line in prepared.log[:-1])
     assert prepared.log[-1].startswith("probes: ")
     assert " written" in prepared.log[-1]
-    probes = load_probes(prepared.models_dir)
+    probes = load_probes(default_probes_path(prepared.models_dir))
     # Every model can be probed, and every probe's answer held across precisions.
     assert set(describe(probes)) == {name for name, _ in (o.split("/") for o in ORDER)}
     for variant in prepared.manifest.variants:

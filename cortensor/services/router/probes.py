@@ -1,0 +1,124 @@
+"""The router's probes: when each node is due one (ProbeSchedule), which probe it gets
+(ProbePool, drawn from the network's verified traffic), and the job that carries it,
+recorded and sent like any other.
+
+A probe job is identical in form to a real job's replica: a fresh random job id, the
+source job's inputs and options, its deadline computed by the same Timing from the
+source job's own time, attempt 1, published by the same router in the same kind of
+task message. Its reference and source stay in the ledger's params, which no node sees.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import structlog
+
+from cortensor.adapters.ledger import probes as probe_ledger
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.inference.probes import load_probes
+from cortensor.protocol.placement import NodeView
+from cortensor.protocol.planning import Timing
+from cortensor.protocol.probing import ProbePolicy, ProbePool, ProbeSchedule, probe_job
+from cortensor.protocol.units import NewJob, assignments_for
+from cortensor.schemas import Assignment, utcnow
+from cortensor.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def policy(settings: Settings) -> ProbePolicy:
+    """The probe policy the settings describe."""
+    return ProbePolicy(
+        probation_mean_s=settings.probe_interval_s,
+        quarantine_mean_s=settings.quarantine_probe_interval_s,
+        quarantine_max_s=max(settings.quarantine_probe_max_s, settings.quarantine_probe_interval_s),
+        active_mean_s=settings.active_probe_interval_s,
+    )
+
+
+class ProbeSender:
+    """Sends each node its probes at the times the schedule draws.
+
+    The pool is read again from the ledger every `probe_pool_refresh_s`, with the
+    outcomes of the probes judged since (a failed one lengthens a quarantined node's
+    gaps). Several routers each keep a schedule: with R routers a node is probed R times
+    as often as one router's policy says.
+    """
+
+    def __init__(self, settings: Settings, rng: random.Random) -> None:
+        self.settings, self.rng = settings, rng
+        self.schedule = ProbeSchedule(policy(settings), rng, node_ttl_s=settings.node_ttl_s)
+        self.pool = ProbePool()
+        self._read_at = -math.inf
+        self._after: int | None = None
+        """The last probe event whose outcome the schedule has seen."""
+
+    def load(self, path: Path) -> None:
+        """Take the prepared probes at `path` as the bootstrap pool (ModelsNotPrepared
+        when they are missing)."""
+        self.pool = ProbePool(load_probes(path).probes)
+
+    async def refresh(self, ledger: RouterLedger, models: Iterable[str]) -> None:
+        """Read the pool of verified jobs, who held each, and the probes' outcomes."""
+        s = self.settings
+        traffic = await probe_ledger.verified_jobs(ledger, set(models), s.probe_pool_size)
+        keys = [p.key for p in traffic] + self.pool.keys()
+        self.pool.refresh(traffic, await probe_ledger.probe_holders(ledger, keys))
+        if self._after is None:
+            # Outcomes from before this router started belong to other schedules.
+            self._after = await probe_ledger.last_event(ledger)
+            return
+        # An event id is drawn before its transaction commits, so one committed late
+        # behind a higher id is missed here: it only tunes the back-off, which the next
+        # outcome of the same node sets right.
+        for outcome in await probe_ledger.probe_outcomes(ledger, self._after):
+            self.schedule.outcome(outcome.node_id, outcome.passed)
+            self._after = outcome.event_id
+
+    def due(self, nodes: Sequence[NodeView], now: float) -> list[NewJob]:
+        """The probe jobs to send now (each with its one assignment), drawn for every
+        node whose turn it is and that may be sent some probe; `now` is monotonic."""
+        opened: list[NewJob] = []
+        for node in nodes:
+            if not self.schedule.due(node, now):
+                continue
+            probe = self.pool.pick(node, self.rng)
+            if probe is None:
+                continue  # nothing it has not seen: it stays due, and gets the next one
+            created = utcnow()
+            # uuid4 (the system's randomness), as clients draw real job ids: a seeded
+            # generator's ids could be learnt by a node and would mark its probes.
+            job = probe_job(probe, node, uuid.uuid4(), created)
+            deadline = self.timing.deadline(job, created)
+            assignments = assignments_for(job, [(node.node_id, node.hw_class)], deadline)
+            opened.append(NewJob(job, created, "running", assignments))
+            self.pool.sent(probe, node.node_id)
+            self.schedule.sent(node.node_id, now)
+        return opened
+
+    @property
+    def timing(self) -> Timing:
+        """A replica's time, exactly as the router computes it for real jobs."""
+        return Timing(self.settings.assignment_timeout_s, self.settings.audio_timeout_factor)
+
+    async def send(self, ledger: RouterLedger, nodes: Sequence[NodeView]) -> list[Assignment]:
+        """Record the probes due now and return their assignments, to be published with
+        the sweep's others; reads the pool again first when it is due."""
+        now = time.monotonic()
+        if now - self._read_at >= self.settings.probe_pool_refresh_s:
+            self._read_at = now
+            try:
+                await self.refresh(ledger, {m for n in nodes for m in n.models})
+            except Exception:
+                log.exception("probe pool not read; the last one is kept")
+        opened = self.due(nodes, now)
+        if not opened:
+            return []
+        written = await ledger.open_jobs(opened)
+        return [a for new in opened if new.job.job_id in written for a in new.assignments]
