@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -16,8 +17,18 @@ from uuid import UUID
 import structlog
 import typer
 from pydantic import TypeAdapter, ValidationError
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from cortensor.errors import CortensorError
+from cortensor.errors import (
+    EXIT_NO,
+    BadInput,
+    BadSetting,
+    CortensorError,
+    NoVerdictYet,
+    SetupIncomplete,
+    exit_code,
+)
 from cortensor.paths import ROOT
 from cortensor.protocol.intake import explain
 from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
@@ -26,7 +37,28 @@ from cortensor.services.node.identity import HwChoice
 from cortensor.settings import Settings
 from cortensor.tools.reports import console
 
-app = typer.Typer(help="Cortensor: verified inference on a network of untrusted nodes.")
+
+class _Handled(TyperGroup):
+    """The command group every command runs under: an error that ends a command is
+    printed as one line and turned into the exit status of cortensor.errors.EXIT_CODE,
+    the same for every command."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's click Context, a private type
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise  # the command chose its status, or typer reports a usage error
+        except Exception as exc:
+            if not isinstance(exc, CortensorError):  # not raised on purpose: a bug
+                err.print(traceback.format_exc(), markup=False)
+            err.print("[red]error:[/red] ", end="")
+            err.print(str(exc) or type(exc).__name__, markup=False)
+            raise typer.Exit(exit_code(exc)) from exc
+
+
+app = typer.Typer(
+    cls=_Handled, help="Cortensor: verified inference on a network of untrusted nodes."
+)
 brokers_app = typer.Typer(help="Broker topology.")
 db_app = typer.Typer(help="The PostgreSQL ledger.")
 models_app = typer.Typer(help="Model preparation.")
@@ -66,16 +98,11 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err.print(f"[red]bad CORTENSOR_* setting:[/red] {explain(exc)}")
-        raise typer.Exit(2) from exc
+        raise BadSetting(f"bad CORTENSOR_* setting: {explain(exc)}") from exc
 
 
 def _run(coro: Awaitable[Any]) -> Any:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except CortensorError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -109,12 +136,8 @@ def db_upgrade(revision: str = "head") -> None:
     from cortensor.adapters.ledger import migrate
 
     settings = _settings()
-    try:
-        created = migrate.ensure_database(settings)
-        migrate.upgrade(settings, revision)
-    except CortensorError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    created = migrate.ensure_database(settings)
+    migrate.upgrade(settings, revision)
     note = "created and migrated" if created else "migrated"
     out.print(f"[green]ledger {note}[/green] to {migrate.current(settings)}")
 
@@ -125,8 +148,7 @@ def models_prepare(force: bool = typer.Option(False, help="Redo every variant.")
     try:
         from cortensor.tools.prepare import prepare_models
     except ImportError as exc:
-        err.print(f"[red]error:[/red] {exc}; install the `prepare` extra (ops/install does)")
-        raise typer.Exit(1) from exc
+        raise SetupIncomplete(f"{exc}; install the `prepare` extra (ops/install does)") from exc
     settings = _settings()
     manifest = prepare_models(
         settings.models_dir,
@@ -159,7 +181,7 @@ def schemas_write(
             path.write_text(text)
     if check and stale:
         err.print(f"[red]stale schemas:[/red] {', '.join(stale)}; run `cortensor schemas write`")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NO)
     out.print(f"schemas {'checked' if check else 'written'} in {directory}")
 
 
@@ -211,30 +233,24 @@ def node(
 
     problem = option_problem(fault, fault_rate, fault_group, fault_window_ms, fault_trust_after)
     if problem is not None:
-        err.print(f"[red]error:[/red] {problem}")
-        raise typer.Exit(2)
+        raise BadInput(problem)
     _configure_logging()
     if node_id is not None:
         try:
             TypeAdapter(NodeId).validate_python(node_id)
         except ValidationError as exc:
-            err.print("[red]error:[/red] --node-id takes letters, digits, '_' and '-' (max 64)")
-            raise typer.Exit(2) from exc
-    try:
-        service = build_node(
-            _settings(),
-            hw_class=cast(HwChoice, hw_class),
-            node_id=node_id,
-            fault=fault,  # checked by option_problem above
-            fault_rate=fault_rate,
-            fault_group=fault_group,
-            fault_window_ms=fault_window_ms,
-            fault_trust_after=fault_trust_after,
-            models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
-        )
-    except (CortensorError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+            raise BadInput("--node-id takes letters, digits, '_' and '-' (max 64)") from exc
+    service = build_node(
+        _settings(),
+        hw_class=cast(HwChoice, hw_class),
+        node_id=node_id,
+        fault=fault,  # checked by option_problem above
+        fault_rate=fault_rate,
+        fault_group=fault_group,
+        fault_window_ms=fault_window_ms,
+        fault_trust_after=fault_trust_after,
+        models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
+    )
     serve_node(service)
 
 
@@ -329,9 +345,7 @@ def _submit(fields: dict[str, Any], *, wait: bool, as_json: bool, progress: bool
     try:
         job = JobRequest(**fields)
     except ValidationError as exc:
-        err.print("[red]invalid job:[/red] ", end="")
-        err.print(explain(exc), markup=False)
-        raise typer.Exit(2) from exc
+        raise BadInput(f"invalid job: {explain(exc)}") from exc
 
     async def go() -> Verdict | None:
         async with Client(_settings()) as client:
@@ -360,7 +374,7 @@ def _submit(fields: dict[str, Any], *, wait: bool, as_json: bool, progress: bool
         return
     _print_verdict(verdict, as_json)
     if verdict.status != "verified":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NO)
 
 
 @submit_app.command("embed")
@@ -418,8 +432,7 @@ def submit_transcribe(
     try:
         data = file.read_bytes()
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot read {file}: {exc.strerror}")
-        raise typer.Exit(2) from exc
+        raise BadInput(f"cannot read {file}: {exc.strerror}") from exc
     fields: dict[str, Any] = {
         "task": "transcribe",
         "audio": base64.b64encode(data).decode("ascii"),
@@ -447,8 +460,7 @@ def result(
     try:
         uuid = UUID(job_id)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {job_id!r} is not a job id (a UUID)")
-        raise typer.Exit(2) from exc
+        raise BadInput(f"{job_id!r} is not a job id (a UUID)") from exc
 
     async def go() -> Verdict | None:
         async with Client(_settings()) as client:
@@ -456,8 +468,7 @@ def result(
 
     verdict = _run(go())
     if verdict is None:
-        err.print(f"no verdict yet for job {job_id}")
-        raise typer.Exit(3)
+        raise NoVerdictYet(f"no verdict yet for job {job_id}")
     _print_verdict(verdict, as_json)
 
 
@@ -473,7 +484,6 @@ def report(
     as_json: AsJson = False,
 ) -> None:
     """Admin reports from the ledger: the SQL files under db/reports/, which psql runs too."""
-    from cortensor.errors import BadInput
     from cortensor.tools.reports import (
         ALIASES,
         find_report,
@@ -498,17 +508,8 @@ def report(
         out.print(render_table("Reports (cortensor report NAME)", known))
         return
     settings = _settings()
-    try:
-        found = find_report(name)
-        rows = run_report(settings, found.name, {} if node is None else {"node": node})
-    except BadInput as exc:
-        err.print("[red]error:[/red] ", end="")
-        err.print(str(exc), markup=False)
-        raise typer.Exit(2) from exc
-    except CortensorError as exc:
-        err.print("[red]error:[/red] ", end="")
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from exc
+    found = find_report(name)
+    rows = run_report(settings, found.name, {} if node is None else {"node": node})
     if as_json:
         out.print_json(json.dumps(rows, default=to_json))
     else:
@@ -539,7 +540,7 @@ def reputation_check(
         if not outcome.mismatches:
             out.print("[green]every stored standing follows from the events[/green]")
     if outcome.mismatches:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NO)
 
 
 @app.command()
@@ -582,20 +583,16 @@ def simulate(
     """Run the routing, consensus and reputation policy on a simulated fleet; print JSON."""
     from cortensor.tools import simulate as sim
 
-    try:
-        config = sim.SimConfig(
-            nodes=nodes,
-            jobs=jobs,
-            dishonest=dishonest,
-            mix=sim.parse_mix(mix) if mix is not None else dict(sim.DEFAULT_MIX),
-            intermittent_p=intermittent_p,
-            probation=probation,
-            seed=seed,
-        )
-        report, run = sim.simulate(config)
-    except CortensorError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    config = sim.SimConfig(
+        nodes=nodes,
+        jobs=jobs,
+        dishonest=dishonest,
+        mix=sim.parse_mix(mix) if mix is not None else dict(sim.DEFAULT_MIX),
+        intermittent_p=intermittent_p,
+        probation=probation,
+        seed=seed,
+    )
+    report, run = sim.simulate(config)
     if plot is not None:
         sim.plot(run, plot)
     typer.echo(json.dumps(report, indent=2))

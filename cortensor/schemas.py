@@ -33,6 +33,7 @@ from cortensor.catalog import (
     Precision,
     Task,
 )
+from cortensor.errors import BadInput
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_REDUNDANCY = 7
@@ -70,9 +71,9 @@ def _redundancy(value: Any) -> int | Literal["auto"]:
     if value == "auto":
         return "auto"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be auto or a whole number from 1 to {MAX_REDUNDANCY}")
+        raise BadInput(f"must be auto or a whole number from 1 to {MAX_REDUNDANCY}")
     if not 1 <= value <= MAX_REDUNDANCY:
-        raise ValueError(f"must be auto or from 1 to {MAX_REDUNDANCY}, not {value}")
+        raise BadInput(f"must be auto or from 1 to {MAX_REDUNDANCY}, not {value}")
     return value
 
 
@@ -153,11 +154,11 @@ def _output_json(message: BaseModel, task: Task) -> Any:
 
 
 def decode_audio_field(value: str) -> bytes:
-    """The bytes of a base64 audio field; ValueError when it is not base64."""
+    """The bytes of a base64 audio field; BadInput when it is not base64."""
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("audio is not valid base64; send the file's bytes in base64") from None
+        raise BadInput("audio is not valid base64; send the file's bytes in base64") from None
 
 
 class JobRequest(Message):
@@ -204,12 +205,12 @@ class JobRequest(Message):
     def _no_blank_inputs(cls, inputs: list[str], info: ValidationInfo) -> list[str]:
         task = info.data.get("task")
         if task in TEXT_TASKS and not inputs:
-            raise ValueError(f"{task} jobs need at least one text")
+            raise BadInput(f"{task} jobs need at least one text")
         if task == "transcribe" and inputs:
-            raise ValueError("transcribe jobs take audio, not texts; leave inputs out")
+            raise BadInput("transcribe jobs take audio, not texts; leave inputs out")
         blank = [i for i, text in enumerate(inputs) if not text.strip()]
         if blank:
-            raise ValueError(f"inputs {blank} are blank; every input needs some text")
+            raise BadInput(f"inputs {blank} are blank; every input needs some text")
         return inputs
 
     @field_validator("model")
@@ -222,7 +223,7 @@ class JobRequest(Message):
             return DEFAULT_MODEL[task]
         if model not in MODELS[task]:
             known = ", ".join(MODELS[task])
-            raise ValueError(f"unknown model {model!r} for task {task!r}; use one of: {known}")
+            raise BadInput(f"unknown model {model!r} for task {task!r}; use one of: {known}")
         return model
 
     @field_validator("audio")
@@ -231,15 +232,15 @@ class JobRequest(Message):
         task = info.data.get("task")
         if audio is None:
             if task == "transcribe":
-                raise ValueError("transcribe jobs need the audio file, base64-encoded")
+                raise BadInput("transcribe jobs need the audio file, base64-encoded")
             return None
         if task in TEXT_TASKS:
-            raise ValueError(f"{task} jobs take texts in inputs, not audio")
+            raise BadInput(f"{task} jobs take texts in inputs, not audio")
         size = len(decode_audio_field(audio))
         if size == 0:
-            raise ValueError("audio is empty; send the bytes of a WAV, FLAC, MP3 or OGG file")
+            raise BadInput("audio is empty; send the bytes of a WAV, FLAC, MP3 or OGG file")
         if size > MAX_AUDIO_BYTES:
-            raise ValueError(
+            raise BadInput(
                 f"audio is {size} bytes, over the limit of {MAX_AUDIO_BYTES}; split the file"
             )
         return audio
@@ -248,7 +249,7 @@ class JobRequest(Message):
     @classmethod
     def _language_fits_model(cls, language: str | None, info: ValidationInfo) -> str | None:
         if language not in (None, "en") and info.data.get("model") in ENGLISH_ONLY:
-            raise ValueError(
+            raise BadInput(
                 f"model {info.data['model']} transcribes English only; use en or leave it out"
             )
         return language

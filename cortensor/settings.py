@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cortensor.errors import BadSetting
+
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
@@ -88,7 +90,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_namespace(cls, value: str) -> str:
         if not _NAMESPACE.match(value):
-            raise ValueError(
+            raise BadSetting(
                 "namespace must start with a lower-case letter and hold only a-z, 0-9, '_' or '-'"
                 " (at most 40 characters)"
             )

@@ -5,17 +5,28 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
+from aio_pika.abc import AbstractRobustConnection
 from nats.js.errors import NotFoundError
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.topology import Topology
+from cortensor.errors import BrokerUnavailable
 from cortensor.settings import Settings
+
+
+async def _rabbitmq(settings: Settings) -> AbstractRobustConnection:
+    """A connection to RabbitMQ, or BrokerUnavailable that says where it looked."""
+    try:
+        return await amqp.connect(settings.amqp_url)
+    except ConnectionError as exc:  # aio-pika's AMQPConnectionError is one
+        where = settings.amqp_url.rsplit("@", 1)[-1]  # never print the password
+        raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
 
 
 async def setup_brokers(settings: Settings) -> list[str]:
     """Declare the RabbitMQ topology and the JetStream streams (idempotent)."""
     topology = Topology(settings.namespace)
-    connection = await amqp.connect(settings.amqp_url)
+    connection = await _rabbitmq(settings)
     async with connection:
         declared = await amqp.apply_topology(await connection.channel(), topology)
     nc = await jetstream.connect(settings.nats_url, name="cortensor-setup")
@@ -29,7 +40,7 @@ async def setup_brokers(settings: Settings) -> list[str]:
 async def teardown_brokers(settings: Settings, node_ids: Iterable[tuple[str, str]] = ()) -> None:
     """Delete a namespace's queues, exchanges and streams; `node_ids` are (id, hw_class)."""
     topology = Topology(settings.namespace)
-    connection = await amqp.connect(settings.amqp_url)
+    connection = await _rabbitmq(settings)
     async with connection:
         channel = await connection.channel()
         queues = [q.name for q in topology.queues]

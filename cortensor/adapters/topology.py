@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cortensor.paths import checkout_path
+from cortensor.errors import SetupIncomplete
+from cortensor.paths import resource
 from cortensor.schemas import Verdict
 
 
@@ -70,14 +71,14 @@ def _by_role(specs: tuple[Spec, ...], role: str) -> Spec:
     for spec in specs:
         if spec.role == role:
             return spec
-    raise ValueError(f"brokers/topology.toml declares nothing with role {role!r}")
+    raise SetupIncomplete(f"the broker topology declares nothing with role {role!r}")
 
 
 class Topology:
     """Every name the processes of one namespace use, read from the topology file."""
 
     def __init__(self, namespace: str, path: Path | None = None) -> None:
-        with (path or checkout_path("brokers", "topology.toml")).open("rb") as f:
+        with (path or resource("brokers", "topology.toml")).open("rb") as f:
             self._raw: dict[str, Any] = tomllib.load(f)
         self.namespace = namespace
         rabbit, nats = self._raw["rabbitmq"], self._raw["nats"]

@@ -17,11 +17,12 @@ from typing import IO, LiteralString, Self
 
 import psycopg
 
+from cortensor.errors import CortensorError
 from cortensor.paths import ROOT, checkout_path
 from cortensor.settings import Settings
 
 
-class FleetError(RuntimeError):
+class FleetError(CortensorError, RuntimeError):
     """The fleet did not come up; the message points at its logs."""
 
 

@@ -23,8 +23,8 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
-from cortensor.errors import BadInput, LedgerUnavailable, PermanentError
-from cortensor.paths import checkout_path
+from cortensor.errors import BadInput, LedgerUnavailable, SetupIncomplete
+from cortensor.paths import resource
 from cortensor.settings import Settings
 
 ALIASES = {"nodes": "node_reputation"}
@@ -66,7 +66,7 @@ def _is_comment(line: str) -> bool:
 
 def reports() -> dict[str, Report]:
     """Every report under db/reports/, by name."""
-    return {p.stem: _load(p) for p in sorted(checkout_path("db", "reports").glob("*.sql"))}
+    return {p.stem: _load(p) for p in sorted(resource("db", "reports").glob("*.sql"))}
 
 
 def find_report(name: str) -> Report:
@@ -98,7 +98,7 @@ def run_report(
         with psycopg.connect(settings.asyncpg_dsn, row_factory=dict_row) as conn:
             return list(conn.execute(report.query(), given).fetchall())
     except psycopg.errors.UndefinedTable as exc:
-        raise PermanentError(
+        raise SetupIncomplete(
             f"{exc.diag.message_primary}: the ledger lacks the report views;"
             " run `cortensor db upgrade`"
         ) from exc

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,15 @@ def test_node_refuses_a_bad_node_id_before_loading_anything() -> None:
     done = run_cortensor(make_settings(), "node", "--node-id", "has.dots")
     assert done.returncode == 2
     assert "--node-id" in done.stderr
+
+
+def test_a_job_without_a_verdict_yet_exits_3_try_again_later() -> None:
+    settings = make_settings()
+    try:
+        assert run_cortensor(settings, "brokers", "setup").returncode == 0
+        job_id = str(uuid.uuid4())
+        done = run_cortensor(settings, "result", job_id)
+        assert done.returncode == 3, done.stderr
+        assert f"no verdict yet for job {job_id}" in done.stderr
+    finally:
+        asyncio.run(teardown_brokers(settings))

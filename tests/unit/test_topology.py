@@ -8,10 +8,10 @@ import pytest
 
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import HW_CLASSES
-from cortensor.errors import PermanentError
-from cortensor.paths import checkout_path
+from cortensor.errors import SetupIncomplete
+from cortensor.paths import ROOT, checkout_path, resource
 
-TOPOLOGY_FILE = checkout_path("brokers", "topology.toml")
+TOPOLOGY_FILE = resource("brokers", "topology.toml")
 
 NS = "unit7"
 
@@ -45,14 +45,27 @@ def every_name(t: Topology) -> set[str]:
     return names
 
 
-def test_the_topology_file_is_the_one_in_brokers() -> None:
+def test_from_a_checkout_the_topology_file_is_the_one_in_brokers() -> None:
     assert Path(__file__).resolve().parents[2] / "brokers" / "topology.toml" == TOPOLOGY_FILE
     assert TOPOLOGY_FILE.is_file()
+    assert Path(__file__).resolve().parents[2] == ROOT
+
+
+def test_a_missing_shipped_file_says_how_to_reinstall() -> None:
+    with pytest.raises(SetupIncomplete, match="reinstall Cortensor"):
+        resource("brokers", "no-such-file.toml")
 
 
 def test_a_missing_checkout_file_says_how_to_install() -> None:
-    with pytest.raises(PermanentError, match="pip install -e"):
-        checkout_path("brokers", "no-such-file.toml")
+    with pytest.raises(SetupIncomplete, match="pip install -e"):
+        checkout_path("no-such-file")
+
+
+def test_a_topology_without_a_role_is_refused(tmp_path: Path) -> None:
+    text = TOPOLOGY_FILE.read_text().replace('role = "dead-letter"', 'role = "other"')
+    (tmp_path / "topology.toml").write_text(text)
+    with pytest.raises(SetupIncomplete, match="role 'dead-letter'"):
+        Topology(NS, tmp_path / "topology.toml")
 
 
 def test_exchanges_include_jobs_dead_letters_and_one_per_hw_class(topo: Topology) -> None:

@@ -18,11 +18,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from cortensor.errors import BadInput, LedgerUnavailable
-from cortensor.paths import checkout_path
+from cortensor.errors import BadSetting, LedgerUnavailable
+from cortensor.paths import resource
 from cortensor.settings import Settings
-
-"""The Alembic script directory (env.py, versions/)."""
 
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 
@@ -30,7 +28,7 @@ _MAINTENANCE_DATABASES = ("postgres", "template1")
 def alembic_config(settings: Settings) -> Config:
     """An Alembic configuration for the ledger that `settings` names."""
     config = Config()
-    config.set_main_option("script_location", str(checkout_path("db", "migrations")))
+    config.set_main_option("script_location", str(resource("db", "migrations")))
     config.set_main_option("path_separator", "os")
     # Config is a ConfigParser: a literal '%' (percent-encoded password) must be doubled.
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
@@ -40,7 +38,7 @@ def alembic_config(settings: Settings) -> Config:
 def _target(settings: Settings) -> tuple[URL, str]:
     url = make_url(settings.sqlalchemy_url)
     if not url.database:
-        raise BadInput(
+        raise BadSetting(
             f"CORTENSOR_DATABASE_URL names no database ({url.render_as_string()});"
             " end it with one, e.g. postgresql://127.0.0.1:5432/cortensor"
         )
