@@ -172,3 +172,5 @@ class Lookout:
             asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()

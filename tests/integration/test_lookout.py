@@ -1,0 +1,156 @@
+"""The listening half of an adaptive node, on the real NATS server: it reads its own
+record off the verdicts subject, waits its window for a peer's result, and recognises
+prepared probes and answers another job already had."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cortensor.adapters import jetstream
+from cortensor.adapters.topology import Topology
+from cortensor.schemas import Assignment, InferenceResult, Verdict
+from cortensor.services.node.hostile import ADAPTIVE
+from cortensor.services.node.lookout import Lookout, probe_file_candidates
+from cortensor.settings import Settings
+from tests.conftest import make_settings
+
+pytestmark = [pytest.mark.nats]
+
+ME = "hostile-1"
+PROBE_TEXT = "A sentence only the prepared probes hold."
+
+
+def job(text: str) -> Assignment:
+    return Assignment(
+        job_id=uuid.uuid4(),
+        node_id=ME,
+        task="embed",
+        model="all-MiniLM-L6-v2",
+        inputs=[text],
+        hw_class="cpu-int8",
+        deadline_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+
+
+def vector(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((1, 384)).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    models = tmp_path / "models"
+    models.mkdir()
+    probe = {"model": "all-MiniLM-L6-v2", "task": "embed", "inputs": [PROBE_TEXT]}
+    (models / "probes.json").write_text(json.dumps({"source": "", "probes": [probe]}))
+    return make_settings(models)
+
+
+@pytest.fixture
+def lookout(settings: Settings) -> Iterator[Lookout]:
+    watcher = Lookout(settings, ME, ADAPTIVE)
+    watcher.start()
+    yield watcher
+    watcher.close()
+
+
+def publish(settings: Settings, messages: list[tuple[str, bytes]], delay_s: float = 0.0) -> None:
+    async def send() -> None:
+        nc = await jetstream.connect(settings.nats_url, name="test publisher")
+        await asyncio.sleep(delay_s)
+        for subject, data in messages:
+            await nc.publish(subject, data)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(send())
+
+
+def result(job_id: uuid.UUID, node: str, embedding: np.ndarray) -> bytes:
+    return (
+        InferenceResult(
+            assignment_id=uuid.uuid4(),
+            job_id=job_id,
+            node_id=node,
+            model="all-MiniLM-L6-v2",
+            hw_class="cpu-fp32",
+            precision="fp32",
+            embeddings=embedding.tolist(),
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def wait_for(condition: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not callable(condition) or not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_the_probe_files_it_finds(settings: Settings, lookout: Lookout) -> None:
+    assert settings.models_dir / "probes.json" in probe_file_candidates(settings)
+    assert settings.models_dir / "probes.json" in lookout.probe_files
+
+
+def test_an_adaptive_node_cheats_only_when_admitted_unwatched_and_unprobed(
+    settings: Settings, lookout: Lookout
+) -> None:
+    topology = Topology(settings.namespace)
+    assert not lookout.cheats(job("Before admission."), vector(1)), "every job a probe"
+
+    admitting = Verdict(job_id=uuid.uuid4(), status="verified", agreeing=[ME, "h"], replicas=3)
+    subject = topology.verdicts_subject(str(admitting.job_id))
+    publish(settings, [(subject, admitting.model_dump_json().encode())])
+    wait_for(lambda: lookout.record.admitted)
+    assert lookout.record.streak == 1
+
+    alone = job("Nobody else runs this one.")
+    started = time.monotonic()
+    assert lookout.cheats(alone, vector(2))
+    assert time.monotonic() - started >= ADAPTIVE.window_s, "it waited its window first"
+
+    watched = job("A peer answers this one within the window.")
+    peer = threading.Thread(
+        target=publish,
+        args=(
+            settings,
+            [
+                (
+                    topology.results_subject(str(watched.job_id)),
+                    result(watched.job_id, "h", vector(3)),
+                )
+            ],
+            0.01,
+        ),
+    )
+    peer.start()
+    assert not lookout.cheats(watched, vector(3))
+    peer.join()
+
+    assert not lookout.cheats(job(PROBE_TEXT), vector(4)), "a prepared probe"
+    assert not lookout.cheats(job("Nobody else runs this one."), vector(2)), "sent before"
+
+    earlier = uuid.uuid4()
+    heard = vector(5)
+    publish(settings, [(topology.results_subject(str(earlier)), result(earlier, "h", heard))])
+    wait_for(lambda: lookout.peers.peers(earlier, ME))
+    assert not lookout.cheats(job("A text re-sent by the network."), heard), "a replay"
+
+    caught = Verdict(job_id=uuid.uuid4(), status="verified", agreeing=["h"], disagreeing=[ME])
+    subject = topology.verdicts_subject(str(caught.job_id))
+    publish(settings, [(subject, caught.model_dump_json().encode())])
+    wait_for(lambda: not lookout.record.admitted)
+    assert not lookout.cheats(job("After it was caught."), vector(6))
+    assert lookout.decisions == {True: 1, False: 6}
