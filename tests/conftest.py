@@ -8,18 +8,45 @@ its tests and removed after them. A service that is down fails the test; nothing
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], T | None] | Callable[[], Awaitable[T | None]],
+    *,
+    what: str,
+    within: float = 15.0,
+    interval: float = 0.02,
+) -> T:
+    """The first truthy value `check` returns (sync or async), polled every `interval`
+    seconds: a test waits for the condition itself rather than for a fixed time. Fails
+    with `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(interval)
 
 
 def unique_name(prefix: str) -> str:

@@ -132,8 +132,8 @@ class SignalBus(Protocol):
         ...
 
     async def subscribe(self, subject: str, handler: SignalHandler) -> Subscription:
-        """Call `handler` for every message on `subject` (`*` and `>` wildcards) until
-        unsubscribed."""
+        """Call `handler` for every message on `subject` (`*` and `>` wildcards) from
+        the moment this returns until unsubscribed."""
         ...
 
 

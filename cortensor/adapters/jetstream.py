@@ -111,5 +111,8 @@ class NatsSignals:
         await self.nc.publish(subject, payload)
 
     async def subscribe(self, subject: str, handler: SignalHandler) -> Subscription:
-        """Call `handler` for each message on `subject` until unsubscribed."""
-        return await self.nc.subscribe(subject, cb=handler)
+        """Call `handler` for each message on `subject` until unsubscribed; live on the
+        server when this returns."""
+        sub = await self.nc.subscribe(subject, cb=handler)
+        await self.nc.flush()
+        return sub

@@ -1,0 +1,74 @@
+"""In-memory twins of the broker adapters, for tests that run in milliseconds.
+
+Each twin implements the same interface as its real adapter (cortensor.adapters
+.interfaces) with the delivery semantics the services rely on; tests/contract/ runs
+one suite against both. `MemoryBroker` and `MemoryNats` play the servers; the port
+builders below give a service its adapters on them.
+"""
+
+from __future__ import annotations
+
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.memory.queues import (
+    MemoryBroker,
+    MemoryChannel,
+    MemoryDelivery,
+    MemoryTaskPublisher,
+    MemoryWorkQueue,
+)
+from cortensor.adapters.memory.streams import (
+    MemoryNats,
+    MemoryPullConsumer,
+    MemorySignals,
+    MemoryStreamPublisher,
+    NoStream,
+    subject_matches,
+)
+from cortensor.adapters.ports import GuardPorts, RouterPorts
+from cortensor.adapters.topology import Topology
+
+__all__ = [
+    "MemoryBroker",
+    "MemoryChannel",
+    "MemoryDelivery",
+    "MemoryNats",
+    "MemoryPullConsumer",
+    "MemorySignals",
+    "MemoryStreamPublisher",
+    "MemoryTaskPublisher",
+    "MemoryWorkQueue",
+    "NoStream",
+    "guard_ports",
+    "router_ports",
+    "subject_matches",
+]
+
+
+def router_ports(
+    ledger: RouterLedger,
+    broker: MemoryBroker,
+    nats: MemoryNats,
+    topology: Topology,
+    *,
+    prefetch: int = 0,
+) -> tuple[RouterPorts, MemoryChannel]:
+    """A router's ports on the twins, and its channel (close it to play a crash)."""
+    channel = broker.channel(prefetch)
+    ports = RouterPorts(
+        ledger=ledger,
+        jobs=MemoryWorkQueue(channel, topology),
+        tasks=MemoryTaskPublisher(broker, topology),
+        signals=MemorySignals(nats),
+        verdicts=MemoryStreamPublisher(nats),
+    )
+    return ports, channel
+
+
+def guard_ports(ledger: GuardLedger, nats: MemoryNats, topology: Topology) -> GuardPorts:
+    """A guard's ports on the twins: a fetcher on the topology's guard consumer."""
+    return GuardPorts(
+        ledger=ledger,
+        results=MemoryPullConsumer(nats, topology.guard_consumer.durable),
+        verdicts=MemoryStreamPublisher(nats),
+    )
