@@ -5,7 +5,7 @@ the Outcome it returns without deciding anything itself."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
@@ -91,8 +91,9 @@ class Conclude:
     """A re-validation ended without a verdict: the first one (`verdict`) stands,
     still unchecked; `events` are the checkers' timeouts."""
     publish: bool = True
-    """False for a probe: its verdict is for the ledger only, for publishing it would tell
-    the node, after the fact, which of its jobs were probes."""
+    """Whether the verdict goes on the verdicts stream. Every verdict does, a probe's too:
+    one left unpublished would tell its node, by its absence, which of its jobs was a
+    probe, so a probe's verdict reads like a real job's instead (see _judge_probe)."""
 
 
 Outcome = Wait | Escalate | Conclude
@@ -137,13 +138,10 @@ def _conclude(case: Case, verdict: Verdict, events: Sequence[Event]) -> Conclude
     a real job's verdict finds in the minority have their unchecked results reopened."""
     caught = tuple(dict.fromkeys(node for node, _, kind in events if kind == "disagreed"))
     reopen = Reopen(caught) if caught and case.reference is None else None
-    publish = case.reference is None
     if case.first is not None:
         revised = _revised(case.first, verdict)
-        return Conclude(revised, tuple(events), reopen=reopen, revision=True, publish=publish)
-    return Conclude(
-        verdict, tuple(events), unchecked=unchecked(case), reopen=reopen, publish=publish
-    )
+        return Conclude(revised, tuple(events), reopen=reopen, revision=True)
+    return Conclude(verdict, tuple(events), unchecked=unchecked(case), reopen=reopen)
 
 
 def _revised(first: Verdict, verdict: Verdict) -> Verdict:
@@ -177,7 +175,7 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         reason = f"no node returned a result before the deadline ({len(late)} timed out)"
         return Verdict(status="failed", reason=reason, **common), events
     if case.reference is not None:
-        verdict, kind = _judge_probe(case, common)
+        verdict, kind = _judge_probe(case)
         answer = case.replicas[0]
         return verdict, [*events, (answer.node_id, answer.assignment_id, kind)]
     decision = decide(case.replicas, case.redundancy, COMPARATORS[case.task])
@@ -203,19 +201,19 @@ def unchecked(case: Case) -> bool:
     return case.auto and case.redundancy == 1 and case.reference is None
 
 
-def _judge_probe(case: Case, common: dict[str, Any]) -> tuple[Verdict, str]:
-    """A probe's verdict, and its node's event: does the answer match the reference?"""
+def _judge_probe(case: Case) -> tuple[Verdict, str]:
+    """A probe's verdict, and its node's event: does the answer match the reference?
+
+    The verdict is the one the same answer would get as a real job run alone, whatever
+    the comparison found, so that on the verdicts stream it reads like any other and
+    tells nobody it was a probe, nor how it came out; the event alone (marked as a
+    probe by the ledger's trigger) records that."""
     answer = case.replicas[0]
     compare = COMPARATORS[case.task]
     passed = answer.error is None and compare(
         case.reference, case.reference_precision, answer.output, answer.precision
     )
-    if passed:
-        reason = "probe: the answer matches the reference"
-        verdict = Verdict(status="verified", reason=reason, agreeing=[answer.node_id], **common)
-    else:
-        reason = "probe: the answer differs from the reference"
-        verdict = Verdict(status="failed", reason=reason, disagreeing=[answer.node_id], **common)
+    verdict, _ = judge(replace(case, reference=None, auto=False, redundancy=1))
     return verdict, "agreed" if passed else "disagreed"
 
 

@@ -255,9 +255,8 @@ class GuardLedger(Ledger):
                 if fresh and job["c_result_id"] is not None:
                     canonical = _replica(job, prefix="c_")
                     await self.add_events(conn, job_id, score_late(job["task"], canonical, fresh))
-                if not job["probe"]:
-                    stored = {"payload": job["payload"], "output": job["c_output"]}
-                    intake.verdict = verdict_of(stored)
+                stored = {"payload": job["payload"], "output": job["c_output"]}
+                intake.verdict = verdict_of(stored)
                 return intake
             if fresh:
                 case = _case(job, [r for r in rows if not r["incoming"]], fresh)
