@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -15,10 +15,12 @@ import asyncpg
 import pytest
 
 from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.live import router_ports
 from cortensor.adapters.topology import Topology
 from cortensor.client import Client
-from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, utcnow
+from cortensor.protocol.replication import REPLICAS
+from cortensor.schemas import Assignment, InferenceResult, JobRequest, NodeHeartbeat, utcnow
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 
@@ -27,31 +29,38 @@ pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 NODE = "router-test-node"
 
 
-@pytest.fixture
-async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
-    """The fake node's queue, while the fake node announces itself and a router runs."""
-    settings = broker_settings
+@contextlib.asynccontextmanager
+async def fake_nodes(
+    settings: Settings, names: Sequence[str]
+) -> AsyncIterator[dict[str, aio_pika.abc.AbstractQueue]]:
+    """The fake nodes' queues, while the fake nodes announce themselves and a router runs."""
     topology = Topology(settings.namespace)
     connection = await aio_pika.connect(settings.amqp_url)
     channel = await connection.channel()
-    spec = topology.node_queue(NODE, "cpu-int8")
-    await amqp.declare_queue(channel, spec)
-    nc = await jetstream.connect(settings.nats_url, name="fake-node")
-    beat = NodeHeartbeat(
-        node_id=NODE,
-        hw_class="cpu-int8",
-        precision="int8",
-        tasks=["embed"],
-        models=["all-MiniLM-L6-v2"],
-        capacity=4,
-        inflight=0,
-        processed=0,
-        started_at=utcnow(),
-    )
+    specs = {name: topology.node_queue(name, "cpu-int8") for name in names}
+    for spec in specs.values():
+        await amqp.declare_queue(channel, spec)
+    nc = await jetstream.connect(settings.nats_url, name="fake-nodes")
+    beats = [
+        NodeHeartbeat(
+            node_id=name,
+            hw_class="cpu-int8",
+            precision="int8",
+            tasks=["embed"],
+            models=["all-MiniLM-L6-v2"],
+            capacity=4,
+            inflight=0,
+            processed=0,
+            started_at=utcnow(),
+        )
+        for name in names
+    ]
 
     async def announce() -> None:
         while True:
-            await nc.publish(topology.heartbeat_subject(NODE), beat.model_dump_json().encode())
+            for beat in beats:
+                subject = topology.heartbeat_subject(beat.node_id)
+                await nc.publish(subject, beat.model_dump_json().encode())
             await asyncio.sleep(0.2)
 
     stop = asyncio.Event()
@@ -63,7 +72,7 @@ async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.Ab
     router = asyncio.create_task(serve())
     heartbeats = asyncio.create_task(announce())
     try:
-        yield await channel.get_queue(spec.name)
+        yield {name: await channel.get_queue(spec.name) for name, spec in specs.items()}
     finally:
         stop.set()
         await router
@@ -71,8 +80,16 @@ async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.Ab
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
         await nc.drain()
-        await channel.queue_delete(spec.name)
+        for spec in specs.values():
+            await channel.queue_delete(spec.name)
         await connection.close()
+
+
+@pytest.fixture
+async def node_queue(broker_settings: Settings) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
+    """The fake node's queue, while the fake node announces itself and a router runs."""
+    async with fake_nodes(broker_settings, [NODE]) as queues:
+        yield queues[NODE]
 
 
 async def _next_task(queue: aio_pika.abc.AbstractQueue) -> dict[str, Any]:
@@ -100,22 +117,46 @@ async def _ledger_row(settings: Settings, query: str, *args: Any) -> Any:
     raise AssertionError(f"nothing in the ledger for {query}")
 
 
-async def _admit(settings: Settings, queue: aio_pika.abc.AbstractQueue) -> None:
-    """Admit the fake node as if it had passed its probes, and drop the probes sent."""
-    await _ledger_row(settings, "SELECT 1 FROM nodes WHERE node_id = $1", NODE)
+async def _admit(settings: Settings, queues: Mapping[str, aio_pika.abc.AbstractQueue]) -> None:
+    """Admit fake nodes as if they had passed their probes, and drop the probes sent."""
+    for name in queues:
+        await _ledger_row(settings, "SELECT 1 FROM nodes WHERE node_id = $1", name)
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
         await conn.execute(
             """
-            INSERT INTO node_standing (node_id, model, trust) VALUES ($1, '', 'active')
+            INSERT INTO node_standing (node_id, model, trust)
+            SELECT unnest($1::text[]), '', 'active'
             ON CONFLICT (node_id, model) DO UPDATE SET trust = 'active'
             """,
-            NODE,
+            list(queues),
         )
     finally:
         await conn.close()
     await asyncio.sleep(1.5)  # the router reads standings again every second
-    await queue.purge()
+    for queue in queues.values():
+        await queue.purge()
+
+
+async def _tasks_for(
+    queues: Mapping[str, aio_pika.abc.AbstractQueue], job_id: uuid.UUID, wait_s: float
+) -> dict[str, dict[str, Any]]:
+    """The assignments of one job that reached the nodes' queues within `wait_s`, by node
+    (other tasks, probes say, are dropped)."""
+    found: dict[str, dict[str, Any]] = {}
+    loop = asyncio.get_running_loop()
+    until = loop.time() + wait_s
+    while loop.time() < until:
+        for name, queue in queues.items():
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                continue
+            _, kwargs, _ = json.loads(message.body)
+            for a in kwargs["assignments"]:
+                if a["job_id"] == str(job_id):
+                    found[name] = a
+        await asyncio.sleep(0.02)
+    return found
 
 
 async def test_a_new_node_is_sent_probes_that_look_like_real_jobs(
@@ -156,7 +197,7 @@ async def test_a_new_node_is_sent_probes_that_look_like_real_jobs(
 async def test_a_job_delivered_again_sends_its_outstanding_assignments_again(
     broker_settings: Settings, node_queue: aio_pika.abc.AbstractQueue
 ) -> None:
-    await _admit(broker_settings, node_queue)
+    await _admit(broker_settings, {NODE: node_queue})
     job = JobRequest(inputs=["resend me"], redundancy=1)
     async with Client(broker_settings) as client:
         await client.submit(job)
@@ -175,3 +216,64 @@ async def test_a_job_delivered_again_sends_its_outstanding_assignments_again(
     assert {k: v for k, v in again.items() if k != "created_at"} == {
         k: v for k, v in sent.items() if k != "created_at"
     }
+
+
+async def test_a_checked_auto_jobs_checkers_go_out_only_once_its_leader_answered(
+    broker_settings: Settings,
+) -> None:
+    names = [f"hidden-check-{i}" for i in range(REPLICAS)]
+    async with fake_nodes(broker_settings, names) as queues:
+        await _admit(broker_settings, queues)
+        job = JobRequest(inputs=["checked, but it cannot tell"])
+        assert job.redundancy == "auto"
+        async with Client(broker_settings) as client:
+            await client.submit(job)
+            # The nodes have no run of valid results: adaptive replication checks every
+            # job they lead. Yet only the leader is sent anything, for a second (four
+            # sweeps of the router).
+            sent = await _tasks_for(queues, job.job_id, wait_s=1.0)
+            [(leader, assignment)] = sent.items()
+            assert assignment["attempt"] == 1
+            row = await _ledger_row(
+                broker_settings, "SELECT redundancy FROM jobs WHERE job_id = $1", job.job_id
+            )
+            assert row["redundancy"] == REPLICAS
+
+            # The leader answers and the guard stores it: now the checkers go out.
+            guard = await GuardLedger.connect(broker_settings.asyncpg_dsn)
+            try:
+                answer = InferenceResult(
+                    assignment_id=uuid.UUID(assignment["assignment_id"]),
+                    job_id=job.job_id,
+                    node_id=leader,
+                    model=assignment["model"],
+                    hw_class="cpu-int8",
+                    precision="int8",
+                    embeddings=[[0.6, 0.8]],
+                    elapsed_ms=3.0,
+                )
+                intake = await guard.take_results(job.job_id, [answer])
+            finally:
+                await guard.close()
+            assert (intake.stored, intake.verdict) == (1, None)
+            checkers = await _tasks_for(queues, job.job_id, wait_s=1.0)
+
+    assert sorted(checkers) == sorted(set(names) - {leader})
+    # The same assignment a leader gets, for the same job, on other nodes.
+    for checker in checkers.values():
+        assert checker.keys() == assignment.keys()
+        assert (checker["inputs"], checker["model"]) == (assignment["inputs"], assignment["model"])
+    conn = await asyncpg.connect(broker_settings.asyncpg_dsn)
+    try:
+        order = await conn.fetchrow(
+            """
+            SELECT (SELECT received_at FROM results WHERE job_id = $1) AS answered,
+                   (SELECT min(created_at) FROM assignments
+                    WHERE job_id = $1 AND node_id <> $2) AS checked
+            """,
+            job.job_id,
+            leader,
+        )
+    finally:
+        await conn.close()
+    assert order["checked"] > order["answered"]

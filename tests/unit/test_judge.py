@@ -1,18 +1,37 @@
-"""The guard's judgement: a verdict and one reputation event per replica."""
+"""The guard's judgement: a verdict and one reputation event per replica; and the
+decision around it (adjudicate): wait, escalate, or conclude."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
-from cortensor.protocol.adjudication import Case, judge, score_late
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cortensor.protocol.adjudication import (
+    Case,
+    Conclude,
+    Escalate,
+    Reopen,
+    Wait,
+    adjudicate,
+    at_deadline,
+    judge,
+    score_late,
+)
 from cortensor.protocol.consensus import Replica
+from cortensor.protocol.replication import MAX_REPLICAS, REPLICAS, escalate
 from cortensor.schemas import Verdict
 
 MODEL = "all-MiniLM-L6-v2"
 TRUTH = [[0.6, 0.8], [1.0, 0.0]]
 LIE = [[0.8, -0.6], [0.0, 1.0]]
+OTHER_LIE = [[-0.6, -0.8], [-1.0, 0.0]]  # opposite to the truth, orthogonal to LIE
+ANSWERS: list[Any] = [TRUTH, LIE, OTHER_LIE]
 
 
 def replica(node_id: str, output: object = TRUTH, *, error: str | None = None) -> Replica:
@@ -142,3 +161,197 @@ def test_late_replicas_are_held_against_the_canonical_answer() -> None:
         ("broken", "disagreed"),
     ]
     assert [assignment for _, assignment, _ in events] == [r.assignment_id for r in late]
+
+
+# -- adjudicate: wait, escalate or conclude ---------------------------------------------
+
+
+def replicas_of(answers: Sequence[int | None]) -> list[Replica]:
+    """Replicas answering ANSWERS[i], or failing where the answer is None."""
+    return [
+        replica(f"n{i}", None, error="boom") if a is None else replica(f"n{i}", ANSWERS[a])
+        for i, a in enumerate(answers)
+    ]
+
+
+_REDUNDANCY = st.sampled_from([1, 3, 5, 7])
+_ANSWER = st.one_of(st.none(), st.integers(0, len(ANSWERS) - 1))
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """A job of some redundancy with up to that many replicas in, the others out."""
+    redundancy = draw(_REDUNDANCY)
+    answers = draw(st.lists(_ANSWER, min_size=1, max_size=redundancy))
+    return replace(
+        case(replicas_of(answers), redundancy=redundancy),
+        pending=redundancy - len(answers),
+        auto=draw(st.booleans()),
+    )
+
+
+def majority(c: Case) -> bool:
+    """Whether some answer is given by a strict majority of the redundancy."""
+    valid = [r.output for r in c.replicas if r.error is None]
+    top = max((valid.count(a) for a in ANSWERS), default=0)
+    return top >= c.redundancy // 2 + 1
+
+
+@given(cases())
+def test_a_strict_majority_concludes_at_once(c: Case) -> None:
+    outcome = adjudicate(c)
+    if majority(c):
+        assert isinstance(outcome, Conclude)
+        assert outcome.verdict.status == "verified"
+        assert outcome.verdict.embeddings == next(
+            r.output for r in c.replicas if r.error is None and r.output is not None
+            and [x.output for x in c.replicas].count(r.output) >= c.redundancy // 2 + 1
+        )  # fmt: skip
+    else:
+        assert not (isinstance(outcome, Conclude) and outcome.verdict.status == "verified")
+
+
+@given(cases())
+def test_no_decision_without_a_majority_until_every_replica_is_in(c: Case) -> None:
+    outcome = adjudicate(c)
+    if not majority(c) and len(c.replicas) < c.redundancy:
+        assert isinstance(outcome, Wait)
+    if not majority(c) and len(c.replicas) == c.redundancy:
+        more = escalate(c.redundancy)
+        if more is None:
+            assert isinstance(outcome, Conclude)
+            assert outcome.verdict.status == "inconclusive"
+        else:
+            assert outcome == Escalate(more)
+
+
+def one_hot(i: int) -> list[list[float]]:
+    """An answer orthogonal to every other one_hot(j)."""
+    return [[1.0 if k == i else 0.0 for k in range(MAX_REPLICAS)]]
+
+
+@given(st.sampled_from([3, 5]))
+def test_escalation_stops_at_the_cap(redundancy: int) -> None:
+    c = case([replica(f"n{i}", one_hot(i)) for i in range(redundancy)], redundancy=redundancy)
+    seen = []
+    outcome = adjudicate(c)
+    while isinstance(outcome, Escalate):
+        assert outcome.redundancy <= MAX_REPLICAS
+        seen.append(outcome.redundancy)
+        # Every new replica gives yet another answer: the split never resolves.
+        more = [replica(f"n{i}", one_hot(i)) for i in range(len(c.replicas), outcome.redundancy)]
+        c = replace(c, redundancy=outcome.redundancy, replicas=c.replicas + more)
+        outcome = adjudicate(c)
+    assert seen == list(range(redundancy + 2, MAX_REPLICAS + 1, 2))
+    assert c.redundancy == MAX_REPLICAS
+    assert isinstance(outcome, Conclude)
+    assert outcome.verdict.status == "inconclusive"
+    assert outcome.events == ()
+
+
+@given(cases())
+def test_events_only_for_checked_results(c: Case) -> None:
+    outcome = adjudicate(replace(c, pending=0, redundancy=len(c.replicas)))
+    if not isinstance(outcome, Conclude):
+        return
+    judged = [kind for _, _, kind in outcome.events if kind != "timed_out"]
+    if c.auto and len(c.replicas) == 1:
+        assert judged == []
+        assert outcome.unchecked
+    else:
+        assert not outcome.unchecked
+        if outcome.verdict.status == "verified":
+            assert len(judged) == len(c.replicas)
+        else:
+            assert judged == []
+
+
+def test_a_lone_auto_result_concludes_unchecked_without_events() -> None:
+    c = replace(case([replica("a")], redundancy=1), auto=True)
+    outcome = adjudicate(c)
+    assert isinstance(outcome, Conclude)
+    assert (outcome.verdict.status, outcome.unchecked, outcome.events) == ("verified", True, ())
+
+
+def test_a_checked_auto_leader_waits_and_asks_for_its_checks() -> None:
+    leader = replace(case([replica("leader")], redundancy=REPLICAS), auto=True)
+    assert adjudicate(leader) == Wait(due=REPLICAS - 1)
+    # Once the checks are out, nothing more is due.
+    assert adjudicate(replace(leader, pending=REPLICAS - 1)) == Wait(due=0)
+    # A fixed job's replicas all went out together: nothing is ever due from a result.
+    fixed = case([replica("a")], redundancy=3)
+    assert adjudicate(replace(fixed, pending=2)) == Wait(due=0)
+
+
+def test_one_checker_agreeing_with_the_leader_verifies_early() -> None:
+    c = replace(case([replica("leader"), replica("checker")], redundancy=3), pending=1, auto=True)
+    outcome = adjudicate(c)
+    assert isinstance(outcome, Conclude)
+    assert outcome.verdict.status == "verified"
+    assert sorted(kind for _, _, kind in outcome.events) == ["agreed", "agreed"]
+
+
+def test_a_caught_node_has_its_unchecked_results_reopened() -> None:
+    c = case([replica("a"), replica("liar", LIE), replica("b")])
+    outcome = adjudicate(c)
+    assert isinstance(outcome, Conclude)
+    assert outcome.reopen == Reopen(("liar",))
+    assert outcome.publish
+
+
+def test_a_probe_is_judged_against_its_reference_yet_reads_like_a_real_job() -> None:
+    base = case([replica("n", TRUTH)], redundancy=1)
+    for answer, kind in [(TRUTH, "agreed"), (LIE, "disagreed")]:
+        probe = replace(base, replicas=[replica("n", answer)], reference=TRUTH)
+        outcome = adjudicate(probe)
+        assert isinstance(outcome, Conclude)
+        # The event holds the comparison with the reference; the verdict is the one a
+        # real job run alone would get, and it is published like any other.
+        assert outcome.events == (("n", "asg-n", kind),)
+        assert outcome.verdict.status == "verified"
+        assert outcome.verdict.embeddings == answer
+        assert (outcome.reopen, outcome.publish, outcome.unchecked) == (None, True, False)
+
+
+def _first(by: str, output: Any) -> Verdict:
+    first = judge(replace(case([replica(by, output)], redundancy=1), auto=True))[0]
+    return first
+
+
+def test_a_revalidation_revises_the_first_verdict() -> None:
+    first = _first("x", LIE)
+    c = replace(case([replica("x", LIE), replica("a"), replica("b")]), first=first, auto=True)
+    outcome = adjudicate(c)
+    assert isinstance(outcome, Conclude)
+    assert outcome.revision
+    assert outcome.verdict.revision == first.revision + 1
+    assert outcome.verdict.embeddings == TRUTH
+    assert "was wrong and is corrected" in outcome.verdict.reason
+    assert outcome.reopen == Reopen(("x",))
+
+    right = adjudicate(replace(c, first=_first("x", TRUTH), replicas=[replica("x"), replica("a")]))
+    assert isinstance(right, Conclude)
+    assert "stands" in right.verdict.reason
+
+
+def test_a_revalidation_without_a_verdict_at_its_deadline_keeps_the_first() -> None:
+    first = _first("x", TRUTH)
+    c = replace(
+        case([replica("x")], timed_out=[("asg-a", "a"), ("asg-b", "b")]),
+        first=first,
+        expired=True,
+    )
+    outcome = adjudicate(c)
+    assert outcome == at_deadline(c)
+    assert isinstance(outcome, Conclude)
+    assert outcome.keep_first
+    assert outcome.unchecked
+    assert outcome.verdict == first
+    assert outcome.events == (("a", "asg-a", "timed_out"), ("b", "asg-b", "timed_out"))
+
+
+@given(cases())
+def test_at_the_deadline_a_job_always_concludes(c: Case) -> None:
+    outcome = adjudicate(replace(c, expired=True))
+    assert isinstance(outcome, Conclude)
+    assert outcome.verdict.status == ("verified" if majority(c) else "inconclusive")

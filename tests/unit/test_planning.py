@@ -1,0 +1,245 @@
+"""The router's plan: nodes for replicas, hidden checks of `auto` jobs, deadlines, and
+the fate of a job that waits for nodes."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cortensor.protocol.placement import NodeView
+from cortensor.protocol.planning import (
+    Plan,
+    Timing,
+    failed,
+    parallel,
+    plan,
+    replicas_due,
+    waiting,
+)
+from cortensor.protocol.replication import MIN_STREAK, REPLICAS
+from cortensor.protocol.units import OpenJob
+from cortensor.schemas import Verdict
+
+MODEL = "all-MiniLM-L6-v2"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TIMING = Timing(assignment_s=10.0, per_audio_s=0.5)
+
+
+def node(i: int, streak: int = 0) -> NodeView:
+    return NodeView(
+        node_id=f"n{i}",
+        hw_class="cpu-int8",
+        models=frozenset({MODEL}),
+        last_seen=0.0,
+        score=0.5 + i / 100,
+        capacity=4,
+        streaks={MODEL: streak},
+    )
+
+
+def job(
+    *, redundancy: int = 3, auto: bool = False, taken: frozenset[str] = frozenset(), **kw: object
+) -> OpenJob:
+    fields: dict[str, object] = {
+        "job_id": uuid.uuid4(),
+        "task": "embed",
+        "model": MODEL,
+        "redundancy": redundancy,
+        "hw_class": "any",
+        "inputs": ["a text"],
+        "deadline_at": NOW + timedelta(seconds=60),
+        "taken": taken,
+        "auto": auto,
+    }
+    fields.update(kw)
+    return OpenJob(**fields)  # type: ignore[arg-type]
+
+
+def fleet(size: int, streak: int = 0) -> list[NodeView]:
+    return [node(i, streak) for i in range(size)]
+
+
+def planned(result: Plan | str) -> Plan:
+    assert isinstance(result, Plan), result
+    return result
+
+
+# -- timing -------------------------------------------------------------------------------
+
+
+def test_a_replica_has_its_time_and_more_for_longer_audio() -> None:
+    assert TIMING.timeout_s({}) == 10.0
+    assert TIMING.timeout_s({"start_s": 30.0, "end_s": 60.0}) == 25.0
+
+
+def test_a_replica_deadline_never_passes_the_jobs() -> None:
+    early = job(deadline_at=NOW + timedelta(seconds=4))
+    assert TIMING.deadline(early, NOW) == early.deadline_at
+    assert TIMING.deadline(job(), NOW) == NOW + timedelta(seconds=10)
+
+
+# -- fixed redundancy ---------------------------------------------------------------------
+
+
+@given(k=st.integers(1, 7), size=st.integers(1, 9), seed=st.integers(0, 2**32))
+def test_a_fixed_job_gets_k_distinct_untaken_nodes_or_a_reason(
+    k: int, size: int, seed: int
+) -> None:
+    j = job(redundancy=k, taken=frozenset({"n0"}))
+    result = plan(j, k, pool=fleet(size), rng=random.Random(seed), now=NOW, timing=TIMING)
+    if size - 1 < k:
+        assert isinstance(result, str)
+        assert f"{size - 1} available" in result
+        return
+    p = planned(result)
+    assert len(set(p.nodes)) == k
+    assert "n0" not in p.nodes
+    assert p.redundancy == k
+    for a in p.assignments:
+        assert (a.job_id, a.attempt, a.deadline_at) == (j.job_id, 1, NOW + timedelta(seconds=10))
+
+
+def test_the_same_seed_gives_the_same_plan() -> None:
+    j = job()
+    a = planned(plan(j, 3, pool=fleet(9), rng=random.Random(5), now=NOW, timing=TIMING))
+    b = planned(plan(j, 3, pool=fleet(9), rng=random.Random(5), now=NOW, timing=TIMING))
+    assert a.nodes == b.nodes
+
+
+def test_needing_no_replica_is_a_mistake() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        plan(job(), 0, pool=fleet(3), rng=random.Random(0), now=NOW, timing=TIMING)
+
+
+# -- auto: hidden checks ------------------------------------------------------------------
+
+
+@given(streak=st.integers(0, 10_000), seed=st.integers(0, 2**32))
+def test_an_auto_job_sends_its_leader_alone_checked_or_not(streak: int, seed: int) -> None:
+    j = job(auto=True, redundancy=REPLICAS)
+    p = planned(
+        plan(j, REPLICAS, pool=fleet(5, streak), rng=random.Random(seed), now=NOW, timing=TIMING)
+    )
+    [leader] = p.assignments
+    assert 1 <= p.redundancy <= REPLICAS
+    if streak < MIN_STREAK:
+        assert p.redundancy == REPLICAS
+    assert leader.attempt == 1
+    assert leader.deadline_at == TIMING.deadline(j, NOW)
+
+
+@given(seed=st.integers(0, 2**32))
+def test_a_leader_checked_or_alone_gets_the_same_assignment(seed: int) -> None:
+    j = job(auto=True, redundancy=REPLICAS)
+
+    def lead(streak: int) -> Plan:
+        pool = fleet(5, streak)
+        return planned(
+            plan(j, REPLICAS, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING)
+        )
+
+    checked, trusted = lead(0), lead(10**9)
+    assert checked.redundancy == REPLICAS
+    fields = {"assignment_id", "created_at"}
+    [a], [b] = checked.assignments, trusted.assignments
+    # Whether it is checked is in the ledger only: the leader's message is the same.
+    assert a.model_dump(exclude=fields) == b.model_dump(exclude=fields)
+
+
+def test_a_checked_auto_job_waits_rather_than_start_without_its_checkers() -> None:
+    j = job(auto=True, redundancy=REPLICAS)
+    result = plan(j, REPLICAS, pool=fleet(2), rng=random.Random(0), now=NOW, timing=TIMING)
+    assert isinstance(result, str)
+    assert "needs 3" in result
+
+
+@given(
+    redundancy=st.integers(1, 7),
+    live=st.integers(0, 7),
+    finished=st.integers(0, 7),
+    auto=st.booleans(),
+)
+def test_replicas_due(redundancy: int, live: int, finished: int, auto: bool) -> None:
+    due = replicas_due(redundancy, auto=auto, live=live, finished=finished)
+    assert due >= 0
+    assert due <= max(redundancy - live, 0)
+    if auto and finished == 0 and live > 0:
+        # The leader is still out: its checks are held back.
+        assert due == 0
+    else:
+        assert due == max(redundancy - live, 0)
+
+
+def test_checks_go_once_the_leader_answered_or_timed_out() -> None:
+    assert replicas_due(REPLICAS, auto=True, live=1, finished=0) == 0
+    assert replicas_due(REPLICAS, auto=True, live=1, finished=1) == REPLICAS - 1
+    # The leader timed out: a new leader and its checks go together.
+    assert replicas_due(REPLICAS, auto=True, live=0, finished=1) == REPLICAS
+    # A fixed job's replicas all go at once.
+    assert replicas_due(3, auto=False, live=0, finished=0) == 3
+
+
+def test_a_rerouted_or_topped_up_auto_job_gets_what_it_lacks() -> None:
+    j = job(auto=True, redundancy=REPLICAS, taken=frozenset({"n0"}), attempt=2)
+    p = planned(plan(j, 2, pool=fleet(5), rng=random.Random(1), now=NOW, timing=TIMING))
+    assert len(p.assignments) == 2
+    assert "n0" not in p.nodes
+    assert p.redundancy == REPLICAS
+
+
+# -- split jobs ---------------------------------------------------------------------------
+
+
+def test_parts_spread_over_fresh_nodes_then_start_a_new_round() -> None:
+    pool = fleet(6)
+    rng = random.Random(3)
+    spread: frozenset[str] = frozenset()
+    rounds = []
+    for _ in range(3):
+        p = planned(plan(job(), 3, pool=pool, rng=rng, now=NOW, timing=TIMING, spread=spread))
+        rounds.append(set(p.nodes))
+        spread = p.spread
+    assert rounds[0].isdisjoint(rounds[1])
+    assert rounds[0] | rounds[1] == {n.node_id for n in pool}
+    # Every node holds a part: the third part starts the spread afresh.
+    assert spread == frozenset(rounds[2])
+
+
+def test_parallel_parts() -> None:
+    assert parallel(9, 3) == 3
+    assert parallel(9, "auto") == 9 // REPLICAS
+    assert parallel(2, 3) == 1
+    assert parallel(0, 1) == 1
+
+
+# -- waiting jobs -------------------------------------------------------------------------
+
+
+def test_a_waiting_job_is_sent_waits_or_fails_at_its_deadline() -> None:
+    j = job()
+    p = planned(plan(j, 3, pool=fleet(3), rng=random.Random(0), now=NOW, timing=TIMING))
+    assert waiting(j, NOW, p) is p
+    assert waiting(j, NOW, "needs 3 more") is None
+    late = NOW + timedelta(seconds=60)
+    for plan_now, why in [(p, "no node took it in time"), ("needs 3 more", "needs 3 more")]:
+        verdict = waiting(j, late, plan_now)
+        assert isinstance(verdict, Verdict)
+        assert verdict.status == "failed"
+        assert verdict.reason == f"no eligible nodes before the deadline: {why}"
+
+
+def test_a_failed_part_names_its_parent() -> None:
+    parent = uuid.uuid4()
+    verdict = failed(replace(job(), parent_id=parent, part=2), "none")
+    assert (verdict.parent_id, verdict.part, verdict.task, verdict.model) == (
+        parent,
+        2,
+        "embed",
+        MODEL,
+    )
