@@ -31,7 +31,7 @@ from cortensor.errors import (
 )
 from cortensor.paths import ROOT
 from cortensor.protocol.intake import explain
-from cortensor.schemas import DEFAULT_DEADLINE_S, JobRequest, NodeId, Verdict
+from cortensor.schemas import DEFAULT_DEADLINE_S, DEFAULT_TOP_K, JobRequest, NodeId, Verdict
 from cortensor.services.node.faults import FaultMode
 from cortensor.services.node.identity import HwChoice
 from cortensor.settings import Settings
@@ -396,7 +396,9 @@ def submit_embed(
 @submit_app.command("classify")
 def submit_classify(
     texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
-    top_k: Annotated[int, typer.Option(help="Labels returned per text, best first.")] = 5,
+    top_k: Annotated[
+        int, typer.Option(help="Labels returned per text, best first.")
+    ] = DEFAULT_TOP_K,
     redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
     deadline: Annotated[

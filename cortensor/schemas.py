@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -43,6 +43,8 @@ MAX_AUDIO_BYTES = 8 * 1_048_576
 """Largest audio file a transcribe job may carry, before base64."""
 MAX_JOB_BYTES = 12 * 1_048_576
 """Largest job message: base64 audio at the limit plus the rest of the request."""
+DEFAULT_TOP_K = 5
+"""Labels a classify job returns per text unless it asks for another number."""
 MAX_TOP_K = 20
 MAX_DEADLINE_S = 600.0
 DEFAULT_DEADLINE_S = 30.0
@@ -55,6 +57,13 @@ NodeId = Annotated[
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 Vector = list[float]
 JobStatus = Literal["verified", "rejected", "failed", "inconclusive"]
+"""How a job ends, as its verdict says: verified, rejected (bad input), failed (no node
+could do it) or inconclusive (no agreement)."""
+TERMINAL_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+LedgerStatus = Literal["waiting", "running", "split"]
+"""Where a job stands in the ledger before it ends: waiting for nodes, running on them,
+or split into parts that run as jobs of their own."""
+LEDGER_STATUSES: tuple[LedgerStatus, ...] = get_args(LedgerStatus)
 Language = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z]{2,3}$"),
@@ -186,7 +195,9 @@ class JobRequest(Message):
     language: Language | None = Field(
         default=None, description="transcribe: the spoken language; empty means detect it."
     )
-    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K, description="classify: labels returned.")
+    top_k: int = Field(
+        default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classify: labels returned."
+    )
     redundancy: Redundancy = Field(
         default="auto",
         description=(
@@ -270,7 +281,7 @@ class Assignment(Message):
     inputs: list[str] = Field(default_factory=list)
     audio: str | None = Field(default=None, description="16 kHz mono WAV, base64.")
     language: str | None = None
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     hw_class: HwClass
     deadline_at: datetime
     attempt: int = 1

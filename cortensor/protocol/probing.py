@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict
 from cortensor.catalog import Task
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.units import OpenJob
-from cortensor.schemas import DEFAULT_DEADLINE_S
+from cortensor.schemas import DEFAULT_DEADLINE_S, DEFAULT_TOP_K
 
-PROBE_TOP_K = 5
+PROBE_TOP_K = DEFAULT_TOP_K
 """The top_k of a classify probe."""
 
 

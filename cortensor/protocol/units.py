@@ -6,11 +6,11 @@ import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from cortensor.protocol.replication import REPLICAS
-from cortensor.schemas import Assignment, JobRequest
+from cortensor.schemas import DEFAULT_TOP_K, Assignment, JobRequest, LedgerStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class NewJob:
 
     job: OpenJob
     created_at: datetime
-    status: Literal["waiting", "running", "split"]
+    status: LedgerStatus
     assignments: Sequence[Assignment] = ()
 
 
@@ -105,5 +105,5 @@ def task_fields(
         "inputs": inputs,
         "audio": None if audio is None else base64.b64encode(audio).decode("ascii"),
         "language": params.get("language"),
-        "top_k": params.get("top_k", 5),
+        "top_k": params.get("top_k", DEFAULT_TOP_K),
     }

@@ -28,9 +28,9 @@ from cortensor.protocol.adjudication import (
     score_late,
 )
 from cortensor.protocol.consensus import Replica
-from cortensor.schemas import InferenceResult, Verdict
+from cortensor.schemas import TERMINAL_STATUSES, InferenceResult, Verdict
 
-TERMINAL = frozenset({"verified", "rejected", "failed", "inconclusive"})
+TERMINAL = frozenset(TERMINAL_STATUSES)
 
 _LOCK = """
 SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,

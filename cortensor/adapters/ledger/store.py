@@ -16,7 +16,7 @@ from typing import Any, Self, TypeAlias
 import asyncpg
 
 from cortensor.protocol.parts import DecidedPart, stitch
-from cortensor.schemas import OUTPUT_FIELD, Verdict
+from cortensor.schemas import OUTPUT_FIELD, TERMINAL_STATUSES, Verdict
 
 Connection: TypeAlias = asyncpg.Connection
 
@@ -33,7 +33,7 @@ LEFT JOIN results r ON r.result_id = v.canonical_result_id
 """
 """A stored verdict: its payload plus the canonical result's output."""
 
-_DECIDED = frozenset({"verified", "failed", "inconclusive"})
+_DECIDED = frozenset(TERMINAL_STATUSES) - {"rejected"}
 
 _PARTS = """
 SELECT j.job_id, j.part, j.status, j.params, v.payload, r.output

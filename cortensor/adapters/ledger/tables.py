@@ -32,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cortensor.schemas import LEDGER_STATUSES, TERMINAL_STATUSES, LedgerStatus
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -42,17 +44,10 @@ NAMING_CONVENTION: dict[str, str] = {
 """Constraint names, so that migrations can refer to every constraint by a known name."""
 
 NODE_STATUSES = ("up", "draining")
-JOB_STATUSES = (
-    "waiting",
-    "running",
-    "split",
-    "verified",
-    "rejected",
-    "failed",
-    "inconclusive",
-)
-OPEN_JOB_STATUSES = ("waiting", "running")
-VERDICT_STATUSES = tuple(s for s in JOB_STATUSES if s not in (*OPEN_JOB_STATUSES, "split"))
+JOB_STATUSES: tuple[str, ...] = (*LEDGER_STATUSES, *TERMINAL_STATUSES)
+OPEN_JOB_STATUSES: tuple[LedgerStatus, ...] = ("waiting", "running")
+"""Jobs a router still works on (a split job's parts are jobs of their own)."""
+VERDICT_STATUSES: tuple[str, ...] = TERMINAL_STATUSES
 ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out")
 EVENT_KINDS = ("agreed", "disagreed", "timed_out")
 TRUST_STATES = ("probation", "active", "quarantined")
