@@ -208,6 +208,11 @@ class MemoryNats:
             d.deliveries[seq] = d.deliveries.get(seq, 0) + 1
         return [MemoryStreamMessage(self, d, d.stream.messages[seq]) for seq in seqs]
 
+    def backlog(self, durable: str) -> int:
+        """Messages a durable consumer has not had acked yet: out unacked or never sent."""
+        d = self.durables[durable]
+        return len(d.out) + sum(1 for seq in d.stream.messages if seq >= d.next_seq)
+
     def next_due(self, durable: str) -> float | None:
         """When the next unacked message of a durable consumer is due again."""
         return min(self.durables[durable].out.values(), default=None)

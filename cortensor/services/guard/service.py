@@ -27,9 +27,17 @@ FETCH_WAIT_S = 1.0
 class Guard:
     """Stores results; decides each job as soon as its outcome is certain, or at its deadline."""
 
-    def __init__(self, settings: Settings, ports: GuardPorts, *, name: str = "guard") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ports: GuardPorts,
+        *,
+        name: str = "guard",
+        fetch_wait_s: float = FETCH_WAIT_S,
+    ) -> None:
         self.settings = settings
         self.name = name
+        self.fetch_wait_s = fetch_wait_s
         self.topology = Topology(settings.namespace)
         self.ledger, self.results = ports.ledger, ports.results
         self.ledger.revalidate_deadline_s = settings.revalidate_deadline_s
@@ -103,7 +111,7 @@ class Guard:
         sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop))
         log.info("guard ready", consumer=self.topology.guard_consumer.durable)
         while not stop.is_set():
-            msgs = await self.results.fetch(s.guard_batch + 1, FETCH_WAIT_S)
+            msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
             if msgs:
                 await self.take(msgs)
         await sweeper

@@ -1,0 +1,274 @@
+"""The router and the guard, running on the in-memory brokers with the real ledger: what
+goes in and what comes out, waited for as conditions rather than for fixed times.
+
+Fake nodes are a queue on the twin broker and a heartbeat on the twin NATS; their
+"results" are written by the test from the assignments they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cortensor.adapters import memory
+from cortensor.adapters.amqp import REASON_HEADER
+from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryNats
+from cortensor.adapters.topology import Topology
+from cortensor.schemas import (
+    Assignment,
+    InferenceResult,
+    JobRequest,
+    NodeHeartbeat,
+    Verdict,
+    utcnow,
+)
+from cortensor.services.guard.service import Guard
+from cortensor.services.router.service import Router
+from cortensor.settings import Settings
+from tests.conftest import eventually
+
+pytestmark = [pytest.mark.postgres]
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class Network:
+    """A router and a guard on twin brokers, sharing one real ledger."""
+
+    settings: Settings
+    topology: Topology
+    broker: MemoryBroker
+    nats: MemoryNats
+    router: Router
+    guard: Guard
+    router_channel: MemoryChannel
+    db: asyncpg.Connection
+    nodes: dict[str, str] = field(default_factory=dict)
+    """node id -> its queue."""
+
+    async def join(self, node_id: str) -> None:
+        """A node announces itself and is admitted as if it had passed its probes."""
+        spec = self.topology.node_queue(node_id, "cpu-int8")
+        self.broker.declare_queue(spec)
+        self.nodes[node_id] = spec.name
+        beat = NodeHeartbeat(
+            node_id=node_id,
+            hw_class="cpu-int8",
+            precision="int8",
+            tasks=["embed"],
+            models=[MODEL],
+            capacity=4,
+            inflight=0,
+            processed=0,
+            started_at=utcnow(),
+        )
+        await self.nats.publish_core(
+            self.topology.heartbeat_subject(node_id), beat.model_dump_json().encode()
+        )
+        await eventually(lambda: self._offered(node_id), what=f"{node_id} recorded")
+        await self.db.execute(
+            """
+            INSERT INTO node_standing (node_id, model, trust) VALUES ($1, '', 'active')
+            ON CONFLICT (node_id, model) DO UPDATE SET trust = 'active'
+            """,
+            node_id,
+        )
+        await eventually(lambda: self._offered(node_id, "active"), what=f"{node_id} admitted")
+
+    def _offered(self, node_id: str, trust: str | None = None) -> bool:
+        return any(
+            v.node_id == node_id and (trust is None or v.trust == trust)
+            for v in self.router.registry.views()
+        )
+
+    def submit(self, body: bytes, message_id: str) -> None:
+        """Publish a job as a client does."""
+        self.broker.publish(
+            self.topology.jobs_exchange,
+            self.topology.jobs_routing_key,
+            body,
+            message_id=message_id,
+        )
+
+    def sent(self, node_id: str) -> list[dict[str, Any]]:
+        """The assignments taken off a node's queue now (probes included)."""
+        out = []
+        while (delivery := self.broker.get(self.nodes[node_id])) is not None:
+            assert delivery.headers["task"] == TASK_RUN_ASSIGNMENTS
+            _, kwargs, _ = json.loads(delivery.body)
+            out += kwargs["assignments"]
+        return out
+
+    async def assignments_of(self, job_id: uuid.UUID, count: int) -> list[Assignment]:
+        """The first `count` assignments of a job, read off the nodes' queues."""
+        found: list[Assignment] = []
+
+        def collect() -> bool:
+            for node in self.nodes:
+                found.extend(
+                    Assignment.model_validate(a)
+                    for a in self.sent(node)
+                    if a["job_id"] == str(job_id)
+                )
+            return len(found) >= count
+
+        await eventually(collect, what=f"{count} assignments of job {job_id}")
+        return found
+
+    async def answer(self, assignment: Assignment, vector: list[float], msg_id: str) -> None:
+        """Publish a node's result for an assignment, as the node does."""
+        result = InferenceResult(
+            assignment_id=assignment.assignment_id,
+            job_id=assignment.job_id,
+            node_id=assignment.node_id,
+            task="embed",
+            model=MODEL,
+            hw_class="cpu-int8",
+            precision="int8",
+            embeddings=[vector],
+        )
+        await self.nats.publish(
+            self.topology.results_subject(str(assignment.job_id)),
+            result.model_dump_json().encode(),
+            msg_id=msg_id,
+        )
+
+    def verdicts(self, job_id: uuid.UUID) -> list[Verdict]:
+        """The verdicts published on a job so far."""
+        subject = self.topology.verdicts_subject(str(job_id))
+        return [
+            Verdict.model_validate_json(data)
+            for s, data in self.nats.stored(self.topology.verdicts_stream)
+            if s == subject
+        ]
+
+    def settled(self) -> bool:
+        """The router queue is empty and the router holds nothing unsettled."""
+        return self.broker.depth(self.topology.router_queue) == 0 and not (
+            self.router_channel.unsettled
+        )
+
+
+@pytest.fixture
+async def net(ledger_settings: Settings) -> AsyncIterator[Network]:
+    settings = ledger_settings.model_copy(
+        update={"namespace": f"twin{uuid.uuid4().hex[:8]}", "registry_refresh_s": 0.05}
+    )
+    topology = Topology(settings.namespace)
+    broker, nats = MemoryBroker(topology), MemoryNats(topology)
+    router_ledger = await RouterLedger.connect(settings.asyncpg_dsn)
+    guard_ledger = await GuardLedger.connect(settings.asyncpg_dsn)
+    ports, channel = memory.router_ports(
+        router_ledger, broker, nats, topology, prefetch=settings.router_prefetch
+    )
+    router = Router(settings, ports, seed=7)
+    guard = Guard(settings, memory.guard_ports(guard_ledger, nats, topology), fetch_wait_s=0.05)
+    db = await asyncpg.connect(settings.asyncpg_dsn)
+    stop = asyncio.Event()
+    running = [asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))]
+    try:
+        yield Network(settings, topology, broker, nats, router, guard, channel, db)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)
+        await db.close()
+        await guard_ledger.close()
+        await router_ledger.close()
+
+
+def node_ids(prefix: str, n: int) -> list[str]:
+    tag = uuid.uuid4().hex[:6]
+    return [f"{prefix}-{tag}-{i}" for i in range(n)]
+
+
+async def test_a_job_in_sends_one_assignment_to_each_of_k_nodes_and_is_acked(
+    net: Network,
+) -> None:
+    nodes = node_ids("route", 3)
+    for node in nodes:
+        await net.join(node)
+    job = JobRequest(inputs=["hello"], redundancy=3, model=MODEL)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    sent = await net.assignments_of(job.job_id, 3)
+    assert sorted(a.node_id for a in sent) == sorted(nodes)
+    assert {a.inputs[0] for a in sent} == {"hello"}
+    await eventually(net.settled, what="the job acked")
+
+
+async def test_a_job_delivered_twice_is_recorded_once_and_its_assignments_resent(
+    net: Network,
+) -> None:
+    [node] = node_ids("dup", 1)
+    await net.join(node)
+    job = JobRequest(inputs=["once"], redundancy=1, model=MODEL)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    [first] = await net.assignments_of(job.job_id, 1)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    [again] = await net.assignments_of(job.job_id, 1)
+    assert again.assignment_id == first.assignment_id
+    assert again.deadline_at == first.deadline_at
+    await eventually(net.settled, what="both deliveries acked")
+    rows = await net.db.fetchval("SELECT count(*) FROM jobs WHERE job_id = $1", job.job_id)
+    assert rows == 1
+    assignments = await net.db.fetchval(
+        "SELECT count(*) FROM assignments WHERE job_id = $1", job.job_id
+    )
+    assert assignments == 1
+
+
+async def test_a_job_that_is_not_json_is_dead_lettered_with_its_reason(net: Network) -> None:
+    net.submit(b"{not json", "garbage-1")
+    dead = await eventually(
+        lambda: net.broker.get(net.topology.dead_letter_queue), what="a dead letter"
+    )
+    assert dead.body == b"{not json"
+    assert dead.message_id == "garbage-1"
+    assert dead.headers[REASON_HEADER]
+    await eventually(net.settled, what="the bad job acked")
+
+
+async def test_a_node_whose_queue_is_gone_is_dropped_and_the_job_waits(net: Network) -> None:
+    [node] = node_ids("gone", 1)
+    await net.join(node)
+    net.broker.delete_queue(net.nodes[node])
+    job = JobRequest(inputs=["nobody home"], redundancy=1, model=MODEL)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    await eventually(lambda: not net._offered(node), what="the node dropped")
+    await eventually(net.settled, what="the job acked")
+
+
+async def test_results_in_make_one_verdict_and_a_duplicate_delivery_changes_nothing(
+    net: Network,
+) -> None:
+    nodes = node_ids("judge", 3)
+    for node in nodes:
+        await net.join(node)
+    job = JobRequest(inputs=["agree"], redundancy=3, model=MODEL)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    sent = await net.assignments_of(job.job_id, 3)
+    vector = [1.0] + [0.0] * 383
+    for a in sent:
+        await net.answer(a, vector, msg_id=str(a.assignment_id))
+    [verdict] = await eventually(lambda: net.verdicts(job.job_id), what="a verdict")
+    assert verdict.status == "verified"
+    assert sorted(verdict.agreeing) == sorted(nodes)
+    # The same results again under new message ids (a node that published twice, or a
+    # stream redelivery): stored by the stream, ignored by the guard.
+    for a in sent:
+        await net.answer(a, vector, msg_id=f"again-{a.assignment_id}")
+    durable = net.topology.guard_consumer.durable
+    await eventually(lambda: net.nats.backlog(durable) == 0, what="every result acked")
+    assert net.verdicts(job.job_id) == [verdict]
+    results = await net.db.fetchval("SELECT count(*) FROM results WHERE job_id = $1", job.job_id)
+    assert results == 3
