@@ -37,6 +37,7 @@ from cortensor.protocol.comparators.embed import agree
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tools.fleet import Fleet
+from cortensor.tools.prepare import prepare_models
 from cortensor.tools.reports import run_report
 
 MODEL = "all-MiniLM-L6-v2"
@@ -133,8 +134,9 @@ async def latest_outputs(settings: Settings, job_ids: Sequence[uuid.UUID]) -> di
     }
 
 
-async def spend(settings: Settings) -> dict[str, int]:
-    """Real (not probe) jobs verified, their assignments, and those that ran alone."""
+async def spend(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
+    """Real (not probe) jobs verified, their assignments, those that ran alone and the
+    probes sent; and by node, the real jobs whose verdict stands on its answer alone."""
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
         row = await conn.fetchrow(
@@ -146,9 +148,20 @@ async def spend(settings: Settings) -> dict[str, int]:
             WHERE NOT j.probe AND j.status = 'verified'
             """
         )
+        alone = await conn.fetch(
+            """
+            SELECT r.node_id, count(*) AS jobs
+            FROM verdicts v
+            JOIN jobs j USING (job_id)
+            JOIN results r ON r.result_id = v.canonical_result_id
+            WHERE NOT j.probe AND v.status = 'verified' AND v.replicas <= 1
+            GROUP BY r.node_id
+            """
+        )
     finally:
         await conn.close()
-    return {k: int(row[k]) for k in ("jobs", "replicas", "solo", "probes")}
+    totals = {k: int(row[k]) for k in ("jobs", "replicas", "solo", "probes")}
+    return totals, {str(r["node_id"]): int(r["jobs"]) for r in alone}
 
 
 _DECISION = re.compile(r"hostile decision .*?cheat=(True|False).*?why='?([^:'\n]*)")
@@ -239,7 +252,7 @@ def measure(
     wall = time.perf_counter() - started
     delivery, _ = judge(settings, texts, verdicts)
     board = standings(settings)
-    cost = asyncio.run(spend(settings))
+    cost, alone = asyncio.run(spend(settings))
     n = max(delivery.jobs, 1)
     logs = logs or {}
     return {
@@ -252,7 +265,11 @@ def measure(
         "wrong_delivered_from": delivery.wrong_from,
         "wrong_after_revision": len(delivery.wrong_after_revision),
         "hostile": {
-            h: {**board.get(h, {}), "decisions": decisions(logs[h]) if h in logs else {}}
+            h: {
+                **board.get(h, {}),
+                "delivered_unchecked": alone.get(h, 0),
+                "decisions": decisions(logs[h]) if h in logs else {},
+            }
             for h in hostile
         },
         "honest": {n: row for n, row in board.items() if n not in hostile},
@@ -288,6 +305,7 @@ def run_attack(
     """Set up a namespace and a ledger, start the fleet with one adaptive node, measure,
     and tear everything down (the ledger is kept with `keep`)."""
     settings = isolated_settings(base)
+    prepare_models(settings.models_dir, log=lambda _: None)  # checks; builds what is missing
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
     hostile_args = ["--fault", "adaptive", "--node-id", HOSTILE]

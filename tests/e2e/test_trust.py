@@ -1,6 +1,14 @@
-"""Trust on a real fleet: four honest nodes, two dishonest ones of different modes, and
-100 jobs at redundancy auto. No wrong result may be verified, both dishonest nodes must
-end in quarantine, and the replicas spent per job are reported."""
+"""Trust on a real fleet at redundancy auto.
+
+Four honest nodes and two naive dishonest ones (noisy, slow), 100 jobs: no wrong result
+may be verified, both must end in quarantine, and the replicas spent per job are reported.
+
+Four honest nodes and two that adapt (probe-aware, adaptive: cortensor.services.node.
+hostile), 300 jobs: no wrong result may reach a user, and each hostile node ends
+quarantined or without a single result delivered on its word alone. This holds only
+because a checked leader cannot see that it is checked (its checkers are sent after its
+answer is in) and because probes are re-sent real traffic published like real verdicts.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
+from cortensor.tools.attack import measure
 from cortensor.tools.fleet import Fleet
 from tests.conftest import run_cortensor
 from tests.e2e.conftest import running_fleet
@@ -33,6 +42,8 @@ pytestmark = [
 ]
 
 NOISY, SLOW = "dishonest-noisy", "dishonest-slow"
+PROBE_AWARE, ADAPTIVE = "hostile-probe-aware", "hostile-adaptive"
+HOSTILE_JOBS = 300
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +141,44 @@ def test_auto_redundancy_verifies_only_true_results_and_quarantines_the_cheats(
     audit = run_cortensor(settings, "reputation", "check")
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "every stored standing follows from the events" in audit.stdout
+
+
+@pytest.fixture(scope="module")
+def hostile_fleet(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Path]]:
+    logs = tmp_path_factory.mktemp("hostile-fleet-logs")
+    with running_fleet(
+        models_dir,
+        logs,
+        nodes=4,
+        extra_nodes=[
+            ["--fault", "probe-aware", "--node-id", PROBE_AWARE],
+            ["--fault", "adaptive", "--node-id", ADAPTIVE],
+        ],
+        env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "8"},
+        admitted=4,
+    ) as (settings, _):
+        yield settings, logs
+
+
+@pytest.mark.timeout(600)
+def test_nodes_that_adapt_get_no_wrong_result_to_a_user(
+    hostile_fleet: tuple[Settings, Path],
+) -> None:
+    settings, logs = hostile_fleet
+    report = measure(
+        settings,
+        jobs=HOSTILE_JOBS,
+        hostile=[PROBE_AWARE, ADAPTIVE],
+        in_flight=8,
+        logs={PROBE_AWARE: logs / "extra-node-1.log", ADAPTIVE: logs / "extra-node-2.log"},
+    )
+    print("\n" + json.dumps(report, indent=2, default=str))
+    assert report["verified"] == HOSTILE_JOBS, report["not_verified"]
+    assert report["wrong_delivered"] == 0, report["wrong_delivered_from"]
+    for node in (PROBE_AWARE, ADAPTIVE):
+        standing = report["hostile"][node]
+        assert standing["decisions"].get("cheated", 0) > 0, f"{node} never tried: no test"
+        assert standing["trust"] == "quarantined" or standing["delivered_unchecked"] == 0, standing
+    assert all(row["trust"] == "active" for row in report["honest"].values()), report["honest"]
