@@ -12,6 +12,9 @@ from cortensor.errors import BadSetting
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
+REVALIDATE_DEADLINE_S = 120.0
+"""Default of Settings.revalidate_deadline_s, for code that runs without settings."""
+
 
 def _default_models_dir() -> Path:
     return Path.home() / ".local" / "share" / "cortensor" / "models"
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
     probes_file: Path | None = None
     """The prepared probes that start a network without traffic (router side only); by
     default probes.json beside the models directory, never inside it, as nodes read that."""
-    revalidate_deadline_s: float = Field(default=120.0, gt=0)
+    revalidate_deadline_s: float = Field(default=REVALIDATE_DEADLINE_S, gt=0)
     """Time allowed to re-validate a result accepted unreplicated, once its node failed
     a spot-check."""
 

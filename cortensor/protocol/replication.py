@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 
+from cortensor.schemas import MAX_REDUNDANCY
+
 MIN_STREAK = 30
 """Consecutive valid results before a node may run jobs alone (BOINC: 10).
 
@@ -32,8 +34,8 @@ SPOT_CHECK = 0.1
 """The least share of a trusted node's jobs that is still replicated."""
 REPLICAS = 3
 """Replicas of a job that is checked: a strict majority needs 2 of 3."""
-MAX_REPLICAS = 7
-"""Cap on replicas when the first ones find no strict majority."""
+MAX_REPLICAS = MAX_REDUNDANCY
+"""Cap on replicas when the first ones find no strict majority: the most a job may ask for."""
 ESCALATION = 2
 """Replicas added at a time when there is no strict majority (an odd count stays odd)."""
 REVALIDATE_LIMIT = 50

@@ -29,6 +29,7 @@ from cortensor.protocol.adjudication import (
 )
 from cortensor.protocol.consensus import Replica
 from cortensor.schemas import TERMINAL_STATUSES, InferenceResult, Verdict
+from cortensor.settings import REVALIDATE_DEADLINE_S
 
 TERMINAL = frozenset(TERMINAL_STATUSES)
 
@@ -202,7 +203,7 @@ def _case(
 class GuardLedger(Ledger):
     """Ledger access for guards."""
 
-    revalidate_deadline_s = 120.0
+    revalidate_deadline_s = REVALIDATE_DEADLINE_S
     """Time given to re-validate an unchecked result (Settings.revalidate_deadline_s)."""
 
     async def take_results(self, job_id: UUID, results: Sequence[InferenceResult]) -> Intake:
