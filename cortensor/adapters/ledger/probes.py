@@ -13,6 +13,7 @@ from typing import Any
 
 from cortensor.adapters.ledger.store import Ledger
 from cortensor.protocol.probing import OPTIONS, PoolProbe
+from cortensor.schemas import MAX_DEADLINE_S
 
 _POOL = """
 SELECT recent.*,
@@ -74,7 +75,8 @@ def _pool_probe(row: Any) -> PoolProbe:
         options={k: params[k] for k in OPTIONS if k in params},
         reference=row["output"],
         precision=row["precision"],
-        deadline_s=row["deadline_s"],
+        # A client's clock sets created_at: keep the span within what a job may ask.
+        deadline_s=min(max(row["deadline_s"], 1.0), MAX_DEADLINE_S),
         holders=frozenset(row["holders"]),
     )
 
