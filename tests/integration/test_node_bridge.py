@@ -41,7 +41,7 @@ from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.faults import CRASH_EXIT_CODE, SLOW_MARGIN_S, Fault
 from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import eventually, make_settings
 
 pytestmark = pytest.mark.nats
 
@@ -377,8 +377,7 @@ async def test_a_slow_node_answers_after_the_deadline(
     started = time.monotonic()
     summary = await asyncio.to_thread(service.handle, [held, on_time])
     took = time.monotonic() - started
-    await nc.flush()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(arrived) == 2, what="both results heard")
     await sub.unsubscribe()
 
     assert summary == "done=2"
@@ -424,7 +423,7 @@ async def test_colluding_nodes_publish_the_same_wrong_answer(
 
 
 CRASHING_NODE = """
-import json, sys, time
+import json, sys
 import numpy as np
 from cortensor.services.node.faults import Fault
 from cortensor.services.node.service import NodeIdentity, NodeService
@@ -443,7 +442,7 @@ service = NodeService(
 )
 service.start()
 service.announce()
-time.sleep(0.5)  # a few heartbeats: the node is in the fleet
+sys.stdin.readline()  # the test heard a few heartbeats: the node is in the fleet
 print(service.handle([json.loads(sys.argv[2])]), flush=True)
 service.drain()
 service.close()
@@ -475,11 +474,13 @@ async def test_a_crashing_node_dies_mid_task_without_publishing(
         node,
         json.dumps(payload),
         env=env,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    await eventually(lambda: len(beats) >= 2, what="two heartbeats from the node", within=60)
     async with asyncio.timeout(60):
-        out, errors = await child.communicate()
+        out, errors = await child.communicate(b"go\n")
     heard = len(beats)
     await asyncio.sleep(0.5)
     await sub.unsubscribe()

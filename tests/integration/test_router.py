@@ -8,6 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -23,6 +24,7 @@ from cortensor.protocol.replication import REPLICAS
 from cortensor.schemas import Assignment, InferenceResult, JobRequest, NodeHeartbeat, utcnow
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 
@@ -131,9 +133,21 @@ async def _admit(settings: Settings, queues: Mapping[str, aio_pika.abc.AbstractQ
             """,
             list(queues),
         )
+        # A router refresh stamps every node's last_seen, then reads the standings: two
+        # stamps after the commit mean one whole refresh read them.
+        node = next(iter(queues))
+
+        async def stamped_after(moment: datetime) -> datetime | None:
+            seen: datetime = await conn.fetchval(
+                "SELECT last_seen FROM nodes WHERE node_id = $1", node
+            )
+            return seen if seen > moment else None
+
+        committed: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        first = await eventually(lambda: stamped_after(committed), what="a refresh")
+        await eventually(lambda: stamped_after(first), what="a refresh after it")
     finally:
         await conn.close()
-    await asyncio.sleep(1.5)  # the router reads standings again every second
     for queue in queues.values():
         await queue.purge()
 
