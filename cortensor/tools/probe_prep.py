@@ -116,6 +116,7 @@ def prepare_probes(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     partial.write_text(probe_set.model_dump_json(), encoding="utf-8")
+    partial.chmod(0o600)  # the router's alone: a node that reads it passes every probe in it
     partial.replace(target)
     log(f"probes: {len(probes)} written ({len(candidates) - len(probes)} unstable left out)")
     return probe_set
