@@ -425,6 +425,7 @@ async def test_colluding_nodes_publish_the_same_wrong_answer(
 CRASHING_NODE = """
 import json, sys
 import numpy as np
+from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.faults import Fault
 from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
@@ -437,8 +438,13 @@ class Embedder:
 identity = NodeIdentity(
     node_id=sys.argv[1], hw_class="cpu-int8", models=("all-MiniLM-L6-v2",), tasks=("embed",)
 )
+settings = Settings()
 service = NodeService(
-    Settings(), identity, {"all-MiniLM-L6-v2": Embedder()}, fault=Fault("crash", 1.0)
+    settings,
+    identity,
+    {"all-MiniLM-L6-v2": Embedder()},
+    fault=Fault("crash", 1.0),
+    bridge=NatsBridge(settings.nats_url, name="crashing node"),
 )
 service.start()
 service.announce()

@@ -20,6 +20,7 @@ from cortensor.inference.runtimes import Embedder, Runtime
 from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import Device, EmbeddingRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.celery_app import make_app, run_worker
 from cortensor.services.node.faults import ADAPTING_MODES, Fault, FaultMode
 from cortensor.services.node.hostile import ADAPTIVE, PROBE_AWARE, Tactic
@@ -96,7 +97,8 @@ def build_node(
         fault_rate=injected.rate if injected else None,
         fault_group=fault_group,
     )
-    return NodeService(settings, identity, runtimes=runtimes, fault=injected)
+    bridge = NatsBridge(settings.nats_url, name=f"node {identity.node_id}")
+    return NodeService(settings, identity, runtimes=runtimes, fault=injected, bridge=bridge)
 
 
 def _tactic(mode: str, window_ms: float | None, trust_after: int | None) -> Tactic:

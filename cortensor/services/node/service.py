@@ -71,9 +71,11 @@ class NodeService:
         identity: NodeIdentity,
         runtimes: Mapping[str, Runtime],
         *,
+        bridge: NatsBridge,
         fault: Fault | None = None,
-        bridge: NatsBridge | None = None,
     ) -> None:
+        """`bridge` is the node's NATS side (results and heartbeats), given from outside
+        like every service's adapters; `start` connects it."""
         self.settings, self.identity, self.runtimes, self.fault = (
             settings,
             identity,
@@ -81,7 +83,7 @@ class NodeService:
             fault,
         )
         self.topology = Topology(settings.namespace)
-        self.bridge = bridge or NatsBridge(settings.nats_url, name=f"node {identity.node_id}")
+        self.bridge = bridge
         self.capacity = settings.node_threads * settings.node_prefetch
         self.started_at = utcnow()
         self._lock = threading.Lock()
