@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     registry_refresh_s: float = 1.0
     routing_temperature: float = 1.0
     guard_batch: int = 64
+    retry_base_s: float = Field(default=0.5, gt=0)
+    """First back-off before a message whose handling failed for a reason that may pass
+    (cortensor.errors.Disposition.REQUEUE) is handed back; it doubles with each delivery."""
+    retry_cap_s: float = Field(default=10.0, gt=0)
+    """Longest back-off; the queue's delivery limit then dead-letters the message."""
 
     @field_validator("namespace")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from uuid import UUID
 
@@ -12,12 +13,15 @@ from pydantic import ValidationError
 from cortensor.adapters.interfaces import StreamMessage as Msg
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
+from cortensor.errors import Disposition, backoff_s, disposition
 from cortensor.schemas import InferenceResult
 from cortensor.services.announce import Announcer
 from cortensor.services.loops import every
 from cortensor.settings import Settings
 
 log = structlog.get_logger(__name__)
+_JITTER = random.Random()
+"""Spreads the back-offs of guards that failed together."""
 
 REPUBLISH_AFTER_S = 5.0
 FETCH_WAIT_S = 1.0
@@ -76,9 +80,18 @@ class Guard:
                     # One line per job would cost more than the decision; only surprises.
                     report = log.debug if v.status == "verified" else log.warning
                     report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
-        except Exception:
-            log.exception("results not stored; redelivery requested", job_id=str(job_id))
-            await asyncio.gather(*(m.nak(delay=1.0) for m, _ in batch))
+        except Exception as exc:
+            # cortensor.errors.DISPOSITION decides: a failure that may pass has JetStream
+            # deliver the results again after a back-off; one that cannot stops their
+            # delivery (JetStream keeps no dead letters: the log says why).
+            action = disposition(exc)
+            log.exception("results not stored", job_id=str(job_id), action=str(action))
+            if action is Disposition.REQUEUE:
+                s = self.settings
+                wait = backoff_s(1, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER)
+                await asyncio.gather(*(m.nak(delay=wait) for m, _ in batch))
+            else:
+                await asyncio.gather(*(m.term() for m, _ in batch))
             return
         await asyncio.gather(*(m.ack() for m, _ in batch))
 

@@ -21,7 +21,7 @@ from cortensor.adapters.interfaces import Delivery, Signal, Subscription, Unrout
 from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
-from cortensor.errors import BadInput
+from cortensor.errors import BadInput, Disposition, backoff_s, disposition
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
@@ -35,6 +35,8 @@ from cortensor.services.router.registry import NodeRegistry
 from cortensor.settings import Settings
 
 log = structlog.get_logger(__name__)
+_JITTER = random.Random()
+"""Spreads the back-offs of routers that failed together; not the routing draws."""
 
 ROUTER_WORKERS = 2
 """Batches in progress at once: while one waits on the ledger or the broker, the next
@@ -272,12 +274,24 @@ class Router:
                 batch.append(message)
             try:
                 await self.take([(m.body, m.message_id or "") for m in batch])
-            except Exception:
-                # The ledger or a broker failed under us: put the jobs back and slow
-                # down. After x-delivery-limit attempts RabbitMQ dead-letters a job.
-                log.exception("jobs not handled; requeued", jobs=len(batch))
-                await asyncio.sleep(1.0)
-                await asyncio.gather(*(m.nack(requeue=True) for m in batch))
+            except Exception as exc:
+                # cortensor.errors.DISPOSITION decides. A failure that may pass (the ledger
+                # or a broker under us) puts the jobs back after a back-off; RabbitMQ
+                # dead-letters a job past x-delivery-limit. One that cannot pass parks
+                # them with the reason: a batch has no single job to answer for.
+                action = disposition(exc)
+                log.exception("jobs not handled", jobs=len(batch), action=str(action))
+                if action is Disposition.REQUEUE:
+                    s = self.settings
+                    tries = max(int(m.headers.get("x-delivery-count", 0)) for m in batch) + 1
+                    wait = backoff_s(tries, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER)
+                    await asyncio.sleep(wait)
+                    await asyncio.gather(*(m.nack(requeue=True) for m in batch))
+                else:
+                    why = f"{type(exc).__name__}: {exc}"
+                    for m in batch:
+                        await self.jobs.dead_letter(m.body, why, message_id=m.message_id or "")
+                    await asyncio.gather(*(m.ack() for m in batch))
                 continue
             await asyncio.gather(*(m.ack() for m in batch))
 
