@@ -164,7 +164,7 @@ async def spend(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
     return totals, {str(r["node_id"]): int(r["jobs"]) for r in alone}
 
 
-_DECISION = re.compile(r"hostile decision .*?cheat=(True|False).*?why='?([^:'\n]*)")
+_DECISION = re.compile(r"hostile decision .*?cheat=(True|False).*?why=('[^']*'|\S+)")
 
 
 def decisions(log: Path) -> dict[str, int]:
@@ -174,7 +174,8 @@ def decisions(log: Path) -> dict[str, int]:
         for line in log.read_text(errors="replace").splitlines():
             found = _DECISION.search(line)
             if found:
-                counts["cheated" if found[1] == "True" else f"honest ({found[2].strip()})"] += 1
+                why = re.sub(r"\s*\(.*?\)", "", found[2].strip("'"))  # counts left out
+                counts["cheated" if found[1] == "True" else f"honest: {why}"] += 1
     return dict(sorted(counts.items()))
 
 

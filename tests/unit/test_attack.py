@@ -41,9 +41,16 @@ def test_decisions_are_read_back_from_the_node_log(tmp_path: Path) -> None:
             (False, "checked: a peer answered too"),
             (False, "probe: a prepared probe"),
             (True, "alone: no peer answered within the window"),
+            (False, "earning trust (3 of 30)"),
+            (False, "earning trust (4 of 30)"),
         ]
     ]
     log = tmp_path / "node.log"
     log.write_text("\n".join([*lines, "node starting fault=adaptive"]) + "\n")
-    assert decisions(log) == {"cheated": 2, "honest (checked)": 1, "honest (probe)": 1}
+    assert decisions(log) == {
+        "cheated": 2,
+        "honest: checked: a peer answered too": 1,
+        "honest: earning trust": 2,
+        "honest: probe: a prepared probe": 1,
+    }
     assert decisions(tmp_path / "missing.log") == {}
