@@ -27,6 +27,7 @@ from cortensor.adapters.ledger.router import NodeStats, OpenJob, RouterLedger
 from cortensor.protocol.planning import Plan
 from cortensor.protocol.replication import MAX_REPLICAS
 from cortensor.protocol.reputation import Record, score
+from cortensor.protocol.units import NewJob, whole_job
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
@@ -43,6 +44,7 @@ pytestmark = pytest.mark.postgres
 DIM = 384
 MODEL = "all-MiniLM-L6-v2"
 RNG = np.random.default_rng(20250101)
+TRUTH = [[0.6, 0.8], [1.0, 0.0]]
 
 
 # -- builders -------------------------------------------------------------------------------
@@ -217,8 +219,7 @@ async def test_outstanding_counts_only_assigned_replicas(
     stats = await router.node_stats()
     assert (stats[a].outstanding, stats[b].outstanding) == (1, 1)
 
-    intake = await guard.take_results(
-        running.job.job_id, [result_for(running.of(a), embeddings())])
+    intake = await guard.take_results(running.job.job_id, [result_for(running.of(a), embeddings())])
 
     assert intake.stored == 1
     stats = await router.node_stats()
@@ -414,7 +415,8 @@ async def test_a_late_liar_is_charged_after_the_verdict(
     a, b, liar = running.nodes
     truth = embeddings()
     await guard.take_results(
-        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)])
+        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)]
+    )
 
     late = await guard.take_results(job_id, [result_for(running.of(liar), embeddings())])
 
@@ -460,7 +462,8 @@ async def test_results_after_the_verdict_return_it_and_write_nothing(
     # A redelivery of the same message, and a node's second, different answer.
     redelivered = await guard.take_results(job_id, results[:1])
     second_answer = await guard.take_results(
-        job_id, [result_for(running.assignments[0], embeddings())])
+        job_id, [result_for(running.assignments[0], embeddings())]
+    )
 
     for intake in (redelivered, second_answer):
         assert intake.stored == 0
@@ -558,7 +561,8 @@ async def test_a_stored_result_keeps_the_whole_output(
 
     # One batch with a vector result and an error result, as the guard gets them.
     intake = await guard.take_results(
-        job_id, [result_for(vectors, truth), result_for(failing, None, error="boom")])
+        job_id, [result_for(vectors, truth), result_for(failing, None, error="boom")]
+    )
 
     assert intake.ignored == [], (
         "each result of a batch must be stored as one jsonb value; nested lists must not be"
@@ -616,7 +620,8 @@ async def test_three_different_answers_ask_for_more_replicas_and_blame_nobody_ye
     job_id = running.job.job_id
 
     intake = await guard.take_results(
-        job_id, [result_for(a, embeddings()) for a in running.assignments])
+        job_id, [result_for(a, embeddings()) for a in running.assignments]
+    )
 
     assert (intake.stored, intake.verdict, intake.escalated) == (3, None, 5)
     assert await job_status(guard, job_id) == "running"
@@ -631,7 +636,8 @@ async def test_no_majority_at_the_cap_is_inconclusive_and_blames_nobody(
     job_id = running.job.job_id
 
     intake = await guard.take_results(
-        job_id, [result_for(a, embeddings()) for a in running.assignments])
+        job_id, [result_for(a, embeddings()) for a in running.assignments]
+    )
 
     assert intake.verdict is not None
     assert intake.verdict.status == "inconclusive"
@@ -695,8 +701,7 @@ async def test_decide_expired_with_one_of_three_results_is_inconclusive(own: Led
     job_id = running.job.job_id
     answered, *silent = running.nodes
     late_result = result_for(running.of(silent[0]), embeddings())
-    intake = await own.guard.take_results(
-        job_id, [result_for(running.of(answered), embeddings())])
+    intake = await own.guard.take_results(job_id, [result_for(running.of(answered), embeddings())])
     assert (intake.stored, intake.verdict) == (1, None)
 
     [verdict] = await own.guard.decide_expired()
@@ -734,7 +739,8 @@ async def test_a_silent_replica_of_a_decided_job_is_charged_at_its_deadline(
     a, b, silent = running.nodes
     truth = embeddings()
     intake = await own.guard.take_results(
-        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)])
+        job_id, [result_for(running.of(a), truth), result_for(running.of(b), truth)]
+    )
     assert intake.verdict is not None
     assert intake.verdict.status == "verified"
     assert await own.guard.decide_expired() == []
@@ -832,6 +838,69 @@ async def test_reroute_expired_replaces_a_late_replica(own: Ledgers) -> None:
     events = await events_of(own.router, job_id)
     assert events[late] == ("timed_out", running.of(late).assignment_id)
     assert {events[n][0] for n in (b, c, spare)} == {"agreed"}
+
+
+async def open_checked_auto(router: RouterLedger, spare: int) -> tuple[Running, str]:
+    """An auto job checked by 3, as the router records it: its leader alone assigned."""
+    nodes = node_ids(1 + spare)
+    await router.upsert_nodes([heartbeat(n) for n in nodes])
+    job = JobRequest(inputs=["a text", "another"])
+    assert job.redundancy == "auto"
+    unit = whole_job(job, in_s(600))
+    made = assignments_for(job, nodes[:1], in_s(60))
+    assert await router.open_jobs([NewJob(unit, job.created_at, "running", made)])
+    return Running(job, nodes, made), nodes[0]
+
+
+async def test_an_auto_jobs_checks_wait_for_its_leaders_answer(own: Ledgers) -> None:
+    running, leader = await open_checked_auto(own.router, spare=3)
+    job_id = running.job.job_id
+    plan = Planner(running.nodes[1:])
+    heard: list[uuid.UUID] = []
+    stop = await own.router.listen_due(heard.append)
+    try:
+        # The leader is still out: the sweep sends nothing.
+        assert await own.router.top_up(plan) == []
+        assert plan.calls == []
+
+        # The leader's answer is stored: routers hear of it at commit, and the checks go.
+        intake = await own.guard.take_results(job_id, [result_for(running.of(leader), TRUTH)])
+        assert (intake.stored, intake.verdict) == (1, None)
+        for _ in range(50):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [job_id]
+        checks = await own.router.top_up(plan, heard)
+    finally:
+        await stop()
+    [(job, needed)] = plan.calls
+    assert (needed, job.taken) == (2, frozenset([leader]))
+    assert len({a.node_id for a in checks}) == 2
+    assert leader not in {a.node_id for a in checks}
+    assert await own.router.top_up(plan) == []
+
+    # One check agreeing with the leader is a strict majority of 3: verified early.
+    decided = await own.guard.take_results(job_id, [result_for(checks[0], TRUTH)])
+    assert decided.verdict is not None
+    assert decided.verdict.status == "verified"
+    assert sorted(decided.verdict.agreeing) == sorted([leader, checks[0].node_id])
+
+
+async def test_a_silent_leader_is_replaced_and_its_checks_go_with_the_new_one(
+    own: Ledgers,
+) -> None:
+    running, leader = await open_checked_auto(own.router, spare=3)
+    await own.router.pool.execute(
+        "UPDATE assignments SET deadline_at = now() - interval '1 second' WHERE job_id = $1",
+        running.job.job_id,
+    )
+    plan = Planner(running.nodes[1:])
+    made = await own.router.reroute_expired(plan)
+    assert sorted(a.node_id for a in made) == sorted(running.nodes[1:])
+    assert await events_of(own.router, running.job.job_id) == {
+        leader: ("timed_out", running.of(leader).assignment_id)
+    }
 
 
 async def test_reroute_expired_without_a_spare_node_still_times_out(own: Ledgers) -> None:

@@ -68,16 +68,18 @@ ORDER BY j.created_at
 """Open jobs with the nodes they used and the count of their replicas."""
 
 _SHORT = """
-SELECT j.job_id
+SELECT j.job_id, j.redundancy, j.auto, c.live, c.finished
 FROM jobs j,
      LATERAL (
-         SELECT count(*) AS live FROM assignments a
-         WHERE a.job_id = j.job_id AND a.status IN ('assigned', 'done')
+         SELECT count(*) FILTER (WHERE a.status IN ('assigned', 'done')) AS live,
+                count(*) FILTER (WHERE a.status IN ('done', 'timed_out')) AS finished
+         FROM assignments a WHERE a.job_id = j.job_id
      ) c
 WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
 ORDER BY j.created_at LIMIT $1
 """
-"""Running jobs with fewer replicas than their redundancy (read without locks)."""
+"""Running jobs with fewer replicas than their redundancy, and their counts (read
+without locks: only those with replicas due now are locked)."""
 
 _LOCK_RUNNING = """
 SELECT job_id FROM jobs
@@ -358,7 +360,13 @@ class RouterLedger(Ledger):
         (`listen_due`); without it, every running job is looked at."""
         if job_ids is None:
             short = await self.pool.fetch(_SHORT, limit)
-            job_ids = [r["job_id"] for r in short]
+            job_ids = [
+                r["job_id"]
+                for r in short
+                if replicas_due(
+                    r["redundancy"], auto=r["auto"], live=r["live"], finished=r["finished"]
+                )
+            ]
         if not job_ids:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
