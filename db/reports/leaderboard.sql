@@ -5,8 +5,8 @@
 --
 -- rank: 1 for the best score (ties share a rank). trust: probation | active |
 -- quarantined (probation for a node with no events yet). score: the node's standing as
--- routing sees it, (1 + agreed) / (2 + agreed + disagreed + timed_out) over its
--- time-decayed counts (half-life one week), 0.5 with no events; 4 decimals.
+-- routing sees it, the ledger's function cortensor_score over its time-decayed counts
+-- (half-life one week), 0.5 with no events; 4 decimals (docs/trust.md has the formula).
 -- streak: valid results in a row. observations: events folded into the standing.
 -- agreed, disagreed, timed_out: plain counts of its events, undecayed, probes included.
 SELECT
