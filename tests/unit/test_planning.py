@@ -227,7 +227,11 @@ def test_a_waiting_job_is_sent_waits_or_fails_at_its_deadline() -> None:
     assert waiting(j, NOW, p) is p
     assert waiting(j, NOW, "needs 3 more") is None
     late = NOW + timedelta(seconds=60)
-    for plan_now, why in [(p, "no node took it in time"), ("needs 3 more", "needs 3 more")]:
+    cases: list[tuple[Plan | str, str]] = [
+        (p, "no node took it in time"),
+        ("needs 3 more", "needs 3 more"),
+    ]
+    for plan_now, why in cases:
         verdict = waiting(j, late, plan_now)
         assert isinstance(verdict, Verdict)
         assert verdict.status == "failed"
