@@ -34,7 +34,7 @@ from cortensor.catalog import (
     HwClass,
     Precision,
 )
-from cortensor.errors import ModelsNotPrepared
+from cortensor.errors import ModelsNotPrepared, SetupIncomplete
 from cortensor.inference.hardware import cpu_flags, int8_isa
 from cortensor.inference.manifest import (
     MANIFEST_NAME,
@@ -304,7 +304,7 @@ def _embedding(
     files = run.files(directory)
     onnx = [f.path for f in files if f.path.endswith(".onnx")]
     if len(onnx) != 1 or not (directory / "tokenizer.json").is_file():
-        raise RuntimeError(f"{directory} should hold one .onnx file and tokenizer.json")
+        raise SetupIncomplete(f"{directory} should hold one .onnx file and tokenizer.json")
     return ModelVariant.model_validate(
         {
             "name": EMBED_MODEL,
@@ -338,13 +338,15 @@ def _build_head(run: _Run, hw_classes: list[str]) -> ModelVariant:
         intercept = np.asarray(model.intercept_, dtype=np.float64)
         labels = _labels(model.classes_, label_map)
         if coef.shape != (len(labels), 384) or intercept.shape != (len(labels),):
-            raise RuntimeError(f"unexpected intent head: coef {coef.shape}, {len(labels)} labels")
+            raise SetupIncomplete(
+                f"unexpected intent head: coef {coef.shape}, {len(labels)} labels"
+            )
         # The export must reproduce predict_proba, the head's own answer.
         probe = np.random.default_rng(0).standard_normal((8, coef.shape[1]))
         logits = probe @ coef.T + intercept
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         if not np.allclose(exp / exp.sum(axis=1, keepdims=True), model.predict_proba(probe)):
-            raise RuntimeError("the intent head is not a multinomial softmax over coef_")
+            raise SetupIncomplete("the intent head is not a multinomial softmax over coef_")
         np.savez(
             staging / "head.npz", coef=coef, intercept=intercept, labels=np.array(labels, dtype=str)
         )
@@ -386,7 +388,7 @@ def _labels(classes: Any, label_map: Mapping[Any, str]) -> list[str]:
         if name is None and str(class_id).isdigit():
             name = label_map.get(int(class_id))
         if name is None:
-            raise RuntimeError(f"intent class {class_id!r} has no name in label_map.joblib")
+            raise SetupIncomplete(f"intent class {class_id!r} has no name in label_map.joblib")
         labels.append(str(name))
     return labels
 

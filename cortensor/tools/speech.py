@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from cortensor.errors import BadInput, PermanentError, SetupIncomplete
+
 FORMATS = ("wav", "flac", "mp3", "ogg")
 
 SENTENCES: tuple[str, ...] = (
@@ -43,8 +45,12 @@ SENTENCES: tuple[str, ...] = (
 SHORT: tuple[str, ...] = SENTENCES[3:6]
 
 
-class ToolMissing(RuntimeError):
+class ToolMissing(SetupIncomplete, RuntimeError):
     """espeak-ng or sox is not installed."""
+
+
+class ToolFailed(PermanentError, RuntimeError):
+    """espeak-ng or sox ran and failed; the message carries what it said."""
 
 
 def _tool(name: str) -> str:
@@ -57,12 +63,12 @@ def _tool(name: str) -> str:
 def _run(*args: str) -> None:
     result = subprocess.run(args, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+        raise ToolFailed(f"{' '.join(args)} failed: {result.stderr.strip()}")
 
 
 def _convert(source: Path, path: Path, fmt: str) -> Path:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise BadInput(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # -t names the format whatever the file's suffix; -r/-c resample to 16 kHz mono.
     _run(_tool("sox"), str(source), "-t", fmt, "-r", "16000", "-c", "1", str(path))
@@ -96,7 +102,7 @@ def long_speech(
 ) -> Path:
     """The sentences spoken one after another with `pause_s` of silence between them."""
     if not sentences:
-        raise ValueError("long_speech needs at least one sentence")
+        raise BadInput("long_speech needs at least one sentence")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         gap = silence(folder / "pause.wav", pause_s)
