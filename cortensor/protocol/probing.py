@@ -24,7 +24,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from cortensor.catalog import Task
+from cortensor.catalog import PRECISION, Task
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.units import OpenJob
 from cortensor.schemas import DEFAULT_DEADLINE_S, DEFAULT_TOP_K
@@ -217,6 +217,10 @@ class PoolProbe:
     """The time the source job's user gave it: a probe job gets the same."""
     holders: frozenset[str] = frozenset()
     """Nodes that held an assignment of the source job or of a probe made from it."""
+    agreed_at: frozenset[str] = frozenset()
+    """The precisions (fp32, int8, ...) of the results that agreed on the answer: an
+    honest node of one of them is known to match it. Prepared probes were checked at
+    every precision, and leave this empty."""
 
     @classmethod
     def prepared(cls, probe: Probe) -> PoolProbe:
@@ -250,7 +254,10 @@ class ProbePool:
     The rules of `pick`: a probe goes only to a node serving its model that never held
     its source (nor a probe made from it); probes drawn from verified traffic come first,
     and a model's prepared probes are used only while the pool has no traffic of that
-    model (a network without history), since anyone can read them.
+    model (a network without history), since anyone can read them. Among the traffic
+    probes, those whose answer a node of the same precision agreed on are preferred, so
+    that an honest node is not failed by a tolerance between precisions that its own
+    precision was never seen to meet on that input.
     """
 
     def __init__(self, bootstrap: Iterable[Probe] = ()) -> None:
@@ -295,7 +302,10 @@ class ProbePool:
         pool = [*self._traffic.values()] + [
             p for p in self._bootstrap.values() if p.model not in traffic
         ]
-        return [p for p in pool if p.model in node.models and not self.held(p, node.node_id)]
+        fits = [p for p in pool if p.model in node.models and not self.held(p, node.node_id)]
+        precision = PRECISION.get(node.hw_class)  # type: ignore[call-overload]
+        alike = [p for p in fits if precision in p.agreed_at]
+        return alike or fits
 
     def pick(self, node: NodeView, rng: random.Random) -> PoolProbe | None:
         """A probe for `node`, drawn at random, or None when none may go to it."""

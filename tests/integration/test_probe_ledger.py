@@ -78,6 +78,7 @@ async def test_a_probe_is_drawn_from_a_verified_job_the_probed_node_never_held(
     assert probe.reference == truth
     assert probe.precision == "fp32"
     assert probe.holders == frozenset(source.nodes)
+    assert probe.agreed_at == {"fp32"}
     assert list(probe.inputs) == source.job.inputs
     assert 590 < probe.deadline_s < 601  # the time its user gave it
     assert str(lone.job.job_id) not in {p.key for p in pool}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -108,6 +109,20 @@ def test_prepared_probes_only_start_a_model_without_traffic() -> None:
     speech = pool.pick(node(models=frozenset({"whisper-base"})), random.Random(0))
     assert speech is not None
     assert speech.key.startswith("prepared:")
+
+
+def test_a_probe_agreed_on_at_the_node_s_precision_is_preferred() -> None:
+    pool = ProbePool()
+    fp32 = replace(traffic("fp32-only", set()), agreed_at=frozenset({"fp32"}))
+    mixed = replace(traffic("mixed", set()), agreed_at=frozenset({"fp32", "int8"}))
+    pool.refresh([fp32, mixed], {})
+    int8_node = node("n1")  # cpu-int8
+    fp32_node = NodeView("n2", "cpu-fp32", frozenset({EMBED}), last_seen=0.0)
+    assert [p.key for p in pool.choices(int8_node)] == ["mixed"]
+    assert sorted(p.key for p in pool.choices(fp32_node)) == ["fp32-only", "mixed"]
+    # Once it has seen those, the others are still its to get.
+    pool.sent(mixed, "n1")
+    assert [p.key for p in pool.choices(int8_node)] == ["fp32-only"]
 
 
 def test_a_node_serving_no_probed_model_gets_none() -> None:

@@ -18,12 +18,16 @@ from cortensor.schemas import MAX_DEADLINE_S
 _POOL = """
 SELECT recent.*,
        coalesce((SELECT array_agg(DISTINCT a.node_id) FROM assignments a
-                 WHERE a.job_id = recent.job_id), '{}') AS holders
+                 WHERE a.job_id = recent.job_id), '{}') AS holders,
+       coalesce((SELECT array_agg(DISTINCT split_part(s.precision, '/', 1)) FROM results s
+                 WHERE s.job_id = recent.job_id
+                   AND s.node_id IN (SELECT jsonb_array_elements_text(recent.agreeing))),
+                '{}') AS agreed_at
 FROM unnest($1::text[]) AS m(model)
 CROSS JOIN LATERAL (
     SELECT j.job_id, j.task, j.model, j.inputs, j.params, j.audio,
            extract(epoch FROM j.deadline_at - j.created_at)::float8 AS deadline_s,
-           r.output, r.precision
+           r.output, r.precision, v.payload -> 'agreeing' AS agreeing
     FROM jobs j
     JOIN verdicts v USING (job_id)
     JOIN results r ON r.result_id = v.canonical_result_id
@@ -37,7 +41,8 @@ CROSS JOIN LATERAL (
 """
 """The latest verified jobs of each model that at least two nodes agreed on (not probes,
 not accepted unchecked, with their content still kept), with their canonical output and
-precision, and every node that held an assignment of them."""
+precision, every node that held an assignment of them, and the precisions (builds left
+out) of the results that agreed."""
 
 _PROBE_HOLDERS = """
 SELECT p.params ->> 'source' AS source, array_agg(DISTINCT a.node_id) AS holders
@@ -78,6 +83,7 @@ def _pool_probe(row: Any) -> PoolProbe:
         # A client's clock sets created_at: keep the span within what a job may ask.
         deadline_s=min(max(row["deadline_s"], 1.0), MAX_DEADLINE_S),
         holders=frozenset(row["holders"]),
+        agreed_at=frozenset(row["agreed_at"]),
     )
 
 
