@@ -190,6 +190,13 @@ class ProbeSchedule:
         """Drop a node that left the network."""
         self._nodes.pop(node_id, None)
 
+    def keep_only(self, node_ids: Iterable[str]) -> None:
+        """Forget every node but these (the ones still known), so that a long-running
+        router does not keep the state of every node that ever came and went."""
+        keep = set(node_ids)
+        for gone in [n for n in self._nodes if n not in keep]:
+            del self._nodes[gone]
+
 
 OPTIONS = ("top_k", "language", "start_s", "end_s")
 """The params of a job that a probe made from it keeps: what the node is told (top_k,

@@ -178,7 +178,7 @@ async def test_a_probe_verdict_is_published_and_reads_like_a_real_one(own: Ledge
         (liar, "disagreed", True),
     }
     sender._read_at = float("-inf")  # read again now, not in probe_pool_refresh_s
-    await sender.send(own.router, [])
+    assert await sender.send(own.router, views) == []  # both have seen the only source
     assert (sender.schedule.failures(honest), sender.schedule.failures(liar)) == (0, 1)
 
 

@@ -148,3 +148,15 @@ def test_a_change_of_trust_redraws_the_next_probe_and_a_silent_node_is_skipped()
     assert schedule.due(silent, 10_000.0) is False
     with pytest.raises(KeyError):
         schedule.sent("never-seen", 0.0)
+
+
+def test_nodes_that_left_are_forgotten() -> None:
+    schedule = ProbeSchedule(POLICY, random.Random(1))
+    for name in ("n1", "n2", "n3"):
+        schedule.due(view(name, "probation", 0.0), 0.0)
+    schedule.outcome("n2", passed=False)
+    schedule.keep_only(["n2"])
+    assert [schedule.next_at(n) is None for n in ("n1", "n2", "n3")] == [True, False, True]
+    assert schedule.failures("n2") == 1
+    schedule.forget("n2")
+    assert schedule.next_at("n2") is None

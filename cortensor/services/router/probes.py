@@ -117,6 +117,7 @@ class ProbeSender:
                 await self.refresh(ledger, {m for n in nodes for m in n.models})
             except Exception:
                 log.exception("probe pool not read; the last one is kept")
+        self.schedule.keep_only(n.node_id for n in nodes)
         opened = self.due(nodes, now)
         if not opened:
             return []
