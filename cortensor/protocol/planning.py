@@ -1,6 +1,6 @@
 """The router's plan for a job: how many replicas, on which nodes, until when, and what
 becomes of a job no node can take. Pure logic: the clock (`now`) and the random source
-are passed in, and nothing here records or sends anything.
+are passed in, and nothing here records or sends anything, nor makes ids.
 
 Hidden checks. An `auto` job's leader is drawn first and sent alone, whether adaptive
 replication (cortensor.protocol.replication) lets it run alone or not: a checked job
@@ -22,8 +22,8 @@ from cortensor.catalog import eligible_classes
 from cortensor.errors import NoEligibleNodes
 from cortensor.protocol.placement import NodeView, choose
 from cortensor.protocol.replication import REPLICAS, replicas
-from cortensor.protocol.units import OpenJob, assignments_for
-from cortensor.schemas import Assignment, Verdict
+from cortensor.protocol.units import OpenJob
+from cortensor.schemas import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +48,17 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The replicas to send for a job now."""
+    """The replicas to send for a job now: to which nodes, until when. The service turns
+    it into Assignment messages (units.assignments_for), which carry their own ids."""
 
-    assignments: tuple[Assignment, ...]
+    job: OpenJob
+    targets: tuple[tuple[str, str], ...]
+    """(node id, hardware class) of each replica."""
+    deadline_at: datetime
+    """When every one of these replicas times out (Timing.deadline)."""
     redundancy: int
     """The job's redundancy once this plan is recorded. An `auto` job's first plan
-    decides it (1 alone, REPLICAS checked) while sending only the leader."""
+    decides it (1 alone, more when checked) while sending only the leader."""
     spread: frozenset[str] = frozenset()
     """The nodes holding parts of the same split job, these included (pass it on to the
     plan of the next part)."""
@@ -61,7 +66,7 @@ class Plan:
     @property
     def nodes(self) -> list[str]:
         """The nodes this plan sends replicas to."""
-        return [a.node_id for a in self.assignments]
+        return [node for node, _ in self.targets]
 
 
 def plan(
@@ -145,10 +150,12 @@ def _place(
         chosen = choose(eligible, needed, rng=rng, temperature=temperature)
     except NoEligibleNodes:
         return _short(job, needed, len(eligible))
-    made = assignments_for(
-        job, [(n.node_id, n.hw_class) for n in chosen], timing.deadline(job, now)
-    )
-    return Plan(tuple(made), redundancy, spread | {n.node_id for n in chosen})
+    targets = tuple((n.node_id, n.hw_class) for n in chosen)
+    return Plan(job, targets, timing.deadline(job, now), redundancy, spread | set(_ids(chosen)))
+
+
+def _ids(nodes: Sequence[NodeView]) -> list[str]:
+    return [n.node_id for n in nodes]
 
 
 def replicas_due(redundancy: int, *, auto: bool, live: int, finished: int) -> int:

@@ -782,8 +782,7 @@ class Planner:
         free = [n for n in self.spare if n not in job.taken]
         if len(free) < needed:
             return f"needs {needed} more node(s); {len(free)} available"
-        made = assignments_for(job, free[:needed], in_s(60), attempt=job.attempt)
-        return Plan(tuple(made), job.redundancy)
+        return Plan(job, tuple((n, "cpu-fp32") for n in free[:needed]), in_s(60), job.redundancy)
 
 
 async def test_reroute_expired_replaces_a_late_replica(own: Ledgers) -> None:

@@ -28,6 +28,11 @@ from tests.integration.test_ledger_store import (
 pytestmark = [pytest.mark.postgres]
 
 
+def on(job: OpenJob, nodes: Sequence[str]) -> Plan:
+    """A plan that sends the job's replicas to these nodes."""
+    return Plan(job, tuple((n, "cpu-fp32") for n in nodes), in_s(600), job.redundancy)
+
+
 async def open_on(
     router: RouterLedger, nodes: Sequence[str], *, solo: bool
 ) -> tuple[JobRequest, list[Assignment]]:
@@ -61,7 +66,8 @@ async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
     checked, replicas = await open_on(router, [x, a, b], solo=False)
     answers = {x: lie, a: truth, b: truth}
     caught = await guard.take_results(
-        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas])
+        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas]
+    )
     assert caught.verdict is not None
     assert caught.verdict.disagreeing == [x]
     assert caught.reopened == 1
@@ -69,7 +75,7 @@ async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
 
     def plan(job: OpenJob, needed: int) -> Plan:
         assert job.taken == frozenset({x})
-        return Plan(tuple(assignments_for(job, [a, b][:needed], in_s(600))), job.redundancy)
+        return on(job, [a, b][:needed])
 
     checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
     assert sorted(m.node_id for m in checkers) == sorted([a, b])
@@ -101,11 +107,10 @@ async def test_a_right_unchecked_answer_stands_and_earns_its_event(
     await guard.take_results(solo.job_id, [result_for(alone, truth)])
     checked, replicas = await open_on(router, [x, a, b], solo=False)
     answers = {x: embeddings(), a: truth, b: truth}
-    await guard.take_results(
-        checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas])
+    await guard.take_results(checked.job_id, [result_for(r, answers[r.node_id]) for r in replicas])
 
     def plan(job: OpenJob, needed: int) -> Plan:
-        return Plan(tuple(assignments_for(job, [a, b][:needed], in_s(600))), job.redundancy)
+        return on(job, [a, b][:needed])
 
     checkers = [m for m in await router.top_up(plan) if m.job_id == solo.job_id]
     again = await guard.take_results(solo.job_id, [result_for(m, truth) for m in checkers])
@@ -122,14 +127,12 @@ async def test_no_majority_asks_the_router_for_more_replicas(
     nodes = node_ids(5)
     await router.upsert_nodes([heartbeat(n) for n in nodes])
     job, replicas = await open_on(router, nodes[:3], solo=False)
-    split = await guard.take_results(
-        job.job_id, [result_for(r, embeddings()) for r in replicas])
+    split = await guard.take_results(job.job_id, [result_for(r, embeddings()) for r in replicas])
     assert (split.verdict, split.escalated) == (None, 5)
 
     def plan(open_job: OpenJob, needed: int) -> Plan:
         assert open_job.taken == frozenset(nodes[:3])
-        made = assignments_for(open_job, nodes[3:][:needed], in_s(600))
-        return Plan(tuple(made), open_job.redundancy)
+        return on(open_job, nodes[3:][:needed])
 
     more = [m for m in await router.top_up(plan) if m.job_id == job.job_id]
     assert sorted(m.node_id for m in more) == sorted(nodes[3:])
@@ -159,7 +162,8 @@ async def test_a_corrected_part_restitches_its_split_job(
     answers = {solo[0].job_id: lie, solo[1].job_id: truth[solo[1].job_id]}
     for u in solo:
         decided = await guard.take_results(
-            u.job_id, [result_for(made[u.job_id][0], answers[u.job_id])])
+            u.job_id, [result_for(made[u.job_id][0], answers[u.job_id])]
+        )
     assert decided.parent is not None
     assert decided.parent.embeddings == lie + truth[solo[1].job_id]
 
@@ -171,16 +175,14 @@ async def test_a_corrected_part_restitches_its_split_job(
     )
 
     def plan(open_job: OpenJob, needed: int) -> Plan:
-        made = assignments_for(open_job, [a, b][:needed], in_s(600))
-        return Plan(tuple(made), open_job.redundancy)
+        return on(open_job, [a, b][:needed])
 
     checkers = await router.top_up(plan)
     parents = []
     for u in solo:
         mine = [m for m in checkers if m.job_id == u.job_id]
         assert len(mine) == 2
-        again = await guard.take_results(
-            u.job_id, [result_for(m, truth[u.job_id]) for m in mine])
+        again = await guard.take_results(u.job_id, [result_for(m, truth[u.job_id]) for m in mine])
         assert again.verdict is not None
         assert again.verdict.revision == 1
         assert again.parent is not None

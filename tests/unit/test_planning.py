@@ -23,7 +23,7 @@ from cortensor.protocol.planning import (
     waiting,
 )
 from cortensor.protocol.replication import MIN_STREAK, REPLICAS
-from cortensor.protocol.units import OpenJob
+from cortensor.protocol.units import OpenJob, assignments_for
 from cortensor.schemas import Verdict
 
 MODEL = "all-MiniLM-L6-v2"
@@ -101,8 +101,8 @@ def test_a_fixed_job_gets_k_distinct_untaken_nodes_or_a_reason(
     assert len(set(p.nodes)) == k
     assert "n0" not in p.nodes
     assert p.redundancy == k
-    for a in p.assignments:
-        assert (a.job_id, a.attempt, a.deadline_at) == (j.job_id, 1, NOW + timedelta(seconds=10))
+    assert p.job == j
+    assert p.deadline_at == NOW + timedelta(seconds=10)
 
 
 def test_the_same_seed_gives_the_same_plan() -> None:
@@ -126,12 +126,12 @@ def test_an_auto_job_sends_its_leader_alone_checked_or_not(streak: int, seed: in
     p = planned(
         plan(j, REPLICAS, pool=fleet(5, streak), rng=random.Random(seed), now=NOW, timing=TIMING)
     )
-    [leader] = p.assignments
+    assert len(p.targets) == 1
     assert 1 <= p.redundancy <= REPLICAS
     if streak < MIN_STREAK:
         assert p.redundancy == REPLICAS
-    assert leader.attempt == 1
-    assert leader.deadline_at == TIMING.deadline(j, NOW)
+    assert p.job == j  # its first attempt
+    assert p.deadline_at == TIMING.deadline(j, NOW)
 
 
 @given(seed=st.integers(0, 2**32))
@@ -146,10 +146,16 @@ def test_a_leader_checked_or_alone_gets_the_same_assignment(seed: int) -> None:
 
     checked, trusted = lead(0), lead(10**9)
     assert checked.redundancy == REPLICAS
+    # Whether it is checked is in the ledger only: what the leader is sent is the same.
+    assert (checked.job, checked.targets, checked.deadline_at) == (
+        trusted.job,
+        trusted.targets,
+        trusted.deadline_at,
+    )
+    [a], [b] = (assignments_for(p.job, p.targets, p.deadline_at) for p in (checked, trusted))
     fields = {"assignment_id", "created_at"}
-    [a], [b] = checked.assignments, trusted.assignments
-    # Whether it is checked is in the ledger only: the leader's message is the same.
     assert a.model_dump(exclude=fields) == b.model_dump(exclude=fields)
+    assert a.attempt == 1
 
 
 def test_a_checked_auto_job_waits_rather_than_start_without_its_checkers() -> None:
@@ -188,7 +194,7 @@ def test_checks_go_once_the_leader_answered_or_timed_out() -> None:
 def test_a_rerouted_or_topped_up_auto_job_gets_what_it_lacks() -> None:
     j = job(auto=True, redundancy=REPLICAS, taken=frozenset({"n0"}), attempt=2)
     p = planned(plan(j, 2, pool=fleet(5), rng=random.Random(1), now=NOW, timing=TIMING))
-    assert len(p.assignments) == 2
+    assert len(p.targets) == 2
     assert "n0" not in p.nodes
     assert p.redundancy == REPLICAS
 

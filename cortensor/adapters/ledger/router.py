@@ -17,7 +17,7 @@ from uuid import UUID
 
 from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger
 from cortensor.protocol.planning import Plan, replicas_due, waiting
-from cortensor.protocol.units import NewJob, OpenJob, task_fields, whole_job
+from cortensor.protocol.units import NewJob, OpenJob, assignments_for, task_fields, whole_job
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
 
 
@@ -88,6 +88,11 @@ ORDER BY created_at
 FOR UPDATE SKIP LOCKED
 """
 """Lock running jobs within their deadline; those another router holds are skipped."""
+
+
+def _assignments(plan: Plan) -> list[Assignment]:
+    """The Assignment messages of a plan (new ids, the job's attempt)."""
+    return assignments_for(plan.job, plan.targets, plan.deadline_at)
 
 
 async def _insert_assignments(conn: Connection, assignments: Sequence[Assignment]) -> None:
@@ -342,13 +347,14 @@ class RouterLedger(Ledger):
                         parent = await self.complete_parent(conn, job.parent_id)
                         failed.extend([parent] if parent is not None else [])
                 elif fate is not None:
-                    await _insert_assignments(conn, fate.assignments)
+                    assignments = _assignments(fate)
+                    await _insert_assignments(conn, assignments)
                     await conn.execute(
                         "UPDATE jobs SET status = 'running', redundancy = $2 WHERE job_id = $1",
                         job.job_id,
                         fate.redundancy,
                     )
-                    made.extend(fate.assignments)
+                    made.extend(assignments)
         return made, failed
 
     async def top_up(
@@ -413,8 +419,9 @@ class RouterLedger(Ledger):
                 continue
             outcome = plan(loaded.job, loaded.due)
             if not isinstance(outcome, str):
-                await _insert_assignments(conn, outcome.assignments)
-                made.extend(outcome.assignments)
+                assignments = _assignments(outcome)
+                await _insert_assignments(conn, assignments)
+                made.extend(assignments)
         return made
 
     async def listen_due(self, on_due: Callable[[UUID], None]) -> Callable[[], Awaitable[None]]:

@@ -26,7 +26,7 @@ from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
 from cortensor.protocol.planning import Plan, Timing, parallel, plan
-from cortensor.protocol.units import NewJob, OpenJob
+from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
 from cortensor.services.announce import Announcer
 from cortensor.services.loops import every
@@ -236,7 +236,8 @@ class Router:
                 else:
                     spread = planned.spread
                     chosen = replace(unit, redundancy=planned.redundancy)
-                    opened.append(NewJob(chosen, job.created_at, "running", planned.assignments))
+                    made = assignments_for(unit, planned.targets, planned.deadline_at)
+                    opened.append(NewJob(chosen, job.created_at, "running", made))
         written = await self.ledger.open_jobs(opened)
         again = [job.job_id for job, _ in jobs if job.job_id not in written]
         await self.publish_assignments(
