@@ -196,7 +196,8 @@ def node(
             " as its --fault-group); slow (answers after the deadline); intermittent (random"
             " on a share of jobs); crash (the process dies mid-task); probe-aware (random"
             " answers on every job it cannot recognise as a probe); adaptive (the same, only"
-            " when no peer's result shows within --fault-window-ms)."
+            " when no peer's result shows within --fault-window-ms); sybil (probe-aware with"
+            " its --fault-group's shared answer, back under a fresh --node-id once caught)."
         ),
     ] = None,
     fault_rate: Annotated[
@@ -208,7 +209,8 @@ def node(
     fault_group: Annotated[
         str | None,
         typer.Option(
-            help="With --fault colluding: nodes of one group give the same wrong answers."
+            help="With --fault colluding or sybil: nodes of one group give the same wrong"
+            " answers."
         ),
     ] = None,
     fault_window_ms: Annotated[

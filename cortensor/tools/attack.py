@@ -18,7 +18,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +42,8 @@ from cortensor.tools.reports import run_report
 
 MODEL = "all-MiniLM-L6-v2"
 HOSTILE = "hostile-adaptive-1"
+SYBIL = "sybil"
+"""The sybil nodes' group, and the prefix of their first node ids."""
 WORDS = (  # noqa: SIM905 (a paragraph of words reads better than a column of them)
     "river mountain engine garden violin copper lantern harbor meadow thunder velvet"
     " orchard canyon glacier pepper saddle timber falcon marble ribbon cabinet anchor"
@@ -256,6 +258,8 @@ def measure(
     cost, alone = asyncio.run(spend(settings))
     n = max(delivery.jobs, 1)
     logs = logs or {}
+    identities = {h: respawned(h, board) for h in hostile}
+    hostile_ids = {i for ids in identities.values() for i in ids}
     return {
         "jobs": delivery.jobs,
         "verified": delivery.verified,
@@ -268,18 +272,35 @@ def measure(
         "hostile": {
             h: {
                 **board.get(h, {}),
-                "delivered_unchecked": alone.get(h, 0),
+                "delivered_unchecked": sum(alone.get(i, 0) for i in ids),
+                "identities": {i: board[i] for i in ids if i != h},
                 "decisions": decisions(logs[h]) if h in logs else {},
             }
-            for h in hostile
+            for h, ids in identities.items()
         },
-        "honest": {n: row for n, row in board.items() if n not in hostile},
+        "honest": {n: row for n, row in board.items() if n not in hostile_ids},
         "replicas_per_verified_job": cost["replicas"] / max(cost["jobs"], 1),
         "solo_jobs": cost["solo"],
         "probes": cost["probes"],
         "wall_s": round(wall, 1),
         "jobs_per_s": round(delivery.jobs / wall, 1) if wall > 0 else None,
     }
+
+
+def respawned(node_id: str, names: Iterable[str]) -> list[str]:
+    """`node_id` and the identities a sybil took after it (`<id>-r1`, `-r2`, ...)."""
+    again = re.compile(re.escape(node_id) + r"(-r\d+)?")
+    return sorted(n for n in names if again.fullmatch(n))
+
+
+async def known_nodes(settings: Settings) -> list[tuple[str, str]]:
+    """Every node the ledger has heard of, with its class (for tearing its queue down)."""
+    conn = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        rows = await conn.fetch("SELECT node_id, hw_class FROM nodes")
+    finally:
+        await conn.close()
+    return [(str(r["node_id"]), str(r["hw_class"])) for r in rows]
 
 
 def isolated_settings(base: Settings) -> Settings:
@@ -302,43 +323,52 @@ def run_attack(
     log_dir: Path,
     seed: int = 1,
     keep: bool = False,
+    adaptive: bool = True,
+    sybils: int = 0,
 ) -> dict[str, Any]:
-    """Set up a namespace and a ledger, start the fleet with one adaptive node, measure,
-    and tear everything down (the ledger is kept with `keep`)."""
+    """Set up a namespace and a ledger, start the fleet with one adaptive node (and
+    `sybils` sybil nodes of one group), measure, and tear everything down (the ledger is
+    kept with `keep`)."""
     settings = isolated_settings(base)
     prepare_models(settings.models_dir, log=lambda _: None)  # checks; builds what is missing
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
-    hostile_args = ["--fault", "adaptive", "--node-id", HOSTILE]
-    hostile_args += ["--fault-window-ms", str(window_ms), "--fault-trust-after", str(trust_after)]
+    hostile: dict[str, list[str]] = {}
+    if adaptive:
+        hostile[HOSTILE] = ["--fault", "adaptive", "--node-id", HOSTILE]
+        hostile[HOSTILE] += ["--fault-window-ms", str(window_ms)]
+        hostile[HOSTILE] += ["--fault-trust-after", str(trust_after)]
+    for i in range(1, sybils + 1):
+        hostile[f"{SYBIL}-{i}"] = ["--fault", "sybil", "--fault-group", SYBIL]
+        hostile[f"{SYBIL}-{i}"] += ["--node-id", f"{SYBIL}-{i}"]
     fleet = Fleet(
         settings,
         nodes=honest,
-        extra_nodes=[hostile_args],
+        extra_nodes=list(hostile.values()),
         log_dir=log_dir,
         # Five nodes share the machine: give a replica time to finish under load.
         env={"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "8"},
     )
-    live: list[str] = []
     try:
         fleet.start()
-        live = fleet.wait_ready(admitted=honest)
+        fleet.wait_ready(admitted=honest)
         report = measure(
             settings,
             jobs=jobs,
-            hostile=[HOSTILE],
+            hostile=list(hostile),
             in_flight=in_flight,
-            logs={HOSTILE: log_dir / "extra-node-1.log"},
+            logs={h: log_dir / f"extra-node-{i}.log" for i, h in enumerate(hostile, start=1)},
             seed=seed,
         )
     finally:
         fleet.stop()
-        asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in live]))
+        nodes = asyncio.run(known_nodes(settings))
+        asyncio.run(teardown_brokers(settings, nodes))
         if not keep:
             migrate.drop_database(settings)
     report["setup"] = {
         "honest_nodes": honest,
-        "hostile": {"node_id": HOSTILE, "window_ms": window_ms, "trust_after": trust_after},
+        "hostile": {h: " ".join(args) for h, args in hostile.items()},
         "in_flight": in_flight,
         "seed": seed,
         "ledger": settings.database_url if keep else None,
@@ -364,6 +394,10 @@ def main(
     seed: Annotated[int, typer.Option(help="Seed of the jobs' sentences.")] = 1,
     log_dir: Annotated[Path, typer.Option(help="Where the fleet logs.")] = Path("var/attack-logs"),
     keep: Annotated[bool, typer.Option(help="Keep the run's ledger database.")] = False,
+    adaptive: Annotated[bool, typer.Option(help="Run the adaptive node.")] = True,
+    sybils: Annotated[
+        int, typer.Option(min=0, help="Sybil nodes of one group beside it (--fault sybil).")
+    ] = 0,
 ) -> None:
     """Measure what an adaptive attacker gets through a live fleet; JSON on stdout."""
     report = run_attack(
@@ -376,6 +410,8 @@ def main(
         log_dir=log_dir,
         seed=seed,
         keep=keep,
+        adaptive=adaptive,
+        sybils=sybils,
     )
     typer.echo(json.dumps(report, indent=2, default=str))
 

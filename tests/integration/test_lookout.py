@@ -19,7 +19,7 @@ import pytest
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import Assignment, InferenceResult, Verdict
-from cortensor.services.node.hostile import ADAPTIVE
+from cortensor.services.node.hostile import ADAPTIVE, SYBIL
 from cortensor.services.node.lookout import Lookout, probe_file_candidates
 from cortensor.settings import Settings
 from tests.conftest import make_settings
@@ -154,3 +154,34 @@ def test_an_adaptive_node_cheats_only_when_admitted_unwatched_and_unprobed(
     wait_for(lambda: not lookout.record.admitted)
     assert not lookout.cheats(job("After it was caught."), vector(6))
     assert lookout.decisions == {True: 1, False: 6}
+
+
+def test_a_sybil_lookout_calls_for_a_fresh_identity_once(settings: Settings) -> None:
+    watcher = Lookout(settings, ME, SYBIL)
+    called = threading.Event()
+    calls: list[int] = []
+
+    def respawn() -> None:
+        calls.append(1)
+        called.set()
+
+    watcher.on_respawn = respawn
+    watcher.start()
+    try:
+        topology = Topology(settings.namespace)
+        caught = [
+            Verdict(job_id=uuid.uuid4(), status="verified", agreeing=["h"], disagreeing=[ME])
+            for _ in range(3)
+        ]
+        publish(
+            settings,
+            [
+                (topology.verdicts_subject(str(v.job_id)), v.model_dump_json().encode())
+                for v in caught
+            ],
+        )
+        assert called.wait(5.0)
+        wait_for(lambda: watcher.record.failures == 3)
+        assert calls == [1], "once, however often it is caught after"
+    finally:
+        watcher.close()

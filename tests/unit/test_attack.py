@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from cortensor.tools.attack import decisions, sentences, wrong
+from cortensor.tools.attack import decisions, respawned, sentences, wrong
 
 
 def test_sentences_are_distinct_and_repeatable() -> None:
@@ -54,3 +54,10 @@ def test_decisions_are_read_back_from_the_node_log(tmp_path: Path) -> None:
         "honest: probe: a prepared probe": 1,
     }
     assert decisions(tmp_path / "missing.log") == {}
+
+
+def test_a_sybils_identities_are_its_first_and_those_it_took_after() -> None:
+    names = ["sybil-1", "sybil-1-r1", "sybil-1-r2", "sybil-10", "sybil-2-r1", "vm-node-1"]
+    assert respawned("sybil-1", names) == ["sybil-1", "sybil-1-r1", "sybil-1-r2"]
+    assert respawned("sybil-2", names) == ["sybil-2-r1"]
+    assert respawned("hostile", names) == []

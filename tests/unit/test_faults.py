@@ -34,6 +34,7 @@ from cortensor.schemas import (
 from cortensor.services.node.faults import (
     ADAPTING_MODES,
     FAULT_MODES,
+    GROUP_MODES,
     INTERMITTENT_RATE,
     SLOW_MARGIN_S,
     SLOW_MAX_S,
@@ -70,8 +71,10 @@ def test_the_modes() -> None:
         "crash",
         "probe-aware",
         "adaptive",
+        "sybil",
     )
-    assert ADAPTING_MODES == ("probe-aware", "adaptive")
+    assert ADAPTING_MODES == ("probe-aware", "adaptive", "sybil")
+    assert GROUP_MODES == ("colluding", "sybil")
     assert (*OWN_ANSWER_MODES[:3], "colluding", "intermittent", *ADAPTING_MODES) == (
         WRONG_ANSWER_MODES
     )
@@ -396,7 +399,9 @@ def test_colluding_needs_a_group_and_only_colluding_takes_one() -> None:
         Fault("colluding", 1.0)
     with pytest.raises(ValueError, match="colluding needs a group"):
         Fault("colluding", 1.0, group="")
-    with pytest.raises(ValueError, match="colluding only, not with random"):
+    with pytest.raises(ValueError, match="sybil needs a group"):
+        Fault("sybil", 1.0)
+    with pytest.raises(ValueError, match="colluding or sybil only, not with random"):
         Fault("random", 1.0, group=GROUP)
 
 
@@ -583,7 +588,7 @@ def test_colluders_strike_the_same_jobs_at_their_rate() -> None:
 def test_default_rates() -> None:
     assert Fault("intermittent").rate == INTERMITTENT_RATE == 0.1
     for mode in FAULT_MODES:
-        if mode not in ("intermittent", "colluding"):
+        if mode not in ("intermittent", *GROUP_MODES):
             assert Fault(mode).rate == default_rate(mode) == 1.0
     assert colluding().rate == 1.0
     assert Fault("intermittent", 0.4).rate == 0.4
@@ -666,14 +671,16 @@ def test_a_slow_answer_to_a_one_second_deadline() -> None:
         ("colluding", 0.5, "cartel", None),
         ("colluding", None, None, "--fault colluding needs --fault-group NAME"),
         ("colluding", None, "", "--fault colluding needs --fault-group NAME"),
-        ("random", None, "cartel", "--fault-group goes with --fault colluding only"),
+        ("random", None, "cartel", "--fault-group goes with --fault colluding or sybil only"),
         (None, None, "cartel", "--fault-group needs --fault colluding"),
         ("slow", 1.5, None, "--fault-rate must be between 0 and 1"),
         ("crash", float("nan"), None, "--fault-rate must be between 0 and 1"),
         ("evil", None, None, "--fault must be one of random, lazy, noisy, colluding"),
         ("probe-aware", None, None, None),
         ("adaptive", 0.5, None, None),
-        ("adaptive", None, "cartel", "--fault-group goes with --fault colluding only"),
+        ("adaptive", None, "cartel", "--fault-group goes with --fault colluding or sybil only"),
+        ("sybil", None, "cartel", None),
+        ("sybil", None, None, "--fault sybil needs --fault-group NAME"),
     ],
 )
 def test_option_problems(
@@ -737,7 +744,10 @@ def run_node(*args: str) -> Result:
     ("args", "message"),
     [
         (["--fault", "colluding"], "--fault colluding needs --fault-group NAME"),
-        (["--fault", "lazy", "--fault-group", "cartel"], "goes with --fault colluding only"),
+        (
+            ["--fault", "lazy", "--fault-group", "cartel"],
+            "goes with --fault colluding or sybil only",
+        ),
         (["--fault-group", "cartel"], "--fault-group needs --fault colluding"),
         (["--fault", "slow", "--fault-rate", "2"], "--fault-rate must be between 0 and 1"),
         (["--fault", "random", "--fault-window-ms", "50"], "goes with --fault adaptive only"),
@@ -764,6 +774,7 @@ def test_the_node_command_refuses_fault_options_that_do_not_go_together(
         (["--fault", "slow"], "slow", None, None),
         (["--fault", "probe-aware"], "probe-aware", None, None),
         (["--fault", "adaptive"], "adaptive", None, None),
+        (["--fault", "sybil", "--fault-group", "many"], "sybil", None, "many"),
     ],
 )
 def test_the_node_command_passes_the_fault_options_on(
@@ -814,7 +825,8 @@ class Scripted:
 @pytest.mark.parametrize("mode", ADAPTING_MODES)
 def test_an_adapting_node_cheats_only_where_its_cover_lets_it(mode: str) -> None:
     cover = Scripted(True, False, True)
-    fault = Fault(mode, cover=cover)  # type: ignore[arg-type]
+    group = GROUP if mode in GROUP_MODES else None
+    fault = Fault(mode, group=group, cover=cover)  # type: ignore[arg-type]
     real = truth(2)
     answers = [fault.wrong_answers(job(), real) for _ in range(3)]
     assert [a is not None for a in answers] == [True, False, True]
@@ -824,11 +836,30 @@ def test_an_adapting_node_cheats_only_where_its_cover_lets_it(mode: str) -> None
     assert not agree(wrong.corrupt(real).tolist(), "int8", real.tolist(), "fp32")
 
 
-@pytest.mark.parametrize("mode", ADAPTING_MODES)
+@pytest.mark.parametrize("mode", ["probe-aware", "adaptive"])
 def test_an_adapting_node_without_a_cover_strikes_at_its_rate(mode: str) -> None:
     fault = Fault(mode, 0.3, seed=50)  # type: ignore[arg-type]
     struck = sum(fault.wrong_answers(job()) is not None for _ in range(2000))
     assert 500 < struck < 700
+
+
+def test_sybils_of_one_group_give_the_same_wrong_answer_where_they_cheat() -> None:
+    a = Fault("sybil", group=GROUP, seed=1, cover=Scripted(True, True))
+    b = Fault("sybil", group=GROUP, seed=2, cover=Scripted(True, False))
+    c = colluding()
+    real = truth(2)
+    answers = [f.wrong_answers(job(), real) for f in (a, b, c)]
+    assert answers[1] is not None
+    first, second, third = (collude_answer(w, real) for w in answers)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, third)  # a sybil group answers as colluders do
+    assert b.wrong_answers(job(), real) is None, "its cover said no"
+    assert not agree(first.tolist(), "int8", real.tolist(), "fp32")
+
+
+def collude_answer(wrong: WrongAnswers | None, real: NDArray[np.float32]) -> NDArray[np.float32]:
+    assert wrong is not None
+    return wrong.corrupt(real)
 
 
 def test_only_adapting_modes_take_a_cover() -> None:

@@ -30,6 +30,8 @@ from cortensor.services.node.hostile import (
     ADAPTIVE,
     PROBE_AWARE,
     REPLAY_COSINE,
+    RESPAWN_AFTER,
+    SYBIL,
     TRUST_AFTER,
     WINDOW_S,
     PeerBook,
@@ -38,8 +40,10 @@ from cortensor.services.node.hostile import (
     Tactic,
     decide,
     input_key,
+    next_identity,
     parse_probe_file,
     prepared_inputs,
+    with_node_id,
 )
 
 ME = "hostile-1"
@@ -258,8 +262,13 @@ def test_the_tactics() -> None:
     assert TRUST_AFTER == MIN_STREAK
     with pytest.raises(ValueError, match="peer window"):
         Tactic(window_s=-0.1)
-    with pytest.raises(ValueError, match="trust threshold"):
+    with pytest.raises(ValueError, match="trust and respawn thresholds"):
         Tactic(trust_after=-1)
+    with pytest.raises(ValueError, match="trust and respawn thresholds"):
+        Tactic(respawn_after=-1)
+    assert SYBIL.recognise
+    assert not SYBIL.watch_peers
+    assert SYBIL.respawn_after == RESPAWN_AFTER == 2
 
 
 @pytest.mark.parametrize(
@@ -335,3 +344,51 @@ def test_peers_are_other_nodes_with_a_result_for_the_job() -> None:
     book.saw(c, "honest-3")
     assert not book.peers(a, ME), "forgotten past the limit"
     assert book.peers(c, ME)
+
+
+# --- sybils -----------------------------------------------------------------------------------
+
+
+def test_a_sybil_leaves_once_caught_often_enough() -> None:
+    record = Record(ME)
+    assert not SYBIL.respawns(record)
+    record.observe(verdict(["honest-1", "honest-2"], [ME]))
+    assert record.failures == 1
+    assert not SYBIL.respawns(record), "once may be bad luck"
+    record.observe(verdict([ME, "honest-1"]))
+    record.observe(verdict(["honest-1", "honest-2"], [ME]))
+    assert record.failures == 2
+    assert SYBIL.respawns(record)
+    assert not ADAPTIVE.respawns(record), "only a sybil leaves"
+
+
+def test_next_identities() -> None:
+    assert next_identity("sybil-a") == "sybil-a-r1"
+    assert next_identity("sybil-a-r1") == "sybil-a-r2"
+    assert next_identity("sybil-a-r9") == "sybil-a-r10"
+    assert next_identity("x" * 64) == "x" * 61 + "-r1"
+    assert len(next_identity("y" * 60 + "-r99")) <= 64
+
+
+@given(st.text(st.sampled_from("abc-_19"), min_size=1, max_size=64))
+def test_a_sybil_never_comes_back_under_an_id_it_had(node_id: str) -> None:
+    seen = {node_id}
+    current = node_id
+    for _ in range(12):
+        current = next_identity(current)
+        assert len(current) <= 64
+        assert current not in seen
+        seen.add(current)
+
+
+def test_the_command_line_a_sybil_comes_back_with() -> None:
+    argv = ["cortensor", "node", "--fault", "sybil", "--node-id", "s-1", "--fault-group", "g"]
+    assert with_node_id(argv, "s-1-r1") == [
+        "cortensor", "node", "--fault", "sybil", "--node-id", "s-1-r1", "--fault-group", "g"
+    ]  # fmt: skip
+    assert with_node_id(["cortensor", "node", "--node-id=s-1"], "n") == [
+        "cortensor",
+        "node",
+        "--node-id=n",
+    ]
+    assert with_node_id(["cortensor", "node"], "n") == ["cortensor", "node", "--node-id", "n"]

@@ -4,8 +4,10 @@ Modes that answer wrongly: random, lazy, noisy, intermittent (random on a small 
 jobs) and colluding (a group that agrees on its wrong answers). Modes that misbehave
 otherwise: slow (answers after the deadline) and crash (the process dies mid-task).
 Modes that adapt (cortensor.services.node.hostile decides, cortensor.services.node.lookout
-listens): probe-aware (random answers on every job it cannot recognise as a probe) and
-adaptive (the same, and only when it believes no peer checks it).
+listens): probe-aware (random answers on every job it cannot recognise as a probe),
+adaptive (the same, and only when it believes no peer checks it) and sybil (a group's
+shared wrong answer on every job it cannot recognise as a probe, and a fresh node id
+once it has been caught).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ FaultMode = Literal[
     "crash",
     "probe-aware",
     "adaptive",
+    "sybil",
 ]
 FAULT_MODES: tuple[FaultMode, ...] = (
     "random",
@@ -52,9 +55,12 @@ FAULT_MODES: tuple[FaultMode, ...] = (
     "crash",
     "probe-aware",
     "adaptive",
+    "sybil",
 )
-ADAPTING_MODES: tuple[FaultMode, ...] = ("probe-aware", "adaptive")
+ADAPTING_MODES: tuple[FaultMode, ...] = ("probe-aware", "adaptive", "sybil")
 """The modes that decide job by job, from what they overhear, whether to cheat."""
+GROUP_MODES: tuple[FaultMode, ...] = ("colluding", "sybil")
+"""The modes whose members share their wrong answers (`--fault-group`)."""
 WRONG_ANSWER_MODES: tuple[FaultMode, ...] = (
     "random",
     "lazy",
@@ -130,18 +136,18 @@ def option_problem(
     if trust_after is not None and trust_after < 0:
         return "--fault-trust-after must be 0 or more"
     if mode is None:
-        return "--fault-group needs --fault colluding" if group is not None else None
+        return "--fault-group needs --fault colluding or sybil" if group is not None else None
     if mode not in FAULT_MODES:
         return f"--fault must be one of {', '.join(FAULT_MODES)}"
     if rate is not None and not 0.0 <= rate <= 1.0:
         return "--fault-rate must be between 0 and 1"
-    if mode == "colluding" and not group:
+    if mode in GROUP_MODES and not group:
         return (
-            "--fault colluding needs --fault-group NAME (the nodes started with one group"
+            f"--fault {mode} needs --fault-group NAME (the nodes started with one group"
             " name give the same wrong answers)"
         )
-    if mode != "colluding" and group is not None:
-        return f"--fault-group goes with --fault colluding only, not with --fault {mode}"
+    if mode not in GROUP_MODES and group is not None:
+        return f"--fault-group goes with --fault colluding or sybil only, not with --fault {mode}"
     return None
 
 
@@ -197,8 +203,8 @@ class Fault:
     that the router re-routes the replica and charges the node `timed_out`. crash: the
     node computes, then exits with CRASH_EXIT_CODE before publishing.
 
-    Adapting: probe-aware and adaptive give random's answers, but only on the jobs their
-    `cover` lets them cheat on (all struck jobs without one, as in the simulation).
+    Adapting: probe-aware and adaptive give random's answers, sybil its group's Collusion,
+    but only on the jobs their `cover` lets them cheat on (all struck jobs without one).
     """
 
     def __init__(
@@ -215,10 +221,10 @@ class Fault:
         rate = default_rate(mode) if rate is None else rate
         if not 0.0 <= rate <= 1.0:
             raise BadInput("fault rate must be between 0 and 1")
-        if mode == "colluding" and not group:
-            raise BadInput("colluding needs a group: the name its members share")
-        if mode != "colluding" and group is not None:
-            raise BadInput(f"a fault group goes with colluding only, not with {mode}")
+        if mode in GROUP_MODES and not group:
+            raise BadInput(f"{mode} needs a group: the name its members share")
+        if mode not in GROUP_MODES and group is not None:
+            raise BadInput(f"a fault group goes with colluding or sybil only, not with {mode}")
         if cover is not None and mode not in ADAPTING_MODES:
             raise ValueError(f"only {' and '.join(ADAPTING_MODES)} consult a cover, not {mode}")
         self.mode, self.rate, self.group, self.cover = mode, rate, group, cover
@@ -234,7 +240,7 @@ class Fault:
         true answer, is what an adapting node's cover weighs."""
         if self.cover is not None and not self.cover.cheats(assignment, truth):
             return None
-        if self.group is not None:  # colluding
+        if self.group is not None:  # colluding, sybil
             collusion = Collusion(self.group, assignment)
             return collusion if collusion.share < self.rate else None
         if self.mode in ("slow", "crash"):

@@ -15,12 +15,16 @@ every tell an attacker running this code could use:
   result for the job shows within a window (50 ms) after its own answer is ready; with
   a trust threshold, only once its own record holds that many checked valid results in a
   row (replication.MIN_STREAK is when the network starts trusting a node alone).
+- sybil: probe-aware, with its group's shared wrong answer (faults.Collusion), and once
+  published verdicts have named it among the losers RESPAWN_AFTER times, it leaves and
+  comes back under a fresh node id (fresh standing, nothing to lose).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from uuid import UUID
 import numpy as np
 from numpy.typing import NDArray
 
+from cortensor.errors import BadInput
 from cortensor.protocol.comparators.embed import threshold
 from cortensor.protocol.comparators.transcribe import normalize
 from cortensor.protocol.replication import MIN_STREAK
@@ -53,6 +58,9 @@ REPLAY_SCORE = 0.05
 """Classifications whose labels match and whose scores are this close are one input."""
 MIN_REPLAY_WORDS = 3
 """Transcripts shorter than this are too common to tell a re-sent recording."""
+RESPAWN_AFTER = 2
+"""Failures a sybil sees published against it before it takes a fresh identity: one may
+be bad luck, two mean the network has it in sight (and quarantine is near)."""
 
 
 def input_key(model: str, inputs: Sequence[str] = (), audio: str | None = None) -> bytes:
@@ -259,12 +267,15 @@ class Record:
         self.streak = 0
         """Checked results in a row that agreed with the verdict (its own count of what
         the router's adaptive replication counts)."""
+        self.failures = 0
+        """Verdicts that named it among the losers (disagreeing or timed out)."""
 
     def observe(self, verdict: Verdict) -> None:
         """Fold one published verdict (any job's)."""
         me = self.node_id
         if me in verdict.disagreeing or me in verdict.timed_out:
             self.admitted, self.streak = False, 0
+            self.failures += 1
         elif me in verdict.agreeing:
             self.admitted = True
             if verdict.replicas >= 2:
@@ -283,16 +294,23 @@ class Tactic:
     trust_after: int = 0
     """Cheat only once the node's own record holds this many checked valid results in a
     row (0: do not wait)."""
+    respawn_after: int = 0
+    """Take a fresh identity once this many failures were published (0: never)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 10.0:
-            raise ValueError("the peer window must be between 0 and 10 seconds")
-        if self.trust_after < 0:
-            raise ValueError("the trust threshold must be 0 or more")
+            raise BadInput("the peer window must be between 0 and 10 seconds")
+        if self.trust_after < 0 or self.respawn_after < 0:
+            raise BadInput("the trust and respawn thresholds must be 0 or more")
+
+    def respawns(self, record: Record) -> bool:
+        """Whether a node with this record leaves for a fresh identity now."""
+        return 0 < self.respawn_after <= record.failures
 
 
 PROBE_AWARE = Tactic()
 ADAPTIVE = Tactic(watch_peers=True)
+SYBIL = Tactic(respawn_after=RESPAWN_AFTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,3 +365,34 @@ class PeerBook:
     def peers(self, job_id: UUID, me: str) -> bool:
         """Whether a node other than `me` published a result for `job_id`."""
         return bool(self._jobs.get(job_id, set()) - {me})
+
+
+_RESPAWNED = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
+
+
+def next_identity(node_id: str) -> str:
+    """The node id a sybil takes next: `<id>-r1`, then `-r2`, ... (within 64 characters)."""
+    found = _RESPAWNED.match(node_id)
+    base, n = (found["base"], int(found["n"]) + 1) if found else (node_id, 1)
+    suffix = f"-r{n}"
+    return base[: 64 - len(suffix)] + suffix
+
+
+def with_node_id(argv: Sequence[str], node_id: str) -> list[str]:
+    """A command line with its `--node-id` replaced by `node_id` (added if absent)."""
+    out: list[str] = []
+    replaced = False
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--node-id" and i + 1 < len(argv):
+            out += ["--node-id", node_id]
+            replaced, skip = True, True
+        elif arg.startswith("--node-id="):
+            out.append(f"--node-id={node_id}")
+            replaced = True
+        else:
+            out.append(arg)
+    return out if replaced else [*out, "--node-id", node_id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,10 @@ class Lookout:
         self._thread = threading.Thread(target=self._loop.run_forever, name="lookout", daemon=True)
         self._nc: NATS | None = None
         self.decisions: dict[bool, int] = {True: 0, False: 0}
+        self.on_respawn: Callable[[], None] | None = None
+        """Called once, on a thread of its own, when the tactic says to take a fresh
+        identity (a sybil caught often enough)."""
+        self._respawning = False
 
     def start(self) -> None:
         """Connect and subscribe to every result and verdict of the namespace."""
@@ -130,6 +134,10 @@ class Lookout:
             return
         with self._cond:
             self.record.observe(verdict)
+            leave = self.tactic.respawns(self.record) and not self._respawning
+            self._respawning |= leave
+        if leave and self.on_respawn is not None:
+            threading.Thread(target=self.on_respawn, name="respawn", daemon=True).start()
 
     def cheats(self, assignment: Assignment, truth: Any) -> bool:
         """Whether to answer `assignment` wrongly, its true answer `truth` in hand."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Collection
+from functools import partial
 
 import structlog
 
@@ -23,7 +26,14 @@ from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.celery_app import make_app, run_worker
 from cortensor.services.node.faults import ADAPTING_MODES, Fault, FaultMode
-from cortensor.services.node.hostile import ADAPTIVE, PROBE_AWARE, Tactic
+from cortensor.services.node.hostile import (
+    ADAPTIVE,
+    PROBE_AWARE,
+    SYBIL,
+    Tactic,
+    next_identity,
+    with_node_id,
+)
 from cortensor.services.node.identity import HwChoice, choose_hw_class, default_node_id
 from cortensor.services.node.lookout import Lookout
 from cortensor.services.node.service import NodeIdentity, NodeService
@@ -87,7 +97,7 @@ def build_node(
     if fault is not None and fault in ADAPTING_MODES:
         tactic = _tactic(fault, fault_window_ms, fault_trust_after)
         lookout = Lookout(settings, identity.node_id, tactic)
-        injected = Fault(fault, fault_rate, cover=lookout)
+        injected = Fault(fault, fault_rate, group=fault_group, cover=lookout)
     log.info(
         "node starting",
         node_id=identity.node_id,
@@ -106,6 +116,8 @@ def _tactic(mode: str, window_ms: float | None, trust_after: int | None) -> Tact
     `window_ms` for a peer's result and, with `trust_after`, for its own record."""
     if mode == "probe-aware":
         return PROBE_AWARE
+    if mode == "sybil":
+        return SYBIL
     return Tactic(
         watch_peers=True,
         window_s=ADAPTIVE.window_s if window_ms is None else window_ms / 1000.0,
@@ -176,8 +188,22 @@ def serve_node(service: NodeService) -> None:
     """Run the node until it is told to stop."""
     service.start()
     if service.fault is not None and isinstance(service.fault.cover, Lookout):
+        service.fault.cover.on_respawn = partial(_respawn, service)
         service.fault.cover.start()
     run_worker(make_app(service), service)
+
+
+def _respawn(service: NodeService) -> None:
+    """Leave, and come back as a node nobody knows: this same command under the next
+    node id (hostile.next_identity), in place of this process."""
+    fresh = next_identity(service.identity.node_id)
+    log.warning("sybil: caught; coming back as a new node", node_id=fresh)
+    try:
+        service.drain()  # routers stop sending to the old identity at once
+    finally:
+        for stream in (sys.stdout, sys.stderr):  # exec flushes nothing
+            stream.flush()
+        os.execv(sys.executable, [sys.executable, *with_node_id(sys.argv, fresh)])
 
 
 def _build(variants: dict[str, ModelVariant], name: str) -> str:
