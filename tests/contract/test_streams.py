@@ -9,7 +9,7 @@ import time
 
 from cortensor.adapters.interfaces import Signal, StreamConsumer, StreamMessage
 from tests.conftest import eventually
-from tests.contract.conftest import NatsSide
+from tests.contract.sides import NatsSide
 
 
 def subject(nats_side: NatsSide, job: str) -> str:

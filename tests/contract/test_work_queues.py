@@ -13,7 +13,7 @@ from cortensor.adapters.amqp import REASON_HEADER
 from cortensor.adapters.interfaces import Delivery, JobQueue, Unroutable
 from cortensor.adapters.memory.queues import DEATH_REASON_HEADER
 from tests.conftest import eventually
-from tests.contract.conftest import AmqpSide, Got
+from tests.contract.sides import AmqpSide, Got
 
 
 class Inbox:

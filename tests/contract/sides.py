@@ -1,0 +1,268 @@
+"""The two sides of every contract test, real server and in-memory twin, behind one
+harness (`AmqpSide`, `NatsSide`): the adapters under test (the interfaces of
+cortensor.adapters.interfaces) and the few server-side moves a test needs (declare a
+node queue, publish a job as a client does, read a queue, open a durable consumer)."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cortensor.adapters import amqp, jetstream
+from cortensor.adapters.interfaces import (
+    JobQueue,
+    SignalBus,
+    StreamConsumer,
+    StreamPublisher,
+    TaskPublisher,
+)
+from cortensor.adapters.memory import (
+    MemoryBroker,
+    MemoryNats,
+    MemoryPullConsumer,
+    MemorySignals,
+    MemoryStreamPublisher,
+    MemoryTaskPublisher,
+    MemoryWorkQueue,
+)
+from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
+from tests.conftest import make_settings
+
+
+@dataclass(frozen=True)
+class Got:
+    """A message read off a queue by the test."""
+
+    body: bytes
+    headers: Mapping[str, Any]
+    message_id: str | None
+
+
+Closer = Callable[[], Awaitable[None]]
+
+
+class AmqpSide(ABC):
+    """What a contract test does with RabbitMQ, on either side."""
+
+    topology: Topology
+    tasks: TaskPublisher
+    quiet_s: float
+    """How long a test watches for a message that must not come: a real broker's
+    delivery takes a round trip, the twin's a few turns of the event loop."""
+
+    @abstractmethod
+    async def work_queue(self, *, prefetch: int = 0, queue: str = "") -> tuple[JobQueue, Closer]:
+        """A consumer of `queue` (the router queue by default) on a channel of its own,
+        and how to close that channel (unsettled messages go back)."""
+        ...
+
+    @abstractmethod
+    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
+        """A node's queue, bound to its class exchange; returns its name."""
+        ...
+
+    @abstractmethod
+    async def publish_job(self, body: bytes, *, message_id: str) -> None:
+        """Publish to the jobs exchange, as a client does."""
+        ...
+
+    @abstractmethod
+    async def get(self, queue: str) -> Got | None:
+        """The next ready message of `queue`, taken off it; None when it is empty."""
+        ...
+
+
+class RealAmqp(AmqpSide):
+    quiet_s = 0.3
+
+    def __init__(self, settings: Settings, connection: aio_pika.abc.AbstractConnection) -> None:
+        self.settings = settings
+        self.topology = Topology(settings.namespace)
+        self.connection = connection
+        self.nodes: list[tuple[str, str]] = []
+        self._closers: list[Closer] = []
+
+    async def start(self) -> None:
+        self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.tasks = amqp.AmqpTaskPublisher(self.channel, self.topology)
+
+    async def work_queue(self, *, prefetch: int = 0, queue: str = "") -> tuple[JobQueue, Closer]:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch)
+
+        async def close() -> None:
+            if not connection.is_closed:
+                await connection.close()
+
+        self._closers.append(close)
+        return amqp.AmqpWorkQueue(channel, self.topology, queue), close
+
+    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
+        spec = self.topology.node_queue(node_id, hw_class)
+        await amqp.declare_queue(self.channel, spec)
+        self.nodes.append((node_id, hw_class))
+        return spec.name
+
+    async def publish_job(self, body: bytes, *, message_id: str) -> None:
+        exchange = await self.channel.get_exchange(self.topology.jobs_exchange)
+        await exchange.publish(
+            amqp.json_message(body, message_id=message_id),
+            routing_key=self.topology.jobs_routing_key,
+        )
+
+    async def get(self, queue: str) -> Got | None:
+        message = await (await self.channel.get_queue(queue)).get(no_ack=True, fail=False)
+        if message is None:
+            return None
+        return Got(message.body, dict(message.headers), message.message_id)
+
+    async def close(self) -> None:
+        for close in self._closers:
+            await close()
+
+
+class MemoryAmqp(AmqpSide):
+    quiet_s = 0.02
+
+    def __init__(self) -> None:
+        self.topology = Topology(make_settings().namespace)
+        self.broker = MemoryBroker(self.topology)
+        self.tasks = MemoryTaskPublisher(self.broker, self.topology)
+
+    async def work_queue(self, *, prefetch: int = 0, queue: str = "") -> tuple[JobQueue, Closer]:
+        channel = self.broker.channel(prefetch)
+
+        async def close() -> None:
+            channel.close()
+
+        return MemoryWorkQueue(channel, self.topology, queue), close
+
+    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
+        spec = self.topology.node_queue(node_id, hw_class)
+        self.broker.declare_queue(spec)
+        return spec.name
+
+    async def publish_job(self, body: bytes, *, message_id: str) -> None:
+        self.broker.publish(
+            self.topology.jobs_exchange,
+            self.topology.jobs_routing_key,
+            body,
+            message_id=message_id,
+        )
+
+    async def get(self, queue: str) -> Got | None:
+        delivery = self.broker.get(queue)
+        if delivery is None:
+            return None
+        return Got(delivery.body, dict(delivery.headers), delivery.message_id)
+
+
+class NatsSide(ABC):
+    """What a contract test does with NATS, on either side."""
+
+    topology: Topology
+    publisher: StreamPublisher
+    ack_wait_s: float
+    """The ack wait of the consumers `durable` opens: short, so that tests of
+    redelivery stay short."""
+
+    @abstractmethod
+    async def durable(self, name: str, *, max_ack_pending: int = 1000) -> None:
+        """A durable pull consumer on the results stream with `ack_wait_s`."""
+        ...
+
+    @abstractmethod
+    async def fetcher(self, durable: str) -> StreamConsumer:
+        """A new fetcher on `durable` (each one a guard of its own)."""
+        ...
+
+    @abstractmethod
+    async def signals(self) -> SignalBus:
+        """A new connection's core publish/subscribe."""
+        ...
+
+    @abstractmethod
+    async def stored(self, stream: str) -> int:
+        """How many messages `stream` holds."""
+        ...
+
+
+class RealNats(NatsSide):
+    ack_wait_s = 1.0
+
+    def __init__(self, settings: Settings, nc: NATS) -> None:
+        self.settings, self.nc = settings, nc
+        self.topology = Topology(settings.namespace)
+        self.js = nc.jetstream()
+        self.publisher = jetstream.JetStreamPublisher(self.js)
+        self._clients: list[NATS] = []
+        self._fetchers: list[StreamConsumer] = []
+
+    async def durable(self, name: str, *, max_ack_pending: int = 1000) -> None:
+        await self.js.add_consumer(
+            self.topology.results_stream,
+            ConsumerConfig(
+                durable_name=name,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.ack_wait_s,
+                max_ack_pending=max_ack_pending,
+            ),
+        )
+
+    async def fetcher(self, durable: str) -> StreamConsumer:
+        fetcher = await jetstream.PullConsumer.bind(
+            self.js, stream=self.topology.results_stream, durable=durable
+        )
+        self._fetchers.append(fetcher)
+        return fetcher
+
+    async def signals(self) -> SignalBus:
+        nc = await jetstream.connect(self.settings.nats_url, name="contract")
+        self._clients.append(nc)
+        return jetstream.NatsSignals(nc)
+
+    async def stored(self, stream: str) -> int:
+        return int((await self.js.stream_info(stream)).state.messages)
+
+    async def close(self) -> None:
+        for fetcher in self._fetchers:
+            with contextlib.suppress(Exception):
+                await fetcher.close()
+        for nc in self._clients:
+            await nc.drain()
+
+
+class MemoryNatsSide(NatsSide):
+    ack_wait_s = 0.1
+
+    def __init__(self) -> None:
+        self.topology = Topology(make_settings().namespace)
+        self.nats = MemoryNats(self.topology)
+        self.publisher = MemoryStreamPublisher(self.nats)
+
+    async def durable(self, name: str, *, max_ack_pending: int = 1000) -> None:
+        self.nats.add_consumer(
+            self.topology.results_stream,
+            name,
+            ack_wait_s=self.ack_wait_s,
+            max_ack_pending=max_ack_pending,
+        )
+
+    async def fetcher(self, durable: str) -> StreamConsumer:
+        return MemoryPullConsumer(self.nats, durable)
+
+    async def signals(self) -> SignalBus:
+        return MemorySignals(self.nats)
+
+    async def stored(self, stream: str) -> int:
+        return len(self.nats.stored(stream))
