@@ -29,7 +29,7 @@ from cortensor.errors import (
     SetupIncomplete,
     exit_code,
 )
-from cortensor.paths import ROOT
+from cortensor.paths import ROOT, checkout_path
 from cortensor.protocol.intake import explain
 from cortensor.schemas import DEFAULT_DEADLINE_S, DEFAULT_TOP_K, JobRequest, NodeId, Verdict
 from cortensor.services.node.faults import FaultMode
@@ -78,6 +78,7 @@ for sub, name in [
 out = console()
 err = console(stderr=True)
 SCHEMAS_DIR = ROOT / "docs" / "schemas"
+"""Where a checkout keeps the schemas: the default of `schemas write`."""
 
 
 def _configure_logging() -> None:
@@ -163,12 +164,16 @@ def models_prepare(force: bool = typer.Option(False, help="Redo every variant.")
 
 @schemas_app.command("write")
 def schemas_write(
-    directory: Path = SCHEMAS_DIR,
+    directory: Annotated[
+        Path | None, typer.Option(help="Default: docs/schemas/ of the checkout.")
+    ] = None,
     check: bool = typer.Option(False, help="Fail if the files differ instead of writing."),
 ) -> None:
     """Write the JSON Schema of every message under docs/schemas/."""
     from cortensor.schemas import json_schemas
 
+    if directory is None:  # outside a checkout there is no docs/ to write into
+        directory = checkout_path("docs", "schemas")
     stale = []
     for name, schema in json_schemas().items():
         text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
