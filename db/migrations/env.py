@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from cortensor.adapters.ledger.tables import Base
+from cortensor.errors import SetupIncomplete
 
 # Any constant will do; it only has to be the same in every process that migrates.
 _MIGRATION_LOCK = 0x636F7274656E73  # "cortens"
@@ -19,8 +20,9 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError(
-            "sqlalchemy.url is not set; build the config with cortensor.adapters.ledger.migrate"
+        raise SetupIncomplete(
+            "sqlalchemy.url is not set; migrate with `cortensor db upgrade`, which builds the"
+            " configuration from the CORTENSOR_* settings"
         )
     return url
 
