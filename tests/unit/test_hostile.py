@@ -29,21 +29,23 @@ from cortensor.schemas import (
 from cortensor.services.node.hostile import (
     ADAPTIVE,
     PROBE_AWARE,
-    REPLAY_COSINE,
     RESPAWN_AFTER,
     SYBIL,
     TRUST_AFTER,
     WINDOW_S,
     PeerBook,
-    Recognition,
     Record,
     Tactic,
     decide,
-    input_key,
     next_identity,
+    with_node_id,
+)
+from cortensor.services.node.recognition import (
+    REPLAY_COSINE,
+    Recognition,
+    input_key,
     parse_probe_file,
     prepared_inputs,
-    with_node_id,
 )
 
 ME = "hostile-1"

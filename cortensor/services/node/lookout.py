@@ -1,8 +1,8 @@
 """The listening half of an adapting dishonest node: probe files on its disk, and every
 result and verdict published in its namespace, overheard on a NATS connection of its own.
 
-The decisions are cortensor.services.node.hostile's; this module feeds them and waits
-for a peer's result for as long as the tactic's window.
+The decisions are cortensor.services.node.hostile's (and recognition's); this module
+feeds them and waits for a peer's result for as long as the tactic's window.
 """
 
 from __future__ import annotations
@@ -22,14 +22,8 @@ from pydantic import ValidationError
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import Assignment, InferenceResult, Verdict
-from cortensor.services.node.hostile import (
-    PeerBook,
-    Recognition,
-    Record,
-    Tactic,
-    decide,
-    parse_probe_file,
-)
+from cortensor.services.node.hostile import PeerBook, Record, Tactic, decide
+from cortensor.services.node.recognition import Recognition, parse_probe_file
 from cortensor.settings import Settings
 
 log = structlog.get_logger(__name__)
