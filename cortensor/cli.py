@@ -214,8 +214,7 @@ def node(
     fault_group: Annotated[
         str | None,
         typer.Option(
-            help="With --fault colluding or sybil: nodes of one group give the same wrong"
-            " answers."
+            help="With --fault colluding or sybil: nodes of one group give the same wrong answers."
         ),
     ] = None,
     fault_window_ms: Annotated[
@@ -229,6 +228,14 @@ def node(
             " in a row (the router trusts a node alone from 30). Default: 0."
         ),
     ] = None,
+    fault_coordinate: Annotated[
+        bool,
+        typer.Option(
+            "--fault-coordinate",
+            help="With --fault sybil: cheat only where another member of the group holds the"
+            " job too (they tell one another on a side channel).",
+        ),
+    ] = False,
     models: Annotated[
         str | None,
         typer.Option(help="Comma-separated models to serve; default: all its class serves."),
@@ -238,7 +245,9 @@ def node(
     from cortensor.services.node.faults import option_problem
     from cortensor.services.node.main import build_node, serve_node
 
-    problem = option_problem(fault, fault_rate, fault_group, fault_window_ms, fault_trust_after)
+    problem = option_problem(
+        fault, fault_rate, fault_group, fault_window_ms, fault_trust_after, fault_coordinate
+    )
     if problem is not None:
         raise BadInput(problem)
     _configure_logging()
@@ -256,6 +265,7 @@ def node(
         fault_group=fault_group,
         fault_window_ms=fault_window_ms,
         fault_trust_after=fault_trust_after,
+        fault_coordinate=fault_coordinate,
         models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
     )
     serve_node(service)

@@ -325,10 +325,11 @@ def run_attack(
     keep: bool = False,
     adaptive: bool = True,
     sybils: int = 0,
+    coordinate: bool = False,
 ) -> dict[str, Any]:
     """Set up a namespace and a ledger, start the fleet with one adaptive node (and
-    `sybils` sybil nodes of one group), measure, and tear everything down (the ledger is
-    kept with `keep`)."""
+    `sybils` sybil nodes of one group, coordinated with `coordinate`), measure, and tear
+    everything down (the ledger is kept with `keep`)."""
     settings = isolated_settings(base)
     prepare_models(settings.models_dir, log=lambda _: None)  # checks; builds what is missing
     migrate.upgrade(settings)
@@ -341,6 +342,7 @@ def run_attack(
     for i in range(1, sybils + 1):
         hostile[f"{SYBIL}-{i}"] = ["--fault", "sybil", "--fault-group", SYBIL]
         hostile[f"{SYBIL}-{i}"] += ["--node-id", f"{SYBIL}-{i}"]
+        hostile[f"{SYBIL}-{i}"] += ["--fault-coordinate"] if coordinate else []
     fleet = Fleet(
         settings,
         nodes=honest,
@@ -398,6 +400,9 @@ def main(
     sybils: Annotated[
         int, typer.Option(min=0, help="Sybil nodes of one group beside it (--fault sybil).")
     ] = 0,
+    coordinate: Annotated[
+        bool, typer.Option(help="The sybils cheat only where two of them hold one job.")
+    ] = False,
 ) -> None:
     """Measure what an adaptive attacker gets through a live fleet; JSON on stdout."""
     report = run_attack(
@@ -412,6 +417,7 @@ def main(
         keep=keep,
         adaptive=adaptive,
         sybils=sybils,
+        coordinate=coordinate,
     )
     typer.echo(json.dumps(report, indent=2, default=str))
 

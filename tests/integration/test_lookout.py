@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -185,3 +186,28 @@ def test_a_sybil_lookout_calls_for_a_fresh_identity_once(settings: Settings) -> 
         assert calls == [1], "once, however often it is caught after"
     finally:
         watcher.close()
+
+
+def test_coordinated_sybils_cheat_together_and_only_together(settings: Settings) -> None:
+    tactic = replace(SYBIL, coordinate=True)
+    crew = [Lookout(settings, f"sybil-{i}", tactic, group="g") for i in (1, 2)]
+    for member in crew:
+        member.start()
+        member.record.admitted = True  # as if a verdict had named it
+    try:
+        shared = job("Both members hold this one.")
+        answers: dict[int, bool] = {}
+
+        def answer(i: int) -> None:
+            answers[i] = crew[i].cheats(shared, vector(7))
+
+        both = [threading.Thread(target=answer, args=(i,)) for i in (0, 1)]
+        for thread in both:
+            thread.start()
+        for thread in both:
+            thread.join()
+        assert answers == {0: True, 1: True}, "two of three replicas: a majority"
+        assert not crew[0].cheats(job("Only one member holds this one."), vector(8))
+    finally:
+        for member in crew:
+            member.close()

@@ -719,6 +719,25 @@ def test_adaptive_option_problems(
         assert said.startswith(problem)
 
 
+@pytest.mark.parametrize(
+    ("mode", "group", "problem"),
+    [
+        ("sybil", "g", None),
+        ("colluding", "g", "--fault-coordinate goes with --fault sybil only"),
+        (None, None, "--fault-coordinate goes with --fault sybil only"),
+    ],
+)
+def test_coordinate_option_problems(
+    mode: str | None, group: str | None, problem: str | None
+) -> None:
+    said = option_problem(mode, None, group, None, None, True)
+    if problem is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert said.startswith(problem)
+
+
 @pytest.fixture
 def node_command(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """The `node` command with its node built and served by stand-ins: the calls made."""
@@ -805,6 +824,20 @@ def test_the_node_command_passes_the_adaptive_options_on(
         20.0,
         30,
     )
+    assert kwargs["fault_coordinate"] is False
+
+
+def test_the_node_command_passes_coordination_on(node_command: list[dict[str, Any]]) -> None:
+    done = run_node("--fault", "sybil", "--fault-group", "g", "--fault-coordinate")
+    assert done.exit_code == 0, done.output
+    [kwargs] = node_command
+    assert (kwargs["fault"], kwargs["fault_group"], kwargs["fault_coordinate"]) == (
+        "sybil",
+        "g",
+        True,
+    )
+    refused = run_node("--fault", "colluding", "--fault-group", "g", "--fault-coordinate")
+    assert refused.exit_code == 2
 
 
 # --- adapting modes ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from cortensor.services.node.hostile import (
     SYBIL,
     TRUST_AFTER,
     WINDOW_S,
+    Crew,
     PeerBook,
     Record,
     Tactic,
@@ -303,9 +304,39 @@ def test_decisions(
     assert decision.why.startswith(why)
 
 
+COORDINATED = Tactic(coordinate=True, respawn_after=RESPAWN_AFTER)
+
+
+@pytest.mark.parametrize(
+    ("probe", "admitted", "peer_seen", "mates", "cheat", "why"),
+    [
+        (None, True, True, True, True, "majority"),
+        (None, True, False, False, False, "outnumbered"),
+        (None, True, True, False, False, "outnumbered"),
+        ("an input sent before", True, False, True, False, "probe"),
+        (None, False, False, True, False, "probe: not admitted"),
+    ],
+)
+def test_a_coordinated_sybil_cheats_only_beside_a_fellow_member(
+    probe: str | None, admitted: bool, peer_seen: bool, mates: bool, cheat: bool, why: str
+) -> None:
+    decision = decide(
+        COORDINATED,
+        probe=probe,
+        admitted=admitted,
+        peer_seen=peer_seen,
+        streak=0,
+        mates=mates,
+    )
+    assert decision.cheat is cheat
+    assert decision.why.startswith(why)
+
+
 @given(
     recognise=st.booleans(),
     watch=st.booleans(),
+    coordinate=st.booleans(),
+    mates=st.booleans(),
     trust_after=st.integers(0, 60),
     probe=st.none() | st.sampled_from(["a prepared probe", "an input sent before"]),
     admitted=st.booleans(),
@@ -315,18 +346,25 @@ def test_decisions(
 def test_a_node_cheats_exactly_when_nothing_it_watches_warns_it(
     recognise: bool,
     watch: bool,
+    coordinate: bool,
+    mates: bool,
     trust_after: int,
     probe: str | None,
     admitted: bool,
     peer_seen: bool,
     streak: int,
 ) -> None:
-    tactic = Tactic(recognise=recognise, watch_peers=watch, trust_after=trust_after)
-    decision = decide(tactic, probe=probe, admitted=admitted, peer_seen=peer_seen, streak=streak)
+    tactic = Tactic(
+        recognise=recognise, watch_peers=watch, trust_after=trust_after, coordinate=coordinate
+    )
+    decision = decide(
+        tactic, probe=probe, admitted=admitted, peer_seen=peer_seen, streak=streak, mates=mates
+    )
     warned = (
         (recognise and (probe is not None or not admitted))
         or (watch and peer_seen)
         or streak < trust_after
+        or (coordinate and not mates)
     )
     assert decision.cheat is not warned
 
@@ -394,3 +432,20 @@ def test_the_command_line_a_sybil_comes_back_with() -> None:
         "--node-id=n",
     ]
     assert with_node_id(["cortensor", "node"], "n") == ["cortensor", "node", "--node-id", "n"]
+
+
+def test_the_crew_knows_who_holds_a_job_and_who_chose_to_answer_truly() -> None:
+    crew = Crew(limit=2)
+    a, b, c = (uuid.UUID(int=i) for i in (1, 2, 3))
+    crew.heard(a, ME, "holding")
+    assert not crew.mates(a, ME), "its own word is no mate's"
+    crew.heard(a, "sybil-2", "holding")
+    assert crew.mates(a, ME)
+    crew.heard(a, "sybil-2", "honest")
+    assert not crew.mates(a, ME), "the mate answers truly: no majority"
+    crew.heard(a, "sybil-2", "holding")
+    assert not crew.mates(a, ME), "a late echo does not undo a decision"
+    crew.heard(b, "sybil-3", "cheat")
+    assert crew.mates(b, ME)
+    crew.heard(c, "sybil-3", "holding")
+    assert not crew.mates(a, ME), "forgotten past the limit"

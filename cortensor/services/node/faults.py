@@ -124,10 +124,13 @@ def option_problem(
     group: str | None,
     window_ms: float | None = None,
     trust_after: int | None = None,
+    coordinate: bool = False,
 ) -> str | None:
     """What is wrong with a node's `--fault`, `--fault-rate`, `--fault-group`,
-    `--fault-window-ms` and `--fault-trust-after`, said so that the user can fix it; None
-    when they go together."""
+    `--fault-window-ms`, `--fault-trust-after` and `--fault-coordinate`, said so that the
+    user can fix it; None when they go together."""
+    if coordinate and mode != "sybil":
+        return "--fault-coordinate goes with --fault sybil only"
     if mode != "adaptive" and (window_ms is not None or trust_after is not None):
         given = "--fault-window-ms" if window_ms is not None else "--fault-trust-after"
         return f"{given} goes with --fault adaptive only"

@@ -18,7 +18,10 @@ every tell an attacker running this code could use:
   row (replication.MIN_STREAK is when the network starts trusting a node alone).
 - sybil: probe-aware, with its group's shared wrong answer (faults.Collusion), and once
   published verdicts have named it among the losers RESPAWN_AFTER times, it leaves and
-  comes back under a fresh node id (fresh standing, nothing to lose).
+  comes back under a fresh node id (fresh standing, nothing to lose). Coordinated
+  (`--fault-coordinate`), the members tell one another on a side channel which jobs they
+  hold, and cheat only where two of them hold one job: a majority of a checked job's
+  three replicas, so that they are never outvoted and never caught.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from cortensor.errors import BadInput
@@ -87,6 +91,9 @@ class Tactic:
     row (0: do not wait)."""
     respawn_after: int = 0
     """Take a fresh identity once this many failures were published (0: never)."""
+    coordinate: bool = False
+    """Cheat only when a fellow member of the group holds the job too and has not chosen
+    to answer truly (waiting up to `window_s` to hear of one)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 10.0:
@@ -119,12 +126,15 @@ def decide(
     admitted: bool,
     peer_seen: bool,
     streak: int,
+    mates: bool = False,
 ) -> Decision:
-    """Cheat only when nothing says the job is a probe or checked.
+    """Cheat only when nothing says the job is a probe or checked (or, coordinated, only
+    when the group holds a majority of it).
 
     `probe`: why the job looks like a probe (Recognition), or None; `admitted`: the node
     believes it gets real jobs (Record); `peer_seen`: another node's result for the job
-    showed within the window; `streak`: the node's own count of checked valid results.
+    showed within the window; `streak`: the node's own count of checked valid results;
+    `mates`: a fellow member holds the job and has not chosen to answer truly.
     """
     if tactic.recognise and probe is not None:
         return Decision(False, f"probe: {probe}")
@@ -134,6 +144,10 @@ def decide(
         return Decision(False, "checked: a peer answered too")
     if streak < tactic.trust_after:
         return Decision(False, f"earning trust ({streak} of {tactic.trust_after})")
+    if tactic.coordinate:
+        if not mates:
+            return Decision(False, "outnumbered: no fellow member holds the job")
+        return Decision(True, "majority: a fellow member holds the job too")
     if tactic.watch_peers:
         return Decision(True, "alone: no peer answered within the window")
     return Decision(True, "not a probe")
@@ -156,6 +170,32 @@ class PeerBook:
     def peers(self, job_id: UUID, me: str) -> bool:
         """Whether a node other than `me` published a result for `job_id`."""
         return bool(self._jobs.get(job_id, set()) - {me})
+
+
+Stance = Literal["holding", "cheat", "honest"]
+"""What a group member said about a job: it holds it (deciding), or what it decided."""
+
+
+class Crew:
+    """What the members of a coordinated group said about the jobs they hold."""
+
+    def __init__(self, limit: int = RECENT_JOBS) -> None:
+        self.limit = limit
+        self._jobs: OrderedDict[UUID, dict[str, Stance]] = OrderedDict()
+
+    def heard(self, job_id: UUID, node_id: str, stance: Stance) -> None:
+        """A member said `stance` about `job_id` (a decision overrides holding)."""
+        said = self._jobs.setdefault(job_id, {})
+        if said.get(node_id) in (None, "holding"):
+            said[node_id] = stance
+        self._jobs.move_to_end(job_id)
+        while len(self._jobs) > self.limit:
+            self._jobs.popitem(last=False)
+
+    def mates(self, job_id: UUID, me: str) -> bool:
+        """Whether another member holds `job_id` and has not chosen to answer truly."""
+        said = self._jobs.get(job_id, {})
+        return any(node != me and stance != "honest" for node, stance in said.items())
 
 
 _RESPAWNED = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")

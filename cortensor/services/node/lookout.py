@@ -8,11 +8,13 @@ feeds them and waits for a peer's result for as long as the tactic's window.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import Assignment, InferenceResult, Verdict
-from cortensor.services.node.hostile import PeerBook, Record, Tactic, decide
+from cortensor.services.node.hostile import Crew, PeerBook, Record, Stance, Tactic, decide
 from cortensor.services.node.recognition import Recognition, parse_probe_file
 from cortensor.settings import Settings
 
@@ -75,13 +77,20 @@ class Lookout:
     threads and blocks at most the tactic's window.
     """
 
-    def __init__(self, settings: Settings, node_id: str, tactic: Tactic) -> None:
+    def __init__(
+        self, settings: Settings, node_id: str, tactic: Tactic, *, group: str | None = None
+    ) -> None:
         self.settings, self.node_id, self.tactic = settings, node_id, tactic
         self.topology = Topology(settings.namespace)
         jobs, texts, found = read_probe_files(probe_file_candidates(settings))
         self.recognition = Recognition(jobs, texts)
         self.record = Record(node_id)
         self.peers = PeerBook()
+        self.crew = Crew()
+        self.crew_subject = (
+            f"{settings.namespace}.crew.{group}" if tactic.coordinate and group else None
+        )
+        """The group's side channel: any subject the broker lets a node use will do."""
         self.probe_files = found
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
@@ -109,6 +118,29 @@ class Lookout:
         self._nc = await jetstream.connect(self.settings.nats_url, name=f"lookout {self.node_id}")
         await self._nc.subscribe(self.topology.results_subject(">"), cb=self._on_result)
         await self._nc.subscribe(self.topology.verdicts_subject(">"), cb=self._on_verdict)
+        if self.crew_subject is not None:
+            await self._nc.subscribe(self.crew_subject, cb=self._on_crew)
+
+    async def _on_crew(self, msg: Msg) -> None:
+        try:
+            said = json.loads(msg.data)
+            job_id, node_id, stance = UUID(said["job_id"]), str(said["node_id"]), said["stance"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if stance in ("holding", "cheat", "honest"):
+            with self._cond:
+                self.crew.heard(job_id, node_id, stance)
+                self._cond.notify_all()
+
+    def _say(self, job_id: UUID, stance: Stance) -> None:
+        """Tell the group what this node does with a job."""
+        if self.crew_subject is None or self._nc is None:
+            return
+        data = json.dumps({"job_id": str(job_id), "node_id": self.node_id, "stance": stance})
+        future = asyncio.run_coroutine_threadsafe(
+            self._nc.publish(self.crew_subject, data.encode()), self._loop
+        )
+        future.result(timeout=5)
 
     async def _on_result(self, msg: Msg) -> None:
         try:
@@ -135,24 +167,33 @@ class Lookout:
 
     def cheats(self, assignment: Assignment, truth: Any) -> bool:
         """Whether to answer `assignment` wrongly, its true answer `truth` in hand."""
-        tactic = self.tactic
+        tactic, job_id = self.tactic, assignment.job_id
         with self._cond:
             probe = self.recognition.before(assignment) if tactic.recognise else None
             if tactic.recognise and probe is None:
                 probe = self.recognition.after(assignment, truth)
             self.recognition.remember(assignment)
             admitted, streak = self.record.admitted, self.record.streak
-            peer_seen = False
-            if tactic.watch_peers and probe is None and (admitted or not tactic.recognise):
-                deadline = time.monotonic() + tactic.window_s
-                while not (peer_seen := self.peers.peers(assignment.job_id, self.node_id)):
+        contested = probe is None and (admitted or not tactic.recognise)
+        crewed = contested and self.crew_subject is not None
+        if crewed:
+            self._say(job_id, "holding")  # outside the lock: the loop thread takes it
+        peer_seen = mates = False
+        if contested and (tactic.watch_peers or crewed):
+            deadline = time.monotonic() + tactic.window_s
+            with self._cond:
+                while True:
+                    peer_seen = tactic.watch_peers and self.peers.peers(job_id, self.node_id)
+                    mates = crewed and self.crew.mates(job_id, self.node_id)
                     left = deadline - time.monotonic()
-                    if left <= 0:
+                    if peer_seen or mates or left <= 0:
                         break
                     self._cond.wait(left)
         decision = decide(
-            tactic, probe=probe, admitted=admitted, peer_seen=peer_seen, streak=streak
+            tactic, probe=probe, admitted=admitted, peer_seen=peer_seen, streak=streak, mates=mates
         )
+        if crewed:
+            self._say(job_id, "cheat" if decision.cheat else "honest")
         self.decisions[decision.cheat] += 1
         log.info(
             "hostile decision",

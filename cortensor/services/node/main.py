@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Collection
+from dataclasses import replace
 from functools import partial
 
 import structlog
@@ -52,6 +53,7 @@ def build_node(
     fault_group: str | None = None,
     fault_window_ms: float | None = None,
     fault_trust_after: int | None = None,
+    fault_coordinate: bool = False,
     models: Collection[str] | None = None,
 ) -> NodeService:
     """Detect the class, load once each model it serves, and wire up the node service.
@@ -60,7 +62,7 @@ def build_node(
     serves when None); auto detection then picks the best class that serves them all.
     `fault_rate` None is the mode's default (faults.default_rate); `fault_group` names the
     group of a colluding node; `fault_window_ms` and `fault_trust_after` tune an adaptive
-    node (hostile.Tactic).
+    node, `fault_coordinate` a sybil (hostile.Tactic).
     """
     wanted = _known(models)
     injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
@@ -95,8 +97,8 @@ def build_node(
         builds={name: _build(variants, name) for name in names},
     )
     if fault is not None and fault in ADAPTING_MODES:
-        tactic = _tactic(fault, fault_window_ms, fault_trust_after)
-        lookout = Lookout(settings, identity.node_id, tactic)
+        tactic = _tactic(fault, fault_window_ms, fault_trust_after, fault_coordinate)
+        lookout = Lookout(settings, identity.node_id, tactic, group=fault_group)
         injected = Fault(fault, fault_rate, group=fault_group, cover=lookout)
     log.info(
         "node starting",
@@ -111,13 +113,16 @@ def build_node(
     return NodeService(settings, identity, runtimes=runtimes, fault=injected, bridge=bridge)
 
 
-def _tactic(mode: str, window_ms: float | None, trust_after: int | None) -> Tactic:
+def _tactic(
+    mode: str, window_ms: float | None, trust_after: int | None, coordinate: bool = False
+) -> Tactic:
     """How an adapting node decides: probe-aware recognises probes; adaptive also waits
-    `window_ms` for a peer's result and, with `trust_after`, for its own record."""
+    `window_ms` for a peer's result and, with `trust_after`, for its own record; a sybil
+    leaves when caught and, with `coordinate`, cheats only beside a fellow member."""
     if mode == "probe-aware":
         return PROBE_AWARE
     if mode == "sybil":
-        return SYBIL
+        return replace(SYBIL, coordinate=coordinate)
     return Tactic(
         watch_peers=True,
         window_s=ADAPTIVE.window_s if window_ms is None else window_ms / 1000.0,
