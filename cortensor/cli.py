@@ -219,7 +219,10 @@ def node(
     ] = None,
     fault_window_ms: Annotated[
         float | None,
-        typer.Option(help="With --fault adaptive: how long to wait for a peer. Default: 50."),
+        typer.Option(
+            help="With --fault adaptive: how long to wait for a peer (default 50); with a"
+            " coordinated sybil: for a fellow member (default 500)."
+        ),
     ] = None,
     fault_trust_after: Annotated[
         int | None,

@@ -703,9 +703,10 @@ def test_option_problems(
         ("adaptive", -1.0, None, "--fault-window-ms must be between 0 and 10000"),
         ("adaptive", 10_001.0, None, "--fault-window-ms must be between 0 and 10000"),
         ("adaptive", None, -3, "--fault-trust-after must be 0 or more"),
-        ("probe-aware", 50.0, None, "--fault-window-ms goes with --fault adaptive only"),
+        ("probe-aware", 50.0, None, "--fault-window-ms goes with --fault adaptive, or sybil"),
         ("random", None, 30, "--fault-trust-after goes with --fault adaptive only"),
-        (None, 50.0, None, "--fault-window-ms goes with --fault adaptive only"),
+        (None, 50.0, None, "--fault-window-ms goes with --fault adaptive, or sybil"),
+        ("sybil", 50.0, None, "--fault-window-ms goes with --fault adaptive, or sybil"),
     ],
 )
 def test_adaptive_option_problems(
@@ -730,7 +731,7 @@ def test_adaptive_option_problems(
 def test_coordinate_option_problems(
     mode: str | None, group: str | None, problem: str | None
 ) -> None:
-    said = option_problem(mode, None, group, None, None, True)
+    said = option_problem(mode, None, group, 400.0, None, True)
     if problem is None:
         assert said is None
     else:
@@ -769,7 +770,7 @@ def run_node(*args: str) -> Result:
         ),
         (["--fault-group", "cartel"], "--fault-group needs --fault colluding"),
         (["--fault", "slow", "--fault-rate", "2"], "--fault-rate must be between 0 and 1"),
-        (["--fault", "random", "--fault-window-ms", "50"], "goes with --fault adaptive only"),
+        (["--fault", "random", "--fault-window-ms", "50"], "goes with --fault adaptive, or"),
         (["--fault", "adaptive", "--fault-trust-after", "-1"], "must be 0 or more"),
     ],
 )

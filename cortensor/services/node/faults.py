@@ -131,9 +131,10 @@ def option_problem(
     user can fix it; None when they go together."""
     if coordinate and mode != "sybil":
         return "--fault-coordinate goes with --fault sybil only"
-    if mode != "adaptive" and (window_ms is not None or trust_after is not None):
-        given = "--fault-window-ms" if window_ms is not None else "--fault-trust-after"
-        return f"{given} goes with --fault adaptive only"
+    if mode != "adaptive" and trust_after is not None:
+        return "--fault-trust-after goes with --fault adaptive only"
+    if window_ms is not None and not (mode == "adaptive" or coordinate):
+        return "--fault-window-ms goes with --fault adaptive, or sybil with --fault-coordinate"
     if window_ms is not None and not 0.0 <= window_ms <= 10_000.0:
         return "--fault-window-ms must be between 0 and 10000"
     if trust_after is not None and trust_after < 0:

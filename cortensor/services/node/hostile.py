@@ -39,6 +39,9 @@ from cortensor.schemas import Verdict
 
 WINDOW_S = 0.05
 """How long an adaptive node waits for a peer's result after its own answer is ready."""
+CREW_WINDOW_S = 0.5
+"""How long a coordinated sybil waits to hear that a fellow member holds its job: the
+checkers of a job are sent together, but a busy node may start on one later."""
 TRUST_AFTER = MIN_STREAK
 """The trust threshold an adaptive node reads in the network's own code, when asked to
 wait for it (`--fault-trust-after`)."""
@@ -93,7 +96,7 @@ class Tactic:
     """Take a fresh identity once this many failures were published (0: never)."""
     coordinate: bool = False
     """Cheat only when a fellow member of the group holds the job too and has not chosen
-    to answer truly (waiting up to `window_s` to hear of one)."""
+    to answer truly (waiting up to `window_s` to hear of one, CREW_WINDOW_S for a sybil)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.window_s <= 10.0:

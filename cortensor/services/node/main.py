@@ -29,6 +29,7 @@ from cortensor.services.node.celery_app import make_app, run_worker
 from cortensor.services.node.faults import ADAPTING_MODES, Fault, FaultMode
 from cortensor.services.node.hostile import (
     ADAPTIVE,
+    CREW_WINDOW_S,
     PROBE_AWARE,
     SYBIL,
     Tactic,
@@ -122,7 +123,8 @@ def _tactic(
     if mode == "probe-aware":
         return PROBE_AWARE
     if mode == "sybil":
-        return replace(SYBIL, coordinate=coordinate)
+        window_s = CREW_WINDOW_S if window_ms is None else window_ms / 1000.0
+        return replace(SYBIL, coordinate=coordinate, window_s=window_s)
     return Tactic(
         watch_peers=True,
         window_s=ADAPTIVE.window_s if window_ms is None else window_ms / 1000.0,
