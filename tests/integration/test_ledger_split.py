@@ -197,7 +197,8 @@ async def verify(guard: GuardLedger, split: Split, part: int) -> Intake:
     """Every replica of `part` returns the same honest answer."""
     truth = classes(part) if split.job.task == "classify" else unit_vectors(part)
     intake = await guard.take_results(
-        split.parts[part].job_id, split.results(part, [truth] * split.job.redundancy))
+        split.parts[part].job_id, split.results(part, [truth] * split.job.redundancy)
+    )
     assert intake.verdict is not None
     assert intake.verdict.status == "verified"
     return intake
@@ -358,8 +359,7 @@ async def test_the_last_part_decided_stitches_the_parent(
     assert parent_row["decided_at"] is not None
 
     # A redelivered part changes nothing and stitches nothing again.
-    again = await guard.take_results(
-        split.parts[1].job_id, split.results(1, [unit_vectors(1)] * 3))
+    again = await guard.take_results(split.parts[1].job_id, split.results(1, [unit_vectors(1)] * 3))
     assert (again.stored, again.new_verdict, again.parent) == (0, False, None)
     assert await verdict_count(guard, split.parent_id) == 1
     assert await guard.stored_verdict(split.parent_id) == parent

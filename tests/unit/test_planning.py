@@ -22,7 +22,7 @@ from cortensor.protocol.planning import (
     replicas_due,
     waiting,
 )
-from cortensor.protocol.replication import MIN_STREAK, REPLICAS
+from cortensor.protocol.replication import MAX_REPLICAS, REPLICAS
 from cortensor.protocol.units import OpenJob, assignments_for
 from cortensor.schemas import Verdict
 
@@ -127,9 +127,11 @@ def test_an_auto_job_sends_its_leader_alone_checked_or_not(streak: int, seed: in
         plan(j, REPLICAS, pool=fleet(5, streak), rng=random.Random(seed), now=NOW, timing=TIMING)
     )
     assert len(p.targets) == 1
-    assert 1 <= p.redundancy <= REPLICAS
-    if streak < MIN_STREAK:
-        assert p.redundancy == REPLICAS
+    # What adaptive replication gives the leader (replication.replicas): a node without
+    # a record is always checked.
+    assert 1 <= p.redundancy <= MAX_REPLICAS
+    if streak == 0:
+        assert p.redundancy > 1
     assert p.job == j  # its first attempt
     assert p.deadline_at == TIMING.deadline(j, NOW)
 
