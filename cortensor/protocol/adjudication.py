@@ -112,9 +112,8 @@ def adjudicate(case: Case) -> Outcome:
         return at_deadline(case)
     verdict, events = judge(case)
     if verdict.status != "verified" and len(case.replicas) < case.redundancy:
-        finished = len(case.replicas) + len(case.timed_out)
-        live = len(case.replicas) + case.pending
-        return Wait(replicas_due(case.redundancy, auto=case.auto, live=live, finished=finished))
+        answered, live = len(case.replicas), len(case.replicas) + case.pending
+        return Wait(replicas_due(case.redundancy, auto=case.auto, live=live, answered=answered))
     if verdict.status == "inconclusive":
         more = escalate(case.redundancy)
         if more is not None:

@@ -5,9 +5,10 @@ are passed in, and nothing here records or sends anything, nor makes ids.
 Hidden checks. An `auto` job's leader is drawn first and sent alone, whether adaptive
 replication (cortensor.protocol.replication) lets it run alone or not: a checked job
 only has its redundancy raised, and its checkers are planned once the leader's answer
-is in or its assignment has timed out (`replicas_due`). So at the moment a leader
-answers, no other node holds its job, nothing about its assignment differs, and no
-peer's result exists that it could see or copy: it cannot tell whether it is checked.
+is in (`replicas_due`); a leader that times out is replaced by another, alone. So at
+the moment a leader answers, no other node holds its job, nothing about its assignment
+differs, and no peer's result exists that it could see or copy: it cannot tell
+whether it is checked.
 """
 
 from __future__ import annotations
@@ -158,17 +159,18 @@ def _ids(nodes: Sequence[NodeView]) -> list[str]:
     return [n.node_id for n in nodes]
 
 
-def replicas_due(redundancy: int, *, auto: bool, live: int, finished: int) -> int:
+def replicas_due(redundancy: int, *, auto: bool, live: int, answered: int) -> int:
     """How many more replicas a running job needs now.
 
-    `live`: its replicas out or answered; `finished`: those answered or timed out. A job
-    whose replicas number fewer than its redundancy (checks of an `auto` job, a split
-    vote's extra replicas, the checks of a re-validated result, replacements of late
-    replicas) gets the rest, except an `auto` job whose leader is still out: its checks
-    wait for the leader's answer or its timeout.
+    `live`: its replicas out or answered; `answered`: those answered. A job whose
+    replicas number fewer than its redundancy (checks of an `auto` job, a split vote's
+    extra replicas, the checks of a re-validated result, replacements of late replicas)
+    gets the rest, except an `auto` job without an answer yet: its leader goes alone,
+    and its checks wait for an answer. A leader that timed out is replaced by a new
+    leader, alone too, so that no leader ever holds its job beside a peer.
     """
-    if auto and finished == 0 and live > 0:
-        return 0
+    if auto and answered == 0:
+        return 0 if live > 0 else min(redundancy, 1)
     return max(redundancy - live, 0)
 
 

@@ -886,20 +886,28 @@ async def test_an_auto_jobs_checks_wait_for_its_leaders_answer(own: Ledgers) -> 
     assert sorted(decided.verdict.agreeing) == sorted([leader, checks[0].node_id])
 
 
-async def test_a_silent_leader_is_replaced_and_its_checks_go_with_the_new_one(
-    own: Ledgers,
-) -> None:
+async def test_a_silent_leader_is_replaced_by_a_new_leader_alone(own: Ledgers) -> None:
     running, leader = await open_checked_auto(own.router, spare=3)
+    job_id = running.job.job_id
     await own.router.pool.execute(
         "UPDATE assignments SET deadline_at = now() - interval '1 second' WHERE job_id = $1",
-        running.job.job_id,
+        job_id,
     )
     plan = Planner(running.nodes[1:])
-    made = await own.router.reroute_expired(plan)
-    assert sorted(a.node_id for a in made) == sorted(running.nodes[1:])
-    assert await events_of(own.router, running.job.job_id) == {
+    [successor] = await own.router.reroute_expired(plan)
+    assert successor.node_id != leader
+    assert successor.attempt == 2
+    assert await events_of(own.router, job_id) == {
         leader: ("timed_out", running.of(leader).assignment_id)
     }
+    assert await own.router.top_up(plan) == []
+
+    # Its answer brings the checks, as a first leader's would.
+    await own.guard.take_results(job_id, [result_for(successor, TRUTH)])
+    checks = await own.router.top_up(plan)
+    assert sorted(a.node_id for a in checks) == sorted(
+        set(running.nodes) - {leader, successor.node_id}
+    )
 
 
 async def test_reroute_expired_without_a_spare_node_still_times_out(own: Ledgers) -> None:

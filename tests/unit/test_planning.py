@@ -170,27 +170,26 @@ def test_a_checked_auto_job_waits_rather_than_start_without_its_checkers() -> No
 @given(
     redundancy=st.integers(1, 7),
     live=st.integers(0, 7),
-    finished=st.integers(0, 7),
+    answered=st.integers(0, 7),
     auto=st.booleans(),
 )
-def test_replicas_due(redundancy: int, live: int, finished: int, auto: bool) -> None:
-    due = replicas_due(redundancy, auto=auto, live=live, finished=finished)
-    assert due >= 0
-    assert due <= max(redundancy - live, 0)
-    if auto and finished == 0 and live > 0:
-        # The leader is still out: its checks are held back.
-        assert due == 0
+def test_replicas_due(redundancy: int, live: int, answered: int, auto: bool) -> None:
+    due = replicas_due(redundancy, auto=auto, live=live, answered=answered)
+    assert 0 <= due <= max(redundancy - live, 0)
+    if auto and answered == 0:
+        # No answer yet: one leader at a time, alone; its checks are held back.
+        assert due == (0 if live else 1)
     else:
         assert due == max(redundancy - live, 0)
 
 
-def test_checks_go_once_the_leader_answered_or_timed_out() -> None:
-    assert replicas_due(REPLICAS, auto=True, live=1, finished=0) == 0
-    assert replicas_due(REPLICAS, auto=True, live=1, finished=1) == REPLICAS - 1
-    # The leader timed out: a new leader and its checks go together.
-    assert replicas_due(REPLICAS, auto=True, live=0, finished=1) == REPLICAS
+def test_checks_go_once_the_leader_answered() -> None:
+    assert replicas_due(REPLICAS, auto=True, live=1, answered=0) == 0
+    assert replicas_due(REPLICAS, auto=True, live=1, answered=1) == REPLICAS - 1
+    # The leader timed out: a new leader goes, alone again.
+    assert replicas_due(REPLICAS, auto=True, live=0, answered=0) == 1
     # A fixed job's replicas all go at once.
-    assert replicas_due(3, auto=False, live=0, finished=0) == 3
+    assert replicas_due(3, auto=False, live=0, answered=0) == 3
 
 
 def test_a_rerouted_or_topped_up_auto_job_gets_what_it_lacks() -> None:

@@ -43,13 +43,13 @@ class _Loaded:
     job: OpenJob
     live: int
     """Replicas out or answered."""
-    finished: int
-    """Replicas answered or timed out."""
+    answered: int
+    """Replicas answered."""
 
     @property
     def due(self) -> int:
         return replicas_due(
-            self.job.redundancy, auto=self.job.auto, live=self.live, finished=self.finished
+            self.job.redundancy, auto=self.job.auto, live=self.live, answered=self.answered
         )
 
 
@@ -59,7 +59,7 @@ SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline
        coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{}') AS taken,
        coalesce(max(a.attempt), 0) + 1 AS attempt,
        count(*) FILTER (WHERE a.status IN ('assigned', 'done')) AS live,
-       count(*) FILTER (WHERE a.status IN ('done', 'timed_out')) AS finished
+       count(*) FILTER (WHERE a.status = 'done') AS answered
 FROM jobs j LEFT JOIN assignments a USING (job_id)
 WHERE j.job_id = ANY($1::uuid[])
 GROUP BY j.job_id
@@ -68,11 +68,11 @@ ORDER BY j.created_at
 """Open jobs with the nodes they used and the count of their replicas."""
 
 _SHORT = """
-SELECT j.job_id, j.redundancy, j.auto, c.live, c.finished
+SELECT j.job_id, j.redundancy, j.auto, c.live, c.answered
 FROM jobs j,
      LATERAL (
          SELECT count(*) FILTER (WHERE a.status IN ('assigned', 'done')) AS live,
-                count(*) FILTER (WHERE a.status IN ('done', 'timed_out')) AS finished
+                count(*) FILTER (WHERE a.status = 'done') AS answered
          FROM assignments a WHERE a.job_id = j.job_id
      ) c
 WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
@@ -310,7 +310,7 @@ class RouterLedger(Ledger):
                     probe=r["probe"],
                 ),
                 r["live"],
-                r["finished"],
+                r["answered"],
             )
             for r in rows
         ]
@@ -370,7 +370,7 @@ class RouterLedger(Ledger):
                 r["job_id"]
                 for r in short
                 if replicas_due(
-                    r["redundancy"], auto=r["auto"], live=r["live"], finished=r["finished"]
+                    r["redundancy"], auto=r["auto"], live=r["live"], answered=r["answered"]
                 )
             ]
         if not job_ids:
@@ -385,8 +385,8 @@ class RouterLedger(Ledger):
 
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
         """Time out assignments past their deadline and give their jobs the replicas they
-        lack now: a replacement for each, and an `auto` job whose leader timed out its
-        checks too (planning.replicas_due).
+        lack now (planning.replicas_due): a replacement for each; an `auto` job's leader
+        that timed out is replaced alone, its checks wait for the new leader's answer.
 
         The late node is charged a `timed_out` event. A job past its own deadline is
         the guard's to decide, so only assignments of jobs still running are touched.
