@@ -4,6 +4,7 @@ the audit folds the events again in Python and must find the same standings."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import subprocess
@@ -16,6 +17,13 @@ import pytest
 
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.ledger.store import Ledger
+from cortensor.protocol.reputation import (
+    ADMIT_PROBES,
+    MAX_OFFENCES,
+    PROBATION_LATENESS_LIMIT,
+    READMIT_PROBES,
+    STEP_LATE,
+)
 from cortensor.settings import Settings
 from cortensor.tools.audit import audit
 
@@ -97,6 +105,33 @@ async def test_probes_admit_and_failures_quarantine_in_the_ledger(ledger: Router
     assert (await _standing(ledger, node, MODELS[0]))["observations"] == 6
     stats = await ledger.node_stats()
     assert (stats[node].trust, stats[node].streaks) == ("quarantined", {MODELS[0]: 0})
+
+
+async def test_misses_and_offences_fold_in_the_ledger_as_in_python(
+    ledger: RouterLedger, ledger_settings: Settings
+) -> None:
+    slow, cheat = f"slow-{uuid.uuid4().hex[:6]}", f"cheat-{uuid.uuid4().hex[:6]}"
+    for node in (slow, cheat):
+        await _node(ledger, node)
+    # Missed probes on probation: quarantined after 5, as a late node, not an offender.
+    for _ in range(math.ceil(PROBATION_LATENESS_LIMIT / STEP_LATE)):
+        await _event(ledger, slow, "timed_out", probe=True)
+    standing = await _standing(ledger, slow)
+    assert (standing["trust"], standing["offences"]) == ("quarantined", 0)
+    assert standing["lateness"] == pytest.approx(5 * STEP_LATE)
+    # Wrong answers twice over: the second quarantine is for good.
+    for _ in range(ADMIT_PROBES):
+        await _event(ledger, cheat, "agreed", probe=True)
+    for _ in range(MAX_OFFENCES):
+        for _ in range(3):
+            await _event(ledger, cheat, "disagreed")
+        for _ in range(READMIT_PROBES):
+            await _event(ledger, cheat, "agreed", probe=True)
+    standing = await _standing(ledger, cheat)
+    assert (standing["trust"], standing["offences"]) == ("quarantined", MAX_OFFENCES)
+    stats = await ledger.node_stats()
+    assert (stats[cheat].trust, stats[cheat].offences) == ("quarantined", MAX_OFFENCES)
+    assert audit(ledger_settings).mismatches == []
 
 
 async def test_a_second_event_for_one_assignment_is_not_folded(ledger: RouterLedger) -> None:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
+from itertools import permutations
 
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cortensor.errors import NoEligibleNodes, RetryableError
-from cortensor.protocol.placement import NodeView, candidates, choose, weight
+from cortensor.protocol.placement import (
+    NEWCOMER_WEIGHT,
+    NodeView,
+    Ranking,
+    Sampler,
+    candidates,
+    choose,
+    established,
+    newcomer_room,
+    weight,
+    weights,
+)
+from cortensor.protocol.replication import ESTABLISHED_STREAK
 
 MODEL = "all-MiniLM-L6-v2"
 NOW = 1000.0
@@ -242,3 +257,152 @@ def test_low_positive_temperature_still_chooses_a_busy_low_score_node() -> None:
     pool = [node("busy", score=0.0, inflight=1), node("idle", score=0.5)]
     chosen = choose(pool, 2, rng=random.Random(0), temperature=0.02)
     assert {n.node_id for n in chosen} == {"busy", "idle"}
+
+
+# -- newcomers and the vectorized sampler ----------------------------------------------
+
+
+class _Uniforms(random.Random):
+    """A random source that returns given uniforms, in order."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__(0)
+        self._values = iter(values)
+
+    def random(self) -> float:
+        return next(self._values)
+
+
+def _fleet(scores: list[float], streaks: list[int]) -> list[NodeView]:
+    return [
+        NodeView(f"n{i:03d}", "cpu-fp32", frozenset({MODEL}), NOW, score=s, streaks={MODEL: k})
+        for i, (s, k) in enumerate(zip(scores, streaks, strict=True))
+    ]
+
+
+def test_a_node_is_established_from_its_streak_for_the_model() -> None:
+    fresh, settled = _fleet([0.9, 0.9], [ESTABLISHED_STREAK - 1, ESTABLISHED_STREAK])
+    assert not established(fresh, MODEL)
+    assert established(settled, MODEL)
+    assert not established(settled, "another-model")
+
+
+@pytest.mark.parametrize(
+    ("redundancy", "already", "room"),
+    [(1, 0, 0), (2, 0, 1), (2, 1, 0), (3, 0, 1), (3, 1, 0), (5, 1, 1), (7, 0, 3), (7, 4, 0)],
+)
+def test_newcomers_stay_below_a_strict_majority(redundancy: int, already: int, room: int) -> None:
+    assert newcomer_room(redundancy, already) == room
+    assert room == 0 or already + room < redundancy // 2 + 1
+
+
+def test_a_newcomer_weighs_a_tenth_of_an_established_node() -> None:
+    fresh, settled = _fleet([0.8, 0.8], [0, ESTABLISHED_STREAK])
+    assert weight(fresh, 1.0) == weight(settled, 1.0)
+    assert weight(fresh, 1.0, MODEL) == pytest.approx(NEWCOMER_WEIGHT * weight(settled, 1.0))
+
+
+def test_newcomers_never_make_a_majority_while_established_nodes_are_left() -> None:
+    rng = random.Random(3)
+    # Newcomers with far better scores: they would win every draw but for the rule.
+    pool = _fleet([0.99] * 6 + [0.3] * 3, [0] * 6 + [ESTABLISHED_STREAK] * 3)
+    for _ in range(200):
+        leader = choose(pool, 1, rng=rng, model=MODEL, newcomers=0)
+        assert established(leader[0], MODEL)
+        three = choose(pool, 3, rng=rng, model=MODEL, newcomers=newcomer_room(3))
+        assert sum(not established(n, MODEL) for n in three) <= 1
+
+
+def test_newcomers_fill_the_places_no_established_node_is_left_for() -> None:
+    pool = _fleet([0.9] * 4 + [0.5], [0] * 4 + [ESTABLISHED_STREAK])
+    chosen = choose(pool, 3, rng=random.Random(1), model=MODEL, newcomers=0)
+    assert len({n.node_id for n in chosen}) == 3
+    assert chosen[0].node_id == "n004"
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0.01, 1.0), st.integers(0, 2 * ESTABLISHED_STREAK)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(1, 7),
+    st.integers(0, 3),
+    st.randoms(use_true_random=False),
+)
+def test_the_sampler_picks_the_nodes_choose_picks_for_the_same_keys(
+    fleet: list[tuple[float, int]], k: int, room: int, rnd: random.Random
+) -> None:
+    pool = _fleet([s for s, _ in fleet], [n for _, n in fleet])
+    k = min(k, len(pool))
+    uniforms = [1.0 - rnd.random() for _ in pool]  # in (0, 1]: log(u) is finite
+    # Equal keys are ordered by node id in one and by index in the other.
+    keys = [-math.log(u) / weight(n, 1.0, MODEL) for u, n in zip(uniforms, pool, strict=True)]
+    assume(len(set(keys)) == len(keys))
+    by_choose = choose(pool, k, rng=_Uniforms(uniforms), model=MODEL, newcomers=room)
+    # The same draw as Ranking sees it: Exp(1) keys E = -log(u), divided by the weights.
+    w = weights(
+        np.array([n.score for n in pool]),
+        np.array([n.spare for n in pool]),
+        newcomers=np.array([not established(n, MODEL) for n in pool]),
+    )
+    assert w == pytest.approx([weight(n, 1.0, MODEL) for n in pool], rel=1e-12)
+    assert -np.log(np.array(uniforms)) / w == pytest.approx(keys, rel=1e-12)
+    mask = np.array([not established(n, MODEL) for n in pool])
+    by_ranking = Ranking(-np.log(np.array(uniforms)) / w).take(k, newcomers=mask, room=room)
+    assert [pool[i].node_id for i in by_ranking] == [n.node_id for n in by_choose]
+
+
+def test_successive_takes_draw_without_replacement_and_keep_passed_newcomers() -> None:
+    keys = np.array([0.1, 0.2, 0.3, 0.4, np.inf])
+    newcomer = np.array([True, False, True, False, False])
+    ranking = Ranking(keys)
+    assert ranking.take(1, newcomers=newcomer, room=0) == [1]  # node 0 passed over
+    assert ranking.take(2, newcomers=newcomer, room=1) == [0, 3]  # node 0 still there
+    assert ranking.take(5, newcomers=newcomer, room=0) == [2]  # 4 has weight 0
+    assert ranking.take(1) == []
+
+
+def test_the_sampler_draws_what_choose_draws() -> None:
+    scores = {"a": 0.95, "b": 0.8, "c": 0.6, "d": 0.4, "e": 0.2}
+    ids = list(scores)
+    pool = [NodeView(i, "cpu", frozenset({MODEL}), 0.0, score=s) for i, s in scores.items()]
+    w = {n.node_id: weight(n, 1.0) for n in pool}
+    total = sum(w.values())
+    # Successive sampling: first a with w_a / W, then b among the rest.
+    exact = {(a, b): w[a] / total * w[b] / (total - w[a]) for a, b in permutations(ids, 2)}
+    draws = 20_000
+    rng = random.Random(7)
+    by_choose = Counter(tuple(n.node_id for n in choose(pool, 2, rng=rng)) for _ in range(draws))
+    sampler = Sampler(weights(np.array(list(scores.values()))), np.random.default_rng(7))
+    by_sampler = Counter(tuple(ids[i] for i in sampler.ranking().take(2)) for _ in range(draws))
+    # 20 cells, 19 degrees of freedom: the 0.1% critical value is 43.8.
+    assert _chi_square(by_choose, exact) < 43.8
+    assert _chi_square(by_sampler, exact) < 43.8
+
+
+def _chi_square(counts: Counter[tuple[str, ...]], expected: dict[tuple[str, ...], float]) -> float:
+    n = sum(counts.values())
+    return sum((counts[cell] - n * p) ** 2 / (n * p) for cell, p in expected.items())
+
+
+def test_a_ranking_never_yields_a_node_of_weight_zero_nor_one_twice() -> None:
+    w = np.array([1.0, 0.0, 2.0, 0.0, 0.5] * 8)
+    sampler = Sampler(w, np.random.default_rng(1))
+    for _ in range(200):
+        ranking = sampler.ranking(exclude=0)
+        drawn = ranking.take(1) + ranking.take(2) + ranking.take(30)
+        assert len(drawn) == len(set(drawn)) == 23  # 24 of weight > 0, less the excluded
+        assert all(w[i] > 0 and i != 0 for i in drawn)
+        assert ranking.take(1) == []
+
+
+def test_updating_a_weight_takes_effect_at_the_next_draw() -> None:
+    sampler = Sampler(np.ones(4), np.random.default_rng(2))
+    sampler.update(3, 0.0)
+    assert all(3 not in sampler.ranking().take(4) for _ in range(100))
+    for node in range(3):
+        sampler.update(node, 0.0)
+    assert sampler.ranking().take(1) == []
+    sampler.update(3, 1.0)
+    assert sampler.ranking().take(3) == [3]

@@ -30,6 +30,8 @@ class NodeStats:
     trust: str = "active"
     streaks: Mapping[str, int] = field(default_factory=dict, hash=False)
     """Its run of valid results per model (adaptive replication)."""
+    offences: int = 0
+    """Its quarantines for wrong answers (never trusted alone once it has one)."""
 
 
 PlanReplicas = Callable[[OpenJob, int], Plan | str]
@@ -138,13 +140,15 @@ class RouterLedger(Ledger):
         )
 
     async def node_stats(self) -> dict[str, NodeStats]:
-        """Every node's reputation score and count of unfinished assignments."""
+        """Every node's reputation score, trust, streaks per model, offences and count of
+        unfinished assignments."""
         rows = await self.pool.fetch(
             """
             SELECT n.node_id,
                    coalesce((1 + s.agreed) / (2 + s.agreed + s.disagreed + s.timed_out), 0.5)
                        AS score,
                    coalesce(s.trust, 'probation') AS trust,
+                   coalesce(s.offences, 0) AS offences,
                    coalesce(a.outstanding, 0) AS outstanding,
                    coalesce(m.streaks, '{}'::jsonb) AS streaks
             FROM nodes n
@@ -160,7 +164,9 @@ class RouterLedger(Ledger):
             """
         )
         return {
-            r["node_id"]: NodeStats(r["score"], r["outstanding"], r["trust"], r["streaks"])
+            r["node_id"]: NodeStats(
+                r["score"], r["outstanding"], r["trust"], r["streaks"], r["offences"]
+            )
             for r in rows
         }
 

@@ -232,6 +232,8 @@ class NodeStanding(Base):
     streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     probe_streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     suspicion: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    lateness: Mapped[float] = mapped_column(Double, server_default=text("0"))
+    offences: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     trust: Mapped[str] = mapped_column(Text, server_default=text("'probation'"))
     at: Mapped[float] = mapped_column(Double, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)

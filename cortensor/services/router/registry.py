@@ -84,6 +84,7 @@ class NodeRegistry:
                     draining=beat.status == "draining",
                     trust=stats.trust,
                     streaks=stats.streaks,
+                    offences=stats.offences,
                 )
             )
         return views
