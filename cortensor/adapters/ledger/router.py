@@ -145,8 +145,7 @@ class RouterLedger(Ledger):
         rows = await self.pool.fetch(
             """
             SELECT n.node_id,
-                   coalesce((1 + s.agreed) / (2 + s.agreed + s.disagreed + s.timed_out), 0.5)
-                       AS score,
+                   cortensor_score(s.agreed, s.disagreed, s.timed_out) AS score,
                    coalesce(s.trust, 'probation') AS trust,
                    coalesce(s.offences, 0) AS offences,
                    coalesce(a.outstanding, 0) AS outstanding,
