@@ -134,9 +134,11 @@ def at_deadline(case: Case) -> Conclude:
 
 def _conclude(case: Case, verdict: Verdict, events: Sequence[Event]) -> Conclude:
     """A verdict to record: the first, or the next revision of a re-validated one. Nodes
-    a real job's verdict finds in the minority have their unchecked results reopened."""
+    it catches (in the minority of a real job, or failing a probe) have their unchecked
+    results reopened: a node that cheats on what it takes for real work is as suspect on
+    what it ran alone."""
     caught = tuple(dict.fromkeys(node for node, _, kind in events if kind == "disagreed"))
-    reopen = Reopen(caught) if caught and case.reference is None else None
+    reopen = Reopen(caught) if caught else None
     if case.first is not None:
         revised = _revised(case.first, verdict)
         return Conclude(revised, tuple(events), reopen=reopen, revision=True)

@@ -97,6 +97,31 @@ async def test_a_failed_spot_check_corrects_the_nodes_unchecked_result(
     )
 
 
+async def test_a_failed_probe_reopens_the_nodes_unchecked_results(
+    router: RouterLedger, guard: GuardLedger
+) -> None:
+    x, a = node_ids(2)
+    await router.upsert_nodes([heartbeat(n) for n in (x, a)])
+    truth, lie = embeddings(), embeddings()
+    solo, [alone] = await open_on(router, [x], solo=True)
+    await guard.take_results(solo.job_id, [result_for(alone, lie)])
+
+    # A known-answer probe, recorded as the router records one, catches x.
+    request = JobRequest(inputs=["a probe text"], redundancy=1)
+    probe = replace(
+        whole_job(request, in_s(600)),
+        probe=True,
+        params={"reference": truth, "reference_precision": "fp32"},
+    )
+    [sent] = assignments_for(request, [x], in_s(600))
+    assert await router.open_jobs([NewJob(probe, request.created_at, "running", [sent])])
+    failed = await guard.take_results(request.job_id, [result_for(sent, lie)])
+    assert failed.reopened == 1
+    assert await job_status(guard, solo.job_id) == "running"
+    events = await events_of(guard, request.job_id)
+    assert events[x][0] == "disagreed"
+
+
 async def test_a_right_unchecked_answer_stands_and_earns_its_event(
     router: RouterLedger, guard: GuardLedger
 ) -> None:
