@@ -587,8 +587,8 @@ def simulate(
     mix: Annotated[
         str | None,
         typer.Option(
-            help="Relative shares of fault modes, e.g. random=4,lazy=2,noisy=3,colluding=4,"
-            "intermittent=5,slow=1,crash=1 (the default)."
+            help="Relative shares of fault modes, e.g. sybil=10,random=1,lazy=1,noisy=1,"
+            "colluding=1,intermittent=2,slow=1,crash=1,probe_aware=1,adaptive=1 (the default)."
         ),
     ] = None,
     intermittent_p: Annotated[
@@ -597,6 +597,13 @@ def simulate(
     probation: Annotated[
         bool, typer.Option(help="Admit nodes by probes; --no-probation starts them active.")
     ] = True,
+    timeout_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of deadlines an honest node misses.")
+    ] = 0.02,
+    overload_every: Annotated[
+        float,
+        typer.Option(min=0, help="Mean seconds between overloads of an honest node (0: none)."),
+    ] = 300.0,
     seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 1,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of reputation and replicas over time.")
@@ -612,6 +619,8 @@ def simulate(
         mix=sim.parse_mix(mix) if mix is not None else dict(sim.DEFAULT_MIX),
         intermittent_p=intermittent_p,
         probation=probation,
+        timeout_rate=timeout_rate,
+        overload_every_s=overload_every or float("inf"),
         seed=seed,
     )
     report, run = sim.simulate(config)

@@ -1,34 +1,53 @@
 """A fleet of simulated nodes run through the live trust policy, job after job. Pure
 except `plot`.
 
-The simulator owns only the world: which answer each node gives (its fault mode), time,
-liveness and the bookkeeping of what was delivered. Every decision is the live code's:
-leaders and replicas are drawn with cortensor.protocol.placement's weight (score squared times
-spare) by Efraimidis-Spirakis sampling, vectorized here (`Sampler`); cortensor.protocol.replication
-decides how many replicas a job gets and how far it escalates; cortensor.protocol.consensus
-decides each replicated job by strict majority, with token equality as the comparator;
-cortensor.protocol.reputation folds every event into the node's standing, which moves it between
-probation, active and quarantined.
+The simulator owns only the world: which answer each node gives (its fault mode), what
+a node can know, time, load, liveness and the bookkeeping of what was delivered. Every
+decision is the core's (cortensor.protocol):
 
-A job led by a node that runs it alone is accepted unchecked and earns no event; when a
-node fails a check on a real job (its answer disagreed with the majority), its latest
-unchecked results (replication.REVALIDATE_LIMIT) are re-run on two other nodes each and
-decided with its own answer, and a verdict that changes is corrected. A missed deadline
-is a failure for reputation but does not trigger re-validation: it says nothing about the
-results the node did deliver.
+- placement: leaders and replicas are drawn by `placement.Sampler` / `Ranking` (the
+  vectorized `choose`) with the weights of `placement.weights` and the newcomer rule
+  (`placement.is_established`, `placement.newcomer_room`);
+- replication: how many replicas a job gets (`replicas`), how far a split vote
+  escalates (`escalate`), how many unchecked results are re-validated;
+- consensus: `decide` by strict majority, token equality as the comparator; the events
+  are the guard's (cortensor.protocol.adjudication): agreed / disagreed for a checked
+  job's replicas, timed_out for every missed deadline, none for a result run alone;
+- reputation: `record` folds every event into the node's standing, which moves it
+  between probation, active and quarantined (and bars a repeat offender);
+- probing: `ProbeSchedule` under a `ProbePolicy` says when each node is probed, with
+  probes drawn as the live ProbePool draws them (a verified job's input the node never
+  held, prepared probes only before there is traffic).
 
-Timing: job i happens at i * job_interval_s. All nodes join at t = 0 in probation and
-are probed back to back until admitted or quarantined; a quarantined node is probed
-every QUARANTINE_PROBE_EVERY jobs, twice as rarely after each probe it fails (up to
-PROBE_BACKOFF_CAP times rarer), and is readmitted by the reputation rules.
+Hidden checks, as the live router plans them: a job's leader answers before any
+checker is sent, so it never sees a peer's result; checkers, escalation replicas and
+re-validation runs come after an answer exists. A job led by a node that runs it alone
+is accepted unchecked and earns no event; when a node fails a check on a real job, its
+latest unchecked results are re-run on two other nodes each and decided with its own
+answer, and a verdict that changes is corrected.
+
+What a node can know (the fault modes that adapt use exactly this):
+- whether a peer's result exists (a checker's leader has answered; a leader has none);
+- its own trust state: a node on probation or in quarantine gets nothing but probes, so
+  every job it gets then is a probe;
+- the inputs it (or, for a Sybil, any identity of its operator) held before: a probe
+  drawn from traffic is one of those only if the pool rule were broken, and prepared
+  probes are public;
+- the code's thresholds (replication.MIN_STREAK).
+
+Timing: job i happens at i * job_interval_s seconds. All nodes join at t = 0 on
+probation and are probed back to back until admitted or quarantined; after that the
+probe schedule runs.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +59,31 @@ import numpy.typing as npt
 from cortensor.errors import BadInput
 from cortensor.protocol import replication
 from cortensor.protocol.consensus import Decision, Replica, decide
-from cortensor.protocol.placement import SPARE_FLOOR
+from cortensor.protocol.placement import (
+    SPARE_FLOOR,
+    NodeView,
+    Ranking,
+    Sampler,
+    is_established,
+    merit,
+    newcomer_room,
+)
+from cortensor.protocol.probing import ProbePolicy, ProbeSchedule
 from cortensor.protocol.reputation import EventKind, Standing, record
 
-Mode = Literal["honest", "random", "lazy", "noisy", "colluding", "intermittent", "slow", "crash"]
+Mode = Literal[
+    "honest",
+    "random",
+    "lazy",
+    "noisy",
+    "colluding",
+    "intermittent",
+    "slow",
+    "crash",
+    "probe_aware",
+    "adaptive",
+    "sybil",
+]
 FAULT_MODES: tuple[Mode, ...] = (
     "random",
     "lazy",
@@ -52,42 +92,52 @@ FAULT_MODES: tuple[Mode, ...] = (
     "intermittent",
     "slow",
     "crash",
+    "probe_aware",
+    "adaptive",
+    "sybil",
 )
 MODES: tuple[Mode, ...] = ("honest", *FAULT_MODES)
-ALWAYS_DISHONEST: frozenset[Mode] = frozenset({"random", "lazy", "noisy", "colluding", "slow"})
-"""Modes that never deliver a right answer in time: the 20-job quarantine target."""
+ALWAYS_DISHONEST: frozenset[Mode] = frozenset(
+    {"random", "lazy", "noisy", "colluding", "slow", "probe_aware", "sybil"}
+)
+"""Modes that never deliver a right answer in time on a job they take for real: the
+10-job quarantine target (per identity, for the Sybil group)."""
 DEFAULT_MIX: Mapping[Mode, float] = {
-    "random": 4,
-    "lazy": 2,
-    "noisy": 3,
-    "colluding": 4,
-    "intermittent": 5,
+    "sybil": 10,
+    "random": 1,
+    "lazy": 1,
+    "noisy": 1,
+    "colluding": 1,
+    "intermittent": 2,
     "slow": 1,
     "crash": 1,
+    "probe_aware": 1,
+    "adaptive": 1,
 }
 """Relative shares of the faulty nodes (percent of the fleet at --dishonest 0.2)."""
 
-QUARANTINE_PROBE_EVERY = 100
-"""Jobs between two probes of a quarantined node that passed its last probe."""
-PROBE_BACKOFF_CAP = 64
-"""A quarantined node that keeps failing is probed at most this many times more rarely."""
+MODEL = "m"
+HW_CLASS = "sim"
+PREPARED_PROBES = 20
+"""Prepared probes of the model: public, used only before there is verified traffic."""
+PROBE_SOURCES = 5000
+"""Latest verified jobs kept as probe sources (the live pool reads recent traffic)."""
 MAX_ASSIGNMENTS = 2 * replication.MAX_REPLICAS
 """Assignments a job may make, re-routes included, before the missing replicas stay
 missing (the live router would give up at the job's deadline)."""
 DEFINITIONS = {
-    "replicas_per_job": "assignments a real job made: replicas, re-routes after a missed "
-    "deadline and escalations; not probes, not re-validation runs (those are in "
-    "mean_replicas_with_revalidation)",
-    "warmup": "the first `warmup` share of the jobs (default 10%), left out of "
-    "mean_replicas_after_warmup",
+    "replicas_per_job": "assignments a real job made: leader, checkers, re-routes after a "
+    "missed deadline and escalations; not probes, not re-validation runs (each reported "
+    "per job on its own)",
+    "warmup": "the first `warmup` share of the jobs (default 10%), left out of the "
+    "after-warm-up figures",
     "jobs_until_quarantined": "real-job assignments (re-validation runs included) plus "
-    "probes, up to and including the one that first quarantined the node",
+    "probes of one identity, up to and including the one that first quarantined it",
     "wrong_delivered": "results given to a client that differ from the truth, counting a "
     "verdict a re-validation later corrected; wrong_standing_after_corrections are those "
     "still wrong at the end",
+    "honest_wrongly_quarantined": "honest nodes ever quarantined, for any reason",
 }
-SPARE = 1.0 + SPARE_FLOOR
-"""routing.NodeView.spare of an idle node of capacity 1: jobs run one at a time here."""
 
 Token = object
 Answer = Token | None
@@ -115,13 +165,22 @@ class SimConfig:
     seed: int = 1
     probation: bool = True
     """False: every node starts active, so detection rests on real jobs alone."""
+    timeout_rate: float = 0.02
+    """Share of deadlines an honest node misses at any time."""
+    overload_every_s: float = 300.0
+    """Mean time between two overloaded periods of one honest node (inf: none)."""
+    overload_s: float = 30.0
+    """Length of an overloaded period."""
+    overload_miss: float = 1.0
+    """Share of deadlines missed while overloaded (its queue is backed up)."""
+    probes: ProbePolicy = field(default_factory=ProbePolicy)
     job_interval_s: float = 0.01
     node_ttl_s: float = 5.0
     """A crashed node drops out of routing after this long without a heartbeat, or at its
     first missed deadline."""
     temperature: float = 1.0
     warmup: float = 0.1
-    """Share of the first jobs left out of mean_replicas_after_warmup."""
+    """Share of the first jobs left out of the after-warm-up figures."""
     samples: int = 200
     """Points of the score-over-time series."""
 
@@ -162,87 +221,6 @@ def fleet_modes(nodes: int, dishonest: float, mix: Mapping[Mode, float]) -> dict
     return {"honest": nodes - sum(counts.values()), **counts}
 
 
-# -- routing --------------------------------------------------------------------------
-
-
-def weights(scores: npt.NDArray[np.float64], temperature: float = 1.0) -> npt.NDArray[np.float64]:
-    """routing.weight of idle nodes with these scores, for many nodes at once."""
-    merit = np.maximum(scores, 1e-6) ** 2 * SPARE
-    return merit ** (1.0 / temperature) if temperature > 0 else merit
-
-
-class Sampler:
-    """Weighted sampling without replacement over a fleet, as routing.choose does it.
-
-    routing.choose keeps the k largest keys log(u) / w. With E = -log(u), an Exp(1)
-    variate, that is the k smallest E / w: exponentials are drawn in blocks and the
-    inverse weights kept in an array updated node by node, so a draw costs a few numpy
-    calls over the fleet instead of a Python loop. A node of weight 0 never comes out.
-    """
-
-    BLOCK = 512
-
-    def __init__(self, weights: npt.NDArray[np.float64], rng: np.random.Generator) -> None:
-        self._inverse = np.full(len(weights), np.inf)
-        for node, w in enumerate(weights):
-            self.update(node, float(w))
-        self._rng = rng
-        self._block = np.empty((0, len(weights)))
-        self._row = 0
-
-    def update(self, node: int, weight: float) -> None:
-        """Set one node's weight (0 takes it out of the draws)."""
-        self._inverse[node] = 1.0 / weight if weight > 0 else np.inf
-
-    def ranking(self, exclude: int | None = None) -> Ranking:
-        """A fresh random order of the nodes, read lazily: a weighted sample of any size
-        is its first entries."""
-        if self._row == len(self._block):
-            # +tiny: an exponential of exactly 0 times an infinite inverse would be NaN.
-            self._block = self._rng.standard_exponential((self.BLOCK, len(self._inverse)))
-            self._block += 1e-300
-            self._row = 0
-        keys = self._block[self._row] * self._inverse
-        self._row += 1
-        if exclude is not None:
-            keys[exclude] = np.inf
-        return Ranking(keys)
-
-
-class Ranking:
-    """Nodes in increasing order of their sampling keys, computed only as far as read."""
-
-    def __init__(self, keys: npt.NDArray[np.float64]) -> None:
-        self._keys = keys
-        self._order: list[int] = []
-        self._sorted = 0
-        self._next = 0
-
-    def take(self, n: int) -> list[int]:
-        """The next n nodes of the sample (fewer when the fleet runs out)."""
-        want = self._next + n
-        if want > self._sorted:
-            self._extend(want)
-        taken = self._order[self._next : want]
-        self._next += len(taken)
-        return taken
-
-    def _extend(self, want: int) -> None:
-        keys = self._keys
-        size = len(keys)
-        # The leader alone is an argmin; more replicas sort a head of 16 (escalation and
-        # re-routes rarely read further), and only past that the whole fleet.
-        depth = 1 if want == 1 else min(max(want, 16), size)
-        if depth == 1:
-            top = [int(np.argmin(keys))]
-        else:
-            part = np.argpartition(keys, depth - 1)[:depth] if depth < size else np.arange(size)
-            top = [int(i) for i in part[np.argsort(keys[part], kind="stable")]]
-        self._order = [i for i in top if math.isfinite(keys[i])]
-        exhausted = len(self._order) < len(top) or depth == size
-        self._sorted = size if exhausted else depth
-
-
 # -- the simulation -------------------------------------------------------------------
 
 
@@ -265,6 +243,7 @@ class _Check:
     replicas: list[Replica]
     redundancy: int
     assignments: int = 0
+    newcomers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +252,24 @@ class _Unchecked:
 
     job: int
     delivered: Token
+
+
+@dataclass(slots=True)
+class _Source:
+    """A verified job that probes may be drawn from."""
+
+    job: int
+    reference: Token
+    holders: set[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """One identity a node slot had, as the report counts it."""
+
+    mode: Mode
+    jobs: int
+    caught_at: int | None
 
 
 class Simulation:
@@ -301,21 +298,35 @@ class Simulation:
         start = Standing() if config.probation else Standing(trust="active")
         self.standing = [start] * len(modes)
         self.scores = np.array([s.score for s in self.standing])
+        self.newcomers = np.array([not is_established(s.streak) for s in self.standing])
+        self.spare = np.full(len(modes), 1.0 + SPARE_FLOOR)
         self.alive = [True] * len(modes)
         self.sampler = Sampler(np.zeros(len(modes)), np.random.default_rng(config.seed))
+        self.schedule = ProbeSchedule(config.probes, random.Random(config.seed + 1))
+        self.probe_heap: list[tuple[float, int, str]] = []
         self.now = 0
         self._serial = 0
-        self._probe_keys = 0
+        self._registrations = 0
+        self.held: list[set[int]] = [set() for _ in modes]
+        self.operator_seen: set[int] = set()
+        """Inputs any Sybil identity held in a finished job: its operator pools them."""
+        self._operator_pending: list[int] = []
+        self.honest_answers = [0] * len(modes)
+        """An adaptive node's own count of its right answers while active."""
+        self.sources: deque[_Source] = deque(maxlen=PROBE_SOURCES)
         self.unchecked: list[list[_Unchecked]] = [[] for _ in modes]
         self.assigned = [0] * len(modes)
         self.probed = [0] * len(modes)
         self.first_quarantine: dict[int, int] = {}
+        self.retired: list[_Identity] = []
         self.quarantines = [0] * len(modes)
-        self.probe_interval = [QUARANTINE_PROBE_EVERY] * len(modes)
-        self.probe_due: dict[int, list[int]] = {}
         self.drop_due: dict[int, list[int]] = {}
+        self.overload_due: dict[int, list[tuple[int, bool]]] = {}
         self.replicas_per_job = np.zeros(config.jobs, dtype=np.int16)
+        self.probes_per_job = np.zeros(config.jobs, dtype=np.int16)
+        self.revalidation_per_job = np.zeros(config.jobs, dtype=np.int16)
         self.score_series: list[tuple[int, dict[Mode, float]]] = []
+        self.wrong_by_mode: dict[Mode, int] = dict.fromkeys(MODES, 0)
         self.stats = {
             "wrong_delivered": 0,
             "wrong_unreplicated": 0,
@@ -326,34 +337,106 @@ class Simulation:
             "failed": 0,
             "probes": 0,
             "probes_admission": 0,
+            "probes_recognised": 0,
+            "probes_poisoned": 0,
             "revalidated": 0,
             "revalidation_assignments": 0,
             "revalidation_inconclusive": 0,
             "crashed_dropped": 0,
+            "timeouts_honest": 0,
         }
         self.wall_s = 0.0
+        self._plan_overloads()
         for node in range(len(modes)):
             self._reweight(node)
 
     # -- the world --------------------------------------------------------------------
 
-    def answer(self, node: int, job: int) -> Answer:
-        """What `node` returns for job (or probe) `job`, whose truth is the token `job`."""
+    def _plan_overloads(self) -> None:
+        """Overloaded periods of the honest nodes: exponential gaps, fixed length. While
+        overloaded a node misses deadlines and the router sees it busy (its assignments
+        stay outstanding), so its spare capacity is the floor."""
+        c = self.config
+        if not math.isfinite(c.overload_every_s) or c.overload_s <= 0:
+            return
+        span = c.jobs * c.job_interval_s
+        length = max(1, round(c.overload_s / c.job_interval_s))
+        for node in self.by_mode.get("honest", np.array([], dtype=int)):
+            at = self.rng.expovariate(1.0 / c.overload_every_s)
+            while at < span:
+                begin = round(at / c.job_interval_s)
+                self.overload_due.setdefault(begin, []).append((int(node), True))
+                self.overload_due.setdefault(begin + length, []).append((int(node), False))
+                at += c.overload_s + self.rng.expovariate(1.0 / c.overload_every_s)
+
+    def _misses(self, node: int) -> bool:
+        """Whether an honest node misses this deadline (background rate or overload)."""
+        overloaded = self.spare[node] == SPARE_FLOOR
+        rate = self.config.overload_miss if overloaded else self.config.timeout_rate
+        return rate > 0 and self.rng.random() < rate
+
+    def _knows_probe(self, node: int, key: int) -> bool:
+        """Whether the node can tell that input `key` is a probe: it gets nothing else
+        while not active; prepared probes are public; an input it (or its operator)
+        held before is recognised."""
+        if self.standing[node].trust != "active" or key < 0:
+            return True
+        if self.modes[node] == "sybil":
+            return key in self.operator_seen
+        return key in self.held[node]
+
+    def answer(
+        self, node: int, key: int, truth: Token, *, peer: bool = False, probe: bool = False
+    ) -> Answer:
+        """What `node` returns for input `key` whose right answer is `truth`; `peer`:
+        a peer's result for it exists (the node is a checker). `probe` is the world's
+        knowledge, used only through what the node can tell (`_knows_probe`)."""
         mode = self.modes[node]
+        if mode == "sybil":
+            # Known to the operator once this job is over (a sibling identity checking
+            # the same job at the same time does not take it for a probe).
+            self._operator_pending.append(key)
         if mode == "honest":
-            return job
+            if self._misses(node):
+                self.stats["timeouts_honest"] += 1
+                return None
+            return truth
         if mode == "slow" or (mode == "crash" and self.now >= self.crash_at[node]):
             return None
-        if mode == "crash":
-            return job
+        if mode in ("crash", "intermittent"):
+            if mode == "crash" or self.rng.random() >= self.config.intermittent_p:
+                return truth
+            return self._wrong()
+        if mode in ("probe_aware", "sybil", "adaptive"):
+            return self._adapted(node, key, truth, peer=peer)
+        return self._fixed_wrong(node, key)
+
+    def _adapted(self, node: int, key: int, truth: Token, *, peer: bool) -> Answer:
+        """The answer of a mode that cheats only when it believes it is not watched."""
+        mode = self.modes[node]
+        if mode == "probe_aware":
+            return truth if self._knows_probe(node, key) else ("aware", node, key)
+        if mode == "sybil":
+            return truth if self._knows_probe(node, key) else ("sybil", key)
+        if self.standing[node].trust != "active":
+            return truth
+        if not peer and self.honest_answers[node] >= replication.MIN_STREAK:
+            return ("adaptive", node, key)
+        self.honest_answers[node] += 1
+        return truth
+
+    def _fixed_wrong(self, node: int, key: int) -> Answer:
+        """The wrong answer of a mode that is always wrong."""
+        mode = self.modes[node]
         if mode == "lazy":
             return ("lazy",)
         if mode == "noisy":
-            return ("noisy", node, job)
+            return ("noisy", node, key)
         if mode == "colluding":
-            return ("pair", self.pair[node], job)
-        if mode == "intermittent" and self.rng.random() >= self.config.intermittent_p:
-            return job
+            return ("pair", self.pair[node], key)
+        return self._wrong()
+
+    def _wrong(self) -> Token:
         self._serial += 1
         return ("wrong", self._serial)
 
@@ -361,7 +444,12 @@ class Simulation:
 
     def _reweight(self, node: int) -> None:
         usable = self.alive[node] and self.standing[node].trust == "active"
-        w = float(weights(self.scores[node : node + 1], self.config.temperature)[0])
+        w = merit(
+            float(self.scores[node]),
+            float(self.spare[node]),
+            self.config.temperature,
+            newcomer=bool(self.newcomers[node]),
+        )
         self.sampler.update(node, w if usable else 0.0)
 
     def _event(self, node: int, kind: EventKind, *, probe: bool = False) -> None:
@@ -369,34 +457,109 @@ class Simulation:
         after = record(before, kind, self.now * self.config.job_interval_s, probe=probe)
         self.standing[node] = after
         self.scores[node] = after.score
-        if after.trust == "quarantined" and before.trust != "quarantined":
-            self.quarantines[node] += 1
-            self.first_quarantine.setdefault(node, self.assigned[node] + self.probed[node])
-            self.probe_interval[node] = QUARANTINE_PROBE_EVERY
-            self._schedule_probe(node)
+        self.newcomers[node] = not is_established(after.streak)
         self._reweight(node)
+        if after.trust == before.trust:
+            return
+        if after.trust == "quarantined":
+            self.quarantines[node] += 1
+            self.first_quarantine.setdefault(node, self._jobs_done(node))
+            if self.modes[node] == "sybil":
+                self._reregister(node)
+                return
+        if after.trust == "active" and before.trust == "quarantined":
+            self.honest_answers[node] = 0
+        self._plan_probe(node)
 
-    def _schedule_probe(self, node: int) -> None:
-        self.probe_due.setdefault(self.now + self.probe_interval[node], []).append(node)
+    def _reregister(self, node: int) -> None:
+        """A quarantined Sybil identity is dropped and the node comes back under a fresh
+        one: new id, no record, on probation."""
+        self.retired.append(
+            _Identity("sybil", self._jobs_done(node), self.first_quarantine.pop(node, None))
+        )
+        self.schedule.forget(self.ids[node])
+        self._registrations += 1
+        self.ids[node] = f"s{self._registrations:05d}"
+        self.index[self.ids[node]] = node
+        self.standing[node] = Standing()
+        self.scores[node] = Standing().score
+        self.newcomers[node] = True
+        self.held[node] = set()
+        self.unchecked[node] = []
+        self.assigned[node] = self.probed[node] = 0
+        self._reweight(node)
+        self._plan_probe(node)
 
-    def _probe(self, node: int) -> None:
-        self._probe_keys += 1
-        key = -self._probe_keys  # probes' truths never collide with real jobs'
+    # -- probes -----------------------------------------------------------------------
+
+    def _view(self, node: int) -> NodeView:
+        seen = self.now * self.config.job_interval_s if self.alive[node] else -math.inf
+        return NodeView(
+            self.ids[node], HW_CLASS, frozenset({MODEL}), seen, trust=self.standing[node].trust
+        )
+
+    def _plan_probe(self, node: int) -> None:
+        """Tell the schedule the node's state now; queue its next probe."""
+        if not self.alive[node] or self.standing[node].barred:
+            return
+        node_id = self.ids[node]
+        self.schedule.due(self._view(node), self.now * self.config.job_interval_s)
+        at = self.schedule.next_at(node_id)
+        if at is not None and math.isfinite(at):
+            heapq.heappush(self.probe_heap, (at, node, node_id))
+
+    def _probes_due(self) -> None:
+        now_s = self.now * self.config.job_interval_s
+        while self.probe_heap and self.probe_heap[0][0] <= now_s:
+            at, node, node_id = heapq.heappop(self.probe_heap)
+            if node_id != self.ids[node] or self.schedule.next_at(node_id) != at:
+                continue  # a stale entry: the node's state changed, or it re-registered
+            if not self.alive[node] or self.standing[node].barred:
+                continue
+            if self.schedule.due(self._view(node), now_s):
+                self.schedule.sent(node_id, now_s)
+                passed = self._probe(node)
+                if self.ids[node] == node_id:
+                    self.schedule.outcome(node_id, passed)
+            self._plan_probe(node)
+
+    def _probe_source(self, node: int) -> tuple[int, Token]:
+        """A probe's input and reference, as the live ProbePool picks it: a recent
+        verified job the node never held; a prepared probe only before there is
+        traffic (or when every source tried was held)."""
+        node_id = self.ids[node]
+        for _ in range(8) if self.sources else ():
+            source = self.sources[self.rng.randrange(len(self.sources))]
+            if node_id not in source.holders:
+                source.holders.add(node_id)
+                return source.job, source.reference
+        key = -1 - self.rng.randrange(PREPARED_PROBES)
+        return key, key
+
+    def _probe(self, node: int) -> bool:
+        """Send the node a probe; whether it passed."""
+        key, reference = self._probe_source(node)
         self.probed[node] += 1
         self.stats["probes"] += 1
-        got = self.answer(node, key)
+        if self.now < self.config.jobs:
+            self.probes_per_job[self.now] += 1
+        self.stats["probes_recognised"] += self.modes[node] != "honest" and self._knows_probe(
+            node, key
+        )
+        got = self.answer(node, key, key, probe=True)
+        self.held[node].add(key)
+        self._remember()
         if got is None:
             self._missed(node)
-        passed = got == key
-        was = self.standing[node].trust
+        passed = got == reference
+        self.stats["probes_poisoned"] += got == key and not passed
         kind: EventKind = "agreed" if passed else "timed_out" if got is None else "disagreed"
         self._event(node, kind, probe=True)
-        # A node quarantined by this very probe was scheduled by _event.
-        if was == "quarantined" == self.standing[node].trust and self.alive[node]:
-            cap = QUARANTINE_PROBE_EVERY * PROBE_BACKOFF_CAP
-            interval = self.probe_interval[node]
-            self.probe_interval[node] = QUARANTINE_PROBE_EVERY if passed else min(2 * interval, cap)
-            self._schedule_probe(node)
+        return passed
+
+    def _remember(self) -> None:
+        self.operator_seen.update(self._operator_pending)
+        self._operator_pending.clear()
 
     def _missed(self, node: int) -> None:
         """A node missed a deadline: a crashed one is now known to be gone."""
@@ -411,22 +574,29 @@ class Simulation:
 
     # -- jobs -------------------------------------------------------------------------
 
-    def _assign(self, check: _Check, nodes: list[int], ranking: Ranking, job: int) -> None:
-        """Run `nodes` on the job; a late one gets timed_out and its replica goes to the
-        next node of the ranking, as the live router re-routes it."""
-        queue = list(nodes)
-        while queue:
-            node = queue.pop(0)
-            check.assignments += 1
-            self.assigned[node] += 1
-            got = self.answer(node, job)
-            if got is not None:
-                check.replicas.append(Replica(self.ids[node], str(job), "token", got))
-                continue
+    def _send(self, check: _Check, node: int, job: int) -> bool:
+        """Run one replica on `node`; False when it missed its deadline."""
+        check.assignments += 1
+        check.newcomers += bool(self.newcomers[node])
+        self.assigned[node] += 1
+        got = self.answer(node, job, job, peer=bool(check.replicas))
+        self.held[node].add(job)
+        if got is None:
             self._missed(node)
             self._event(node, "timed_out")
-            if check.assignments < MAX_ASSIGNMENTS:
-                queue.extend(ranking.take(1))
+            return False
+        check.replicas.append(Replica(self.ids[node], str(job), "token", got))
+        return True
+
+    def _fill(self, check: _Check, ranking: Ranking, job: int) -> None:
+        """Send replicas until the job has as many answers as its redundancy; a late one
+        is replaced by the next node of the ranking, as the live router re-routes it."""
+        while len(check.replicas) < check.redundancy and check.assignments < MAX_ASSIGNMENTS:
+            room = newcomer_room(check.redundancy, check.newcomers)
+            nxt = ranking.take(1, newcomers=self.newcomers, room=room)
+            if not nxt:
+                return
+            self._send(check, nxt[0], job)
 
     def _settle(self, check: _Check, ranking: Ranking, job: int) -> Decision:
         """Decide by strict majority, escalating while there is none, up to the cap."""
@@ -435,13 +605,13 @@ class Simulation:
             if decision.status == "verified":
                 return decision
             more = replication.escalate(check.redundancy)
-            if more is None:
-                return decision
-            fresh = ranking.take(more - check.redundancy)
-            if not fresh:
+            if more is None or check.assignments >= MAX_ASSIGNMENTS:
                 return decision
             check.redundancy = more
-            self._assign(check, fresh, ranking, job)
+            before = check.assignments
+            self._fill(check, ranking, job)
+            if check.assignments == before:
+                return decision
 
     def _blame(self, decision: Decision, *, spare: int | None = None) -> list[int]:
         """Events for a checked job; the nodes that disagreed (but `spare`) are returned
@@ -455,14 +625,18 @@ class Simulation:
 
     def _job(self, job: int) -> None:
         ranking = self.sampler.ranking()
-        leader = ranking.take(1)
+        leader = ranking.take(1, newcomers=self.newcomers, room=0)
         if not leader:
             self.stats["failed"] += 1
             return
-        k = replication.replicas(self.standing[leader[0]].streak, self.rng)
+        lead = self.standing[leader[0]]
+        k = replication.replicas(lead.streak, self.rng, offences=lead.offences)
         check = _Check([], k)
-        self._assign(check, leader + ranking.take(k - 1), ranking, job)
+        # Hidden checks: the leader answers (or times out) before any checker is sent.
+        self._send(check, leader[0], job)
+        self._fill(check, ranking, job)
         decision = self._settle(check, ranking, job)
+        self._remember()
         self.replicas_per_job[job] = check.assignments
         canonical = decision.canonical if decision.status == "verified" else None
         delivered = canonical.output if canonical is not None else None
@@ -475,9 +649,12 @@ class Simulation:
             self.stats["wrong_unreplicated"] += delivered != job
         else:
             self.stats["wrong_majorities"] += delivered != job
+            holders = {r.node_id for r in check.replicas}
+            self.sources.append(_Source(job, delivered, holders))
         if canonical is not None and delivered != job:
             self.stats["wrong_delivered"] += 1
             self.stats["wrong_standing"] += 1
+            self.wrong_by_mode[self.modes[self.index[canonical.node_id]]] += 1
         if self.on_job is not None:
             record_ = JobRecord(
                 job, job, tuple(check.replicas), check.redundancy, decision, delivered
@@ -493,18 +670,21 @@ class Simulation:
 
     def _revalidate(self, node: int) -> list[int]:
         """Re-run a node's latest unchecked results on two other nodes each, most recent
-        first; correct the verdicts that change. Returns the helpers that disagreed."""
+        first; correct the verdicts that change. Returns the checkers that disagreed."""
         batch = self.unchecked[node][-replication.REVALIDATE_LIMIT :]
         del self.unchecked[node][-replication.REVALIDATE_LIMIT :]
         failed: list[int] = []
         for item in reversed(batch):
             ranking = self.sampler.ranking(exclude=node)
             original = Replica(self.ids[node], str(item.job), "token", item.delivered)
-            check = _Check([original], replication.REPLICAS)
-            self._assign(check, ranking.take(replication.REPLICAS - 1), ranking, item.job)
+            check = _Check([original], replication.REPLICAS, newcomers=int(self.newcomers[node]))
+            self._fill(check, ranking, item.job)
             decision = self._settle(check, ranking, item.job)
+            self._remember()
             self.stats["revalidated"] += 1
             self.stats["revalidation_assignments"] += check.assignments
+            if self.now < self.config.jobs:
+                self.revalidation_per_job[self.now] += check.assignments
             if decision.status != "verified" or decision.canonical is None:
                 self.stats["revalidation_inconclusive"] += 1
                 continue
@@ -521,7 +701,7 @@ class Simulation:
     # -- the run ----------------------------------------------------------------------
 
     def _admit(self) -> None:
-        """Genesis: every node in probation is probed until admitted or quarantined."""
+        """Genesis: every node on probation is probed until admitted or quarantined."""
         while True:
             waiting = [n for n, s in enumerate(self.standing) if s.trust == "probation"]
             if not waiting:
@@ -534,9 +714,10 @@ class Simulation:
         self.now = job
         for node in self.drop_due.pop(job, ()):
             self._drop(node)
-        for node in self.probe_due.pop(job, ()):
-            if self.alive[node] and self.standing[node].trust == "quarantined":
-                self._probe(node)
+        for node, overloaded in self.overload_due.pop(job, ()):
+            self.spare[node] = SPARE_FLOOR if overloaded else 1.0 + SPARE_FLOOR
+            self._reweight(node)
+        self._probes_due()
 
     def run(self) -> dict[str, Any]:
         """Run every job and return the report (JSON-ready)."""
@@ -545,6 +726,8 @@ class Simulation:
         for node, at in self.crash_at.items():
             self.drop_due.setdefault(at + ttl_jobs, []).append(node)
         self._admit()
+        for node in range(len(self.modes)):
+            self._plan_probe(node)
         every = max(1, self.config.jobs // max(self.config.samples, 1))
         for job in range(self.config.jobs):
             self._tick(job)
@@ -563,14 +746,26 @@ class Simulation:
     def _jobs_done(self, node: int) -> int:
         return self.assigned[node] + self.probed[node]
 
+    def identities(self, mode: Mode) -> list[_Identity]:
+        """Every identity nodes of this mode had: retired ones and the current ones."""
+        current = [
+            _Identity(mode, self._jobs_done(n), self.first_quarantine.get(n))
+            for n, m in enumerate(self.modes)
+            if m == mode
+        ]
+        return [i for i in self.retired if i.mode == mode] + current
+
     def _mode_report(self, mode: Mode) -> dict[str, Any]:
         nodes = [i for i, m in enumerate(self.modes) if m == mode]
-        caught = [self.first_quarantine[n] for n in nodes if n in self.first_quarantine]
-        free = [self._jobs_done(n) for n in nodes if n not in self.first_quarantine]
+        identities = self.identities(mode)
+        caught = [i.caught_at for i in identities if i.caught_at is not None]
+        free = [i.jobs for i in identities if i.caught_at is None]
         return {
             "nodes": len(nodes),
+            "identities": len(identities),
             "ever_quarantined": len(caught),
             "quarantined_at_end": sum(self.standing[n].trust == "quarantined" for n in nodes),
+            "barred_at_end": sum(self.standing[n].barred for n in nodes),
             "quarantine_episodes": sum(self.quarantines[n] for n in nodes),
             "jobs_until_quarantined": {
                 "max": max(caught, default=None),
@@ -578,6 +773,7 @@ class Simulation:
             },
             "never_quarantined": {"count": len(free), "most_jobs": max(free, default=None)},
             "dropped_as_dead": sum(not self.alive[n] for n in nodes),
+            "wrong_delivered": self.wrong_by_mode[mode],
             "mean_score_at_end": round(float(np.mean(self.scores[nodes])), 4) if nodes else None,
         }
 
@@ -586,8 +782,13 @@ class Simulation:
         c, s = self.config, self.stats
         jobs = max(c.jobs, 1)
         warm = round(c.jobs * c.warmup)
+
+        def after_warmup(values: npt.NDArray[np.int16]) -> float:
+            return round(float(values[warm:].mean()) if c.jobs > warm else 0.0, 4)
+
         rpj = self.replicas_per_job
-        honest_caught = [self.ids[n] for n in self.first_quarantine if self.modes[n] == "honest"]
+        honest = [i for i in self.identities("honest") if i.caught_at is not None]
+        honest_ids = sorted(self.ids[n] for n in self.first_quarantine if self.modes[n] == "honest")
         modes = {m: self._mode_report(m) for m in FAULT_MODES}
         report: dict[str, Any] = {
             "nodes": c.nodes,
@@ -596,6 +797,8 @@ class Simulation:
             "dishonest": c.dishonest,
             "intermittent_p": c.intermittent_p,
             "probation": c.probation,
+            "timeout_rate": c.timeout_rate,
+            "overload": {"every_s": c.overload_every_s, "s": c.overload_s, "miss": c.overload_miss},
             "mix": fleet_modes(c.nodes, c.dishonest, c.mix),
             "mix_shares": dict(c.mix),
             "wrong_delivered": {"count": s["wrong_delivered"], "rate": s["wrong_delivered"] / jobs},
@@ -606,21 +809,25 @@ class Simulation:
             "revalidated": s["revalidated"],
             "revalidation_inconclusive": s["revalidation_inconclusive"],
             "mean_replicas_per_job": round(float(rpj.mean()) if c.jobs else 0.0, 4),
-            "mean_replicas_after_warmup": round(
-                float(rpj[warm:].mean()) if c.jobs > warm else 0.0, 4
-            ),
+            "mean_replicas_after_warmup": after_warmup(rpj),
             "warmup_jobs": warm,
+            "probes_per_job_after_warmup": after_warmup(self.probes_per_job),
+            "revalidation_runs_per_job_after_warmup": after_warmup(self.revalidation_per_job),
             "mean_replicas_with_revalidation": round(
                 (float(rpj.sum()) + s["revalidation_assignments"]) / jobs, 4
             ),
             "inconclusive_jobs": s["inconclusive"],
             "failed_jobs": s["failed"],
-            "probes": {"total": s["probes"], "admission": s["probes_admission"]},
-            "modes": modes,
-            "honest_wrongly_quarantined": {
-                "count": len(honest_caught),
-                "ids": sorted(honest_caught),
+            "probes": {
+                "total": s["probes"],
+                "admission": s["probes_admission"],
+                "recognised_by_cheaters": s["probes_recognised"],
+                "poisoned": s["probes_poisoned"],
             },
+            "sybil_registrations": self._registrations,
+            "honest_timeouts": s["timeouts_honest"],
+            "modes": modes,
+            "honest_wrongly_quarantined": {"count": len(honest), "ids": honest_ids},
             "definitions": DEFINITIONS,
             "wall_s": round(self.wall_s, 2),
         }
@@ -628,8 +835,14 @@ class Simulation:
         return report
 
 
+ALWAYS_DISHONEST_LIMIT = 10
+"""Jobs (real and probes) within which an always-dishonest identity must be quarantined."""
+INTERMITTENT_LIMIT = 100
+"""Jobs within which a node wrong on 10% of its jobs must be quarantined."""
+
+
 def targets(report: Mapping[str, Any]) -> dict[str, bool]:
-    """The issue's targets, checked against a report."""
+    """The policy's targets, checked against a report."""
     modes = report["modes"]
 
     def within(mode: str, limit: int) -> bool:
@@ -641,12 +854,13 @@ def targets(report: Mapping[str, Any]) -> dict[str, bool]:
 
     return {
         "wrong_delivered_at_most_0.1%": report["wrong_delivered"]["rate"] <= 0.001,
-        "mean_replicas_after_warmup_at_most_1.5": report["mean_replicas_after_warmup"] <= 1.5,
-        "always_dishonest_quarantined_within_20_jobs": all(
-            within(m, 20) for m in sorted(ALWAYS_DISHONEST) if modes[m]["nodes"]
+        "mean_replicas_after_warmup_at_most_1.3": report["mean_replicas_after_warmup"] <= 1.3,
+        "always_dishonest_quarantined_within_10_jobs": all(
+            within(m, ALWAYS_DISHONEST_LIMIT) for m in sorted(ALWAYS_DISHONEST) if modes[m]["nodes"]
         ),
-        "intermittent_quarantined_within_200_jobs": within("intermittent", 200),
+        "intermittent_quarantined_within_100_jobs": within("intermittent", INTERMITTENT_LIMIT),
         "no_honest_node_quarantined": report["honest_wrongly_quarantined"]["count"] == 0,
+        "wall_time_under_10_s": report["wall_s"] < 10,
     }
 
 
@@ -687,7 +901,7 @@ def plot(sim: Simulation, path: Path) -> None:
         bottom.plot(np.arange(window - 1, len(rpj)), _moving_average(rpj, window))
     bottom.set_ylabel(f"replicas per job ({window}-job mean)")
     bottom.set_xlabel("job")
-    bottom.axhline(1.5, linestyle="--", color="grey", linewidth=0.8)
+    bottom.axhline(1.3, linestyle="--", color="grey", linewidth=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -697,8 +911,6 @@ __all__ = [
     "DEFAULT_MIX",
     "FAULT_MODES",
     "JobRecord",
-    "Ranking",
-    "Sampler",
     "SimConfig",
     "Simulation",
     "fleet_modes",
@@ -707,5 +919,4 @@ __all__ = [
     "same",
     "simulate",
     "targets",
-    "weights",
 ]
