@@ -22,9 +22,9 @@ decision is the core's (cortensor.protocol):
 Hidden checks, as the live router plans them: a job's leader answers before any
 checker is sent, so it never sees a peer's result; checkers, escalation replicas and
 re-validation runs come after an answer exists. A job led by a node that runs it alone
-is accepted unchecked and earns no event; when a node fails a check on a real job, its
-latest unchecked results are re-run on two other nodes each and decided with its own
-answer, and a verdict that changes is corrected.
+is accepted unchecked and earns no event; when a node fails a check on a real job or a
+probe, its latest unchecked results are re-run on two other nodes each and decided with
+its own answer, and a verdict that changes is corrected.
 
 What a node can know (the fault modes that adapt use exactly this):
 - whether a peer's result exists (a checker's leader has answered; a leader has none);
@@ -555,6 +555,9 @@ class Simulation:
         self.stats["probes_poisoned"] += got == key and not passed
         kind: EventKind = "agreed" if passed else "timed_out" if got is None else "disagreed"
         self._event(node, kind, probe=True)
+        if kind == "disagreed" and self.unchecked[node]:
+            # A failed probe reopens the node's unchecked results, as a failed check does.
+            self._revalidate_all([node])
         return passed
 
     def _remember(self) -> None:
