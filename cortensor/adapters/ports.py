@@ -1,7 +1,7 @@
 """What each service is given to talk to the world: its ledger and its broker sides.
 
 The live ones come from `cortensor.adapters.live`; tests give in-memory twins of the
-brokers (`cortensor.adapters.memory`). A service never builds its own.
+brokers and of the ledger (`cortensor.adapters.memory`). A service never builds its own.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from cortensor.adapters.interfaces import (
     StreamPublisher,
     TaskPublisher,
 )
-from cortensor.adapters.ledger.guard import GuardLedger
-from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
 
 
 @dataclass(frozen=True, slots=True)
 class RouterPorts:
     """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out."""
 
-    ledger: RouterLedger
+    ledger: RouterBook
     jobs: JobQueue
     tasks: TaskPublisher
     signals: SignalBus
@@ -34,6 +33,6 @@ class RouterPorts:
 class GuardPorts:
     """A guard's adapters: results in, verdicts out."""
 
-    ledger: GuardLedger
+    ledger: GuardBook
     results: StreamConsumer
     verdicts: StreamPublisher

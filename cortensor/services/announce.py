@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from cortensor.adapters.interfaces import StreamPublisher
-from cortensor.adapters.ledger.store import Ledger
+from cortensor.adapters.ledger.interfaces import VerdictBook
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import Verdict
 
@@ -21,7 +21,7 @@ class Announcer:
     before `flush` only means a harmless second publish.
     """
 
-    def __init__(self, stream: StreamPublisher, topology: Topology, ledger: Ledger) -> None:
+    def __init__(self, stream: StreamPublisher, topology: Topology, ledger: VerdictBook) -> None:
         self.stream, self.topology, self.ledger = stream, topology, ledger
         self._published: list[UUID] = []
 

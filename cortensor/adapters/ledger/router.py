@@ -9,14 +9,16 @@ this router locks.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from cortensor.adapters.ledger import probes
 from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger
 from cortensor.protocol.planning import Plan, replicas_due, waiting
+from cortensor.protocol.probing import PoolProbe
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for, task_fields, whole_job
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
 
@@ -445,3 +447,21 @@ class RouterLedger(Ledger):
             await self.pool.release(conn)
 
         return stop
+
+    # The probe pool's reads, on this router's pool (cortensor.adapters.ledger.probes).
+
+    async def verified_jobs(self, models: Collection[str], per_model: int) -> list[PoolProbe]:
+        """Recent verified jobs of each model, as probes (probes.verified_jobs)."""
+        return await probes.verified_jobs(self, models, per_model)
+
+    async def probe_holders(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        """For each pool key, the nodes that held a probe made from it."""
+        return await probes.probe_holders(self, keys)
+
+    async def probe_outcomes(self, after: int, limit: int = 10_000) -> list[probes.ProbeOutcome]:
+        """The probe events recorded after event id `after`."""
+        return await probes.probe_outcomes(self, after, limit)
+
+    async def last_event(self) -> int:
+        """The id of the latest reputation event."""
+        return await probes.last_event(self)

@@ -1,15 +1,17 @@
-"""In-memory twins of the broker adapters, for tests that run in milliseconds.
+"""In-memory twins of the broker adapters and of the ledger, for tests that run in
+milliseconds.
 
 Each twin implements the same interface as its real adapter (cortensor.adapters
-.interfaces) with the delivery semantics the services rely on; tests/contract/ runs
-one suite against both. `MemoryBroker` and `MemoryNats` play the servers; the port
-builders below give a service its adapters on them.
+.interfaces, cortensor.adapters.ledger.interfaces) with the semantics the services rely
+on; tests/contract/ runs one suite against both. `MemoryBroker` and `MemoryNats` play
+the servers, `MemoryLedger` the ledger; the port builders below give a service its
+adapters on them.
 """
 
 from __future__ import annotations
 
-from cortensor.adapters.ledger.guard import GuardLedger
-from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
+from cortensor.adapters.memory.ledger import MemoryLedger
 from cortensor.adapters.memory.queues import (
     MemoryBroker,
     MemoryChannel,
@@ -25,13 +27,16 @@ from cortensor.adapters.memory.streams import (
     NoStream,
     subject_matches,
 )
+from cortensor.adapters.memory.tables import ManualClock
 from cortensor.adapters.ports import GuardPorts, RouterPorts
 from cortensor.adapters.topology import Topology
 
 __all__ = [
+    "ManualClock",
     "MemoryBroker",
     "MemoryChannel",
     "MemoryDelivery",
+    "MemoryLedger",
     "MemoryNats",
     "MemoryPullConsumer",
     "MemorySignals",
@@ -46,7 +51,7 @@ __all__ = [
 
 
 def router_ports(
-    ledger: RouterLedger,
+    ledger: RouterBook,
     broker: MemoryBroker,
     nats: MemoryNats,
     topology: Topology,
@@ -65,7 +70,7 @@ def router_ports(
     return ports, channel
 
 
-def guard_ports(ledger: GuardLedger, nats: MemoryNats, topology: Topology) -> GuardPorts:
+def guard_ports(ledger: GuardBook, nats: MemoryNats, topology: Topology) -> GuardPorts:
     """A guard's ports on the twins: a fetcher on the topology's guard consumer."""
     return GuardPorts(
         ledger=ledger,

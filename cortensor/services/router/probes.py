@@ -19,8 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from cortensor.adapters.ledger import probes as probe_ledger
-from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.ledger.interfaces import ProbeBook, RouterBook
 from cortensor.inference.probes import load_probes
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.planning import Timing
@@ -64,20 +63,20 @@ class ProbeSender:
         when they are missing)."""
         self.pool = ProbePool(load_probes(path).probes)
 
-    async def refresh(self, ledger: RouterLedger, models: Iterable[str]) -> None:
+    async def refresh(self, ledger: ProbeBook, models: Iterable[str]) -> None:
         """Read the pool of verified jobs, who held each, and the probes' outcomes."""
         s = self.settings
-        traffic = await probe_ledger.verified_jobs(ledger, set(models), s.probe_pool_size)
+        traffic = await ledger.verified_jobs(set(models), s.probe_pool_size)
         keys = [p.key for p in traffic] + self.pool.keys()
-        self.pool.refresh(traffic, await probe_ledger.probe_holders(ledger, keys))
+        self.pool.refresh(traffic, await ledger.probe_holders(keys))
         if self._after is None:
             # Outcomes from before this router started belong to other schedules.
-            self._after = await probe_ledger.last_event(ledger)
+            self._after = await ledger.last_event()
             return
         # An event id is drawn before its transaction commits, so one committed late
         # behind a higher id is missed here: it only tunes the back-off, which the next
         # outcome of the same node sets right.
-        for outcome in await probe_ledger.probe_outcomes(ledger, self._after):
+        for outcome in await ledger.probe_outcomes(self._after):
             self.schedule.outcome(outcome.node_id, outcome.passed)
             self._after = outcome.event_id
 
@@ -107,7 +106,7 @@ class ProbeSender:
         """A replica's time, exactly as the router computes it for real jobs."""
         return Timing(self.settings.assignment_timeout_s, self.settings.audio_timeout_factor)
 
-    async def send(self, ledger: RouterLedger, nodes: Sequence[NodeView]) -> list[Assignment]:
+    async def send(self, ledger: RouterBook, nodes: Sequence[NodeView]) -> list[Assignment]:
         """Record the probes due now and return their assignments, to be published with
         the sweep's others; reads the pool again first when it is due."""
         now = time.monotonic()
