@@ -1,6 +1,7 @@
 """Each contract test runs twice: against the real server and against the in-memory twin
 (tests/contract/sides.py holds the harness). The real half gets a namespace of its own
-per test, on the real RabbitMQ or NATS, and carries that server's marker.
+per test, on the real RabbitMQ or NATS, or a ledger database of its module's own on the
+real PostgreSQL, and carries that server's marker.
 """
 
 from __future__ import annotations
@@ -8,13 +9,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aio_pika
+import asyncpg
 import pytest
 
 from cortensor.adapters import jetstream
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
 from tests.conftest import make_settings
-from tests.contract.sides import AmqpSide, MemoryAmqp, MemoryNatsSide, NatsSide, RealAmqp, RealNats
+from tests.contract.sides import (
+    AmqpSide,
+    LedgerSide,
+    MemoryAmqp,
+    MemoryNatsSide,
+    NatsSide,
+    PostgresLedger,
+    RealAmqp,
+    RealNats,
+    TwinLedger,
+)
 
 
 @pytest.fixture(params=["memory", pytest.param("real", marks=pytest.mark.rabbitmq)])
@@ -55,3 +70,21 @@ async def nats_side(request: pytest.FixtureRequest) -> AsyncIterator[NatsSide]:
         for stream in topology.streams:
             await js.delete_stream(stream.name)
         await nc.drain()
+
+
+@pytest.fixture(params=["memory", pytest.param("real", marks=pytest.mark.postgres)])
+async def ledger_side(request: pytest.FixtureRequest) -> AsyncIterator[LedgerSide]:
+    """The ledger, real (a migrated database of this module's own) or in memory."""
+    if request.param == "memory":
+        yield TwinLedger()
+        return
+    settings: Settings = request.getfixturevalue("ledger_settings")
+    router = await RouterLedger.connect(settings.asyncpg_dsn)
+    guard = await GuardLedger.connect(settings.asyncpg_dsn)
+    db = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        yield PostgresLedger(router, guard, db)
+    finally:
+        await db.close()
+        await guard.close()
+        await router.close()

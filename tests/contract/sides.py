@@ -1,17 +1,20 @@
 """The two sides of every contract test, real server and in-memory twin, behind one
 harness (`AmqpSide`, `NatsSide`): the adapters under test (the interfaces of
 cortensor.adapters.interfaces) and the few server-side moves a test needs (declare a
-node queue, publish a job as a client does, read a queue, open a durable consumer)."""
+node queue, publish a job as a client does, read a queue, open a durable consumer);
+and the two ledgers, PostgreSQL and `MemoryLedger`, behind `LedgerSide`."""
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
+from uuid import UUID
 
 import aio_pika
+import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -23,8 +26,13 @@ from cortensor.adapters.interfaces import (
     StreamPublisher,
     TaskPublisher,
 )
+from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
+from cortensor.adapters.ledger.router import RouterLedger
+from cortensor.adapters.ledger.store import Ledger
 from cortensor.adapters.memory import (
     MemoryBroker,
+    MemoryLedger,
     MemoryNats,
     MemoryPullConsumer,
     MemorySignals,
@@ -33,6 +41,7 @@ from cortensor.adapters.memory import (
     MemoryWorkQueue,
 )
 from cortensor.adapters.topology import Topology
+from cortensor.protocol.reputation import Standing
 from cortensor.settings import Settings
 from tests.conftest import make_settings
 
@@ -266,3 +275,119 @@ class MemoryNatsSide(NatsSide):
 
     async def stored(self, stream: str) -> int:
         return len(self.nats.stored(stream))
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+
+class LedgerSide(ABC):
+    """What a ledger contract test does, on PostgreSQL or on the twin: the router's and
+    the guard's ledgers under test, and a few reads of what they wrote."""
+
+    router: RouterBook
+    guard: GuardBook
+
+    @abstractmethod
+    async def add_events(self, job_id: UUID, events: Sequence[tuple[str, UUID, str]]) -> None:
+        """Append reputation events (node, assignment, kind), as a guard's verdict does."""
+        ...
+
+    @abstractmethod
+    async def standing(self, node_id: str, model: str = "") -> Standing | None:
+        """A node's stored standing (the trigger's fold, or the twin's)."""
+        ...
+
+    @abstractmethod
+    async def set_trust(self, node_id: str, trust: str) -> None:
+        """Admit (or quarantine) a node outright, as an operator would."""
+        ...
+
+    @abstractmethod
+    async def events(self, job_id: UUID) -> list[tuple[str, str]]:
+        """(node, kind) of a job's reputation events, in order."""
+        ...
+
+    @abstractmethod
+    async def results(self, job_id: UUID) -> int:
+        """How many results of a job are stored (counted or not)."""
+        ...
+
+    @abstractmethod
+    async def job(self, job_id: UUID) -> tuple[str, int, bool]:
+        """A job's status, redundancy and unchecked flag."""
+        ...
+
+
+class PostgresLedger(LedgerSide):
+    """The PostgreSQL ledgers, and a connection of the test's own to read what they wrote."""
+
+    def __init__(self, router: RouterLedger, guard: GuardLedger, db: asyncpg.Connection) -> None:
+        self.router, self.guard, self.db = router, guard, db
+
+    async def add_events(self, job_id: UUID, events: Sequence[tuple[str, UUID, str]]) -> None:
+        async with self.guard.pool.acquire() as conn, conn.transaction():
+            await Ledger.add_events(conn, job_id, events)
+
+    async def standing(self, node_id: str, model: str = "") -> Standing | None:
+        row = await self.db.fetchrow(
+            "SELECT * FROM node_standing WHERE node_id = $1 AND model = $2", node_id, model
+        )
+        if row is None:
+            return None
+        return Standing(**{f.name: row[f.name] for f in fields(Standing)})
+
+    async def set_trust(self, node_id: str, trust: str) -> None:
+        await self.db.execute(
+            """
+            INSERT INTO node_standing (node_id, model, trust) VALUES ($1, '', $2)
+            ON CONFLICT (node_id, model) DO UPDATE SET trust = $2
+            """,
+            node_id,
+            trust,
+        )
+
+    async def events(self, job_id: UUID) -> list[tuple[str, str]]:
+        rows = await self.db.fetch(
+            "SELECT node_id, kind FROM reputation_events WHERE job_id = $1 ORDER BY event_id",
+            job_id,
+        )
+        return [(r["node_id"], r["kind"]) for r in rows]
+
+    async def results(self, job_id: UUID) -> int:
+        sql = "SELECT count(*) FROM results WHERE job_id = $1"
+        count: int = await self.db.fetchval(sql, job_id)
+        return count
+
+    async def job(self, job_id: UUID) -> tuple[str, int, bool]:
+        row = await self.db.fetchrow(
+            "SELECT status, redundancy, unchecked FROM jobs WHERE job_id = $1", job_id
+        )
+        return row["status"], row["redundancy"], row["unchecked"]
+
+
+class TwinLedger(LedgerSide):
+    """One MemoryLedger as both the router's and the guard's ledger."""
+
+    def __init__(self, ledger: MemoryLedger | None = None) -> None:
+        self.ledger = ledger or MemoryLedger()
+        self.router = self.guard = self.ledger
+
+    async def add_events(self, job_id: UUID, events: Sequence[tuple[str, UUID, str]]) -> None:
+        self.ledger.tables.add_events(job_id, [(n, str(a), k) for n, a, k in events])
+
+    async def standing(self, node_id: str, model: str = "") -> Standing | None:
+        return self.ledger.standing(node_id, model)
+
+    async def set_trust(self, node_id: str, trust: str) -> None:
+        assert trust in ("probation", "active", "quarantined")
+        self.ledger.set_trust(node_id, trust)  # type: ignore[arg-type]
+
+    async def events(self, job_id: UUID) -> list[tuple[str, str]]:
+        return [(e.node_id, e.kind) for e in self.ledger.tables.events if e.job_id == job_id]
+
+    async def results(self, job_id: UUID) -> int:
+        return sum(r.job_id == job_id for r in self.ledger.tables.results.values())
+
+    async def job(self, job_id: UUID) -> tuple[str, int, bool]:
+        row = self.ledger.tables.jobs[job_id]
+        return row.status, row.redundancy, row.unchecked

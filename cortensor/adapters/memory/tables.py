@@ -204,9 +204,12 @@ class Tables:
     # -- writes shared by routers and guards (store.Ledger) ------------------------------
 
     def insert_assignments(self, made: Sequence[Assignment], *, attempt: int | None = None) -> None:
-        """Record assignments; a node holds at most one replica of a job."""
+        """Record assignments, each to a recorded node; a node holds at most one replica
+        of a job."""
         held = {(a.job_id, a.node_id) for a in self.assignments.values()}
         for a in made:
+            if a.node_id not in self.nodes:
+                raise ValueError(f"assignment {a.assignment_id}: node {a.node_id} is unknown")
             if a.assignment_id in self.assignments or (a.job_id, a.node_id) in held:
                 raise ValueError(
                     f"assignment {a.assignment_id}: node {a.node_id} already holds job {a.job_id}"
