@@ -308,6 +308,12 @@ class LedgerSide(ABC):
         ...
 
     @abstractmethod
+    async def history(self, node_id: str, model: str = "") -> list[tuple[str, float, bool]]:
+        """(kind, time in epoch seconds, probe) of a node's events, in the order folded;
+        with `model`, those of that model's jobs only."""
+        ...
+
+    @abstractmethod
     async def results(self, job_id: UUID) -> int:
         """How many results of a job are stored (counted or not)."""
         ...
@@ -353,6 +359,18 @@ class PostgresLedger(LedgerSide):
         )
         return [(r["node_id"], r["kind"]) for r in rows]
 
+    async def history(self, node_id: str, model: str = "") -> list[tuple[str, float, bool]]:
+        rows = await self.db.fetch(
+            """
+            SELECT kind, extract(epoch FROM created_at)::float8 AS at, probe
+            FROM reputation_events WHERE node_id = $1 AND ($2 = '' OR model = $2)
+            ORDER BY node_seq
+            """,
+            node_id,
+            model,
+        )
+        return [(r["kind"], r["at"], r["probe"]) for r in rows]
+
     async def results(self, job_id: UUID) -> int:
         sql = "SELECT count(*) FROM results WHERE job_id = $1"
         count: int = await self.db.fetchval(sql, job_id)
@@ -384,6 +402,13 @@ class TwinLedger(LedgerSide):
 
     async def events(self, job_id: UUID) -> list[tuple[str, str]]:
         return [(e.node_id, e.kind) for e in self.ledger.tables.events if e.job_id == job_id]
+
+    async def history(self, node_id: str, model: str = "") -> list[tuple[str, float, bool]]:
+        return [
+            (e.kind, e.at, e.probe)
+            for e in self.ledger.tables.events
+            if e.node_id == node_id and model in ("", e.model)
+        ]
 
     async def results(self, job_id: UUID) -> int:
         return sum(r.job_id == job_id for r in self.ledger.tables.results.values())

@@ -449,3 +449,23 @@ async def test_the_probe_pool_reads_verified_traffic_its_holders_and_probe_outco
     assert outcomes == [ProbeOutcome(outcomes[0].event_id, d, True)]
     assert outcomes[0].event_id > after
     assert await ledger_side.router.last_event() >= outcomes[0].event_id
+
+
+async def test_a_replica_timed_out_before_the_verdict_is_charged_once(
+    ledger_side: LedgerSide,
+) -> None:
+    late, b, c = node_ids(3)
+    await enrol(ledger_side, [late, b, c])
+    spec = job(3)
+    overdue = assignments_for(spec, [(late, HW)], utcnow() - timedelta(seconds=1))
+    sent = assignments_for(spec, [(b, HW), (c, HW)], utcnow() + timedelta(seconds=60))
+    await ledger_side.router.open_jobs([NewJob(spec, utcnow(), "running", [*overdue, *sent])])
+    nobody = Planner([], {spec.job_id})
+    await ledger_side.router.reroute_expired(nobody)
+    assert nobody.asked == [(spec.job_id, 1)]
+    intake = await ledger_side.guard.take_results(spec.job_id, [answer(x, UP) for x in sent])
+    assert intake.verdict is not None
+    assert intake.verdict.timed_out == [late]
+    assert sorted(await ledger_side.events(spec.job_id)) == sorted(
+        [(late, "timed_out"), (b, "agreed"), (c, "agreed")]
+    )
