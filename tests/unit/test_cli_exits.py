@@ -21,6 +21,15 @@ NOWHERE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_global_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands that configure logging would point structlog at the runner's stderr,
+    which is closed once the command returns, for every later test in the process."""
+    import cortensor.cli
+
+    monkeypatch.setattr(cortensor.cli, "_configure_logging", lambda: None)
+
+
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     done = CliRunner().invoke(app, list(args), env={**NOWHERE, **(env or {})})
     return done.exit_code, " ".join((done.stderr + done.stdout).split())
