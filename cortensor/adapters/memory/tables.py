@@ -344,6 +344,17 @@ class Tables:
                 listener(job_id)
 
 
+class OnTables:
+    """What the twin ledger's sides (memory.routing, memory.judging) stand on."""
+
+    tables: Tables
+
+    @property
+    def clock(self) -> Clock:
+        """Where the ledger reads the time."""
+        return self.tables.clock
+
+
 def _payload(verdict: Verdict) -> Verdict:
     """A verdict as stored: without a verified output, which its canonical result holds."""
     if verdict.canonical_result_id is None:
