@@ -7,19 +7,26 @@ on jobs of two models, probes among them. The events are appended in order throu
 ledger (one transaction each on PostgreSQL, as verdicts write them). Each side's record
 of them (kind, probe, in order) must be what was sent, and every node's standing,
 overall and per model, must be `reputation.fold` over that record at the times the side
-stamped (transaction times on PostgreSQL, the twin's clock on the twin).
+stamped (transaction times on PostgreSQL, the twin's clock on the twin). On the twin
+alone, hypothesis draws any events, a second event per assignment among them (dropped),
+at any times.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import cast
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cortensor.adapters.memory import ManualClock, MemoryLedger
+from cortensor.adapters.memory.tables import JobRow, NodeRow
 from cortensor.protocol.reputation import EventKind, Standing, fold
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import utcnow
@@ -117,3 +124,41 @@ async def test_standings_after_the_same_events_are_the_cores_fold(
         assert (stats.trust, stats.offences) == (expected.trust, expected.offences)
     # The draws reach more than one trust state, so the transitions are compared too.
     assert len(seen_trust) >= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.sampled_from(["agreed", "disagreed", "timed_out"]),
+            st.booleans(),
+            st.sampled_from([MODEL, OTHER_MODEL]),
+            st.floats(0, 3 * 24 * 3600.0),
+        ),
+        max_size=80,
+    )
+)
+def test_the_twins_standings_are_the_fold_of_any_events(
+    draws: list[tuple[int, EventKind, bool, str, float]],
+) -> None:
+    clock = ManualClock()
+    tables = MemoryLedger(clock).tables
+    nodes = [f"h-{i}" for i in range(3)]
+    for node in nodes:
+        tables.nodes[node] = NodeRow(None, clock())
+    history: dict[tuple[str, str], list[tuple[EventKind, float, bool]]] = {}
+    for i, (n, kind, probe, model, gap) in enumerate(draws):
+        spec = replace(one_job(model, probe), deadline_at=clock())
+        [made] = assignments_for(spec, [(nodes[n], HW)], clock())
+        tables.jobs[spec.job_id] = JobRow(spec, "running", clock(), clock(), 1, i)
+        tables.insert_assignments([made])
+        tables.add_events(spec.job_id, [(nodes[n], str(made.assignment_id), kind)])
+        tables.add_events(spec.job_id, [(nodes[n], str(made.assignment_id), "agreed")])
+        at = clock().timestamp()
+        for key in ((nodes[n], ""), (nodes[n], model)):
+            history.setdefault(key, []).append((kind, at, probe))
+        clock.advance(gap)
+    assert set(tables.standings) == set(history)
+    for key, events in history.items():
+        assert tables.standings[key] == fold(events)
