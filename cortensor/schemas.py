@@ -64,6 +64,8 @@ LedgerStatus = Literal["waiting", "running", "split"]
 """Where a job stands in the ledger before it ends: waiting for nodes, running on them,
 or split into parts that run as jobs of their own."""
 LEDGER_STATUSES: tuple[LedgerStatus, ...] = get_args(LedgerStatus)
+OPEN_STATUSES: tuple[LedgerStatus, ...] = ("waiting", "running")
+"""Jobs a router still works on (a split job's parts are jobs of their own)."""
 Language = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z]{2,3}$"),

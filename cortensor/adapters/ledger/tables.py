@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cortensor.schemas import LEDGER_STATUSES, TERMINAL_STATUSES, LedgerStatus
+from cortensor.schemas import LEDGER_STATUSES, OPEN_STATUSES, TERMINAL_STATUSES
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -45,8 +45,6 @@ NAMING_CONVENTION: dict[str, str] = {
 
 NODE_STATUSES = ("up", "draining")
 JOB_STATUSES: tuple[str, ...] = (*LEDGER_STATUSES, *TERMINAL_STATUSES)
-OPEN_JOB_STATUSES: tuple[LedgerStatus, ...] = ("waiting", "running")
-"""Jobs a router still works on (a split job's parts are jobs of their own)."""
 VERDICT_STATUSES: tuple[str, ...] = TERMINAL_STATUSES
 ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out")
 EVENT_KINDS = ("agreed", "disagreed", "timed_out")
@@ -92,7 +90,7 @@ class Job(Base):
         Index(
             "ix_jobs_open_deadline_at",
             "deadline_at",
-            postgresql_where=text(_in("status", OPEN_JOB_STATUSES)),
+            postgresql_where=text(_in("status", OPEN_STATUSES)),
         ),
         Index("ix_jobs_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
         Index("ix_jobs_unchecked", "decided_at", postgresql_where=text("unchecked")),

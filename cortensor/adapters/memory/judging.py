@@ -25,7 +25,7 @@ from cortensor.protocol.adjudication import (
     score_late,
 )
 from cortensor.protocol.consensus import Replica
-from cortensor.schemas import InferenceResult, Verdict
+from cortensor.schemas import OPEN_STATUSES, InferenceResult, Verdict
 from cortensor.settings import REVALIDATE_DEADLINE_S
 
 
@@ -202,7 +202,7 @@ class GuardSide(OnTables):
                 for a in self.tables.assignments.values()
                 if a.status == "assigned"
                 and a.deadline_at < now
-                and self.tables.jobs[a.job_id].status not in ("waiting", "running")
+                and self.tables.jobs[a.job_id].status not in OPEN_STATUSES
             ),
             key=lambda a: a.deadline_at,
         )[:limit]
