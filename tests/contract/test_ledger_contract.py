@@ -469,3 +469,64 @@ async def test_a_replica_timed_out_before_the_verdict_is_charged_once(
     assert sorted(await ledger_side.events(spec.job_id)) == sorted(
         [(late, "timed_out"), (b, "agreed"), (c, "agreed")]
     )
+
+
+async def test_a_split_vote_raises_the_redundancy_and_the_replicas_it_lacks_are_due(
+    ledger_side: LedgerSide,
+) -> None:
+    nodes = node_ids(5)
+    await enrol(ledger_side, nodes)
+    first = running(job(2), nodes[:2])
+    job_id = first.job.job_id
+    await ledger_side.router.open_jobs([first])
+    heard: list[UUID] = []
+    stop = await ledger_side.router.listen_due(heard.append)
+    try:
+        a, b = first.assignments
+        split = await ledger_side.guard.take_results(job_id, [answer(a, UP), answer(b, ACROSS)])
+        assert split.verdict is None
+        assert split.escalated == 3
+        await eventually(lambda: job_id in heard, what="the extra replica announced")
+    finally:
+        await stop()
+    assert (await ledger_side.job(job_id))[:2] == ("running", 3)
+    [extra] = await ledger_side.router.top_up(Planner(nodes, {job_id}), [job_id])
+    assert extra.node_id == nodes[2]
+    decided = await ledger_side.guard.take_results(job_id, [answer(extra, UP)])
+    assert decided.verdict is not None
+    assert sorted(decided.verdict.agreeing) == sorted([a.node_id, extra.node_id])
+    assert decided.verdict.disagreeing == [b.node_id]
+
+
+async def test_a_revised_part_revises_its_split_jobs_verdict(ledger_side: LedgerSide) -> None:
+    cheat, b, c = node_ids(3)
+    await enrol(ledger_side, [cheat, b, c])
+    parent = job(1)
+    alone = running(job(1, auto=True, parent_id=parent.job_id, part=0), [cheat])
+    checked = running(job(1, parent_id=parent.job_id, part=1), [b])
+    await ledger_side.router.open_jobs([NewJob(parent, utcnow(), "split"), alone, checked])
+    await ledger_side.guard.take_results(checked.job.job_id, [answer(checked.assignments[0], UP)])
+    first = await ledger_side.guard.take_results(
+        alone.job.job_id, [answer(alone.assignments[0], UP)]
+    )
+    assert first.parent is not None
+    assert first.parent.output() == [UP, UP]
+
+    check = running(job(3), [cheat, b, c])
+    await ledger_side.router.open_jobs([check])
+    sent = by_node(check.assignments)
+    results = [answer(sent[cheat], ACROSS), answer(sent[b], UP), answer(sent[c], UP)]
+    caught = await ledger_side.guard.take_results(check.job.job_id, results)
+    assert caught.reopened == 1
+    checks = await ledger_side.router.top_up(
+        Planner([b, c], {alone.job.job_id}), [alone.job.job_id]
+    )
+    assert len(checks) == 2
+    await ledger_side.guard.take_results(alone.job.job_id, [answer(checks[0], ACROSS)])
+    revised = await ledger_side.guard.take_results(alone.job.job_id, [answer(checks[1], ACROSS)])
+    assert revised.verdict is not None
+    assert revised.verdict.revision == 1
+    assert revised.parent is not None
+    assert revised.parent.revision == 1
+    assert revised.parent.output() == [ACROSS, UP]
+    assert await ledger_side.guard.stored_verdict(parent.job_id) == revised.parent
