@@ -16,6 +16,9 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+import pytest
+
 from cortensor.adapters.ledger.probes import ProbeOutcome
 from cortensor.protocol.planning import Plan
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
@@ -530,3 +533,16 @@ async def test_a_revised_part_revises_its_split_jobs_verdict(ledger_side: Ledger
     assert revised.parent.revision == 1
     assert revised.parent.output() == [ACROSS, UP]
     assert await ledger_side.guard.stored_verdict(parent.job_id) == revised.parent
+
+
+async def test_jobs_with_an_assignment_to_an_unknown_node_are_refused_whole(
+    ledger_side: LedgerSide,
+) -> None:
+    [known] = node_ids(1)
+    await enrol(ledger_side, [known])
+    good = running(job(1), [known])
+    bad = running(job(1), [f"{known}-never-announced"])
+    with pytest.raises((ValueError, asyncpg.ForeignKeyViolationError)):
+        await ledger_side.router.open_jobs([good, bad])
+    assert await ledger_side.router.outstanding([good.job.job_id, bad.job.job_id]) == []
+    assert await ledger_side.router.open_jobs([good]) == {good.job.job_id}

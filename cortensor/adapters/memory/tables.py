@@ -230,10 +230,14 @@ class Tables:
     ) -> None:
         """Append reputation events, one per assignment (a second is dropped), and fold
         each into its node's standings, overall and for the job's model."""
-        job = self.jobs[job_id]
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ValueError(f"reputation events for job {job_id}, which is unknown")
         at = self.clock().timestamp()
         for node_id, assignment_id, kind in sorted(events, key=lambda e: e[0]):
             aid = assignment_id if isinstance(assignment_id, UUID) else UUID(str(assignment_id))
+            if aid not in self.assignments:
+                raise ValueError(f"reputation event for assignment {aid}, which is unknown")
             if aid in self.charged:
                 continue
             if kind not in KINDS:
