@@ -9,6 +9,13 @@ is in (`replicas_due`); a leader that times out is replaced by another, alone. S
 the moment a leader answers, no other node holds its job, nothing about its assignment
 differs, and no peer's result exists that it could see or copy: it cannot tell
 whether it is checked.
+
+Placement's newcomer rule (cortensor.protocol.placement): a leader is drawn with room
+for no newcomer (`choose(..., newcomers=0)`), so it is an established node while one is
+live; every other replica with `newcomer_room(redundancy, newcomers on the job)`, so
+that newcomers never make a strict majority while established nodes are left. The
+simulation (cortensor.tools.simulate) calls `newcomers_allowed` and `checked_replicas`
+for the same decisions.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 
 from cortensor.catalog import eligible_classes
 from cortensor.errors import NoEligibleNodes
-from cortensor.protocol.placement import NodeView, choose
+from cortensor.protocol.placement import NodeView, choose, established, newcomer_room
 from cortensor.protocol.replication import REPLICAS, replicas
 from cortensor.protocol.units import OpenJob
 from cortensor.schemas import Verdict
@@ -93,7 +100,30 @@ def plan(
         raise ValueError(f"needed must be at least 1, not {needed}")
     if job.auto and not job.taken and needed == job.redundancy:
         return _plan_leader(job, pool, rng, now, timing, temperature, spread)
-    return _place(job, needed, pool, rng, now, timing, temperature, spread, job.redundancy)
+    room = newcomers_allowed(job.redundancy, _newcomers_on(job, pool), leading=False)
+    return _place(job, needed, pool, rng, now, timing, temperature, spread, job.redundancy, room)
+
+
+def newcomers_allowed(redundancy: int, newcomers: int, *, leading: bool) -> int:
+    """How many newcomers the next replicas of a job may take while established nodes
+    are left: none for its leader, else what `newcomer_room` leaves beside the
+    `newcomers` already on it."""
+    return 0 if leading else newcomer_room(redundancy, newcomers)
+
+
+def checked_replicas(streak: int, offences: int, rng: random.Random) -> int:
+    """The redundancy of an `auto` job led by a node with this streak (for the job's
+    model) and these offences: adaptive replication's `replicas`."""
+    return replicas(streak, rng, offences=offences)
+
+
+def _newcomers_on(job: OpenJob, pool: Sequence[NodeView]) -> int:
+    """Newcomers among the nodes that hold or held a replica of `job`. A node no longer
+    in the pool (gone, or no longer active) cannot be vouched for, and counts as one."""
+    views = {n.node_id: n for n in pool}
+    return sum(
+        1 for node in job.taken if node not in views or not established(views[node], job.model)
+    )
 
 
 def _plan_leader(
@@ -105,12 +135,12 @@ def _plan_leader(
     temperature: float,
     spread: frozenset[str],
 ) -> Plan | str:
-    first = _place(job, 1, pool, rng, now, timing, temperature, spread, 1)
+    room = newcomers_allowed(1, 0, leading=True)
+    first = _place(job, 1, pool, rng, now, timing, temperature, spread, 1, room)
     if isinstance(first, str):
         return first
-    leader = first.nodes[0]
-    streak = next(n.streaks.get(job.model, 0) for n in pool if n.node_id == leader)
-    k = replicas(int(streak), rng)
+    leader = next(n for n in pool if n.node_id == first.nodes[0])
+    k = checked_replicas(int(leader.streaks.get(job.model, 0)), leader.offences, rng)
     if k > 1 and len(_eligible(job, pool)) < k:
         return _short(job, k, len(_eligible(job, pool)))
     return replace(first, redundancy=k)
@@ -138,9 +168,11 @@ def _place(
     temperature: float,
     spread: frozenset[str],
     redundancy: int,
+    room: int,
 ) -> Plan | str:
     """`needed` nodes for `job`, preferring those without a part of the same split job
-    while enough of them remain; once every node has a part, a new round starts."""
+    while enough of them remain; once every node has a part, a new round starts. At
+    most `room` of them are newcomers while established nodes are left."""
     eligible = _eligible(job, pool)
     fresh = [n for n in eligible if n.node_id not in spread]
     if spread and len(fresh) >= needed:
@@ -148,7 +180,9 @@ def _place(
     elif spread:
         spread = frozenset()
     try:
-        chosen = choose(eligible, needed, rng=rng, temperature=temperature)
+        chosen = choose(
+            eligible, needed, rng=rng, temperature=temperature, model=job.model, newcomers=room
+        )
     except NoEligibleNodes:
         return _short(job, needed, len(eligible))
     targets = tuple((n.node_id, n.hw_class) for n in chosen)

@@ -12,17 +12,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cortensor.protocol.placement import NodeView
+from cortensor.protocol.placement import NodeView, established, newcomer_room
 from cortensor.protocol.planning import (
     Plan,
     Timing,
+    checked_replicas,
     failed,
+    newcomers_allowed,
     parallel,
     plan,
     replicas_due,
     waiting,
 )
-from cortensor.protocol.replication import MAX_REPLICAS, REPLICAS
+from cortensor.protocol.replication import (
+    CHECK_REPLICAS,
+    ESTABLISHED_STREAK,
+    MAX_REPLICAS,
+    MIN_STREAK,
+    REPLICAS,
+    replicas,
+)
 from cortensor.protocol.units import OpenJob, assignments_for
 from cortensor.schemas import Verdict
 
@@ -198,6 +207,112 @@ def test_a_rerouted_or_topped_up_auto_job_gets_what_it_lacks() -> None:
     assert len(p.targets) == 2
     assert "n0" not in p.nodes
     assert p.redundancy == REPLICAS
+
+
+# -- the newcomer rule and offences, as the simulation applies them -----------------------
+
+streaks = st.lists(st.integers(0, 3 * MIN_STREAK), min_size=1, max_size=12)
+
+
+def mixed(values: list[int], offences: int = 0) -> list[NodeView]:
+    return [replace(node(i, s), offences=offences) for i, s in enumerate(values)]
+
+
+@given(values=streaks, seed=st.integers(0, 2**32))
+def test_a_newcomer_never_leads_while_an_established_node_is_live(
+    values: list[int], seed: int
+) -> None:
+    pool = mixed(values)
+    p = plan(job(auto=True), REPLICAS, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING)
+    if isinstance(p, str):
+        return  # too few nodes for the checks the leader would need
+    leader = next(n for n in pool if n.node_id == p.nodes[0])
+    if any(established(n, MODEL) for n in pool):
+        assert established(leader, MODEL)
+
+
+@given(
+    values=streaks,
+    redundancy=st.integers(1, MAX_REPLICAS),
+    held=st.integers(0, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_newcomers_never_reach_a_majority_of_a_jobs_replicas(
+    values: list[int], redundancy: int, held: int, seed: int
+) -> None:
+    """A job's replicas, those it holds already and those planned now, take at most
+    redundancy // 2 newcomers while established nodes are left for the rest."""
+    pool = mixed(values)
+    taken = frozenset(n.node_id for n in pool[:held])
+    needed = redundancy - len(taken)
+    if needed < 1:
+        return
+    j = job(redundancy=redundancy, taken=taken)
+    p = plan(j, needed, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING)
+    if isinstance(p, str):
+        assert len(pool) - len(taken) < needed
+        return
+    on_job = [n for n in pool if n.node_id in taken or n.node_id in p.nodes]
+    newcomers = sum(not established(n, MODEL) for n in on_job)
+    settled_left = sum(
+        established(n, MODEL) for n in pool if n.node_id not in taken and n.node_id not in p.nodes
+    )
+    if settled_left:
+        # Established nodes were passed over: newcomers took only the room they had.
+        held_newcomers = sum(not established(n, MODEL) for n in pool if n.node_id in taken)
+        assert newcomers <= max(redundancy // 2, held_newcomers)
+
+
+def test_newcomers_fill_the_places_no_established_node_is_left_for() -> None:
+    pool = mixed([ESTABLISHED_STREAK, 0, 0, 0])
+    p = planned(plan(job(redundancy=3), 3, pool=pool, rng=random.Random(0), now=NOW, timing=TIMING))
+    assert "n0" in p.nodes
+    assert len(p.nodes) == 3
+
+
+def test_a_node_gone_from_the_pool_counts_as_a_newcomer_on_its_job() -> None:
+    pool = mixed([0, ESTABLISHED_STREAK, ESTABLISHED_STREAK, 0, 0])
+    # "gone" held a replica and left: the job may take no newcomer more among 3.
+    j = job(redundancy=3, taken=frozenset({"gone"}))
+    for seed in range(20):
+        p = planned(plan(j, 2, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING))
+        assert sorted(p.nodes) == ["n1", "n2"]
+
+
+@given(streak=st.integers(0, 10**6), seed=st.integers(0, 2**32))
+def test_an_offenders_job_is_never_run_alone(streak: int, seed: int) -> None:
+    pool = mixed([streak] * 4, offences=1)
+    p = planned(
+        plan(job(auto=True), REPLICAS, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING)
+    )
+    assert p.redundancy >= CHECK_REPLICAS
+    assert len(p.targets) == 1
+
+
+@given(streak=st.integers(0, 10**6), offences=st.integers(0, 2), seed=st.integers(0, 2**32))
+def test_the_leaders_redundancy_is_adaptive_replications(
+    streak: int, offences: int, seed: int
+) -> None:
+    pool = mixed([streak] * 4, offences=offences)
+    p = planned(
+        plan(job(auto=True), REPLICAS, pool=pool, rng=random.Random(seed), now=NOW, timing=TIMING)
+    )
+    # The plan draws the leader (one random number per node), then the redundancy.
+    rng = random.Random(seed)
+    for _ in pool:
+        rng.random()
+    assert p.redundancy == replicas(streak, rng, offences=offences)
+    assert checked_replicas(streak, offences, random.Random(seed)) == replicas(
+        streak, random.Random(seed), offences=offences
+    )
+
+
+@given(redundancy=st.integers(1, MAX_REPLICAS), newcomers=st.integers(0, MAX_REPLICAS))
+def test_newcomers_allowed(redundancy: int, newcomers: int) -> None:
+    assert newcomers_allowed(redundancy, newcomers, leading=True) == 0
+    room = newcomers_allowed(redundancy, newcomers, leading=False)
+    assert room == newcomer_room(redundancy, newcomers)
+    assert newcomers + room <= max(redundancy // 2, newcomers)
 
 
 # -- split jobs ---------------------------------------------------------------------------
