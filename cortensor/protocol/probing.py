@@ -16,7 +16,7 @@ import base64
 import hashlib
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -255,6 +255,30 @@ class PoolProbe:
         )
 
 
+DRAW_TRIES = 8
+"""Random indices `draw` tries before it lists every admissible one."""
+
+
+def draw(
+    count: int, admissible: Callable[[int], bool], rng: random.Random, *, tries: int = DRAW_TRIES
+) -> int | None:
+    """An index of range(count) drawn uniformly among those `admissible` accepts, or None
+    when it accepts none.
+
+    Rejection first: up to `tries` indices drawn uniformly, the first admissible one
+    kept; only when all of them are refused are the admissible indices listed and one
+    drawn from them. Each way the index is uniform among the admissible ones, and the
+    usual draw (most probes may go to most nodes) costs a few calls instead of a pass
+    over the pool: the simulation draws from thousands of sources per probe.
+    """
+    for _ in range(tries if count > 0 else 0):
+        index = rng.randrange(count)
+        if admissible(index):
+            return index
+    found = [i for i in range(count) if admissible(i)]
+    return rng.choice(found) if found else None
+
+
 class ProbePool:
     """The probes a router can send, and who must never get which.
 
@@ -273,6 +297,16 @@ class ProbePool:
         self._sent: dict[str, set[str]] = {}
         """Nodes sent a probe of each key since the ledger was last read: the next read
         may have started before the probe job was written, and must not forget them."""
+        self._order: list[PoolProbe] = []
+        """Every probe that may go out, sorted by key once per read (`pick` indexes it)."""
+        self._index()
+
+    def _index(self) -> None:
+        traffic = self.models()
+        pool = [*self._traffic.values()] + [
+            p for p in self._bootstrap.values() if p.model not in traffic
+        ]
+        self._order = sorted(pool, key=lambda p: p.key)
 
     def refresh(self, traffic: Iterable[PoolProbe], holders: Mapping[str, Iterable[str]]) -> None:
         """Replace the traffic probes with a fresh read of the ledger; `holders` adds,
@@ -287,6 +321,7 @@ class ProbePool:
                 probe = self._bootstrap[key]
                 self._bootstrap[key] = replace(probe, holders=probe.holders | set(nodes))
         self._sent = {k: v for k, v in self._sent.items() if k in merged}
+        self._index()
 
     def __len__(self) -> int:
         return len(self._traffic)
@@ -303,21 +338,25 @@ class ProbePool:
         """Whether `node_id` held the probe's source or a probe made from it."""
         return node_id in probe.holders or node_id in self._sent.get(probe.key, ())
 
+    def _fits(self, node: NodeView) -> Callable[[PoolProbe], bool]:
+        return lambda p: p.model in node.models and not self.held(p, node.node_id)
+
     def choices(self, node: NodeView) -> list[PoolProbe]:
-        """Every probe `node` may be sent now (see the class's rules)."""
-        traffic = self.models()
-        pool = [*self._traffic.values()] + [
-            p for p in self._bootstrap.values() if p.model not in traffic
-        ]
-        fits = [p for p in pool if p.model in node.models and not self.held(p, node.node_id)]
+        """Every probe `node` may be sent now (see the class's rules), by key."""
+        fits = [p for p in self._order if self._fits(node)(p)]
         precision = PRECISION.get(node.hw_class)  # type: ignore[call-overload]
         alike = [p for p in fits if precision in p.agreed_at]
         return alike or fits
 
     def pick(self, node: NodeView, rng: random.Random) -> PoolProbe | None:
-        """A probe for `node`, drawn at random, or None when none may go to it."""
-        choices = self.choices(node)
-        return rng.choice(sorted(choices, key=lambda p: p.key)) if choices else None
+        """A probe for `node`, drawn uniformly among its `choices` (`draw`), or None when
+        none may go to it."""
+        order, fits = self._order, self._fits(node)
+        precision = PRECISION.get(node.hw_class)  # type: ignore[call-overload]
+        index = draw(len(order), lambda i: fits(order[i]) and precision in order[i].agreed_at, rng)
+        if index is None:
+            index = draw(len(order), lambda i: fits(order[i]), rng)
+        return None if index is None else order[index]
 
     def sent(self, probe: PoolProbe, node_id: str) -> None:
         """Record that a probe of this key went to `node_id`."""

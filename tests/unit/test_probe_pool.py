@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.planning import Timing
-from cortensor.protocol.probing import PoolProbe, Probe, ProbePool, probe_job
+from cortensor.protocol.probing import DRAW_TRIES, PoolProbe, Probe, ProbePool, draw, probe_job
 from cortensor.protocol.units import assignments_for, whole_job
 from cortensor.schemas import JobRequest
 from cortensor.services.router.probes import ProbeSender
@@ -179,3 +179,49 @@ def test_the_sender_probes_due_nodes_of_every_trust_state_with_one_replica_each(
         assert new.assignments[0].deadline_at <= new.job.deadline_at
     # There is one prepared embed probe: each node gets it once, then waits for traffic.
     assert len(opened) == 3
+
+
+# -- draw: the choice rule the pool and the simulation share -------------------------------
+
+
+@given(
+    allowed=st.lists(st.booleans(), max_size=40),
+    seed=st.integers(0, 2**32),
+    tries=st.integers(0, 2 * DRAW_TRIES),
+)
+def test_draw_finds_an_admissible_index_whenever_there_is_one(
+    allowed: list[bool], seed: int, tries: int
+) -> None:
+    got = draw(len(allowed), allowed.__getitem__, random.Random(seed), tries=tries)
+    if any(allowed):
+        assert got is not None
+        assert allowed[got]
+    else:
+        assert got is None
+
+
+def test_draw_is_uniform_among_the_admissible_indices() -> None:
+    # One index in ten admissible: most draws go through the rejection tries, some
+    # through the listing; either way each admissible index is as likely.
+    allowed = [i % 10 == 3 for i in range(100)]
+    rng = random.Random(7)
+    counts = dict.fromkeys((i for i, ok in enumerate(allowed) if ok), 0)
+    rounds = 20_000
+    for _ in range(rounds):
+        got = draw(len(allowed), allowed.__getitem__, rng)
+        assert got is not None
+        counts[got] += 1
+    expected = rounds / len(counts)
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 27.9  # chi-squared, 9 degrees of freedom, p = 0.001
+
+
+def test_a_pool_draw_reads_the_index_not_the_whole_pool() -> None:
+    looked: list[int] = []
+
+    def admissible(i: int) -> bool:
+        looked.append(i)
+        return True
+
+    assert draw(5000, admissible, random.Random(0)) is not None
+    assert len(looked) == 1
