@@ -4,13 +4,13 @@ the Outcome it returns without deciding anything itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
 from cortensor.protocol.comparators import COMPARATORS
-from cortensor.protocol.consensus import Replica, decide
+from cortensor.protocol.consensus import Decision, Replica, decide
 from cortensor.protocol.planning import replicas_due
 from cortensor.protocol.replication import REPLICAS, REVALIDATE_LIMIT, escalate
 from cortensor.schemas import Verdict
@@ -181,9 +181,7 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
         return verdict, [*events, (answer.node_id, answer.assignment_id, kind)]
     decision = decide(case.replicas, case.redundancy, COMPARATORS[case.task])
     assignment_of = {r.node_id: r.assignment_id for r in case.replicas}
-    if not unchecked(case):
-        events += [(node, assignment_of[node], "agreed") for node in decision.agreeing]
-        events += [(node, assignment_of[node], "disagreed") for node in decision.disagreeing]
+    events += events_of(decision, assignment_of, checked=not unchecked(case))
     canonical = decision.canonical
     verdict = Verdict(
         status=decision.status,
@@ -196,10 +194,31 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
     return (verdict if canonical is None else verdict.with_output(canonical.output)), events
 
 
+def events_of(
+    decision: Decision, assignment_of: Mapping[str, str], *, checked: bool
+) -> list[Event]:
+    """The events a decision earns the nodes that answered: `agreed` for the canonical
+    cluster, `disagreed` for the others, none without a majority (nobody is known to
+    be wrong) and none for a result accepted unchecked (`checked` False: nothing
+    compared it). `assignment_of` maps each node to its replica's assignment. Missed
+    deadlines earn `timed_out` apart, whatever the decision."""
+    if not checked:
+        return []
+    return [(node, assignment_of[node], "agreed") for node in decision.agreeing] + [
+        (node, assignment_of[node], "disagreed") for node in decision.disagreeing
+    ]
+
+
+def accepted_alone(redundancy: int, *, auto: bool) -> bool:
+    """Whether a real job of this redundancy rests on one result nobody checks: an `auto`
+    job that adaptive replication let run alone."""
+    return auto and redundancy == 1
+
+
 def unchecked(case: Case) -> bool:
     """Whether the case is one result accepted alone (adaptive replication): no other
     node checked it, so it earns its node no event until a re-validation does."""
-    return case.auto and case.redundancy == 1 and case.reference is None
+    return accepted_alone(case.redundancy, auto=case.auto) and case.reference is None
 
 
 def _judge_probe(case: Case) -> tuple[Verdict, str]:

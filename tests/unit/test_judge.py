@@ -18,12 +18,15 @@ from cortensor.protocol.adjudication import (
     Escalate,
     Reopen,
     Wait,
+    accepted_alone,
     adjudicate,
     at_deadline,
+    events_of,
     judge,
     score_late,
 )
-from cortensor.protocol.consensus import Replica
+from cortensor.protocol.comparators import COMPARATORS
+from cortensor.protocol.consensus import Replica, decide
 from cortensor.protocol.replication import MAX_REPLICAS, REPLICAS, escalate
 from cortensor.schemas import Verdict
 
@@ -264,6 +267,22 @@ def test_events_only_for_checked_results(c: Case) -> None:
             assert len(judged) == len(c.replicas)
         else:
             assert judged == []
+
+
+@given(cases(), st.lists(st.tuples(st.text(max_size=3), st.text(max_size=3)), max_size=3))
+def test_judge_gives_the_events_of_events_of(c: Case, late: list[tuple[str, str]]) -> None:
+    """The guard's events are the timeouts, then events_of the decision: the one rule
+    the simulation calls too."""
+    c = replace(c, timed_out=late)
+    _, events = judge(c)
+    decision = decide(c.replicas, c.redundancy, COMPARATORS[c.task])
+    assignment_of = {r.node_id: r.assignment_id for r in c.replicas}
+    checked = not accepted_alone(c.redundancy, auto=c.auto)
+    timeouts = [(node, asg, "timed_out") for asg, node in late]
+    assert events == timeouts + events_of(decision, assignment_of, checked=checked)
+    assert events_of(decision, assignment_of, checked=False) == []
+    if decision.status != "verified":
+        assert events_of(decision, assignment_of, checked=True) == []
 
 
 def test_a_lone_auto_result_concludes_unchecked_without_events() -> None:
