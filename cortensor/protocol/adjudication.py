@@ -137,12 +137,18 @@ def _conclude(case: Case, verdict: Verdict, events: Sequence[Event]) -> Conclude
     it catches (in the minority of a real job, or failing a probe) have their unchecked
     results reopened: a node that cheats on what it takes for real work is as suspect on
     what it ran alone."""
-    caught = tuple(dict.fromkeys(node for node, _, kind in events if kind == "disagreed"))
-    reopen = Reopen(caught) if caught else None
+    nodes = caught(events)
+    reopen = Reopen(nodes) if nodes else None
     if case.first is not None:
         revised = _revised(case.first, verdict)
         return Conclude(revised, tuple(events), reopen=reopen, revision=True)
     return Conclude(verdict, tuple(events), unchecked=unchecked(case), reopen=reopen)
+
+
+def caught(events: Sequence[Event]) -> tuple[str, ...]:
+    """The nodes a decision's events show wrong (`disagreed`), once each in order: their
+    unchecked results are to be re-validated."""
+    return tuple(dict.fromkeys(node for node, _, kind in events if kind == "disagreed"))
 
 
 def _revised(first: Verdict, verdict: Verdict) -> Verdict:

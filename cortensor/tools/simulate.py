@@ -6,22 +6,27 @@ a node can know, time, load, liveness and the bookkeeping of what was delivered.
 decision is the core's (cortensor.protocol):
 
 - placement: leaders and replicas are drawn by `placement.Sampler` / `Ranking` (the
-  vectorized `choose`) with the weights of `placement.weights` and the newcomer rule
-  (`placement.is_established`, `placement.newcomer_room`);
-- replication: how many replicas a job gets (`replicas`), how far a split vote
-  escalates (`escalate`), how many unchecked results are re-validated;
-- consensus: `decide` by strict majority, token equality as the comparator; the events
-  are the guard's (cortensor.protocol.adjudication): agreed / disagreed for a checked
-  job's replicas, timed_out for every missed deadline, none for a result run alone;
+  vectorized `choose`) with the weights of `placement.merit` and the router's newcomer
+  rule (`planning.newcomers_allowed`: no newcomer leads, `newcomer_room` for the rest);
+- replication: how many replicas a job gets (`planning.checked_replicas`, the router's
+  call of `replicas`), which are due when (`planning.replicas_due`, the router's hidden
+  checks), how far a split vote escalates (`escalate`), how many unchecked results are
+  re-validated;
+- consensus and events: `judge_job` (below), the guard's rule: `decide` by strict
+  majority, token equality as the comparator, and `adjudication.events_of` (agreed /
+  disagreed for a checked job's replicas, none for a result accepted alone,
+  `accepted_alone`) after a timed_out event for every missed deadline; the nodes it
+  catches (`adjudication.caught`) have their unchecked results re-validated;
 - reputation: `record` folds every event into the node's standing, which moves it
   between probation, active and quarantined (and bars a repeat offender);
-- probing: `ProbeSchedule` under a `ProbePolicy` says when each node is probed, with
-  probes drawn as the live ProbePool draws them (a verified job's input the node never
-  held, prepared probes only before there is traffic).
+- probing: `ProbeSchedule` under a `ProbePolicy` says when each node is probed, and
+  `probing.draw`, the live ProbePool's choice, which probe (a verified job's input the
+  node never held; prepared probes, each once per node, only before there is traffic).
 
 Hidden checks, as the live router plans them: a job's leader answers before any
-checker is sent, so it never sees a peer's result; checkers, escalation replicas and
-re-validation runs come after an answer exists. A job led by a node that runs it alone
+checker is sent (`replicas_due` sends nothing more until an answer is in), so it never
+sees a peer's result; checkers, escalation replicas and re-validation runs come after
+an answer exists. A job led by a node that runs it alone
 is accepted unchecked and earns no event; when a node fails a check on a real job or a
 probe, its latest unchecked results are re-run on two other nodes each and decided with
 its own answer, and a verdict that changes is corrected.
@@ -48,7 +53,7 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +63,8 @@ import numpy.typing as npt
 
 from cortensor.errors import BadInput
 from cortensor.protocol import replication
+from cortensor.protocol.adjudication import Event, accepted_alone, caught, events_of
+from cortensor.protocol.comparators import Comparator
 from cortensor.protocol.consensus import Decision, Replica, decide
 from cortensor.protocol.placement import (
     SPARE_FLOOR,
@@ -66,9 +73,9 @@ from cortensor.protocol.placement import (
     Sampler,
     is_established,
     merit,
-    newcomer_room,
 )
-from cortensor.protocol.probing import ProbePolicy, ProbeSchedule
+from cortensor.protocol.planning import checked_replicas, newcomers_allowed, replicas_due
+from cortensor.protocol.probing import ProbePolicy, ProbeSchedule, draw
 from cortensor.protocol.reputation import EventKind, Standing, record
 
 Mode = Literal[
@@ -147,6 +154,40 @@ Answer = Token | None
 def same(a: Any, _pa: str, b: Any, _pb: str) -> bool:
     """The comparator: tokens agree when they are equal."""
     return bool(a == b)
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What the simulation decides for a job from its replicas: as the guard decides."""
+
+    status: Literal["verified", "inconclusive", "failed"]
+    """failed: no replica answered."""
+    decision: Decision
+    events: tuple[Event, ...]
+    """(node id, assignment id, kind) of every event, the missed deadlines first."""
+
+
+def judge_job(
+    replicas: Sequence[Replica],
+    redundancy: int,
+    *,
+    auto: bool,
+    timed_out: Sequence[tuple[str, str]] = (),
+    compare: Comparator = same,
+) -> Judged:
+    """The decision on a job's replicas (in order of arrival) at this redundancy, and
+    the events it earns: timed_out for each (assignment id, node id) in `timed_out`, then
+    the guard's `events_of` the decision, none for a result an `auto` job accepted alone.
+
+    Every job and re-validation of the simulation is decided here, and the replay test
+    (tests/e2e/test_replay.py) feeds it a real fleet's jobs from the ledger.
+    """
+    decision = decide(replicas, redundancy, compare)
+    assignment_of = {r.node_id: r.assignment_id for r in replicas}
+    checked = not accepted_alone(redundancy, auto=auto)
+    late: list[Event] = [(node, assignment, "timed_out") for assignment, node in timed_out]
+    events = (*late, *events_of(decision, assignment_of, checked=checked))
+    return Judged(decision.status if replicas else "failed", decision, events)
 
 
 # -- configuration --------------------------------------------------------------------
@@ -244,6 +285,8 @@ class _Check:
     redundancy: int
     assignments: int = 0
     newcomers: int = 0
+    late: list[tuple[str, str]] = field(default_factory=list)
+    """(assignment id, node id) of the replicas that missed their deadline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +357,7 @@ class Simulation:
         self.honest_answers = [0] * len(modes)
         """An adaptive node's own count of its right answers while active."""
         self.sources: deque[_Source] = deque(maxlen=PROBE_SOURCES)
+        self.prepared = [_Source(-1 - k, -1 - k, set()) for k in range(PREPARED_PROBES)]
         self.unchecked: list[list[_Unchecked]] = [[] for _ in modes]
         self.assigned = [0] * len(modes)
         self.probed = [0] * len(modes)
@@ -517,28 +561,31 @@ class Simulation:
             if not self.alive[node] or self.standing[node].barred:
                 continue
             if self.schedule.due(self._view(node), now_s):
+                drawn = self._probe_source(node)
+                if drawn is None:
+                    continue  # it has seen every probe: it waits for new traffic
                 self.schedule.sent(node_id, now_s)
-                passed = self._probe(node)
+                passed = self._probe(node, drawn)
                 if self.ids[node] == node_id:
                     self.schedule.outcome(node_id, passed)
             self._plan_probe(node)
 
-    def _probe_source(self, node: int) -> tuple[int, Token]:
-        """A probe's input and reference, as the live ProbePool picks it: a recent
-        verified job the node never held; a prepared probe only before there is
-        traffic (or when every source tried was held)."""
+    def _probe_source(self, node: int) -> tuple[int, Token] | None:
+        """A probe's input and reference, as the live ProbePool picks it (`draw`): a
+        recent verified job the node never held; a prepared probe it never got only
+        while there is no traffic. None when there is none for it."""
         node_id = self.ids[node]
-        for _ in range(8) if self.sources else ():
-            source = self.sources[self.rng.randrange(len(self.sources))]
-            if node_id not in source.holders:
-                source.holders.add(node_id)
-                return source.job, source.reference
-        key = -1 - self.rng.randrange(PREPARED_PROBES)
-        return key, key
+        pool: Sequence[_Source] = self.sources if self.sources else self.prepared
+        index = draw(len(pool), lambda i: node_id not in pool[i].holders, self.rng)
+        if index is None:
+            return None
+        source = pool[index]
+        source.holders.add(node_id)
+        return source.job, source.reference
 
-    def _probe(self, node: int) -> bool:
-        """Send the node a probe; whether it passed."""
-        key, reference = self._probe_source(node)
+    def _probe(self, node: int, drawn: tuple[int, Token]) -> bool:
+        """Send the node the probe drawn for it; whether it passed."""
+        key, reference = drawn
         self.probed[node] += 1
         self.stats["probes"] += 1
         if self.now < self.config.jobs:
@@ -578,67 +625,70 @@ class Simulation:
     # -- jobs -------------------------------------------------------------------------
 
     def _send(self, check: _Check, node: int, job: int) -> bool:
-        """Run one replica on `node`; False when it missed its deadline."""
+        """Run one replica on `node`; False when it missed its deadline (charged when
+        the job is decided, as the guard charges it)."""
         check.assignments += 1
         check.newcomers += bool(self.newcomers[node])
         self.assigned[node] += 1
         got = self.answer(node, job, job, peer=bool(check.replicas))
         self.held[node].add(job)
+        assignment = f"{job}/{check.assignments}"
         if got is None:
             self._missed(node)
-            self._event(node, "timed_out")
+            check.late.append((assignment, self.ids[node]))
             return False
-        check.replicas.append(Replica(self.ids[node], str(job), "token", got))
+        check.replicas.append(Replica(self.ids[node], str(job), "token", got, None, assignment))
         return True
 
     def _fill(self, check: _Check, ranking: Ranking, job: int) -> None:
-        """Send replicas until the job has as many answers as its redundancy; a late one
-        is replaced by the next node of the ranking, as the live router re-routes it."""
-        while len(check.replicas) < check.redundancy and check.assignments < MAX_ASSIGNMENTS:
-            room = newcomer_room(check.redundancy, check.newcomers)
+        """Send the replicas the router finds due (`replicas_due`: an `auto` job's checks
+        only once an answer is in), one at a time as answers come; a late one is replaced
+        by the next node of the ranking, as the live router re-routes it."""
+        while check.assignments < MAX_ASSIGNMENTS:
+            answered = len(check.replicas)
+            if not replicas_due(check.redundancy, auto=True, live=answered, answered=answered):
+                return
+            room = newcomers_allowed(check.redundancy, check.newcomers, leading=False)
             nxt = ranking.take(1, newcomers=self.newcomers, room=room)
             if not nxt:
                 return
             self._send(check, nxt[0], job)
 
-    def _settle(self, check: _Check, ranking: Ranking, job: int) -> Decision:
+    def _settle(self, check: _Check, ranking: Ranking, job: int) -> Judged:
         """Decide by strict majority, escalating while there is none, up to the cap."""
         while True:
-            decision = decide(check.replicas, check.redundancy, same)
-            if decision.status == "verified":
-                return decision
+            judged = judge_job(check.replicas, check.redundancy, auto=True, timed_out=check.late)
+            if judged.status == "verified":
+                return judged
             more = replication.escalate(check.redundancy)
             if more is None or check.assignments >= MAX_ASSIGNMENTS:
-                return decision
+                return judged
             check.redundancy = more
             before = check.assignments
             self._fill(check, ranking, job)
             if check.assignments == before:
-                return decision
+                return judged
 
-    def _blame(self, decision: Decision, *, spare: int | None = None) -> list[int]:
-        """Events for a checked job; the nodes that disagreed (but `spare`) are returned
-        for re-validation of their unchecked results."""
-        for node_id in decision.agreeing:
-            self._event(self.index[node_id], "agreed")
-        failed = [self.index[node_id] for node_id in decision.disagreeing]
-        for node in failed:
-            self._event(node, "disagreed")
-        return [n for n in failed if n != spare]
+    def _apply(self, judged: Judged, *, spare: int | None = None) -> list[int]:
+        """Record a decision's events; the nodes it caught (but `spare`) are returned for
+        re-validation of their unchecked results."""
+        for node_id, _, kind in judged.events:
+            self._event(self.index[node_id], kind)  # type: ignore[arg-type]
+        return [n for n in (self.index[node_id] for node_id in caught(judged.events)) if n != spare]
 
     def _job(self, job: int) -> None:
         ranking = self.sampler.ranking()
-        leader = ranking.take(1, newcomers=self.newcomers, room=0)
+        room = newcomers_allowed(1, 0, leading=True)
+        leader = ranking.take(1, newcomers=self.newcomers, room=room)
         if not leader:
             self.stats["failed"] += 1
             return
         lead = self.standing[leader[0]]
-        k = replication.replicas(lead.streak, self.rng, offences=lead.offences)
-        check = _Check([], k)
-        # Hidden checks: the leader answers (or times out) before any checker is sent.
+        check = _Check([], checked_replicas(lead.streak, lead.offences, self.rng))
         self._send(check, leader[0], job)
         self._fill(check, ranking, job)
-        decision = self._settle(check, ranking, job)
+        judged = self._settle(check, ranking, job)
+        decision = judged.decision
         self._remember()
         self.replicas_per_job[job] = check.assignments
         canonical = decision.canonical if decision.status == "verified" else None
@@ -663,8 +713,7 @@ class Simulation:
                 job, job, tuple(check.replicas), check.redundancy, decision, delivered
             )
             self.on_job(record_)
-        if check.redundancy > 1 and decision.status == "verified":
-            self._revalidate_all(self._blame(decision))
+        self._revalidate_all(self._apply(judged))
 
     def _revalidate_all(self, nodes: list[int]) -> None:
         pending = list(nodes)
@@ -682,16 +731,19 @@ class Simulation:
             original = Replica(self.ids[node], str(item.job), "token", item.delivered)
             check = _Check([original], replication.REPLICAS, newcomers=int(self.newcomers[node]))
             self._fill(check, ranking, item.job)
-            decision = self._settle(check, ranking, item.job)
+            judged = self._settle(check, ranking, item.job)
+            decision = judged.decision
             self._remember()
             self.stats["revalidated"] += 1
             self.stats["revalidation_assignments"] += check.assignments
             if self.now < self.config.jobs:
                 self.revalidation_per_job[self.now] += check.assignments
             if decision.status != "verified" or decision.canonical is None:
+                # The first verdict stands, still unchecked; the checkers' timeouts count.
+                self._apply(judged)
                 self.stats["revalidation_inconclusive"] += 1
                 continue
-            failed += self._blame(decision, spare=node)
+            failed += self._apply(judged, spare=node)
             verdict = decision.canonical.output
             if verdict != item.delivered:
                 self.stats["corrections"] += 1
@@ -707,11 +759,15 @@ class Simulation:
         """Genesis: every node on probation is probed until admitted or quarantined."""
         while True:
             waiting = [n for n, s in enumerate(self.standing) if s.trust == "probation"]
-            if not waiting:
-                return
+            sent = 0
             for node in waiting:
-                self._probe(node)
-            self.stats["probes_admission"] += len(waiting)
+                drawn = self._probe_source(node)
+                if drawn is not None:
+                    self._probe(node, drawn)
+                    sent += 1
+            if not sent:
+                return  # every node admitted, quarantined, or out of prepared probes
+            self.stats["probes_admission"] += sent
 
     def _tick(self, job: int) -> None:
         self.now = job
