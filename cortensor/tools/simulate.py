@@ -190,6 +190,13 @@ def judge_job(
     return Judged(decision.status if replicas else "failed", decision, events)
 
 
+def standing_after(standing: Standing, kind: EventKind, at_s: float, *, probe: bool) -> Standing:
+    """A node's standing after one more event at `at_s` seconds, as the simulation keeps
+    it: reputation.record, the fold the ledger's trigger applies in SQL (the replay test
+    folds a real fleet's events through it)."""
+    return record(standing, kind, at_s, probe=probe)
+
+
 # -- configuration --------------------------------------------------------------------
 
 
@@ -498,7 +505,7 @@ class Simulation:
 
     def _event(self, node: int, kind: EventKind, *, probe: bool = False) -> None:
         before = self.standing[node]
-        after = record(before, kind, self.now * self.config.job_interval_s, probe=probe)
+        after = standing_after(before, kind, self.now * self.config.job_interval_s, probe=probe)
         self.standing[node] = after
         self.scores[node] = after.score
         self.newcomers[node] = not is_established(after.streak)
@@ -970,12 +977,15 @@ __all__ = [
     "DEFAULT_MIX",
     "FAULT_MODES",
     "JobRecord",
+    "Judged",
     "SimConfig",
     "Simulation",
     "fleet_modes",
+    "judge_job",
     "parse_mix",
     "plot",
     "same",
     "simulate",
+    "standing_after",
     "targets",
 ]
