@@ -13,9 +13,11 @@ whether it is checked.
 Placement's newcomer rule (cortensor.protocol.placement): a leader is drawn with room
 for no newcomer (`choose(..., newcomers=0)`), so it is an established node while one is
 live; every other replica with `newcomer_room(redundancy, newcomers on the job)`, so
-that newcomers never make a strict majority while established nodes are left. The
-simulation (cortensor.tools.simulate) calls `newcomers_allowed` and `checked_replicas`
-for the same decisions.
+that newcomers never make a strict majority while established nodes are left. A leader
+that timed out is replaced under the second rule (a plan does not know whether a job's
+replicas have answered): a job of 2 may then be led by a newcomer, whose checker is then
+established. The simulation (cortensor.tools.simulate) calls `newcomers_allowed` and
+`checked_replicas` for the same decisions, the replacement leader included.
 """
 
 from __future__ import annotations
