@@ -588,7 +588,7 @@ def simulate(
         str | None,
         typer.Option(
             help="Relative shares of fault modes, e.g. sybil=10,random=1,lazy=1,noisy=1,"
-            "colluding=1,intermittent=2,slow=1,crash=1,probe_aware=1,adaptive=1 (the default)."
+            "colluding=1,intermittent=2,slow=1,crash=1,probe-aware=1,adaptive=1 (the default)."
         ),
     ] = None,
     intermittent_p: Annotated[

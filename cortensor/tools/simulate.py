@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -87,25 +87,15 @@ Mode = Literal[
     "intermittent",
     "slow",
     "crash",
-    "probe_aware",
+    "probe-aware",
     "adaptive",
     "sybil",
 ]
-FAULT_MODES: tuple[Mode, ...] = (
-    "random",
-    "lazy",
-    "noisy",
-    "colluding",
-    "intermittent",
-    "slow",
-    "crash",
-    "probe_aware",
-    "adaptive",
-    "sybil",
-)
+FAULT_MODES: tuple[Mode, ...] = get_args(Mode)[1:]
+"""Every mode but honest, in the order of `Mode`."""
 MODES: tuple[Mode, ...] = ("honest", *FAULT_MODES)
 ALWAYS_DISHONEST: frozenset[Mode] = frozenset(
-    {"random", "lazy", "noisy", "colluding", "slow", "probe_aware", "sybil"}
+    {"random", "lazy", "noisy", "colluding", "slow", "probe-aware", "sybil"}
 )
 """Modes that never deliver a right answer in time on a job they take for real: the
 10-job quarantine target (per identity, for the Sybil group)."""
@@ -118,7 +108,7 @@ DEFAULT_MIX: Mapping[Mode, float] = {
     "intermittent": 2,
     "slow": 1,
     "crash": 1,
-    "probe_aware": 1,
+    "probe-aware": 1,
     "adaptive": 1,
 }
 """Relative shares of the faulty nodes (percent of the fleet at --dishonest 0.2)."""
@@ -458,14 +448,14 @@ class Simulation:
             if mode == "crash" or self.rng.random() >= self.config.intermittent_p:
                 return truth
             return self._wrong()
-        if mode in ("probe_aware", "sybil", "adaptive"):
+        if mode in ("probe-aware", "sybil", "adaptive"):
             return self._adapted(node, key, truth, peer=peer)
         return self._fixed_wrong(node, key)
 
     def _adapted(self, node: int, key: int, truth: Token, *, peer: bool) -> Answer:
         """The answer of a mode that cheats only when it believes it is not watched."""
         mode = self.modes[node]
-        if mode == "probe_aware":
+        if mode == "probe-aware":
             return truth if self._knows_probe(node, key) else ("aware", node, key)
         if mode == "sybil":
             return truth if self._knows_probe(node, key) else ("sybil", key)

@@ -96,7 +96,7 @@ def test_the_default_mix_is_in_percent_of_a_fleet_at_20_percent_faulty() -> None
         "intermittent": 20,
         "slow": 10,
         "crash": 10,
-        "probe_aware": 10,
+        "probe-aware": 10,
         "adaptive": 10,
         "sybil": 100,
     }
@@ -120,7 +120,7 @@ def test_fleet_counts_add_up_and_colluders_come_in_pairs(
 
 def test_parse_mix() -> None:
     assert parse_mix("random=4, colluding=2,") == {"random": 4.0, "colluding": 2.0}
-    assert parse_mix("sybil=10,probe_aware=1,adaptive=1")["sybil"] == 10.0
+    assert parse_mix("sybil=10,probe-aware=1,adaptive=1")["sybil"] == 10.0
     for bad in ["", "honest=1", "random", "random=x", "random=-1", "random=0", "random=nan"]:
         with pytest.raises(BadInput):
             parse_mix(bad)
@@ -204,8 +204,8 @@ def test_a_node_that_never_answers_is_caught_on_probation_and_later_by_lateness(
 
 
 def test_a_probe_aware_node_passes_its_probes_and_fails_on_real_jobs() -> None:
-    report = run(**only("probe_aware", 0.1))
-    aware = report["modes"]["probe_aware"]
+    report = run(**only("probe-aware", 0.1))
+    aware = report["modes"]["probe-aware"]
     # Admitted (it knows every job on probation is a probe), then caught on real jobs.
     assert aware["nodes"] == 6
     assert aware["ever_quarantined"] > 0
