@@ -21,8 +21,8 @@ from datetime import timedelta
 from uuid import UUID
 
 from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
-from cortensor.adapters.memory.judging import GuardSide
-from cortensor.adapters.memory.routing import RouterSide
+from cortensor.adapters.memory.guard_ledger import GuardSide
+from cortensor.adapters.memory.router_ledger import RouterSide
 from cortensor.adapters.memory.tables import Clock, Tables
 from cortensor.protocol.reputation import Standing, Trust
 from cortensor.schemas import Verdict, utcnow
@@ -30,8 +30,8 @@ from cortensor.schemas import Verdict, utcnow
 
 class MemoryLedger(RouterSide, GuardSide):
     """Both sides of the ledger in memory (cortensor.adapters.ledger.interfaces
-    RouterBook and GuardBook: the router's methods in memory.routing, the guard's in
-    memory.judging), on a clock of the caller's (`ManualClock` in tests)."""
+    RouterBook and GuardBook: the router's methods in memory.router_ledger, the guard's in
+    memory.guard_ledger), on a clock of the caller's (`ManualClock` in tests)."""
 
     def __init__(self, clock: Clock = utcnow) -> None:
         self.tables = Tables(clock=clock)

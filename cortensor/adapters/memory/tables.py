@@ -349,7 +349,7 @@ class Tables:
 
 
 class OnTables:
-    """What the twin ledger's sides (memory.routing, memory.judging) stand on."""
+    """What the twin ledger's sides (memory.router_ledger, memory.guard_ledger) stand on."""
 
     tables: Tables
 

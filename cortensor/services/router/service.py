@@ -194,7 +194,7 @@ class Router:
         speech = [j for j in jobs.values() if j.task == "transcribe"]
         cuts = await asyncio.gather(*map(self._cut, speech))
         chunks = {j.job_id: c for j, c in zip(speech, cuts, strict=True)}
-        routed = await self.route(
+        routed = await self.open_and_send(
             [(j, c) for j in jobs.values() if not isinstance(c := chunks.get(j.job_id, []), str)]
         )
         routed.update({job_id: c for job_id, c in chunks.items() if isinstance(c, str)})
@@ -210,7 +210,7 @@ class Router:
                 outcomes.append(routed[item.job_id])
         return outcomes
 
-    async def route(
+    async def open_and_send(
         self, jobs: Sequence[tuple[JobRequest, Sequence[AudioSpan]]]
     ) -> dict[UUID, str]:
         """Record valid jobs (split into parts where they are long) with their first
