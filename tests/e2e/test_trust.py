@@ -4,7 +4,7 @@ Four honest nodes and two naive dishonest ones (noisy, slow), 100 jobs: no wrong
 may be verified, both must end in quarantine, and the replicas spent per job are reported.
 
 Four honest nodes and two that adapt (probe-aware, adaptive: cortensor.services.node.
-hostile), 300 jobs: no wrong result may reach a user, and each hostile node ends
+hostile), 1,000 jobs: no wrong result may reach a user, and each hostile node ends
 quarantined or without a single result delivered on its word alone. This holds only
 because a checked leader cannot see that it is checked (its checkers are sent after its
 answer is in) and because probes are re-sent real traffic published like real verdicts.
@@ -43,7 +43,7 @@ pytestmark = [
 
 NOISY, SLOW = "dishonest-noisy", "dishonest-slow"
 PROBE_AWARE, ADAPTIVE = "hostile-probe-aware", "hostile-adaptive"
-HOSTILE_JOBS = 300
+HOSTILE_JOBS = 1000
 
 
 @pytest.fixture(scope="module")
