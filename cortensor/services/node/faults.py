@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,18 +45,7 @@ FaultMode = Literal[
     "adaptive",
     "sybil",
 ]
-FAULT_MODES: tuple[FaultMode, ...] = (
-    "random",
-    "lazy",
-    "noisy",
-    "colluding",
-    "slow",
-    "intermittent",
-    "crash",
-    "probe-aware",
-    "adaptive",
-    "sybil",
-)
+FAULT_MODES: tuple[FaultMode, ...] = get_args(FaultMode)
 ADAPTING_MODES: tuple[FaultMode, ...] = ("probe-aware", "adaptive", "sybil")
 """The modes that decide job by job, from what they overhear, whether to cheat."""
 GROUP_MODES: tuple[FaultMode, ...] = ("colluding", "sybil")
