@@ -33,6 +33,7 @@ from cortensor.protocol.consensus import Replica
 from cortensor.protocol.reputation import Standing
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
+from cortensor.tools.attack import sentences
 from cortensor.tools.fleet import Fleet
 from cortensor.tools.simulate import judge_job, standing_after
 from tests.e2e.conftest import running_fleet
@@ -145,7 +146,10 @@ def _run_jobs(settings: Settings) -> list[Verdict]:
     """The fixed-redundancy jobs first, then the `auto` ones, in small waves; each `auto`
     wave after the router has read the standings again: streaks grow between waves, so
     that leaders get checked with one checker, or run alone, and not only with two."""
-    texts = [f"Replay {i}: what the guard decides, the simulation decides." for i in range(200)]
+    # Random sentences, far apart as embeddings: near-identical texts would look to the
+    # probe-aware cheat like one input sent again (a probe), and it would answer them
+    # truly, so that no vote tested anything.
+    texts = sentences(FIXED_JOBS + AUTO_JOBS, seed=7)
     fixed = [JobRequest(inputs=[texts[i]], redundancy=3, deadline_s=120) for i in range(FIXED_JOBS)]
     auto = [JobRequest(inputs=[texts[FIXED_JOBS + i]], deadline_s=120) for i in range(AUTO_JOBS)]
     pause = 1.5 * settings.registry_refresh_s
