@@ -39,10 +39,10 @@ class Client:
         self._nc: NATS | None = None
 
     async def __aenter__(self) -> Self:
-        self._amqp = await amqp.connect(self.settings.amqp_url)
+        self._amqp = await amqp.connect_as(self.settings)
         self._channel: AbstractChannel = await self._amqp.channel(publisher_confirms=True)
         self._jobs: AbstractExchange = await self._channel.get_exchange(self.topology.jobs_exchange)
-        self._nc = await jetstream.connect(self.settings.nats_url, name="cortensor-client")
+        self._nc = await jetstream.connect_as(self.settings, name="cortensor-client")
         return self
 
     async def __aexit__(

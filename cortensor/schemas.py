@@ -344,10 +344,21 @@ class PartVerdict(Output):
     disagreeing: list[str] = Field(default_factory=list)
 
 
+ANONYMOUS = "anonymous"
+"""The owner of jobs whose publisher is not known (jobs recorded before owners were)."""
+
+Owner = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
+    Field(description="The client that published the job: only it may read the verdict."),
+]
+
+
 class Verdict(Message):
     """The network's final word on a job."""
 
     job_id: UUID
+    owner: Owner = ANONYMOUS
     status: JobStatus
     reason: str = ""
     task: Task = "embed"

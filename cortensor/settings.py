@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from cortensor.errors import BadSetting
 
@@ -20,14 +28,107 @@ def _default_models_dir() -> Path:
     return Path.home() / ".local" / "share" / "cortensor" / "models"
 
 
+CREDENTIAL_FIELDS = (
+    "namespace",
+    "amqp_url",
+    "nats_url",
+    "nats_inbox_prefix",
+    "database_url",
+    "principal",
+    "principal_kind",
+    "key_file",
+    "api_key",
+)
+"""What a credentials file (`cortensor credentials issue`) may set: it wins over the
+environment, since a principal is its credential."""
+
+
+def read_credentials(path: Path) -> dict[str, Any]:
+    """The settings a credentials file holds; BadSetting when it cannot be used."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise BadSetting(
+            f"cannot read the credentials file {path}: {exc.strerror or exc};"
+            " check CORTENSOR_CREDENTIALS or --credentials"
+        ) from None
+    except ValueError:
+        raise BadSetting(f"the credentials file {path} is not JSON") from None
+    if not isinstance(raw, dict):
+        raise BadSetting(f"the credentials file {path} must hold a JSON object")
+    values = {k: v for k, v in raw.items() if k in CREDENTIAL_FIELDS and v is not None}
+    if "kind" in raw:
+        values["principal_kind"] = raw["kind"]
+    if "name" in raw:
+        values["principal"] = raw["name"]
+    if isinstance(values.get("key_file"), str) and not Path(values["key_file"]).is_absolute():
+        values["key_file"] = str(path.parent / values["key_file"])
+    return values
+
+
+class _CredentialsSource(PydanticBaseSettingsSource):
+    """Settings from the credentials file named by `credentials` or CORTENSOR_CREDENTIALS."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: InitSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init.init_kwargs.get("credentials") or os.environ.get("CORTENSOR_CREDENTIALS")
+        if not path:
+            return {}
+        return {"credentials": path, **read_credentials(Path(path))}
+
+
 class Settings(BaseSettings):
     """Configuration of every Cortensor process, read from `CORTENSOR_*` variables."""
 
     model_config = SettingsConfigDict(env_prefix="CORTENSOR_", frozen=True, extra="ignore")
 
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    nats_url: str = "nats://127.0.0.1:4222"
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the credentials file, then `CORTENSOR_*` variables."""
+        assert isinstance(init_settings, InitSettingsSource)
+        credentials = _CredentialsSource(settings_cls, init_settings)
+        return init_settings, credentials, env_settings, dotenv_settings, file_secret_settings
+
+    credentials: Path | None = None
+    """A principal's credentials file (`cortensor credentials issue`); what it holds wins
+    over the environment."""
+    principal: str = ""
+    """The name the credentials were issued to: a node's id, a client's name."""
+    principal_kind: str = ""
+    """node, client, router, guard, reports or admin."""
+    amqp_url: str = "amqp://127.0.0.1:5672/"
+    nats_url: str = "nats://127.0.0.1:4223"
+    nats_inbox_prefix: str = "_INBOX"
+    """Prefix of this principal's NATS reply subjects: its own, so that NATS permissions
+    keep others' replies (JetStream acks, fetched messages) from it."""
     database_url: str = "postgresql://127.0.0.1:5432/cortensor"
+    key_file: Path | None = None
+    """A node's Ed25519 private key (PEM), which signs its results and heartbeats."""
+    api_key: SecretStr | None = None
+    """A client's key for the HTTP gateway."""
+    tls_ca: Path | None = None
+    """CA certificate that the servers' certificates must chain to; setting it turns TLS
+    on for AMQP, NATS and PostgreSQL."""
+    tls_cert: Path | None = None
+    """This process's client certificate, for servers that ask for one."""
+    tls_key: Path | None = None
+    """The private key of tls_cert."""
+    retention_h: float = Field(default=24.0, gt=0)
+    """Hours a job's inputs and outputs stay in the ledger and the streams after the job
+    is decided; then only their sha256 remains (docs/design.md)."""
     models_dir: Path = Field(default_factory=_default_models_dir)
     namespace: str = "cortensor"
     """Prefix of every exchange, queue, subject and stream, so that fleets can share servers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,13 +18,24 @@ from aio_pika.exceptions import DeliveryError
 
 from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
+from cortensor.settings import Settings
+from cortensor.tls import client_context
 
 REASON_HEADER = "x-cortensor-reason"
 
 
-async def connect(url: str) -> AbstractRobustConnection:
-    """A robust connection that reconnects by itself."""
-    return await aio_pika.connect_robust(url)
+async def connect(
+    url: str, *, ssl_context: ssl.SSLContext | None = None
+) -> AbstractRobustConnection:
+    """A robust connection that reconnects by itself (over TLS with `ssl_context`)."""
+    if ssl_context is None:
+        return await aio_pika.connect_robust(url)
+    return await aio_pika.connect_robust(url, ssl_context=ssl_context)
+
+
+async def connect_as(settings: Settings) -> AbstractRobustConnection:
+    """The connection of the principal `settings` describes (its URL, its TLS files)."""
+    return await connect(settings.amqp_url, ssl_context=client_context(settings))
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 
 import nats
 from nats.aio.client import Client as NATS
@@ -14,13 +15,38 @@ from nats.js.errors import NotFoundError
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
+from cortensor.tls import client_context
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-async def connect(url: str, *, name: str) -> NATS:
-    """A NATS connection that keeps reconnecting."""
-    return await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+async def connect(
+    url: str,
+    *,
+    name: str,
+    inbox_prefix: str = "_INBOX",
+    ssl_context: ssl.SSLContext | None = None,
+) -> NATS:
+    """A NATS connection that keeps reconnecting; replies come to `inbox_prefix`."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        inbox_prefix=inbox_prefix,
+        tls=ssl_context,
+    )
+
+
+async def connect_as(settings: Settings, *, name: str) -> NATS:
+    """The connection of the principal `settings` describes (URL, inbox, TLS files)."""
+    return await connect(
+        settings.nats_url,
+        name=name,
+        inbox_prefix=settings.nats_inbox_prefix,
+        ssl_context=client_context(settings),
+    )
 
 
 async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
@@ -33,6 +59,7 @@ async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
             storage=StorageType(spec.storage),
             max_age=spec.max_age_s,
             duplicate_window=spec.duplicate_window_s,
+            allow_direct=spec.allow_direct,
         )
         try:
             await js.stream_info(spec.name)

@@ -20,12 +20,12 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
     topology = Topology(settings.namespace)
     ledger = await RouterLedger.connect(settings.asyncpg_dsn)
     try:
-        connection = await amqp.connect(settings.amqp_url)
+        connection = await amqp.connect_as(settings)
         try:
             jobs, tasks = await amqp.router_channel(
                 connection, topology, prefetch=settings.router_prefetch
             )
-            nc = await jetstream.connect(settings.nats_url, name=name)
+            nc = await jetstream.connect_as(settings, name=name)
             try:
                 yield RouterPorts(
                     ledger=ledger,
@@ -48,7 +48,7 @@ async def guard_ports(settings: Settings, *, name: str = "guard") -> AsyncIterat
     consumer = Topology(settings.namespace).guard_consumer
     ledger = await GuardLedger.connect(settings.asyncpg_dsn, max_size=8)
     try:
-        nc = await jetstream.connect(settings.nats_url, name=name)
+        nc = await jetstream.connect_as(settings, name=name)
         try:
             js = nc.jetstream()
             results = await jetstream.PullConsumer.bind(

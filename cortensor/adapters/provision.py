@@ -17,7 +17,7 @@ from cortensor.settings import Settings
 async def _rabbitmq(settings: Settings) -> AbstractRobustConnection:
     """A connection to RabbitMQ, or BrokerUnavailable that says where it looked."""
     try:
-        return await amqp.connect(settings.amqp_url)
+        return await amqp.connect_as(settings)
     except ConnectionError as exc:  # aio-pika's AMQPConnectionError is one
         where = settings.amqp_url.rsplit("@", 1)[-1]  # never print the password
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
@@ -29,7 +29,7 @@ async def setup_brokers(settings: Settings) -> list[str]:
     connection = await _rabbitmq(settings)
     async with connection:
         declared = await amqp.apply_topology(await connection.channel(), topology)
-    nc = await jetstream.connect(settings.nats_url, name="cortensor-setup")
+    nc = await jetstream.connect_as(settings, name="cortensor-setup")
     try:
         declared += await jetstream.apply_streams(nc.jetstream(), topology)
     finally:
@@ -49,7 +49,7 @@ async def teardown_brokers(settings: Settings, node_ids: Iterable[tuple[str, str
             await channel.queue_delete(name)
         for exchange in topology.exchanges:
             await channel.exchange_delete(exchange.name)
-    nc = await jetstream.connect(settings.nats_url, name="cortensor-teardown")
+    nc = await jetstream.connect_as(settings, name="cortensor-teardown")
     try:
         js = nc.jetstream()
         for stream in topology.streams:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any, TypeVar
 from cortensor.errors import SetupIncomplete
 from cortensor.paths import resource
 from cortensor.schemas import Verdict
+
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+"""A node id or an owner: one subject token, one routing-key word."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class StreamSpec:
     max_age_s: float
     duplicate_window_s: float
     role: str = ""
+    allow_direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ class Topology:
         self.guard_consumer = ConsumerSpec(**_fill(nats["guard_consumer"], ns))
         router = _by_role(self.queues, "router")
         self.jobs_exchange = _by_role(self.exchanges, "jobs").name
-        self.jobs_routing_key = router.routing_key
+        self.jobs_binding = router.routing_key
         self.router_queue = router.name
         self.dead_letter_exchange = _by_role(self.exchanges, "dead-letter").name
         self.dead_letter_queue = _by_role(self.queues, "dead-letter").name
@@ -117,23 +122,45 @@ class Topology:
     def _subject(self, key: str, **names: str) -> str:
         return str(self._raw["nats"]["subjects"][key].format(ns=self.namespace, **names))
 
-    def results_subject(self, job_id: str) -> str:
-        """Where a node publishes its result for a job."""
-        return self._subject("results", job_id=job_id)
+    def jobs_routing_key(self, owner: str) -> str:
+        """The routing key a client publishes its jobs with: its own name."""
+        return self.jobs_binding.replace("*", owner)
 
-    def verdicts_subject(self, job_id: str) -> str:
-        """Where the guard publishes a job's verdict."""
-        return self._subject("verdicts", job_id=job_id)
+    def owner_of(self, routing_key: str) -> str | None:
+        """The owner a job was published by, from its routing key (None: not a job key)."""
+        prefix = self.jobs_binding.removesuffix("*")
+        owner = routing_key.removeprefix(prefix)
+        if not routing_key.startswith(prefix) or not _TOKEN.match(owner):
+            return None
+        return owner
 
-    def part_verdicts_subject(self, parent_id: str, part: str) -> str:
+    def results_subject(self, job_id: str, *, node_id: str) -> str:
+        """Where node `node_id` publishes its result for a job (`*` for any)."""
+        return self._subject("results", job_id=job_id, node_id=node_id)
+
+    def node_of_result(self, subject: str) -> str | None:
+        """The node a result subject names (None: not a result subject)."""
+        prefix = self._subject("results", node_id="", job_id="").removesuffix(".")
+        parts = subject.removeprefix(prefix).split(".")
+        if not subject.startswith(prefix) or len(parts) != 2 or not _TOKEN.match(parts[0]):
+            return None
+        return parts[0]
+
+    def verdicts_subject(self, job_id: str, *, owner: str) -> str:
+        """Where the verdict on a job of `owner` is published."""
+        return self._subject("verdicts", job_id=job_id, owner=owner)
+
+    def part_verdicts_subject(self, parent_id: str, part: str, *, owner: str) -> str:
         """Where the verdict on one part of a split job is published (`*` for any part)."""
-        return self._subject("part_verdicts", job_id=parent_id, part=part)
+        return self._subject("part_verdicts", job_id=parent_id, part=part, owner=owner)
 
     def verdict_subject(self, verdict: Verdict) -> str:
         """Where a verdict goes: its job's subject, or its parent's parts subject."""
         if verdict.parent_id is not None:
-            return self.part_verdicts_subject(str(verdict.parent_id), str(verdict.part))
-        return self.verdicts_subject(str(verdict.job_id))
+            return self.part_verdicts_subject(
+                str(verdict.parent_id), str(verdict.part), owner=verdict.owner
+            )
+        return self.verdicts_subject(str(verdict.job_id), owner=verdict.owner)
 
     def heartbeat_subject(self, node_id: str) -> str:
         """Where a node announces itself; `*` as node id subscribes to every node."""

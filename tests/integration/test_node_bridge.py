@@ -85,7 +85,7 @@ def release(bridge: NatsBridge) -> None:
 
 @pytest.fixture
 def bridge(settings: Settings) -> Iterator[NatsBridge]:
-    bridge = NatsBridge(settings.nats_url, name=f"test-node-{uuid.uuid4().hex[:6]}")
+    bridge = NatsBridge(settings, name=f"test-node-{uuid.uuid4().hex[:6]}")
     bridge.start()
     yield bridge
     release(bridge)
@@ -196,7 +196,7 @@ async def test_a_failing_heartbeat_does_not_end_the_heartbeats(
 
 def test_close_ends_the_thread_and_the_connection(settings: Settings) -> None:
     before = nats_threads()
-    bridge = NatsBridge(settings.nats_url, name="test-node-close")
+    bridge = NatsBridge(settings, name="test-node-close")
     bridge.start()
     [thread] = nats_threads() - before
     assert thread.is_alive()
@@ -213,7 +213,7 @@ def test_close_ends_the_thread_and_the_connection(settings: Settings) -> None:
 
 
 def test_close_releases_the_event_loop(settings: Settings) -> None:
-    bridge = NatsBridge(settings.nats_url, name="test-node-leak")
+    bridge = NatsBridge(settings, name="test-node-leak")
     bridge.start()
 
     bridge.close()
@@ -229,7 +229,7 @@ def test_close_releases_the_event_loop(settings: Settings) -> None:
 
 
 def test_a_bridge_that_was_never_started_says_so(settings: Settings) -> None:
-    bridge = NatsBridge(settings.nats_url, name="test-node-unstarted")
+    bridge = NatsBridge(settings, name="test-node-unstarted")
 
     with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
         _ = bridge.nc
@@ -444,7 +444,7 @@ service = NodeService(
     identity,
     {"all-MiniLM-L6-v2": Embedder()},
     fault=Fault("crash", 1.0),
-    bridge=NatsBridge(settings.nats_url, name="crashing node"),
+    bridge=NatsBridge(settings, name="crashing node"),
 )
 service.start()
 service.announce()

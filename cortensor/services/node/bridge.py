@@ -18,6 +18,7 @@ from tenacity import (
 )
 
 from cortensor.adapters import jetstream
+from cortensor.settings import Settings
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -28,8 +29,8 @@ _TRANSIENT = (TimeoutError, NoRespondersError, ConnectionClosedError, asyncio.Ti
 class NatsBridge:
     """Runs NATS I/O for synchronous callers (Celery task threads)."""
 
-    def __init__(self, url: str, *, name: str) -> None:
-        self._url, self._name = url, name
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self._settings, self._name = settings, name
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nats", daemon=True)
         self._nc: NATS | None = None
@@ -41,7 +42,7 @@ class NatsBridge:
     def start(self) -> None:
         """Connect; raises when NATS cannot be reached."""
         self._thread.start()
-        self._nc = self._run(jetstream.connect(self._url, name=self._name), timeout=30)
+        self._nc = self._run(jetstream.connect_as(self._settings, name=self._name), timeout=30)
 
     @property
     def nc(self) -> NATS:

@@ -115,7 +115,7 @@ class Lookout:
         )
 
     async def _subscribe(self) -> None:
-        self._nc = await jetstream.connect(self.settings.nats_url, name=f"lookout {self.node_id}")
+        self._nc = await jetstream.connect_as(self.settings, name=f"lookout {self.node_id}")
         await self._nc.subscribe(self.topology.results_subject(">"), cb=self._on_result)
         await self._nc.subscribe(self.topology.verdicts_subject(">"), cb=self._on_verdict)
         if self.crew_subject is not None:

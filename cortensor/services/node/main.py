@@ -110,7 +110,7 @@ def build_node(
         fault_rate=injected.rate if injected else None,
         fault_group=fault_group,
     )
-    bridge = NatsBridge(settings.nats_url, name=f"node {identity.node_id}")
+    bridge = NatsBridge(settings, name=f"node {identity.node_id}")
     return NodeService(settings, identity, runtimes=runtimes, fault=injected, bridge=bridge)
 
 
