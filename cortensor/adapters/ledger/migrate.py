@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from cortensor.adapters.ledger import roles
 from cortensor.errors import BadSetting, LedgerUnavailable
 from cortensor.paths import resource
 from cortensor.settings import Settings
@@ -87,12 +88,14 @@ def ensure_database(settings: Settings) -> bool:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Create the database if needed and migrate it up to `revision`.
+    """Create the database if needed, migrate it up to `revision`, then set up its
+    login roles and their grants (cortensor.adapters.ledger.roles).
 
     Idempotent; concurrent callers serialize on an advisory lock (see env.py).
     """
     ensure_database(settings)
     command.upgrade(alembic_config(settings), revision)
+    roles.apply(settings)
 
 
 def downgrade(settings: Settings, revision: str) -> None:
@@ -118,9 +121,11 @@ def current(settings: Settings) -> str | None:
 
 
 def drop_database(settings: Settings) -> None:
-    """Drop the ledger database, closing its sessions (for tests and throwaway fleets)."""
+    """Drop the ledger database, closing its sessions, and its login roles (for tests
+    and throwaway fleets)."""
     url, name = _target(settings)
     with _maintenance_connection(url) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+        roles.drop_roles(conn, name)
