@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -213,9 +214,27 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         """The ledger URL in the form SQLAlchemy and Alembic use (psycopg 3 driver)."""
-        return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", self.database_url)
+        return self._ledger_url("postgresql+psycopg://")
 
     @property
     def asyncpg_dsn(self) -> str:
-        """The ledger URL in the form asyncpg takes."""
-        return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", self.database_url)
+        """The ledger URL in the form asyncpg (and psycopg) take."""
+        return self._ledger_url("postgresql://")
+
+    def _ledger_url(self, scheme: str) -> str:
+        """database_url under `scheme`; with TLS on (tls_ca set), plus the libpq parameters
+        that asyncpg and psycopg both read: sslmode=verify-full (the server's certificate
+        chains to tls_ca and names the URL's host) and the client certificate. A parameter
+        the URL already states is kept."""
+        url = re.sub(r"^postgres(ql)?(\+\w+)?://", scheme, self.database_url)
+        if self.tls_ca is None:
+            return url
+        base, _, query = url.partition("?")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        params.setdefault("sslmode", "verify-full")
+        params.setdefault("sslrootcert", str(self.tls_ca))
+        if self.tls_cert is not None:
+            params.setdefault("sslcert", str(self.tls_cert))
+        if self.tls_key is not None:
+            params.setdefault("sslkey", str(self.tls_key))
+        return f"{base}?{urlencode(params, safe='/')}"

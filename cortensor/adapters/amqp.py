@@ -19,7 +19,7 @@ from aio_pika.exceptions import DeliveryError
 from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.settings import Settings
-from cortensor.tls import client_context
+from cortensor.tls import amqp_url, client_context
 
 REASON_HEADER = "x-cortensor-reason"
 
@@ -34,8 +34,9 @@ async def connect(
 
 
 async def connect_as(settings: Settings) -> AbstractRobustConnection:
-    """The connection of the principal `settings` describes (its URL, its TLS files)."""
-    return await connect(settings.amqp_url, ssl_context=client_context(settings))
+    """The connection of the principal `settings` describes (its URL, its TLS files;
+    amqps:// when TLS is on)."""
+    return await connect(amqp_url(settings), ssl_context=client_context(settings))
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:

@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
 from cortensor.services.node.service import NodeService
+from cortensor.tls import amqp_url, broker_ssl
 
 
 class NodeConsumer(Consumer):  # type: ignore[misc]
@@ -40,7 +41,7 @@ def make_app(service: NodeService) -> Celery:
         queue_arguments=spec.arguments,
     )
     app = Celery(
-        f"cortensor-node-{identity.node_id}", broker=settings.amqp_url, set_as_current=False
+        f"cortensor-node-{identity.node_id}", broker=amqp_url(settings), set_as_current=False
     )
     app.conf.update(
         task_queues=[queue],
@@ -59,6 +60,7 @@ def make_app(service: NodeService) -> Celery:
         worker_detect_quorum_queues=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
+        broker_use_ssl=broker_ssl(settings) or False,
     )
 
     @app.task(name=TASK_RUN_ASSIGNMENTS, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
