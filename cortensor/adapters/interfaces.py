@@ -112,6 +112,11 @@ class Signal(Protocol):
         """The payload."""
         ...
 
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        """The message's headers (a node's signature), None when it has none."""
+        ...
+
 
 SignalHandler = Callable[[Signal], Awaitable[None]]
 
@@ -127,8 +132,10 @@ class Subscription(Protocol):
 class SignalBus(Protocol):
     """Core NATS publish/subscribe (heartbeats): at-most-once, to current subscribers."""
 
-    async def publish(self, subject: str, payload: bytes) -> None:
-        """Send to whoever listens now."""
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send to whoever listens now, with `headers` when given."""
         ...
 
     async def subscribe(self, subject: str, handler: SignalHandler) -> Subscription:
@@ -140,9 +147,17 @@ class SignalBus(Protocol):
 class StreamPublisher(Protocol):
     """Publishing to a JetStream stream with dedupe by message id."""
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> None:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish and wait for the stream's ack; within the stream's duplicate window a
-        second publish with the same `msg_id` is acked and dropped."""
+        second publish with the same `msg_id` is acked and dropped. `headers` are stored
+        with the message."""
         ...
 
 
@@ -157,6 +172,11 @@ class StreamMessage(Protocol):
     @property
     def data(self) -> bytes:
         """The payload."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        """The headers it was published with (a node's signature), None when none."""
         ...
 
     async def ack(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Mapping
 
 import nats
 from nats.aio.client import Client as NATS
@@ -82,9 +83,17 @@ async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
     return declared
 
 
-async def publish(js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str) -> None:
-    """Publish and wait for the stream's ack; the msg id makes a retried publish a no-op."""
-    await js.publish(subject, payload, headers={MSG_ID_HEADER: msg_id})
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Publish and wait for the stream's ack; the msg id makes a retried publish a no-op.
+    `headers` (a signature) are stored with the message."""
+    await js.publish(subject, payload, headers={**(headers or {}), MSG_ID_HEADER: msg_id})
 
 
 class JetStreamPublisher:
@@ -93,9 +102,16 @@ class JetStreamPublisher:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> None:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish and wait for the stream's ack."""
-        await publish(self.js, subject, payload, msg_id=msg_id)
+        await publish(self.js, subject, payload, msg_id=msg_id, headers=headers)
 
 
 class PullConsumer:
@@ -133,9 +149,11 @@ class NatsSignals:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
 
-    async def publish(self, subject: str, payload: bytes) -> None:
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Send to current subscribers."""
-        await self.nc.publish(subject, payload)
+        await self.nc.publish(subject, payload, headers=dict(headers) if headers else None)
 
     async def subscribe(self, subject: str, handler: SignalHandler) -> Subscription:
         """Call `handler` for each message on `subject` until unsubscribed; live on the

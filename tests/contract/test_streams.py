@@ -13,7 +13,7 @@ from tests.contract.sides import NatsSide
 
 
 def subject(nats_side: NatsSide, job: str) -> str:
-    return nats_side.topology.results_subject(job)
+    return nats_side.topology.results_subject(job, node_id="n1")
 
 
 async def fetch_one(fetcher: StreamConsumer, wait_s: float = 5.0) -> StreamMessage:
@@ -38,6 +38,18 @@ async def test_a_published_result_is_fetched_with_its_subject(nats_side: NatsSid
     msg = await fetch_one(fetcher)
     assert (msg.subject, msg.data) == (subject(nats_side, "j1"), b"r1")
     await msg.ack()
+
+
+async def test_headers_are_stored_and_fetched_with_the_message(nats_side: NatsSide) -> None:
+    await nats_side.durable("g")
+    fetcher = await nats_side.fetcher("g")
+    signed = {"Cortensor-Signature": "c2lnbmVk"}
+    await nats_side.publisher.publish(subject(nats_side, "j1"), b"r1", msg_id="a1", headers=signed)
+    await nats_side.publisher.publish(subject(nats_side, "j2"), b"r2", msg_id="a2")
+    first, second = await drain(fetcher, nats_side.ack_wait_s)
+    assert first.headers is not None
+    assert first.headers["Cortensor-Signature"] == "c2lnbmVk"
+    assert "Cortensor-Signature" not in (second.headers or {})
 
 
 async def test_a_second_publish_with_the_same_id_is_dropped(nats_side: NatsSide) -> None:
@@ -151,7 +163,7 @@ async def test_signals_reach_current_subscribers_by_wildcard_until_unsubscribed(
     topology = nats_side.topology
     sub = await listener.subscribe(topology.heartbeat_subject("*"), hear)
     await speaker.publish(topology.heartbeat_subject("n1"), b"beat 1")
-    await speaker.publish(topology.results_subject("not-a-heartbeat"), b"other")
+    await speaker.publish(topology.results_subject("not-a-heartbeat", node_id="n1"), b"other")
     await eventually(lambda: heard, what="a heartbeat heard")
     assert heard == [(topology.heartbeat_subject("n1"), b"beat 1")]
     await sub.unsubscribe()
@@ -166,3 +178,23 @@ async def test_signals_reach_current_subscribers_by_wildcard_until_unsubscribed(
     await speaker.publish(topology.heartbeat_subject("n1"), b"beat 3")
     await eventually(lambda: marker, what="the marker heard")
     assert heard == [(topology.heartbeat_subject("n1"), b"beat 1")]
+
+
+async def test_signals_carry_their_headers(nats_side: NatsSide) -> None:
+    listener, speaker = await nats_side.signals(), await nats_side.signals()
+    heard: list[Signal] = []
+
+    async def hear(msg: Signal) -> None:
+        heard.append(msg)
+
+    subject = nats_side.topology.heartbeat_subject("n1")
+    await listener.subscribe(subject, hear)
+    await speaker.publish(subject, b"signed", headers={"Cortensor-Signature": "c2lnbmVk"})
+    await speaker.publish(subject, b"bare")
+    await eventually(lambda: len(heard) == 2, what="both heartbeats heard")
+    signed, bare = heard
+    assert (signed.data, dict(signed.headers or {})) == (
+        b"signed",
+        {"Cortensor-Signature": "c2lnbmVk"},
+    )
+    assert (bare.data, bare.headers or {}) == (b"bare", {})

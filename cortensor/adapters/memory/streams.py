@@ -13,7 +13,9 @@ against the real server):
 - a durable consumer delivers each stored message to one fetcher; a message not acked
   within `ack_wait`, or nak'ed (after its delay), is delivered again; `term` and `ack`
   end it; no more than `max_ack_pending` are out unacked at once;
-- core subscribers get what is published while they listen, nothing before.
+- core subscribers get what is published while they listen, nothing before;
+- headers travel with a message, stored or not (a JetStream publish's `Nats-Msg-Id`
+  among them, as the real server keeps it).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import StreamSpec, Topology
 from cortensor.errors import CortensorError
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""The header of a JetStream publish's message id (as `jetstream.MSG_ID_HEADER`: the
+twin may not import the adapter it stands for)."""
 
 
 class NoStream(CortensorError):
@@ -49,6 +55,7 @@ class _Stored:
     seq: int
     subject: str
     data: bytes
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +94,11 @@ class MemoryStreamMessage:
     def data(self) -> bytes:
         """The payload."""
         return self._stored.data
+
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        """The headers it was published with."""
+        return self._stored.headers
 
     @property
     def num_delivered(self) -> int:
@@ -149,7 +161,9 @@ class MemoryNats:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _store(self, subject: str, data: bytes, msg_id: str | None) -> bool:
+    def _store(
+        self, subject: str, data: bytes, msg_id: str | None, headers: Mapping[str, str] | None
+    ) -> bool:
         stored = False
         now = self.clock()
         for stream in self.streams.values():
@@ -162,25 +176,36 @@ class MemoryNats:
                     continue
                 stream.seen_ids[msg_id] = now
             stream.last_seq += 1
-            stream.messages[stream.last_seq] = _Stored(stream.last_seq, subject, data)
+            stream.messages[stream.last_seq] = _Stored(stream.last_seq, subject, data, headers)
         if stored:
             self.changed()
         return stored
 
-    async def publish(self, subject: str, data: bytes, *, msg_id: str | None = None) -> None:
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """A JetStream publish: stored (or dropped as a duplicate) and acked; raises
         `NoStream` when no stream takes the subject."""
-        if not self._store(subject, data, msg_id):
+        if msg_id is not None:
+            headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        if not self._store(subject, data, msg_id, headers):
             raise NoStream(f"no stream takes subject {subject!r}")
         await asyncio.sleep(0)
 
-    async def publish_core(self, subject: str, data: bytes) -> None:
+    async def publish_core(
+        self, subject: str, data: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """A core publish: to current subscribers, and stored by any stream on it."""
-        self._store(subject, data, None)
+        self._store(subject, data, None, headers)
         for sub in list(self.subscriptions):
             if subject_matches(sub.subject, subject):
                 task = asyncio.get_running_loop().create_task(
-                    sub.deliver(_Stored(0, subject, data))
+                    sub.deliver(_Stored(0, subject, data, headers))
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -253,9 +278,11 @@ class MemorySignals:
     def __init__(self, nats: MemoryNats) -> None:
         self.nats = nats
 
-    async def publish(self, subject: str, payload: bytes) -> None:
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         """Send to current subscribers."""
-        await self.nats.publish_core(subject, payload)
+        await self.nats.publish_core(subject, payload, headers=headers)
 
     async def subscribe(self, subject: str, handler: SignalHandler) -> MemorySubscription:
         """Call `handler` for each message on `subject` until unsubscribed."""
@@ -270,9 +297,16 @@ class MemoryStreamPublisher:
     def __init__(self, nats: MemoryNats) -> None:
         self.nats = nats
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> None:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Publish with dedupe by `msg_id`."""
-        await self.nats.publish(subject, payload, msg_id=msg_id)
+        await self.nats.publish(subject, payload, msg_id=msg_id, headers=headers)
 
 
 class MemoryPullConsumer:
