@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 from uuid import UUID, uuid4
@@ -16,17 +18,23 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainValidator,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from cortensor.catalog import (
     DEFAULT_MODEL,
+    EMBEDDING_DIM,
     ENGLISH_ONLY,
     MODELS,
+    TASKS,
     TEXT_TASKS,
     HwClass,
     HwSpec,
@@ -41,21 +49,99 @@ MAX_INPUTS = 1024
 MAX_TEXT_CHARS = 8192
 MAX_AUDIO_BYTES = 8 * 1_048_576
 """Largest audio file a transcribe job may carry, before base64."""
+MAX_AUDIO_CHARS = 4 * -(-MAX_AUDIO_BYTES // 3)
+"""The base64 text of the largest audio file."""
 MAX_JOB_BYTES = 12 * 1_048_576
 """Largest job message: base64 audio at the limit plus the rest of the request."""
+MAX_NAME_CHARS = 64
+"""Longest model or build name, and the longest name a node or client may have."""
+MAX_LABEL_CHARS = 128
+"""Longest class label a classifier may answer."""
+MAX_ERROR_CHARS = 2000
+"""Longest error a node may report instead of an output."""
+MAX_EMBEDDING_DIM = max(EMBEDDING_DIM.values())
+"""Most numbers in one embedding: the widest of the catalog's embedding models."""
+MAX_TRANSCRIPT_CHARS = 262_144
+"""Longest transcript: hours of fast speech, far above the audio a job may carry."""
+MAX_SEGMENTS = 16_384
+"""Most segments in one transcript (Whisper makes a few per 30 s window)."""
+MAX_LANGUAGE_CHARS = 16
+"""Longest language code a transcript may name."""
+MAX_MODELS = 32
+"""Most models a node may announce."""
+MAX_CAPACITY = 1024
+"""Most assignments a node may say it works on at once."""
+MAX_COUNT = 2**53
+"""Bound of a node's counters: any number a JSON reader in another language reads exactly."""
+MAX_RESULT_BYTES = 16 * 1_048_576
+"""Largest result message the guard reads: the largest the schema admits (MAX_INPUTS
+embeddings of MAX_EMBEDDING_DIM numbers of at most 25 characters each, ~9.4 MiB) with
+room for the rest. NATS refuses messages over its max_payload (1 MiB unless set) first."""
+MAX_HEARTBEAT_BYTES = 16_384
+"""Largest heartbeat message the router reads (a real one is a few hundred bytes)."""
 DEFAULT_TOP_K = 5
 """Labels a classify job returns per text unless it asks for another number."""
 MAX_TOP_K = 20
 MAX_DEADLINE_S = 600.0
 DEFAULT_DEADLINE_S = 30.0
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What PostgreSQL text and jsonb cannot hold: NUL, and lone UTF-16 surrogates (JSON's
+`"\\ud800"` reads as one in Python; UTF-8 has no encoding for it)."""
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+"""The JSON Schema pattern of every free-text field (a lone surrogate is not valid
+Unicode text in any language's JSON writer, so the pattern need not name it)."""
+
+
+def storable(value: str) -> str:
+    """`value` unchanged if the ledger can store it; BadInput naming what it holds
+    otherwise (pydantic reports it as the field's error)."""
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return value
+    char = found.group()
+    what = "a NUL character (U+0000)" if char == "\x00" else f"a lone surrogate (U+{ord(char):04X})"
+    raise BadInput(f"holds {what} at position {found.start()}; text may not contain it")
+
+
+def printable(value: str, limit: int = 80) -> str:
+    """`value` safe to quote in a reason, a log line or a stored error: its NULs and lone
+    surrogates written as escapes, and at most `limit` characters in all."""
+    escaped = _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value[: limit + 1])
+    return escaped if len(escaped) <= limit else f"{escaped[: limit - 3]}..."
+
+
+@dataclass(frozen=True, slots=True)
+class _Storable:
+    """Field marker: the string must be storable (see `storable`); its JSON Schema
+    says so with NO_NUL_PATTERN."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(storable, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        found = handler(schema)
+        found.setdefault("pattern", NO_NUL_PATTERN)
+        return found
+
+
+STORABLE = _Storable()
+
 NodeId = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
     Field(description="Letters, digits, '_' and '-'; used in queue names and subjects."),
 ]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
-Vector = list[float]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), STORABLE]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS), STORABLE]
+"""A model or build name."""
+Label = Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS), STORABLE]
+ErrorText = Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS), STORABLE]
+Vector = Annotated[list[float], Field(max_length=MAX_EMBEDDING_DIM)]
 JobStatus = Literal["verified", "rejected", "failed", "inconclusive"]
 """How a job ends, as its verdict says: verified, rejected (bad input), failed (no node
 could do it) or inconclusive (no agreement)."""
@@ -103,9 +189,10 @@ Redundancy = Annotated[
 
 
 class Message(BaseModel):
-    """Fields every message carries."""
+    """Fields every message carries. No number may be NaN or infinite: JSON has no way
+    to write them, and the ledger's jsonb refuses them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: Literal[1] = SCHEMA_VERSION
     created_at: datetime = Field(default_factory=utcnow)
@@ -114,22 +201,22 @@ class Message(BaseModel):
 class Output(BaseModel):
     """Part of a task's output."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class LabelScore(Output):
     """One class and its probability."""
 
-    label: str
+    label: Label
     score: float
 
 
 class Classification(Output):
     """A classifier's answer for one text: the top label and the k best with scores."""
 
-    label: str
+    label: Label
     score: float
-    top: list[LabelScore]
+    top: list[LabelScore] = Field(max_length=MAX_TOP_K)
 
 
 class Segment(Output):
@@ -137,16 +224,16 @@ class Segment(Output):
 
     start: float
     end: float
-    text: str
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), STORABLE]
 
 
 class Transcript(Output):
     """Speech turned into text."""
 
-    text: str
-    language: str
+    text: Annotated[str, StringConstraints(max_length=MAX_TRANSCRIPT_CHARS), STORABLE]
+    language: Annotated[str, StringConstraints(max_length=MAX_LANGUAGE_CHARS), STORABLE]
     duration_s: float
-    segments: list[Segment]
+    segments: list[Segment] = Field(max_length=MAX_SEGMENTS)
 
 
 OUTPUT_FIELD: dict[Task, str] = {
@@ -177,7 +264,7 @@ class JobRequest(Message):
 
     job_id: UUID = Field(default_factory=uuid4)
     task: Task = "embed"
-    model: str = Field(
+    model: Name = Field(
         default="", validate_default=True, description="Empty means the task's default model."
     )
     inputs: list[Text] = Field(
@@ -186,7 +273,7 @@ class JobRequest(Message):
         max_length=MAX_INPUTS,
         description="The texts of an embed or classify job.",
     )
-    audio: str | None = Field(
+    audio: Annotated[str, StringConstraints(max_length=MAX_AUDIO_CHARS)] | None = Field(
         default=None,
         validate_default=True,
         description=(
@@ -297,21 +384,21 @@ class InferenceResult(Message):
     job_id: UUID
     node_id: NodeId
     task: Task = "embed"
-    model: str
+    model: Name
     hw_class: HwClass
     precision: Precision
-    embeddings: list[Vector] | None = None
-    classes: list[Classification] | None = None
+    embeddings: Annotated[list[Vector], Field(max_length=MAX_INPUTS)] | None = None
+    classes: Annotated[list[Classification], Field(max_length=MAX_INPUTS)] | None = None
     transcript: Transcript | None = None
-    build: str = Field(
+    build: Name = Field(
         default="",
         description=(
             "The prepared variant that ran (e.g. int8-avx2): two builds of one precision"
             " may differ by more than one build does from itself."
         ),
     )
-    error: str | None = None
-    elapsed_ms: float = 0.0
+    error: ErrorText | None = None
+    elapsed_ms: float = Field(default=0.0, ge=0)
 
     def output(self) -> Any:
         """The task's output as JSON data (None when the node reported an error)."""
@@ -396,11 +483,13 @@ class NodeHeartbeat(Message):
     node_id: NodeId
     hw_class: HwClass
     precision: Precision
-    tasks: list[Task]
-    models: list[str]
-    capacity: int = Field(ge=1, description="Assignments it works on at once, prefetch included.")
-    inflight: int = Field(ge=0)
-    processed: int = Field(ge=0)
+    tasks: list[Task] = Field(max_length=len(TASKS))
+    models: list[Name] = Field(max_length=MAX_MODELS)
+    capacity: int = Field(
+        ge=1, le=MAX_CAPACITY, description="Assignments it works on at once, prefetch included."
+    )
+    inflight: int = Field(ge=0, le=MAX_COUNT)
+    processed: int = Field(ge=0, le=MAX_COUNT)
     status: Literal["up", "draining"] = "up"
     started_at: datetime
 

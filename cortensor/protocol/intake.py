@@ -12,12 +12,14 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from cortensor.schemas import MAX_JOB_BYTES, SCHEMA_VERSION, JobRequest
+from cortensor.catalog import TASKS
+from cortensor.schemas import MAX_ERROR_CHARS, MAX_JOB_BYTES, SCHEMA_VERSION, JobRequest, printable
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A job whose id could be read but whose request is not acceptable."""
+    """A job whose id could be read but whose request is not acceptable. `request`
+    keeps only what the ledger records of it (its task, when that is one)."""
 
     job_id: UUID
     reason: str
@@ -31,18 +33,43 @@ class Undeliverable:
     reason: str
 
 
-def explain(exc: ValidationError) -> str:
-    """A validation error as one line per problem, each naming the field to fix."""
+def explain(exc: ValidationError, limit: int = MAX_ERROR_CHARS) -> str:
+    """A validation error as one line per problem, each naming the field to fix; at
+    most `limit` characters, and never the sender's text verbatim (a field name of its
+    invention is cut short and its NULs escaped), so that the reason can be stored."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in error["loc"]) or "job"
-        message = error["msg"].removeprefix("Value error, ")
+        where = ".".join(printable(str(p), 40) for p in error["loc"]) or "job"
+        message = printable(error["msg"].removeprefix("Value error, "), 200)
         parts.append(f"{where}: {message}")
-    return "; ".join(parts)
+    reason = "; ".join(parts)
+    if len(reason) <= limit:
+        return reason
+    return f"{reason[: limit - 40]}... ({exc.error_count()} problems in all)"
 
 
-def read_job(body: bytes) -> JobRequest | Rejected | Undeliverable:
-    """Classify one message from the jobs queue."""
+def _recorded(raw: dict[str, Any]) -> dict[str, Any]:
+    """What the ledger keeps of a rejected request: its task, when it names one."""
+    task = raw.get("task")
+    return {"task": task} if isinstance(task, str) and task in TASKS else {}
+
+
+def read_job(body: bytes, message_id: str = "") -> JobRequest | Rejected | Undeliverable:
+    """Classify one message from the jobs queue.
+
+    A body over MAX_JOB_BYTES is refused before it is parsed: rejected under the
+    message id when that is a job id (the client publishes each job under its own),
+    dead-lettered otherwise.
+    """
+    if len(body) > MAX_JOB_BYTES:
+        reason = (
+            f"job is {len(body)} bytes, over the limit of {MAX_JOB_BYTES};"
+            " split it into smaller jobs"
+        )
+        try:
+            return Rejected(UUID(message_id), reason, {})
+        except ValueError:
+            return Undeliverable(f"{reason} (and its message id is not its job id)")
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -63,18 +90,11 @@ def read_job(body: bytes) -> JobRequest | Rejected | Undeliverable:
     if raw.get("schema_version") != SCHEMA_VERSION:
         return Rejected(
             job_id,
-            f"schema_version {raw.get('schema_version')!r} is not supported;"
-            f" this network speaks schema_version {SCHEMA_VERSION}",
-            raw,
-        )
-    if len(body) > MAX_JOB_BYTES:
-        return Rejected(
-            job_id,
-            f"job is {len(body)} bytes, over the limit of {MAX_JOB_BYTES};"
-            " split it into smaller jobs",
-            {"job_id": str(job_id)},
+            f"schema_version {printable(repr(raw.get('schema_version')), 40)} is not"
+            f" supported; this network speaks schema_version {SCHEMA_VERSION}",
+            _recorded(raw),
         )
     try:
         return JobRequest.model_validate(raw)
     except ValidationError as exc:
-        return Rejected(job_id, explain(exc), raw)
+        return Rejected(job_id, explain(exc), _recorded(raw))

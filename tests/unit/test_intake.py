@@ -126,7 +126,8 @@ def test_bad_requests_are_rejected_naming_the_field(raw: dict[str, Any], field: 
     assert isinstance(outcome, Rejected), outcome
     assert outcome.job_id == uuid.UUID(JOB_ID)
     assert field in outcome.reason
-    assert outcome.request == raw
+    # The ledger keeps only the task of a rejected request, when it is one.
+    assert outcome.request == ({"task": "embed"} if raw.get("task") == "embed" else {})
 
 
 def test_unknown_model_lists_the_known_ones() -> None:
@@ -149,13 +150,27 @@ def padded(size: int) -> bytes:
     return data + b" " * (size - len(data))
 
 
-def test_oversized_body_is_rejected_without_echoing_it() -> None:
+def test_oversized_body_is_rejected_under_its_message_id_without_echoing_it() -> None:
     # The job is valid but for its size; the reply does not carry the body back.
-    outcome = read_job(padded(MAX_JOB_BYTES + 1))
+    outcome = read_job(padded(MAX_JOB_BYTES + 1), JOB_ID)
     assert isinstance(outcome, Rejected)
     assert outcome.job_id == uuid.UUID(JOB_ID)
     assert f"job is {MAX_JOB_BYTES + 1} bytes, over the limit of {MAX_JOB_BYTES}" in outcome.reason
-    assert outcome.request == {"job_id": JOB_ID}
+    assert outcome.request == {}
+
+
+@pytest.mark.parametrize("message_id", ["", "job-42"])
+def test_oversized_body_without_a_job_id_for_message_id_is_undeliverable(message_id: str) -> None:
+    outcome = read_job(padded(MAX_JOB_BYTES + 1), message_id)
+    assert isinstance(outcome, Undeliverable)
+    assert f"job is {MAX_JOB_BYTES + 1} bytes, over the limit of {MAX_JOB_BYTES}" in outcome.reason
+
+
+def test_oversized_body_is_refused_before_it_is_parsed() -> None:
+    # Not JSON at all: a parse would call it undeliverable for that; the size speaks first.
+    outcome = read_job(b"[" * (MAX_JOB_BYTES + 1), JOB_ID)
+    assert isinstance(outcome, Rejected)
+    assert "over the limit" in outcome.reason
 
 
 def test_a_body_of_exactly_the_limit_is_accepted() -> None:

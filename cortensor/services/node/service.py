@@ -18,7 +18,14 @@ from pydantic import ValidationError
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
 from cortensor.inference.runtimes import Classifier, Embedder, Runtime, Transcriber
-from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, utcnow
+from cortensor.schemas import (
+    MAX_ERROR_CHARS,
+    Assignment,
+    InferenceResult,
+    NodeHeartbeat,
+    printable,
+    utcnow,
+)
 from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.faults import CRASH_EXIT_CODE, Fault, slow_sleep_s
 from cortensor.settings import Settings
@@ -149,7 +156,9 @@ class NodeService:
             output = run_task(self.runtimes[assignment.model], assignment, self.fault)
         except Exception as exc:  # the model failed on this input; report, do not crash
             log.exception("inference failed", assignment_id=str(assignment.assignment_id))
-            return InferenceResult(**common, error=f"{type(exc).__name__}: {exc}")
+            # Cut and escaped to what the guard accepts (schemas.ErrorText).
+            error = printable(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+            return InferenceResult(**common, error=error)
         elapsed = (time.perf_counter() - started) * 1000
         return InferenceResult(**common, **output, elapsed_ms=elapsed)
 
