@@ -2,6 +2,10 @@
 
 async with Client(Settings()) as client:
     verdict = await client.run(JobRequest(inputs=["hello"]), timeout=30)
+
+A client publishes as its principal (the `principal` of its credentials; `anonymous`
+without one): its jobs go out with the routing key `job.<owner>`, and it reads only the
+verdict subjects of that owner, which is all its permissions let it read.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from nats.js.errors import NotFoundError
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.errors import RetryableError
-from cortensor.schemas import JobRequest, Verdict
+from cortensor.schemas import ANONYMOUS, JobRequest, Verdict
 from cortensor.settings import Settings
 
 
@@ -35,6 +39,8 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topology = Topology(settings.namespace)
+        self.owner = settings.principal or ANONYMOUS
+        """Whose jobs these are: the name the jobs go out under, the verdicts read back."""
         self._amqp: AbstractRobustConnection | None = None
         self._nc: NATS | None = None
 
@@ -63,9 +69,10 @@ class Client:
         return self._nc
 
     async def publish_raw(self, body: bytes, *, message_id: str = "") -> None:
-        """Publish bytes as a job, confirmed by the broker (for clients with their own JSON)."""
+        """Publish bytes as a job of this client's owner, confirmed by the broker (for
+        clients with their own JSON)."""
         message = amqp.json_message(body, message_id=message_id)
-        await self._jobs.publish(message, routing_key=self.topology.jobs_routing_key)
+        await self._jobs.publish(message, routing_key=self.topology.jobs_routing_key(self.owner))
 
     async def submit(self, job: JobRequest) -> UUID:
         """Publish a job; returns once the broker has it safely."""
@@ -73,19 +80,24 @@ class Client:
         return job.job_id
 
     async def result(self, job_id: UUID) -> Verdict | None:
-        """The verdict on a job, if there is one yet."""
+        """The verdict on a job, if there is one yet.
+
+        A direct get: its API subject names the verdict's subject, which a permission can
+        limit to this owner's (a plain get's API subject names only the stream)."""
         try:
             raw = await self.nc.jetstream().get_last_msg(
-                self.topology.verdicts_stream, self.topology.verdicts_subject(str(job_id))
+                self.topology.verdicts_stream, self._verdicts(job_id), direct=True
             )
         except NotFoundError:
             return None
         assert raw.data is not None
         return Verdict.model_validate_json(raw.data)
 
+    def _verdicts(self, job_id: UUID) -> str:
+        return self.topology.verdicts_subject(str(job_id), owner=self.owner)
+
     async def _subscribe(self, job_id: UUID) -> Subscription:
-        subject = self.topology.verdicts_subject(str(job_id))
-        return await self.nc.subscribe(subject, max_msgs=1)
+        return await self.nc.subscribe(self._verdicts(job_id), max_msgs=1)
 
     async def _await(self, sub: Subscription, job_id: UUID, timeout_s: float) -> Verdict:
         try:
@@ -133,7 +145,7 @@ class Client:
                     seen.add(verdict.part)
                     callback(verdict)
 
-            subject = self.topology.part_verdicts_subject(str(job.job_id), "*")
+            subject = self.topology.part_verdicts_subject(str(job.job_id), "*", owner=self.owner)
             parts = await self.nc.subscribe(subject, cb=part_decided)
         try:
             sub = await self._subscribe(job.job_id)

@@ -44,6 +44,11 @@ class Delivery(Protocol):
         ...
 
     @property
+    def routing_key(self) -> str | None:
+        """The routing key it was published with (a job's names its owner)."""
+        ...
+
+    @property
     def redelivered(self) -> bool | None:
         """Whether the message was delivered before (and not acked)."""
         ...

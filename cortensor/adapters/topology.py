@@ -12,8 +12,9 @@ from cortensor.errors import SetupIncomplete
 from cortensor.paths import resource
 from cortensor.schemas import Verdict
 
-_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-"""A node id or an owner: one subject token, one routing-key word."""
+_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+"""A node id or an owner: one subject token, one routing-key word (`\\Z` ends it, where `$`
+would let a trailing newline through)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from cortensor.protocol.comparators import COMPARATORS
 from cortensor.protocol.consensus import Decision, Replica, decide
 from cortensor.protocol.planning import replicas_due
 from cortensor.protocol.replication import REPLICAS, REVALIDATE_LIMIT, escalate
-from cortensor.schemas import Verdict
+from cortensor.schemas import ANONYMOUS, Verdict
 
 Event = tuple[str, str, str]
 """(node_id, assignment_id, kind) of one reputation event."""
@@ -45,6 +45,8 @@ class Case:
     """The verdict the job was given before, when this is its re-validation."""
     expired: bool = False
     """The job's deadline has passed: decide with what is there, nothing more will come."""
+    owner: str = ANONYMOUS
+    """The client that published the job, whose verdict it is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ def judge(case: Case) -> tuple[Verdict, list[Event]]:
     late = [node for _, node in case.timed_out]
     common: dict[str, Any] = {
         "job_id": case.job_id,
+        "owner": case.owner,
         "task": case.task,
         "model": case.model,
         "replicas": len(case.replicas),

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from cortensor.protocol.units import OpenJob, whole_job
-from cortensor.schemas import JobRequest, JobStatus, PartVerdict, Verdict
+from cortensor.schemas import ANONYMOUS, JobRequest, JobStatus, PartVerdict, Verdict
 
 
 class AudioSpan(Protocol):
@@ -45,16 +45,17 @@ def split_job(
     *,
     shard_inputs: int,
     chunks: Sequence[AudioSpan] = (),
+    owner: str = ANONYMOUS,
 ) -> tuple[OpenJob | None, list[OpenJob]]:
     """The parent (None when the job runs whole) and the units to route.
 
     Text jobs are cut into shards of at most `shard_inputs` texts; transcribe jobs into
     the given audio chunks. Every unit keeps the job's model, redundancy, hardware class,
-    options and deadline.
+    options, deadline and `owner`.
     """
     if shard_inputs < 1:
         raise ValueError("shard_inputs must be at least 1")
-    whole = whole_job(job, deadline_at)
+    whole = whole_job(job, deadline_at, owner=owner)
     params = dict(whole.params)
     if job.task == "transcribe":
         if not chunks:
@@ -111,13 +112,22 @@ class DecidedPart:
 _STATUS_ORDER: tuple[JobStatus, ...] = ("rejected", "failed", "inconclusive")
 
 
-def stitch(parent_id: UUID, task: str, model: str, parts: Sequence[DecidedPart]) -> Verdict:
-    """The parent's verdict: the parts' outputs joined in order when every part is
-    verified; otherwise the worst part's status, with the parts that caused it named."""
+def stitch(
+    parent_id: UUID,
+    task: str,
+    model: str,
+    parts: Sequence[DecidedPart],
+    *,
+    owner: str = ANONYMOUS,
+) -> Verdict:
+    """The parent's verdict, for its `owner`: the parts' outputs joined in order when
+    every part is verified; otherwise the worst part's status, with the parts that
+    caused it named."""
     ordered = sorted(parts, key=lambda p: p.part)
     summaries = [_summary(p) for p in ordered]
     common: dict[str, Any] = {
         "job_id": parent_id,
+        "owner": owner,
         "task": task,
         "model": model,
         "replicas": sum(p.verdict.replicas for p in ordered),

@@ -221,6 +221,7 @@ def failed(job: OpenJob, why: str) -> Verdict:
     """The verdict on a job that found no nodes before its deadline."""
     return Verdict(
         job_id=job.job_id,
+        owner=job.owner,
         status="failed",
         reason=f"no eligible nodes before the deadline: {why}",
         task=job.task,

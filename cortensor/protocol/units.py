@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from cortensor.protocol.replication import REPLICAS
-from cortensor.schemas import DEFAULT_TOP_K, Assignment, JobRequest, LedgerStatus
+from cortensor.schemas import ANONYMOUS, DEFAULT_TOP_K, Assignment, JobRequest, LedgerStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,8 @@ class OpenJob:
     """The network chooses the redundancy (adaptive replication)."""
     probe: bool = False
     """A known-answer probe; its reference output is in params."""
+    owner: str = ANONYMOUS
+    """The client that published the job: its verdicts go where only it may read them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,15 @@ def job_params(job: JobRequest) -> dict[str, Any]:
     return params
 
 
-def whole_job(job: JobRequest, deadline_at: datetime, audio: bytes | None = None) -> OpenJob:
-    """A job that runs whole, on `redundancy` nodes (`audio`: what its nodes receive)."""
+def whole_job(
+    job: JobRequest,
+    deadline_at: datetime,
+    audio: bytes | None = None,
+    *,
+    owner: str = ANONYMOUS,
+) -> OpenJob:
+    """A job that runs whole, on `redundancy` nodes (`audio`: what its nodes receive), of
+    the client `owner` (the router reads it from the routing key the job came with)."""
     return OpenJob(
         job_id=job.job_id,
         task=job.task,
@@ -94,6 +103,7 @@ def whole_job(job: JobRequest, deadline_at: datetime, audio: bytes | None = None
         taken=frozenset(),
         params=job_params(job),
         audio=audio,
+        owner=owner,
     )
 
 

@@ -1,6 +1,7 @@
-"""The pure parts of the in-memory twins: NATS subject matching, and the twin broker's
-bookkeeping that the contract suite cannot see from outside (double settlement, a
-queue's delivery limit counted per message, a closed channel's messages going back)."""
+"""The pure parts of the in-memory twins: NATS subject and RabbitMQ topic matching, and
+the twin broker's bookkeeping that the contract suite cannot see from outside (double
+settlement, a queue's delivery limit counted per message, a closed channel's messages
+going back, a dead letter's routing key)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from cortensor.adapters.interfaces import Delivery, Unroutable
 from cortensor.adapters.memory import MemoryBroker, MemoryNats, NoStream, subject_matches
-from cortensor.adapters.memory.queues import AlreadySettled
+from cortensor.adapters.memory.queues import AlreadySettled, topic_matches
 from cortensor.adapters.topology import Topology
 
 tokens = st.lists(st.text("abc-_0123456789", min_size=1, max_size=4), min_size=1, max_size=5)
@@ -53,9 +54,74 @@ def test_a_tail_wildcard_matches_one_or_more_tokens(
 def test_heartbeat_and_result_subjects_of_the_topology() -> None:
     topology = Topology("ns")
     assert subject_matches(topology.heartbeat_subject("*"), topology.heartbeat_subject("n-1"))
-    assert not subject_matches(topology.heartbeat_subject("*"), topology.results_subject("j"))
+    assert not subject_matches(
+        topology.heartbeat_subject("*"), topology.results_subject("j", node_id="n-1")
+    )
     [results] = [s for s in topology.streams if s.role == "results"]
-    assert all(subject_matches(p, topology.results_subject("j1")) for p in results.subjects)
+    assert all(
+        subject_matches(p, topology.results_subject("j1", node_id="n-1")) for p in results.subjects
+    )
+
+
+words = st.lists(st.text("abc-_0123456789", min_size=1, max_size=4), max_size=5)
+
+
+@given(words, st.data())
+def test_a_topic_key_matches_itself_and_a_star_for_any_one_word(
+    key: list[str], data: st.DataObject
+) -> None:
+    k = ".".join(key)
+    assert topic_matches(k, k)
+    assert topic_matches("#", k)
+    assert not topic_matches(k + ".x", k)
+    if key:
+        i = data.draw(st.integers(0, len(key) - 1))
+        assert topic_matches(".".join([*key[:i], "*", *key[i + 1 :]]), k)
+        assert not topic_matches(".".join(["*", *key]), k)
+
+
+@given(words, st.data())
+def test_a_hash_matches_any_run_of_words_none_included(key: list[str], data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(key)))
+    end = data.draw(st.integers(start, len(key)))
+    assert topic_matches(".".join([*key[:start], "#", *key[end:]]), ".".join(key))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        ("job.*", "job.alice", True),
+        ("job.*", "job.", True),  # an empty word is a word
+        ("job.*", "job", False),
+        ("job.*", "job.a.b", False),
+        ("*", "", False),  # an empty key has no words
+        ("#", "", True),
+        ("job.#", "job", True),
+        ("#.alice", "x.job.alice", True),
+        ("*.b.#", "job.a.b", False),
+    ],
+)
+def test_topic_matching_at_its_edges(pattern: str, key: str, matches: bool) -> None:
+    assert topic_matches(pattern, key) is matches
+
+
+async def test_a_dead_letter_keeps_its_routing_key() -> None:
+    topology = Topology("ns")
+    broker = MemoryBroker(topology)
+    channel = broker.channel()
+    got: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def take(delivery: Delivery) -> None:
+        got.put_nowait(delivery)
+
+    channel.consume(topology.router_queue, take)
+    broker.publish(topology.jobs_exchange, "job.alice", b"x", message_id="1")
+    delivery = await asyncio.wait_for(got.get(), 1)
+    assert delivery.routing_key == "job.alice"
+    await delivery.nack(requeue=False)
+    dead = broker.get(topology.dead_letter_queue)
+    assert dead is not None
+    assert dead.routing_key == "job.alice"
 
 
 async def test_a_delivery_settles_once() -> None:
@@ -68,7 +134,9 @@ async def test_a_delivery_settles_once() -> None:
         got.put_nowait(delivery)
 
     channel.consume(topology.router_queue, take)
-    broker.publish(topology.jobs_exchange, topology.jobs_routing_key, b"x", message_id="1")
+    broker.publish(
+        topology.jobs_exchange, topology.jobs_routing_key("client-1"), b"x", message_id="1"
+    )
     delivery = await asyncio.wait_for(got.get(), 1)
     await delivery.ack()
     with pytest.raises(AlreadySettled):
@@ -85,7 +153,9 @@ async def test_a_closed_channel_returns_its_messages_and_counts_them_returned() 
         got.put_nowait(delivery)
 
     channel.consume(topology.router_queue, take)
-    broker.publish(topology.jobs_exchange, topology.jobs_routing_key, b"x", message_id="1")
+    broker.publish(
+        topology.jobs_exchange, topology.jobs_routing_key("client-1"), b"x", message_id="1"
+    )
     await asyncio.wait_for(got.get(), 1)
     channel.close()
     assert broker.depth(topology.router_queue) == 1

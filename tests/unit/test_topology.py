@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import HW_CLASSES
 from cortensor.errors import SetupIncomplete
 from cortensor.paths import ROOT, checkout_path, resource
+from cortensor.schemas import ANONYMOUS, Verdict
 
 TOPOLOGY_FILE = resource("brokers", "topology.toml")
 
 NS = "unit7"
+
+NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", fullmatch=True)
+"""Valid principal names: node ids and owners."""
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,9 @@ def every_name(t: Topology) -> set[str]:
         t.dead_letter_queue,
         t.results_stream,
         t.verdicts_stream,
-        t.results_subject("job1"),
-        t.verdicts_subject("job1"),
+        t.results_subject("job1", node_id="n1"),
+        t.verdicts_subject("job1", owner="alice"),
+        t.part_verdicts_subject("job1", "0", owner="alice"),
         t.heartbeat_subject("n1"),
         t.heartbeat_subject("*"),
     }
@@ -70,7 +79,7 @@ def test_a_topology_without_a_role_is_refused(tmp_path: Path) -> None:
 
 def test_exchanges_include_jobs_dead_letters_and_one_per_hw_class(topo: Topology) -> None:
     exchanges = {e.name: e.type for e in topo.exchanges}
-    assert exchanges[f"{NS}.jobs"] == "direct"
+    assert exchanges[f"{NS}.submit"] == "topic"
     assert exchanges[f"{NS}.dlx"] == "fanout"
     assert topo.hw_classes == HW_CLASSES
     for hw_class in HW_CLASSES:
@@ -90,7 +99,7 @@ def test_shortcut_names_match_the_declared_ones(topo: Topology) -> None:
 def test_router_queue_is_a_quorum_queue_that_dead_letters(topo: Topology) -> None:
     router = next(q for q in topo.queues if q.name == f"{NS}.router")
     assert router.exchange == topo.jobs_exchange
-    assert router.routing_key == topo.jobs_routing_key == "job"
+    assert router.routing_key == topo.jobs_binding == "job.*"
     assert router.arguments["x-queue-type"] == "quorum"
     assert router.arguments["x-dead-letter-exchange"] == f"{NS}.dlx"
     assert router.arguments["x-delivery-limit"] == 5
@@ -120,9 +129,59 @@ def test_node_queue_is_bound_to_its_class_exchange_with_its_id(
     }
 
 
+def test_jobs_are_published_under_their_owners_name(topo: Topology) -> None:
+    assert topo.jobs_routing_key("alice") == "job.alice"
+    assert topo.owner_of("job.alice") == "alice"
+
+
+@given(NAMES)
+def test_every_valid_owner_round_trips_through_its_routing_key(owner: str) -> None:
+    topo = Topology(NS)
+    assert topo.owner_of(topo.jobs_routing_key(owner)) == owner
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "job",
+        "job.",
+        "job.*",
+        "job.#",
+        "job.a.b",
+        "job._alice",
+        "job.-alice",
+        "job.alice\n",
+        "job.al ice",
+        "job." + "a" * 65,
+        "jobs.alice",
+        "x.job.alice",
+        "alice",
+    ],
+)
+def test_a_routing_key_that_names_no_valid_owner_has_none(topo: Topology, key: str) -> None:
+    assert topo.owner_of(key) is None
+
+
+@given(st.text(max_size=80))
+def test_an_owner_read_from_any_key_is_valid_and_is_the_one_it_names(key: str) -> None:
+    topo = Topology(NS)
+    owner = topo.owner_of(key)
+    if owner is not None:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", owner)
+        assert topo.jobs_routing_key(owner) == key
+
+
 def test_subjects(topo: Topology) -> None:
-    assert topo.results_subject("j1") == f"{NS}.results.j1"
-    assert topo.verdicts_subject("j1") == f"{NS}.verdicts.j1"
+    assert topo.results_subject("j1", node_id="n1") == f"{NS}.results.n1.j1"
+    assert topo.results_subject("j1", node_id="*") == f"{NS}.results.*.j1"
+    assert topo.verdicts_subject("j1", owner="alice") == f"{NS}.verdicts.alice.j1"
+    assert topo.part_verdicts_subject("j1", "3", owner="alice") == (
+        f"{NS}.verdicts.alice.j1.parts.3"
+    )
+    assert topo.part_verdicts_subject("j1", "*", owner="alice") == (
+        f"{NS}.verdicts.alice.j1.parts.*"
+    )
     assert topo.heartbeat_subject("n1") == f"{NS}.nodes.n1.heartbeat"
     assert topo.heartbeat_subject("*") == f"{NS}.nodes.*.heartbeat"
 
@@ -166,3 +225,27 @@ def test_a_custom_topology_file_is_read(tmp_path: Path) -> None:
     custom = tmp_path / "topology.toml"
     custom.write_text(text)
     assert Topology(NS, custom).hw_exchange("cpu-int8") == f"{NS}.class.cpu-int8"
+
+
+def test_a_verdict_goes_to_its_owners_subject(topo: Topology) -> None:
+    job, parent = uuid.uuid4(), uuid.uuid4()
+    whole = Verdict(job_id=job, owner="alice", status="verified")
+    part = Verdict(job_id=job, owner="alice", status="verified", parent_id=parent, part=2)
+    anonymous = Verdict(job_id=job, status="failed")
+    assert topo.verdict_subject(whole) == f"{NS}.verdicts.alice.{job}"
+    assert topo.verdict_subject(part) == f"{NS}.verdicts.alice.{parent}.parts.2"
+    assert topo.verdict_subject(anonymous) == f"{NS}.verdicts.{ANONYMOUS}.{job}"
+
+
+@given(NAMES, st.uuids().map(str))
+def test_a_result_subject_names_its_node(node_id: str, job_id: str) -> None:
+    topo = Topology(NS)
+    assert topo.node_of_result(topo.results_subject(job_id, node_id=node_id)) == node_id
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [f"{NS}.results.j1", f"{NS}.results.a.b.j1", f"{NS}.verdicts.n1.j1", f"{NS}.results._n.j1"],
+)
+def test_a_subject_that_is_no_result_names_no_node(topo: Topology, subject: str) -> None:
+    assert topo.node_of_result(subject) is None

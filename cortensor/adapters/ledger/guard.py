@@ -35,7 +35,7 @@ TERMINAL = frozenset(TERMINAL_STATUSES)
 
 _LOCK = """
 SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
-       j.probe, j.params, v.payload, v.revision,
+       j.probe, j.params, j.owner, v.payload, v.revision,
        c.node_id AS c_node_id, c.result_id AS c_result_id, c.assignment_id AS c_assignment_id,
        c.precision AS c_precision, c.output AS c_output
 FROM jobs j
@@ -197,6 +197,7 @@ def _case(
         pending=sum(r["status"] == "assigned" for r in rows),
         first=None if job["payload"] is None else Verdict.model_validate(job["payload"]),
         expired=expired,
+        owner=job["owner"],
     )
 
 
@@ -353,7 +354,7 @@ class GuardLedger(Ledger):
             jobs = await conn.fetch(
                 """
                 SELECT j.job_id, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
-                       j.probe, j.params, v.payload, v.revision
+                       j.probe, j.params, j.owner, v.payload, v.revision
                 FROM jobs j LEFT JOIN verdicts v USING (job_id)
                 WHERE j.status = 'running' AND j.deadline_at < now()
                 ORDER BY j.deadline_at LIMIT $1 FOR UPDATE OF j SKIP LOCKED

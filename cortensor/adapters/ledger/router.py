@@ -20,7 +20,7 @@ from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger
 from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.probing import PoolProbe
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for, task_fields, whole_job
-from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict
+from cortensor.schemas import ANONYMOUS, Assignment, JobRequest, NodeHeartbeat, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class _Loaded:
 
 _LOAD = """
 SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs, j.deadline_at,
-       j.params, j.audio, j.parent_id, j.part, j.auto, j.probe,
+       j.params, j.audio, j.parent_id, j.part, j.auto, j.probe, j.owner,
        coalesce(array_agg(a.node_id) FILTER (WHERE a.node_id IS NOT NULL), '{}') AS taken,
        coalesce(max(a.attempt), 0) + 1 AS attempt,
        count(*) FILTER (WHERE a.status IN ('assigned', 'done')) AS live,
@@ -172,11 +172,16 @@ class RouterLedger(Ledger):
         }
 
     async def open_job(
-        self, job: JobRequest, deadline_at: datetime, assignments: Sequence[Assignment]
+        self,
+        job: JobRequest,
+        deadline_at: datetime,
+        assignments: Sequence[Assignment],
+        *,
+        owner: str = ANONYMOUS,
     ) -> bool:
-        """Write one whole job and its first assignments; see `open_jobs`."""
+        """Write one whole job of `owner` and its first assignments; see `open_jobs`."""
         new = NewJob(
-            whole_job(job, deadline_at),
+            whole_job(job, deadline_at, owner=owner),
             job.created_at,
             "running" if assignments else "waiting",
             assignments,
@@ -197,16 +202,17 @@ class RouterLedger(Ledger):
             WITH job AS (
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
                                   created_at, deadline_at, parent_id, part, params, audio,
-                                  auto, probe)
+                                  auto, probe, owner)
                 SELECT j.job_id, j.task, j.model, j.redundancy, j.hw_class, j.inputs::jsonb,
                        j.status, j.created_at, j.deadline_at, j.parent_id, j.part,
-                       j.params::jsonb, j.audio, j.auto, j.probe
+                       j.params::jsonb, j.audio, j.auto, j.probe, j.owner
                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[],
                             $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[],
                             $10::uuid[], $11::int[], $12::text[], $13::bytea[], $19::bool[],
-                            $20::bool[])
+                            $20::bool[], $21::text[])
                      AS j(job_id, task, model, redundancy, hw_class, inputs, status,
-                          created_at, deadline_at, parent_id, part, params, audio, auto, probe)
+                          created_at, deadline_at, parent_id, part, params, audio, auto, probe,
+                          owner)
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), made AS (
                 INSERT INTO assignments (assignment_id, job_id, node_id, hw_class, attempt,
@@ -240,22 +246,25 @@ class RouterLedger(Ledger):
             [a.deadline_at for a in made],
             [n.job.auto for n in jobs],
             [n.job.probe for n in jobs],
+            [n.job.owner for n in jobs],
         )
         return {r["job_id"] for r in rows}
 
     async def reject(self, job_id: UUID, request: dict[str, Any], verdict: Verdict) -> bool:
-        """Record a rejected job and its verdict; False when the job id was known already."""
+        """Record a rejected job (of the verdict's owner) and its verdict; False when the
+        job id was known already."""
         task = request.get("task")
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """
                 INSERT INTO jobs (job_id, task, model, redundancy, hw_class, inputs, status,
-                                  reason, deadline_at, decided_at)
-                VALUES ($1, $2, '', 0, '', '[]'::jsonb, 'rejected', '', now(), now())
+                                  reason, deadline_at, decided_at, owner)
+                VALUES ($1, $2, '', 0, '', '[]'::jsonb, 'rejected', '', now(), now(), $3)
                 ON CONFLICT (job_id) DO NOTHING RETURNING true
                 """,
                 job_id,
                 task[:64] if isinstance(task, str) else "",
+                verdict.owner,
             )
             if not inserted:
                 return False
@@ -315,6 +324,7 @@ class RouterLedger(Ledger):
                     part=r["part"],
                     auto=r["auto"],
                     probe=r["probe"],
+                    owner=r["owner"],
                 ),
                 r["live"],
                 r["answered"],

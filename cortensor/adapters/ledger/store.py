@@ -172,7 +172,9 @@ class Ledger:
         rows = await conn.fetch(_PARTS, parent_id)
         if not rows or any(r["payload"] is None for r in rows):
             return None
-        parent = await conn.fetchrow("SELECT task, model FROM jobs WHERE job_id = $1", parent_id)
+        parent = await conn.fetchrow(
+            "SELECT task, model, owner FROM jobs WHERE job_id = $1", parent_id
+        )
         verdict = stitch(
             parent_id,
             parent["task"],
@@ -187,6 +189,7 @@ class Ledger:
                 )
                 for r in rows
             ],
+            owner=parent["owner"],
         )
         if status == "split":
             await self.write_verdict(conn, verdict)

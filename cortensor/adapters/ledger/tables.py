@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cortensor.schemas import LEDGER_STATUSES, OPEN_STATUSES, TERMINAL_STATUSES
+from cortensor.schemas import ANONYMOUS, LEDGER_STATUSES, OPEN_STATUSES, TERMINAL_STATUSES
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -94,6 +94,13 @@ class Job(Base):
         ),
         Index("ix_jobs_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
         Index("ix_jobs_unchecked", "decided_at", postgresql_where=text("unchecked")),
+        Index(
+            "ix_jobs_unpurged",
+            "decided_at",
+            postgresql_where=text("purged_at IS NULL AND decided_at IS NOT NULL"),
+        ),
+        CheckConstraint("octet_length(inputs_sha256) = 32", name="inputs_sha256_length"),
+        CheckConstraint("octet_length(audio_sha256) = 32", name="audio_sha256_length"),
     )
 
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -102,7 +109,8 @@ class Job(Base):
     redundancy: Mapped[int] = mapped_column(Integer)
     hw_class: Mapped[str] = mapped_column(Text)
     """The requested hardware spec: 'any', a class such as 'cpu-int8', or a precision."""
-    inputs: Mapped[Any] = mapped_column(JSONB)
+    inputs: Mapped[Any | None] = mapped_column(JSONB)
+    """The texts; NULL once purged (`purged_at`), when only `inputs_sha256` remains."""
     status: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text, server_default=text("''"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
@@ -121,6 +129,14 @@ class Job(Base):
     """The network chose the redundancy (adaptive replication)."""
     unchecked: Mapped[bool] = mapped_column(Boolean, server_default=false())
     """Verified on one unreplicated result that no other node has checked yet."""
+    inputs_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """sha256 of the inputs' jsonb text, kept when they are purged."""
+    audio_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """sha256 of the audio, kept when it is purged."""
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the retention period removed the job's content (docs/design.md, Privacy)."""
+    owner: Mapped[str] = mapped_column(Text, server_default=text(f"'{ANONYMOUS}'"))
+    """The client that published the job (from its routing key): only it reads the verdict."""
 
 
 class Assignment(Base):
@@ -152,6 +168,9 @@ class Result(Base):
     """What a node returned for one assignment: an output or an error."""
 
     __tablename__ = "results"
+    __table_args__ = (
+        CheckConstraint("octet_length(output_sha256) = 32", name="output_sha256_length"),
+    )
 
     result_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     assignment_id: Mapped[uuid.UUID] = mapped_column(
@@ -161,6 +180,8 @@ class Result(Base):
     node_id: Mapped[str] = mapped_column(Text, ForeignKey("nodes.node_id"))
     precision: Mapped[str] = mapped_column(Text)
     output: Mapped[Any | None] = mapped_column(JSONB)
+    output_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """sha256 of the output's jsonb text, kept when the output is purged."""
     error: Mapped[str | None] = mapped_column(Text)
     elapsed_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)

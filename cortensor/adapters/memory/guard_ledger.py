@@ -128,6 +128,7 @@ class GuardSide(OnTables):
             pending=sum(a.status == "assigned" for a in others),
             first=None if first is None else first.payload,
             expired=expired,
+            owner=spec.owner,
         )
 
     def _apply(self, job: JobRow, outcome: Outcome, intake: Intake) -> None:

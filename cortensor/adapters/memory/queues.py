@@ -5,7 +5,8 @@ limit, manual settlement, redelivery and dead letters, as the services rely on t
 twins of `amqp.AmqpWorkQueue` and `amqp.AmqpTaskPublisher`. What it keeps of RabbitMQ's
 semantics (tests/contract/ checks each against the real server):
 
-- a direct exchange routes by exact routing key, a fanout one to every bound queue;
+- a direct exchange routes by exact routing key, a fanout one to every bound queue, a
+  topic one by pattern (`topic_matches`: `*` one word, `#` any number of words);
 - a mandatory publish that reaches no queue raises `Unroutable`;
 - a consumer holds at most `prefetch` unsettled messages (0: no limit); competing
   consumers each get a message, never the same one at once;
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +37,32 @@ class AlreadySettled(CortensorError):
     """A delivery was acked or nacked a second time."""
 
 
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """Whether a topic binding takes a routing key, as RabbitMQ decides it: both are
+    words split at dots (an empty key has none, `a.` has an empty second word); `*`
+    stands for exactly one word, `#` for any number, none included."""
+    return _match(_words(pattern), _words(routing_key))
+
+
+def _words(key: str) -> tuple[str, ...]:
+    return tuple(key.split(".")) if key else ()
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[skip:]) for skip in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _match(rest, words[1:])
+
+
 @dataclass(slots=True)
 class _Message:
     body: bytes
     headers: dict[str, Any]
     message_id: str | None
+    routing_key: str = ""
     delivered: int = 0
     returned: int = 0
 
@@ -67,6 +89,14 @@ async def _handle(handler: DeliveryHandler, delivery: MemoryDelivery) -> None:
     await handler(delivery)
 
 
+_ROUTES: dict[str, Callable[[str, str], bool]] = {
+    "direct": str.__eq__,
+    "fanout": lambda _binding, _key: True,
+    "topic": topic_matches,
+}
+"""By exchange type: whether a binding's key takes a message's routing key."""
+
+
 class MemoryDelivery:
     """A delivered message (a `Delivery`), settled through the broker that delivered it."""
 
@@ -84,6 +114,11 @@ class MemoryDelivery:
     def message_id(self) -> str | None:
         """The publisher's id."""
         return self.message.message_id
+
+    @property
+    def routing_key(self) -> str:
+        """The routing key it was published with."""
+        return self.message.routing_key
 
     @property
     def redelivered(self) -> bool:
@@ -177,9 +212,9 @@ class MemoryBroker:
                 self.declare_queue(spec)
 
     def declare_exchange(self, name: str, kind: str) -> None:
-        """A direct or fanout exchange (idempotent)."""
-        if kind not in ("direct", "fanout"):
-            raise ValueError(f"exchange type {kind!r}: the twin has direct and fanout")
+        """A direct, fanout or topic exchange (idempotent)."""
+        if kind not in _ROUTES:
+            raise ValueError(f"exchange type {kind!r}: the twin has {', '.join(_ROUTES)}")
         self.exchanges.setdefault(name, kind)
         self.bindings.setdefault(name, [])
 
@@ -225,13 +260,13 @@ class MemoryBroker:
         reaches none."""
         if exchange not in self.exchanges:
             raise LookupError(f"no exchange {exchange!r}")
-        fanout = self.exchanges[exchange] == "fanout"
-        targets = [q for key, q in self.bindings[exchange] if fanout or key == routing_key]
+        routes = _ROUTES[self.exchanges[exchange]]
+        targets = dict.fromkeys(q for key, q in self.bindings[exchange] if routes(key, routing_key))
         if not targets and mandatory:
             raise Unroutable(f"no queue for {routing_key!r} on {exchange}")
         for name in targets:
             queue = self.queues[name]
-            queue.ready.append(_Message(body, dict(headers or {}), message_id))
+            queue.ready.append(_Message(body, dict(headers or {}), message_id, routing_key))
             self.dispatch(queue)
 
     def channel(self, prefetch: int = 0) -> MemoryChannel:
@@ -254,7 +289,7 @@ class MemoryBroker:
         headers = {**message.headers, DEATH_REASON_HEADER: reason}
         self.publish(
             queue.dead_letter_exchange,
-            queue.name,
+            message.routing_key,
             message.body,
             headers=headers,
             message_id=message.message_id,

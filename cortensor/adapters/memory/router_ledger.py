@@ -94,7 +94,8 @@ class RouterSide(OnTables):
         return {n.job.job_id for n in new}
 
     async def reject(self, job_id: UUID, request: dict[str, Any], verdict: Verdict) -> bool:
-        """Record a rejected job and its verdict; False when the job id was known."""
+        """Record a rejected job (of the verdict's owner) and its verdict; False when the
+        job id was known."""
         if job_id in self.tables.jobs:
             return False
         task = request.get("task")
@@ -108,6 +109,7 @@ class RouterSide(OnTables):
             inputs=[],
             deadline_at=now,
             taken=frozenset(),
+            owner=verdict.owner,
         )
         self.tables.jobs[job_id] = JobRow(
             spec, "rejected", now, now, 0, self.tables.next_seq(), decided_at=now

@@ -313,7 +313,9 @@ class Tables:
                     output=None if result is None else result.output,
                 )
             )
-        verdict = stitch(parent_id, parent.spec.task, parent.spec.model, decided)
+        verdict = stitch(
+            parent_id, parent.spec.task, parent.spec.model, decided, owner=parent.spec.owner
+        )
         if parent.status == "split":
             self.write_verdict(verdict)
             return verdict

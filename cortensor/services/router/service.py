@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import structlog
@@ -37,6 +37,20 @@ from cortensor.settings import Settings
 log = structlog.get_logger(__name__)
 _JITTER = random.Random()
 """Spreads the back-offs of routers that failed together; not the routing draws."""
+
+
+class JobMessage(NamedTuple):
+    """A job as delivered: its bytes, the publisher's message id, and the routing key it
+    was published with, which names its owner (`job.<owner>`; RabbitMQ's topic
+    permissions let each client publish under its own name only)."""
+
+    body: bytes
+    message_id: str
+    routing_key: str
+
+
+Owned = tuple[JobRequest, str]
+"""A valid job and its owner."""
 
 ROUTER_WORKERS = 2
 """Batches in progress at once: while one waits on the ledger or the broker, the next
@@ -138,17 +152,28 @@ class Router:
 
         await asyncio.gather(*(send(n, c, batch) for (n, c), batch in by_node.items()))
 
-    async def _screen(self, body: bytes, message_id: str) -> JobRequest | str:
-        """A valid job, or what became of an invalid one (dead-lettered or rejected)."""
-        outcome = read_job(body)
+    async def _screen(self, message: JobMessage) -> Owned | str:
+        """A valid job and its owner, or what became of an invalid one (dead-lettered or
+        rejected). A job whose routing key names no owner is dead-lettered: nobody could
+        read its verdict."""
+        owner = self.topology.owner_of(message.routing_key)
+        outcome = read_job(message.body)
+        if owner is None:
+            outcome = Undeliverable(
+                f"routing key {message.routing_key!r} names no owner: publish with routing"
+                f" key {self.topology.jobs_routing_key('<your name>')}"
+            )
         if isinstance(outcome, Undeliverable):
-            await self.jobs.dead_letter(body, outcome.reason, message_id=message_id)
+            await self.jobs.dead_letter(message.body, outcome.reason, message_id=message.message_id)
             log.warning("job dead-lettered", reason=outcome.reason)
             return "dead-lettered"
+        assert owner is not None  # dead-lettered above
         if isinstance(outcome, Rejected):
-            verdict = Verdict(job_id=outcome.job_id, status="rejected", reason=outcome.reason)
+            verdict = Verdict(
+                job_id=outcome.job_id, owner=owner, status="rejected", reason=outcome.reason
+            )
             return await self._reject(verdict, outcome.request)
-        return outcome
+        return outcome, owner
 
     async def _reject(self, verdict: Verdict, request: dict[str, Any]) -> str:
         """Record and announce a job's rejection (once, however often it is delivered)."""
@@ -157,7 +182,7 @@ class Router:
         log.info("job rejected", job_id=str(verdict.job_id), reason=verdict.reason)
         return "rejected"
 
-    async def _cut(self, job: JobRequest) -> list[audio.Chunk] | str:
+    async def _cut(self, job: JobRequest, owner: str) -> list[audio.Chunk] | str:
         """The chunks of a transcribe job's audio, or "rejected" when it is unusable."""
         s = self.settings
         try:
@@ -174,6 +199,7 @@ class Router:
         except BadInput as exc:
             verdict = Verdict(
                 job_id=job.job_id,
+                owner=owner,
                 status="rejected",
                 reason=f"audio: {exc}",
                 task=job.task,
@@ -182,20 +208,27 @@ class Router:
             return await self._reject(verdict, {"task": job.task})
         return chunks
 
-    async def take(self, messages: Sequence[tuple[bytes, str]]) -> list[str]:
-        """Handle job messages (body, message id) together; returns what became of each.
+    async def take(self, messages: Sequence[JobMessage]) -> list[str]:
+        """Handle job messages together; returns what became of each.
 
-        Valid jobs are recorded with their first assignments in one statement, and each
-        node gets its share of the assignments in one task message. Ack after this
-        returns.
+        Valid jobs are recorded, with their owners, with their first assignments in one
+        statement, and each node gets its share of the assignments in one task message.
+        Ack after this returns.
         """
-        screened = [await self._screen(body, message_id) for body, message_id in messages]
-        jobs = {j.job_id: j for j in screened if isinstance(j, JobRequest)}
-        speech = [j for j in jobs.values() if j.task == "transcribe"]
-        cuts = await asyncio.gather(*map(self._cut, speech))
-        chunks = {j.job_id: c for j, c in zip(speech, cuts, strict=True)}
+        screened = [await self._screen(m) for m in messages]
+        jobs: dict[UUID, Owned] = {}
+        for item in screened:
+            if not isinstance(item, str):
+                jobs.setdefault(item[0].job_id, item)
+        speech = [(j, owner) for j, owner in jobs.values() if j.task == "transcribe"]
+        cuts = await asyncio.gather(*(self._cut(j, owner) for j, owner in speech))
+        chunks = {j.job_id: c for (j, _), c in zip(speech, cuts, strict=True)}
         routed = await self.open_and_send(
-            [(j, c) for j in jobs.values() if not isinstance(c := chunks.get(j.job_id, []), str)]
+            [
+                (j, owner, c)
+                for j, owner in jobs.values()
+                if not isinstance(c := chunks.get(j.job_id, []), str)
+            ]
         )
         routed.update({job_id: c for job_id, c in chunks.items() if isinstance(c, str)})
         outcomes = []
@@ -203,27 +236,31 @@ class Router:
         for item in screened:
             if isinstance(item, str):
                 outcomes.append(item)
-            elif item.job_id in seen:
+            elif item[0].job_id in seen:
                 outcomes.append("duplicate")
             else:
-                seen.add(item.job_id)
-                outcomes.append(routed[item.job_id])
+                seen.add(item[0].job_id)
+                outcomes.append(routed[item[0].job_id])
         return outcomes
 
     async def open_and_send(
-        self, jobs: Sequence[tuple[JobRequest, Sequence[AudioSpan]]]
+        self, jobs: Sequence[tuple[JobRequest, str, Sequence[AudioSpan]]]
     ) -> dict[UUID, str]:
-        """Record valid jobs (split into parts where they are long) with their first
-        assignments, then publish them."""
+        """Record valid jobs (job, owner, audio chunks), split into parts where they are
+        long, with their first assignments, then publish them."""
         if not jobs:
             return {}
         now = utcnow()
         opened: list[NewJob] = []
         why: dict[UUID, str] = {}
-        for job, chunks in jobs:
+        for job, owner, chunks in jobs:
             deadline_at = now + timedelta(seconds=job.deadline_s)
             parent, units = split_job(
-                job, deadline_at, shard_inputs=self.settings.shard_inputs, chunks=chunks
+                job,
+                deadline_at,
+                shard_inputs=self.settings.shard_inputs,
+                chunks=chunks,
+                owner=owner,
             )
             if parent is not None:
                 opened.append(NewJob(parent, job.created_at, "split"))
@@ -239,13 +276,13 @@ class Router:
                     made = assignments_for(unit, planned.targets, planned.deadline_at)
                     opened.append(NewJob(chosen, job.created_at, "running", made))
         written = await self.ledger.open_jobs(opened)
-        again = [job.job_id for job, _ in jobs if job.job_id not in written]
+        again = [job.job_id for job, _, _ in jobs if job.job_id not in written]
         await self.publish_assignments(
             [a for new in opened if new.job.job_id in written for a in new.assignments]
             + (await self.ledger.outstanding(again) if again else [])
         )
         outcomes = {}
-        for job, _ in jobs:
+        for job, _, _ in jobs:
             if job.job_id not in written:
                 outcomes[job.job_id] = "duplicate"
             elif job.job_id in why:
@@ -274,7 +311,9 @@ class Router:
                     break
                 batch.append(message)
             try:
-                await self.take([(m.body, m.message_id or "") for m in batch])
+                await self.take(
+                    [JobMessage(m.body, m.message_id or "", m.routing_key or "") for m in batch]
+                )
             except Exception as exc:
                 # cortensor.errors.DISPOSITION decides. A failure that may pass (the ledger
                 # or a broker under us) puts the jobs back after a back-off; RabbitMQ
