@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from cortensor.adapters.principals.grants import Kind
 from cortensor.errors import (
     EXIT_NO,
     BadInput,
@@ -65,6 +66,9 @@ models_app = typer.Typer(help="Model preparation.")
 schemas_app = typer.Typer(help="JSON Schemas of the messages.")
 submit_app = typer.Typer(help="Submit jobs.")
 reputation_app = typer.Typer(help="Node reputation.")
+credentials_app = typer.Typer(
+    help="Issue and revoke principals' credentials (as the admin, on the servers' host)."
+)
 for sub, name in [
     (brokers_app, "brokers"),
     (db_app, "db"),
@@ -72,6 +76,7 @@ for sub, name in [
     (schemas_app, "schemas"),
     (submit_app, "submit"),
     (reputation_app, "reputation"),
+    (credentials_app, "credentials"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -95,8 +100,29 @@ def _configure_logging() -> None:
     )
 
 
+_credentials: Path | None = None
+"""The file of the global --credentials option (else CORTENSOR_CREDENTIALS applies)."""
+
+
+@app.callback()
+def _global_options(
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            help="The principal's credentials file (`cortensor credentials issue`); default:"
+            " CORTENSOR_CREDENTIALS. What it holds wins over CORTENSOR_* variables.",
+        ),
+    ] = None,
+) -> None:
+    """Cortensor: verified inference on a network of untrusted nodes."""
+    global _credentials
+    _credentials = credentials
+
+
 def _settings() -> Settings:
     try:
+        if _credentials is not None:
+            return Settings(credentials=_credentials)
         return Settings()
     except ValidationError as exc:
         raise BadSetting(f"bad CORTENSOR_* setting: {explain(exc)}") from exc
@@ -627,6 +653,94 @@ def simulate(
     if plot is not None:
         sim.plot(run, plot)
     typer.echo(json.dumps(report, indent=2))
+
+
+PrincipalKind = Annotated[
+    str, typer.Argument(help="node, client, router, guard, reports or owner.", metavar="KIND")
+]
+PrincipalName = Annotated[
+    str, typer.Argument(help="The node's id or the principal's name.", metavar="NAME")
+]
+
+
+def _kind(kind: str) -> Kind:
+    from cortensor.adapters.principals.grants import ISSUED_KINDS
+
+    if kind not in ISSUED_KINDS:
+        raise BadInput(f"KIND is one of {', '.join(ISSUED_KINDS)}, not {kind!r}")
+    return kind
+
+
+@credentials_app.command("admin")
+def credentials_admin(
+    out: Annotated[Path, typer.Option(help="Where to write the admin's credentials.")],
+) -> None:
+    """Create or check the admin's users (RabbitMQ, NATS) and write its credentials."""
+    from cortensor.tools.credentials import bootstrap_admin
+
+    written = bootstrap_admin(_settings(), out)
+    _said(f"admin credentials in {written}")
+
+
+@credentials_app.command("issue")
+def credentials_issue(
+    kind: PrincipalKind,
+    name: PrincipalName,
+    out_file: Annotated[Path, typer.Option("--out", help="The credentials file to write.")],
+    hw_class: Annotated[
+        str, typer.Option(help="A node's hardware class: the exchange its queue is bound on.")
+    ] = "cpu-int8",
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="A node's own Ed25519 key (PEM), from `cortensor node keygen`."),
+    ] = None,
+) -> None:
+    """Issue a principal's credentials: its users, permissions, key or ledger login."""
+    from cortensor.tools.credentials import issue
+
+    settings = _settings()
+    written = issue(settings, _kind(kind), name, out_file, hw_class=hw_class, public_key=public_key)
+    _said(f"{kind} {name} of namespace {settings.namespace}: credentials in {written}")
+
+
+@credentials_app.command("revoke")
+def credentials_revoke(kind: PrincipalKind, name: PrincipalName) -> None:
+    """Revoke a principal's credentials everywhere and close its open connections."""
+    from cortensor.tools.credentials import revoke
+
+    removed = revoke(_settings(), _kind(kind), name)
+    _said(f"revoked {kind} {name}: {', '.join(removed) or 'nothing was issued'}")
+
+
+@credentials_app.command("fleet")
+def credentials_fleet(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")],
+    nodes: Annotated[int, typer.Option(min=0, help="Nodes: node.1.json .. node.N.json.")] = 3,
+    clients: Annotated[
+        str, typer.Option(help="Comma-separated client names, each NAME.json.")
+    ] = "client",
+    hw_class: Annotated[str, typer.Option(help="The nodes' hardware class.")] = "cpu-int8",
+) -> None:
+    """Issue the credentials of a Procfile fleet: router, guard, reports, nodes, clients."""
+    from cortensor.tools.credentials import issue_fleet
+
+    names = [c.strip() for c in clients.split(",") if c.strip()]
+    for path in issue_fleet(_settings(), directory, nodes=nodes, clients=names, hw_class=hw_class):
+        _said(f"  {path}")
+
+
+@credentials_app.command("revoke-namespace")
+def credentials_revoke_namespace() -> None:
+    """Revoke every principal of the namespace (RabbitMQ and NATS users, API keys)."""
+    from cortensor.tools.credentials import revoke_namespace
+
+    settings = _settings()
+    gone = revoke_namespace(settings)
+    _said(f"revoked {len(gone)} users of namespace {settings.namespace}")
+
+
+def _said(line: str) -> None:
+    out.print(line, markup=False)
 
 
 def main() -> None:

@@ -29,6 +29,10 @@ def _default_models_dir() -> Path:
     return Path.home() / ".local" / "share" / "cortensor" / "models"
 
 
+def _default_state_dir() -> Path:
+    return Path.home() / ".local" / "share" / "cortensor"
+
+
 CREDENTIAL_FIELDS = (
     "namespace",
     "amqp_url",
@@ -127,6 +131,9 @@ class Settings(BaseSettings):
     """This process's client certificate, for servers that ask for one."""
     tls_key: Path | None = None
     """The private key of tls_cert."""
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    """Where `ops/services` keeps the project's nats-server (configuration, users, store);
+    `cortensor credentials` edits its users there, so it runs on that host."""
     retention_h: float = Field(default=24.0, gt=0)
     """Hours a job's inputs and outputs stay in the ledger and the streams after the job
     is decided; then only their sha256 remains (docs/design.md)."""

@@ -1,0 +1,90 @@
+"""RabbitMQ users and their permissions, through `rabbitmqctl`.
+
+The issuer runs on the broker's host as a user that may run `rabbitmqctl` (root, or
+rabbitmq): the CLI tool needs no management plugin, no HTTP port and no password of
+its own, and it is what an operator of the broker already uses. Passwords reach it on
+standard input, never on a command line that `ps` would show.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from cortensor.adapters.principals.grants import RabbitGrant
+from cortensor.errors import BrokerUnavailable, SetupIncomplete
+
+VHOST = "/"
+
+
+def _ctl(
+    *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise SetupIncomplete(
+            "rabbitmqctl is not on PATH: issue credentials on the RabbitMQ host, as root"
+        )
+    done = subprocess.run(
+        [ctl, "-q", *args], input=stdin, capture_output=True, text=True, check=False, timeout=60
+    )
+    if check and done.returncode != 0:
+        message = " ".join((done.stderr or done.stdout).split())
+        raise BrokerUnavailable(f"rabbitmqctl {args[0]} failed: {message}")
+    return done
+
+
+def users() -> list[str]:
+    """Every RabbitMQ user name."""
+    lines = _ctl("list_users", "--no-table-headers").stdout.splitlines()
+    return [line.split("\t", 1)[0] for line in lines if line.strip()]
+
+
+def authenticates(user: str, password: str) -> bool:
+    """Whether RabbitMQ accepts this user and password."""
+    return _ctl("authenticate_user", user, stdin=password, check=False).returncode == 0
+
+
+def put_user(user: str, password: str, *, administrator: bool = False) -> None:
+    """Create `user` with `password`, or set its password when it exists."""
+    if user in users():
+        _ctl("change_password", user, stdin=password)
+    else:
+        _ctl("add_user", user, stdin=password)
+    _ctl("set_user_tags", user, *(["administrator"] if administrator else []))
+
+
+def grant(user: str, permissions: RabbitGrant) -> None:
+    """Set `user`'s permissions on the vhost (and its topic permission, if any)."""
+    _ctl(
+        "set_permissions",
+        "-p",
+        VHOST,
+        user,
+        permissions.configure,
+        permissions.write,
+        permissions.read,
+    )
+    if permissions.topic is not None:
+        exchange, write, read = permissions.topic
+        _ctl("set_topic_permissions", "-p", VHOST, user, exchange, write, read)
+
+
+def grant_all(user: str) -> None:
+    """Every permission on the vhost: the admin's."""
+    _ctl("set_permissions", "-p", VHOST, user, ".*", ".*", ".*")
+
+
+def delete_user(user: str) -> bool:
+    """Delete `user` and close its open connections; False when there was no such user."""
+    if user not in users():
+        return False
+    _ctl("delete_user", user)
+    close_connections(user)
+    return True
+
+
+def close_connections(user: str) -> None:
+    """Close every open connection of `user`, so that a revoked principal is cut off now
+    rather than at its next login."""
+    _ctl("close_all_user_connections", user, "credentials revoked")

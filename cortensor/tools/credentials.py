@@ -1,0 +1,361 @@
+"""One principal, one credential: issuing and revoking what each principal logs in with.
+
+The command line (stable; tests/security and tools/fleet.py run it):
+
+    cortensor credentials admin --out FILE
+        The operator's credentials (RabbitMQ user cortensor-admin, every permission;
+        NATS user cortensor-admin, every permission), kept across runs while they still
+        work. `ops/services` runs it and writes ~/.config/cortensor/admin.json.
+    cortensor credentials issue node ID --out FILE [--hw-class CLASS] [--public-key PEM]
+    cortensor credentials issue client NAME --out FILE
+    cortensor credentials issue router|guard|reports|owner NAME --out FILE
+        Write a credentials file (JSON, mode 0600): kind, name, namespace, and what that
+        principal logs in with: amqp_url, nats_url and nats_inbox_prefix, a database_url
+        (router, guard, reports, owner), key_file (a node: its Ed25519 key, written
+        beside FILE as FILE's stem + .key unless --public-key names the node operator's
+        own, from `cortensor node keygen`), api_key (a client). Issuing a node also
+        declares its queue on its class's exchange and binds its public key to its id.
+    cortensor credentials revoke KIND NAME
+        Take them back: the users are deleted and their open connections closed, a
+        node's key revoked and its queue deleted, a ledger role's login removed.
+    cortensor credentials fleet --dir DIR --nodes N [--clients NAMES] [--hw-class CLASS]
+        Issue a Procfile fleet's: DIR/router.json, guard.json, node.1.json .. node.N.json
+        (node ids node-1 .. node-N, as honcho names the processes node.1 ..), and
+        NAME.json for each client (default: one client named `client`).
+    cortensor credentials revoke-namespace
+        Revoke every principal of the namespace (a torn-down test namespace).
+
+Each runs as the admin (`--credentials admin.json` or CORTENSOR_CREDENTIALS) in the
+namespace of CORTENSOR_NAMESPACE, on the host of the servers: RabbitMQ users are made
+with `rabbitmqctl` and NATS users in the project's nats-server's authorization file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+from aio_pika.exceptions import ChannelClosed
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from cortensor.adapters import amqp
+from cortensor.adapters.ledger import keys, roles
+from cortensor.adapters.principals import rabbit
+from cortensor.adapters.principals.grants import (
+    ADMIN_USER,
+    Kind,
+    check_name,
+    inbox_prefix,
+    namespace_prefix,
+    nats_permissions,
+    rabbit_grant,
+    user_name,
+)
+from cortensor.adapters.principals.nats_auth import NatsServerFiles, NatsUsers, await_login
+from cortensor.adapters.topology import Topology
+from cortensor.errors import BadInput, SetupIncomplete
+from cortensor.protocol.signing import public_bytes
+from cortensor.settings import Settings
+
+DEFAULT_HW_CLASS = "cpu-int8"
+"""The class a node's queue is bound on unless --hw-class says otherwise: what `cortensor
+node` picks by itself on a CPU with AVX2 or VNNI, as the machines this runs on have."""
+
+
+def _password() -> str:
+    """A password safe in a URL's user part without quoting."""
+    return secrets.token_urlsafe(24)
+
+
+def with_login(url: str, user: str, password: str) -> str:
+    """`url` (a server's) with this user and password in it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _login_of(url: str) -> tuple[str, str] | None:
+    parts = urlsplit(url)
+    if parts.username is None or parts.password is None:
+        return None
+    return parts.username, parts.password
+
+
+def write_credentials(path: Path, values: dict[str, Any]) -> Path:
+    """Write a credentials file that only its owner can read (created 0600, replaced
+    atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({k: v for k, v in values.items() if v is not None}, f, indent=2)
+        f.write("\n")
+    tmp.replace(path)
+    return path
+
+
+def _nats_users(settings: Settings) -> NatsUsers:
+    return NatsUsers(NatsServerFiles.under(settings.state_dir))
+
+
+def bootstrap_admin(settings: Settings, out: Path) -> Path:
+    """Make sure the admin's users exist on RabbitMQ and NATS with every permission, and
+    write their URLs to `out`. Passwords found in an earlier `out` are kept while the
+    servers still take them. With the NATS server running, wait until it takes the
+    admin's login (a reload is not instant); else it reads auth.conf when it starts."""
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        previous = json.loads(out.read_text())
+    amqp_login = _login_of(previous.get("amqp_url", ""))
+    amqp_password = amqp_login[1] if amqp_login else ""
+    if not amqp_password or not rabbit.authenticates(ADMIN_USER, amqp_password):
+        amqp_password = _password()
+        rabbit.put_user(ADMIN_USER, amqp_password, administrator=True)
+    rabbit.grant_all(ADMIN_USER)
+    nats_login = _login_of(previous.get("nats_url", ""))
+    nats_password = nats_login[1] if nats_login else ""
+    users = _nats_users(settings)
+    if not nats_password or not users.password_matches(ADMIN_USER, nats_password):
+        nats_password = _password()
+        users.put(ADMIN_USER, nats_password, None)
+    elif not users.files.auth_conf.exists():
+        users.put(ADMIN_USER, nats_password, None)
+    nats_url = with_login(settings.nats_url, ADMIN_USER, nats_password)
+    if users.running():
+        asyncio.run(await_login(nats_url, accepted=True))
+    return write_credentials(
+        out,
+        {
+            "kind": "admin",
+            "name": "admin",
+            "amqp_url": with_login(settings.amqp_url, ADMIN_USER, amqp_password),
+            "nats_url": nats_url,
+        },
+    )
+
+
+@dataclass
+class Issued:
+    """What one issue made, to write into the principal's credentials file."""
+
+    kind: Kind
+    name: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _node_key(out: Path, public_key: Path | None) -> tuple[bytes, str | None]:
+    """The node's raw public key, and the key file to name in its credentials: a new
+    key written beside `out`, or (with `public_key`) the operator's own, whose private
+    half never leaves the node's host."""
+    if public_key is not None:
+        try:
+            loaded = load_pem_public_key(public_key.read_bytes())
+        except (OSError, ValueError) as exc:
+            # A private key file is accepted too: its public half is what gets bound.
+            try:
+                private = load_pem_private_key(public_key.read_bytes(), password=None)
+            except (OSError, ValueError, TypeError):
+                raise BadInput(f"{public_key} holds no Ed25519 PEM key: {exc}") from None
+            loaded = private.public_key()
+        if not isinstance(loaded, Ed25519PublicKey):
+            raise BadInput(f"{public_key} is not an Ed25519 key")
+        return loaded.public_bytes_raw(), None
+    key = Ed25519PrivateKey.generate()
+    key_path = out.with_suffix(".key")
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return public_bytes(key), key_path.name
+
+
+async def _declare_node_queue(
+    admin: Settings, topology: Topology, node_id: str, hw_class: str
+) -> None:
+    if hw_class not in topology.hw_classes:
+        raise BadInput(f"--hw-class takes one of {', '.join(topology.hw_classes)}")
+    connection = await amqp.connect_as(admin)
+    async with connection:
+        try:
+            await amqp.declare_queue(
+                await connection.channel(), topology.node_queue(node_id, hw_class)
+            )
+        except ChannelClosed as exc:
+            raise SetupIncomplete(
+                f"cannot declare node {node_id}'s queue ({exc}); apply the broker topology"
+                f" of namespace {topology.namespace} first: `cortensor brokers setup`"
+            ) from exc
+
+
+async def _delete_node_queue(admin: Settings, topology: Topology, node_id: str) -> None:
+    connection = await amqp.connect_as(admin)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(topology.node_queue(node_id, DEFAULT_HW_CLASS).name)
+
+
+async def _bind_key(admin: Settings, node_id: str, public_key: bytes) -> None:
+    db = await asyncpg.connect(admin.asyncpg_dsn)
+    try:
+        await keys.bind_key(db, node_id, public_key)
+    finally:
+        await db.close()
+
+
+async def _revoke_key(admin: Settings, node_id: str) -> None:
+    db = await asyncpg.connect(admin.asyncpg_dsn)
+    try:
+        await keys.revoke_key(db, node_id)
+    finally:
+        await db.close()
+
+
+@contextlib.contextmanager
+def _api_keys(settings: Settings) -> Iterator[dict[str, str]]:
+    """The registry of clients' API keys (sha256 hashes, by user name), locked."""
+    path = settings.state_dir / "api_keys.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / "api_keys.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            registry: dict[str, str] = json.loads(path.read_text())
+        except FileNotFoundError:
+            registry = {}
+        yield registry
+        write_credentials(path, registry)
+
+
+def issue(
+    admin: Settings,
+    kind: Kind,
+    name: str,
+    out: Path,
+    *,
+    hw_class: str = DEFAULT_HW_CLASS,
+    public_key: Path | None = None,
+) -> Path:
+    """Create principal `name` of `kind` on every server it uses, with the least it
+    needs, and write its credentials to `out`. Issuing again replaces the passwords."""
+    if kind == "admin":
+        raise BadInput("the admin's credentials come from `cortensor credentials admin`")
+    check_name(name)
+    topology = Topology(admin.namespace)
+    user = user_name(admin.namespace, kind, name)
+    values: dict[str, Any] = {"kind": kind, "name": name, "namespace": admin.namespace}
+    if kind == "node":
+        raw_key, key_file = _node_key(out, public_key)
+        asyncio.run(_declare_node_queue(admin, topology, name, hw_class))
+        asyncio.run(_bind_key(admin, name, raw_key))
+        values["key_file"] = key_file
+    grant = rabbit_grant(topology, kind, name, hw_class=hw_class)
+    if grant is not None:
+        password = _password()
+        rabbit.put_user(user, password)
+        rabbit.grant(user, grant)
+        values["amqp_url"] = with_login(admin.amqp_url, user, password)
+    permissions = nats_permissions(topology, kind, name)
+    if permissions is not None:
+        password = _password()
+        _nats_users(admin).put(user, password, permissions)
+        values["nats_url"] = with_login(admin.nats_url, user, password)
+        values["nats_inbox_prefix"] = inbox_prefix(admin.namespace, kind, name)
+        asyncio.run(await_login(values["nats_url"], accepted=True))
+    if kind in roles.ROLE_KINDS:
+        values["database_url"] = roles.issue_role(admin, kind)
+    if kind == "client":
+        api_key = secrets.token_urlsafe(32)
+        with _api_keys(admin) as registry:
+            registry[user] = hashlib.sha256(api_key.encode()).hexdigest()
+        values["api_key"] = api_key
+    return write_credentials(out, values)
+
+
+def revoke(admin: Settings, kind: Kind, name: str) -> list[str]:
+    """Take back principal `name`'s credentials everywhere; returns what was removed."""
+    if kind == "admin":
+        raise BadInput("the admin's credentials are not revoked by a command")
+    check_name(name)
+    topology = Topology(admin.namespace)
+    user = user_name(admin.namespace, kind, name)
+    removed = []
+    if rabbit.delete_user(user):
+        removed.append(f"RabbitMQ user {user}")
+    users = _nats_users(admin)
+    if users.remove([user]):
+        removed.append(f"NATS user {user}")
+        asyncio.run(_await_gone(admin, user))
+    if kind == "node":
+        asyncio.run(_revoke_key(admin, name))
+        asyncio.run(_delete_node_queue(admin, topology, name))
+        removed.append(f"key and queue of node {name}")
+    if kind in roles.ROLE_KINDS:
+        roles.revoke_role(admin, kind)
+        removed.append(f"ledger login of the {kind}s")
+    if kind == "client":
+        with _api_keys(admin) as registry:
+            if registry.pop(user, None) is not None:
+                removed.append(f"API key of {name}")
+    return removed
+
+
+async def _await_gone(admin: Settings, user: str) -> None:
+    """Wait until NATS refuses `user` (any password: it is gone from the server)."""
+    await await_login(with_login(admin.nats_url, user, _password()), accepted=False)
+
+
+def revoke_namespace(admin: Settings) -> list[str]:
+    """Remove every RabbitMQ and NATS user and API key of the admin's namespace."""
+    prefix = namespace_prefix(admin.namespace)
+    gone = [user for user in rabbit.users() if user.startswith(prefix)]
+    for user in gone:
+        rabbit.delete_user(user)
+    gone += _nats_users(admin).remove_prefixed(prefix)
+    with _api_keys(admin) as registry:
+        for user in [u for u in registry if u.startswith(prefix)]:
+            del registry[user]
+    return gone
+
+
+FLEET_OPERATORS: tuple[Kind, ...] = ("router", "guard", "reports")
+
+
+def fleet_node_id(index: int) -> str:
+    """The id of the Procfile's node.<index>."""
+    return f"node-{index}"
+
+
+def issue_fleet(
+    admin: Settings,
+    directory: Path,
+    *,
+    nodes: int,
+    clients: Sequence[str] = ("client",),
+    hw_class: str = DEFAULT_HW_CLASS,
+) -> list[Path]:
+    """Credentials for a Procfile fleet, named as the Procfile reads them."""
+    written = [issue(admin, kind, kind, directory / f"{kind}.json") for kind in FLEET_OPERATORS]
+    written += [
+        issue(admin, "node", fleet_node_id(i), directory / f"node.{i}.json", hw_class=hw_class)
+        for i in range(1, nodes + 1)
+    ]
+    written += [issue(admin, "client", c, directory / f"{c}.json") for c in clients]
+    return written
