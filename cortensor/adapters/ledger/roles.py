@@ -67,6 +67,9 @@ PUBLIC_FUNCTIONS = ("cortensor_score",)
 """Pure functions anyone connected may call (the router ranks nodes with it, the report
 views compute with it). Every other function is the owner's: PUBLIC loses EXECUTE."""
 
+MIGRATION_LOCK = 0x636F7274656E73  # "cortens"
+"""The advisory lock that migrations (db/migrations/env.py) and `apply` take in turn."""
+
 _SCRAM_ITERATIONS = 4096
 _PASSWORD_BYTES = 32
 _MAX_IDENTIFIER = 63
@@ -127,7 +130,8 @@ def _create_role(conn: psycopg.Connection[tuple[object, ...]], name: str, *optio
         return
     statement = sql.SQL("CREATE ROLE {} ").format(sql.Identifier(name)) + sql.SQL(" ".join(options))
     try:
-        conn.execute(statement)
+        with conn.transaction():  # a savepoint when the caller's transaction is open
+            conn.execute(statement)
     except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
         # Another process created it between our look and our CREATE.
         return
@@ -182,6 +186,11 @@ def _grants(database: str, schema_objects: dict[str, str]) -> list[sql.SQL | sql
     relkind or 'f' for functions)."""
     writers = sql.SQL(", ").join(sql.Identifier(role_name(database, k)) for k in WRITERS)
     everyone = sql.SQL(", ").join(sql.Identifier(role_name(database, k)) for k in ROLE_KINDS)
+    # Never the owner: revoking from it would take its own rights, which foreign-key
+    # checks and the SECURITY DEFINER fold run with.
+    grantees = sql.SQL(", ").join(
+        sql.Identifier(role_name(database, k)) for k in ROLE_KINDS if k != "owner"
+    )
     reports = sql.Identifier(role_name(database, "reports"))
     db = sql.Identifier(database)
     statements: list[sql.SQL | sql.Composed] = [
@@ -201,7 +210,7 @@ def _grants(database: str, schema_objects: dict[str, str]) -> list[sql.SQL | sql
                     sql.SQL("GRANT EXECUTE ON FUNCTION {} TO PUBLIC").format(function)
                 )
             continue
-        statements.append(sql.SQL("REVOKE ALL ON {} FROM PUBLIC, {}").format(target, everyone))
+        statements.append(sql.SQL("REVOKE ALL ON {} FROM PUBLIC, {}").format(target, grantees))
         if kind in ("v", "m"):
             statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(target, reports))
         elif kind == "S":
@@ -237,7 +246,9 @@ def apply(settings: Settings) -> None:
     """
     database = database_of(settings)
     owner = role_name(database, "owner")
-    with _connect(settings, database) as conn:
+    with _connect(settings, database) as conn, conn.transaction():
+        # Processes that migrate together would otherwise grant on the same rows at once.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         superuser = _is_superuser(conn)
         if superuser:
             ensure_roles(conn, database)
@@ -257,9 +268,8 @@ def apply(settings: Settings) -> None:
                 " run `cortensor db upgrade` with the operator's credential"
             )
         objects = {str(name): str(kind) for name, kind in conn.execute(_OBJECTS).fetchall()}
-        with conn.transaction():
-            for statement in _grants(database, objects):
-                conn.execute(statement)
+        for statement in _grants(database, objects):
+            conn.execute(statement)
 
 
 def drop_roles(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
