@@ -40,10 +40,13 @@ from cortensor.adapters.memory import (
     MemoryTaskPublisher,
     MemoryWorkQueue,
 )
-from cortensor.adapters.topology import Topology
+from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.protocol.reputation import Standing
 from cortensor.settings import Settings
 from tests.conftest import make_settings
+
+CLIENT = "client-1"
+"""The client whose jobs `publish_job` publishes."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,19 @@ class AmqpSide(ABC):
 
     @abstractmethod
     async def publish_job(self, body: bytes, *, message_id: str) -> None:
-        """Publish to the jobs exchange, as a client does."""
+        """Publish to the jobs exchange, as client `CLIENT` does."""
+        ...
+
+    @abstractmethod
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        """A queue of the test's own, bound as `spec` says (deleted with the namespace)."""
+        ...
+
+    @abstractmethod
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, *, message_id: str
+    ) -> None:
+        """Publish, confirmed; a message that no queue takes is dropped."""
         ...
 
     @abstractmethod
@@ -97,6 +112,7 @@ class RealAmqp(AmqpSide):
         self.topology = Topology(settings.namespace)
         self.connection = connection
         self.nodes: list[tuple[str, str]] = []
+        self.queues: list[str] = []
         self._closers: list[Closer] = []
 
     async def start(self) -> None:
@@ -125,7 +141,21 @@ class RealAmqp(AmqpSide):
         exchange = await self.channel.get_exchange(self.topology.jobs_exchange)
         await exchange.publish(
             amqp.json_message(body, message_id=message_id),
-            routing_key=self.topology.jobs_routing_key,
+            routing_key=self.topology.jobs_routing_key(CLIENT),
+        )
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        await amqp.declare_queue(self.channel, spec)
+        self.queues.append(spec.name)
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, *, message_id: str
+    ) -> None:
+        target = await self.channel.get_exchange(exchange)
+        await target.publish(
+            amqp.json_message(body, message_id=message_id),
+            routing_key=routing_key,
+            mandatory=False,
         )
 
     async def get(self, queue: str) -> Got | None:
@@ -137,6 +167,8 @@ class RealAmqp(AmqpSide):
     async def close(self) -> None:
         for close in self._closers:
             await close()
+        for name in self.queues:
+            await self.channel.queue_delete(name)
 
 
 class MemoryAmqp(AmqpSide):
@@ -161,12 +193,20 @@ class MemoryAmqp(AmqpSide):
         return spec.name
 
     async def publish_job(self, body: bytes, *, message_id: str) -> None:
-        self.broker.publish(
+        await self.publish(
             self.topology.jobs_exchange,
-            self.topology.jobs_routing_key,
+            self.topology.jobs_routing_key(CLIENT),
             body,
             message_id=message_id,
         )
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        self.broker.declare_queue(spec)
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, *, message_id: str
+    ) -> None:
+        self.broker.publish(exchange, routing_key, body, message_id=message_id)
 
     async def get(self, queue: str) -> Got | None:
         delivery = self.broker.get(queue)

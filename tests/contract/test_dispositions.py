@@ -50,7 +50,7 @@ class Twins:
         job = JobRequest(inputs=["hello"], redundancy=1)
         self.broker.publish(
             self.topology.jobs_exchange,
-            self.topology.jobs_routing_key,
+            self.topology.jobs_routing_key("client-1"),
             job.model_dump_json().encode(),
             message_id=str(job.job_id),
         )

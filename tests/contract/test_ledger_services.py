@@ -36,6 +36,8 @@ from tests.conftest import eventually, make_settings
 MODEL = "all-MiniLM-L6-v2"
 UP = [1.0] + [0.0] * 383
 WAIT = 0.005
+CLIENT = "client-1"
+"""The owner the jobs are published by."""
 """How often a condition is polled: the twins answer within a few turns of the loop."""
 
 
@@ -85,7 +87,7 @@ class Twins:
     def submit(self, job: JobRequest) -> None:
         self.broker.publish(
             self.topology.jobs_exchange,
-            self.topology.jobs_routing_key,
+            self.topology.jobs_routing_key(CLIENT),
             job.model_dump_json().encode(),
             message_id=str(job.job_id),
         )
@@ -128,7 +130,7 @@ class Twins:
         )
 
     def verdicts(self, job_id: uuid.UUID) -> list[Verdict]:
-        subject = self.topology.verdicts_subject(str(job_id))
+        subject = self.topology.verdicts_subject(str(job_id), owner=CLIENT)
         return [
             Verdict.model_validate_json(data)
             for s, data in self.nats.stored(self.topology.verdicts_stream)

@@ -40,6 +40,8 @@ from tests.conftest import eventually
 pytestmark = [pytest.mark.postgres]
 
 MODEL = "all-MiniLM-L6-v2"
+CLIENT = "client-1"
+"""The owner the jobs are published by."""
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Network:
         """Publish a job as a client does."""
         self.broker.publish(
             self.topology.jobs_exchange,
-            self.topology.jobs_routing_key,
+            self.topology.jobs_routing_key(CLIENT),
             body,
             message_id=message_id,
         )
@@ -146,7 +148,7 @@ class Network:
 
     def verdicts(self, job_id: uuid.UUID) -> list[Verdict]:
         """The verdicts published on a job so far."""
-        subject = self.topology.verdicts_subject(str(job_id))
+        subject = self.topology.verdicts_subject(str(job_id), owner=CLIENT)
         return [
             Verdict.model_validate_json(data)
             for s, data in self.nats.stored(self.topology.verdicts_stream)

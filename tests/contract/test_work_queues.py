@@ -1,6 +1,7 @@
 """The RabbitMQ side the router relies on, asserted against the real server and the twin:
-tasks reach a node's queue or raise Unroutable; jobs are consumed at least once, with
-manual settlement, redelivery, a prefetch bound and dead letters."""
+tasks reach a node's queue or raise Unroutable; jobs are routed by topic and consumed at
+least once, with their routing key, manual settlement, redelivery, a prefetch bound and
+dead letters."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from cortensor.adapters.amqp import REASON_HEADER
 from cortensor.adapters.interfaces import Delivery, JobQueue, Unroutable
 from cortensor.adapters.memory.queues import DEATH_REASON_HEADER
+from cortensor.adapters.topology import QueueSpec
 from tests.conftest import eventually
-from tests.contract.sides import AmqpSide, Got
+from tests.contract.sides import CLIENT, AmqpSide, Got
 
 
 class Inbox:
@@ -84,6 +86,7 @@ async def test_a_job_is_delivered_with_its_id_and_an_acked_one_never_again(
     await rabbit.publish_job(b"first", message_id="j1")
     first = await inbox.next()
     assert (first.body, first.message_id, first.redelivered) == (b"first", "j1", False)
+    assert first.routing_key == rabbit.topology.jobs_routing_key(CLIENT)
     await first.ack()
     await close()
     # A new consumer gets the next job, not the acked one back.
@@ -93,6 +96,34 @@ async def test_a_job_is_delivered_with_its_id_and_an_acked_one_never_again(
     assert (await inbox.next()).body == b"marker"
     assert await inbox.quiet()
     await close_again()
+
+
+TOPIC_KEYS = ("job.alice", "job.a.b", "job", "job.", "jobs.alice", "x.job.alice", "", "a.b.c")
+TOPIC_ROUTES = {
+    "job.*": {"job.alice", "job."},
+    "#.alice": {"job.alice", "jobs.alice", "x.job.alice"},
+    "job.#": {"job.alice", "job.a.b", "job", "job."},
+    "*.b.#": {"a.b.c"},
+    "#": set(TOPIC_KEYS),
+}
+"""Binding pattern -> the keys it takes: `*` is one word (an empty one too), `#` any
+number of words, none included; an empty key has no words."""
+
+
+async def test_the_jobs_exchange_routes_by_topic(rabbit: AmqpSide) -> None:
+    exchange, ns = rabbit.topology.jobs_exchange, rabbit.topology.namespace
+    queues = {pattern: f"{ns}.topic-{i}" for i, pattern in enumerate(TOPIC_ROUTES)}
+    for pattern, name in queues.items():
+        await rabbit.declare_queue(QueueSpec(name, exchange, pattern, {}))
+    for key in TOPIC_KEYS:
+        await rabbit.publish(exchange, key, b"{}", message_id=f"key:{key}")
+    # Publishes are confirmed: every queue holds what it took by now.
+    for pattern, name in queues.items():
+        taken = set()
+        while (message := await rabbit.get(name)) is not None:
+            assert message.message_id is not None
+            taken.add(message.message_id.removeprefix("key:"))
+        assert taken == TOPIC_ROUTES[pattern], pattern
 
 
 async def test_a_nacked_job_comes_back_marked_redelivered(rabbit: AmqpSide) -> None:

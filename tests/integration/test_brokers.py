@@ -111,7 +111,8 @@ async def test_setup_is_idempotent_and_teardown_removes_everything() -> None:
         channel = await connection.channel()
         jobs = await channel.get_exchange(topology.jobs_exchange)
         await jobs.publish(
-            amqp.json_message(b"{}", message_id="kept"), routing_key=topology.jobs_routing_key
+            amqp.json_message(b"{}", message_id="kept"),
+            routing_key=topology.jobs_routing_key("client-1"),
         )
         subject = topology.results_subject(str(uuid.uuid4()))
         await jetstream.publish(js, subject, b"{}", msg_id="kept")
@@ -197,7 +198,7 @@ async def test_a_rejected_job_is_dead_lettered(
     message_id = str(uuid.uuid4())
     await jobs.publish(
         amqp.json_message(b'{"poison": true}', message_id=message_id),
-        routing_key=topology.jobs_routing_key,
+        routing_key=topology.jobs_routing_key("client-1"),
     )
     router_queue = await channel.declare_queue(topology.router_queue, passive=True)
     dead_queue = await channel.declare_queue(topology.dead_letter_queue, passive=True)
@@ -241,7 +242,7 @@ async def test_a_persistent_json_message_round_trips(
 
     confirmation = await jobs.publish(
         amqp.json_message(body, message_id=message_id, headers={"x-origin": "test"}),
-        routing_key=topology.jobs_routing_key,
+        routing_key=topology.jobs_routing_key("client-1"),
     )
 
     assert isinstance(confirmation, Basic.Ack), confirmation
@@ -250,6 +251,7 @@ async def test_a_persistent_json_message_round_trips(
     await received.ack()
     assert received.body == body
     assert received.message_id == message_id
+    assert received.routing_key == "job.client-1"
     assert (received.content_type, received.content_encoding) == ("application/json", "utf-8")
     assert received.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert received.headers["x-origin"] == "test"

@@ -112,7 +112,7 @@ def test_an_adaptive_node_cheats_only_when_admitted_unwatched_and_unprobed(
     assert not lookout.cheats(job("Before admission."), vector(1)), "every job a probe"
 
     admitting = Verdict(job_id=uuid.uuid4(), status="verified", agreeing=[ME, "h"], replicas=3)
-    subject = topology.verdicts_subject(str(admitting.job_id))
+    subject = topology.verdict_subject(admitting)
     publish(settings, [(subject, admitting.model_dump_json().encode())])
     wait_for(lambda: lookout.record.admitted)
     assert lookout.record.streak == 1
@@ -150,7 +150,7 @@ def test_an_adaptive_node_cheats_only_when_admitted_unwatched_and_unprobed(
     assert not lookout.cheats(job("A text re-sent by the network."), heard), "a replay"
 
     caught = Verdict(job_id=uuid.uuid4(), status="verified", agreeing=["h"], disagreeing=[ME])
-    subject = topology.verdicts_subject(str(caught.job_id))
+    subject = topology.verdict_subject(caught)
     publish(settings, [(subject, caught.model_dump_json().encode())])
     wait_for(lambda: not lookout.record.admitted)
     assert not lookout.cheats(job("After it was caught."), vector(6))
@@ -176,10 +176,7 @@ def test_a_sybil_lookout_calls_for_a_fresh_identity_once(settings: Settings) -> 
         ]
         publish(
             settings,
-            [
-                (topology.verdicts_subject(str(v.job_id)), v.model_dump_json().encode())
-                for v in caught
-            ],
+            [(topology.verdict_subject(v), v.model_dump_json().encode()) for v in caught],
         )
         assert called.wait(5.0)
         wait_for(lambda: watcher.record.failures == 3)
