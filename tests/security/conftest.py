@@ -1,0 +1,90 @@
+"""The secured fleet every attack runs against: started once, on issued credentials.
+
+Three honest nodes, a router and a guard from the Procfile (tools/fleet.py issues their
+credentials), plus the principals that attack: a registered node `attacker-1` of its
+own, which runs no process (the tests act with its credentials), and two clients, the
+one whose jobs are targeted and another who tries to act as or read the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cortensor.adapters.ledger import migrate
+from cortensor.adapters.provision import setup_brokers, teardown_brokers
+from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
+from cortensor.tools.fleet import Fleet
+from tests.conftest import make_settings, run_cortensor
+from tests.security.harness import HW_CLASS, Principal, SecuredFleet
+
+ATTACKER = "attacker-1"
+CLIENT = "alice"
+OTHER_CLIENT = "mallory"
+
+
+def principal(path: Path, models_dir: Path) -> Principal:
+    """The principal a credentials file describes, with the settings it gives a process."""
+    raw = json.loads(path.read_text())
+    settings = Settings(credentials=path, models_dir=models_dir)
+    return Principal(kind=raw["kind"], name=raw["name"], file=path, settings=settings)
+
+
+def issue(admin: Settings, kind: str, name: str, out: Path, *extra: str) -> Principal:
+    """`cortensor credentials issue KIND NAME --out FILE`, as the operator runs it."""
+    done = run_cortensor(admin, "credentials", "issue", kind, name, "--out", str(out), *extra)
+    assert done.returncode == 0, done.stderr
+    return principal(out, admin.models_dir)
+
+
+def revoke(admin: Settings, kind: str, name: str) -> None:
+    """`cortensor credentials revoke KIND NAME`."""
+    done = run_cortensor(admin, "credentials", "revoke", kind, name)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="package")
+def secured(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredFleet]:
+    settings = make_settings(models_dir)
+    migrate.upgrade(settings)
+    asyncio.run(setup_brokers(settings))
+    log_dir = tmp_path_factory.mktemp("secured-fleet")
+    keys = tmp_path_factory.mktemp("attackers")
+    fleet = Fleet(settings, nodes=3, log_dir=log_dir)
+    started: list[str] = []
+    issued: list[tuple[str, str]] = []
+    try:
+        fleet.start()
+        started = fleet.wait_ready()
+        attacker = issue(
+            settings, "node", ATTACKER, keys / f"{ATTACKER}.json", "--hw-class", HW_CLASS
+        )
+        issued.append(("node", ATTACKER))
+        client = issue(settings, "client", CLIENT, keys / f"{CLIENT}.json")
+        issued.append(("client", CLIENT))
+        other = issue(settings, "client", OTHER_CLIENT, keys / f"{OTHER_CLIENT}.json")
+        issued.append(("client", OTHER_CLIENT))
+        operators = {
+            kind: principal(log_dir / f"{kind}.json", models_dir) for kind in ("router", "guard")
+        }
+        yield SecuredFleet(
+            admin=settings,
+            topology=Topology(settings.namespace),
+            nodes=tuple(started),
+            attacker=attacker,
+            client=client,
+            other_client=other,
+            operators=operators,
+        )
+    finally:
+        for kind, name in issued:
+            revoke(settings, kind, name)
+        fleet.stop()
+        queues = [(n, HW_CLASS) for n in [*started, ATTACKER]]
+        asyncio.run(teardown_brokers(settings, queues))
+        migrate.drop_database(settings)
