@@ -18,7 +18,7 @@ from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
 from cortensor.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, role_dsn
 from tests.contract.sides import (
     AmqpSide,
     LedgerSide,
@@ -79,8 +79,8 @@ async def ledger_side(request: pytest.FixtureRequest) -> AsyncIterator[LedgerSid
         yield TwinLedger()
         return
     settings: Settings = request.getfixturevalue("ledger_settings")
-    router = await RouterLedger.connect(settings.asyncpg_dsn)
-    guard = await GuardLedger.connect(settings.asyncpg_dsn)
+    router = await RouterLedger.connect(role_dsn(settings, "router"))
+    guard = await GuardLedger.connect(role_dsn(settings, "guard"))
     db = await asyncpg.connect(settings.asyncpg_dsn)
     try:
         yield PostgresLedger(router, guard, db)

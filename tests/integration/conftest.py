@@ -1,5 +1,5 @@
 """Ledger fixtures shared by the integration tests that drive the router's and the
-guard's ledger access directly."""
+guard's ledger access directly, logged in as the router's and the guard's roles."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from cortensor.adapters.ledger import migrate
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, role_dsn
 
 
 @pytest.fixture(scope="module")
 async def router(ledger_settings: Settings) -> AsyncIterator[RouterLedger]:
-    ledger = await RouterLedger.connect(ledger_settings.asyncpg_dsn)
+    ledger = await RouterLedger.connect(role_dsn(ledger_settings, "router"))
     yield ledger
     await ledger.close()
 
 
 @pytest.fixture(scope="module")
 async def guard(ledger_settings: Settings) -> AsyncIterator[GuardLedger]:
-    ledger = await GuardLedger.connect(ledger_settings.asyncpg_dsn)
+    ledger = await GuardLedger.connect(role_dsn(ledger_settings, "guard"))
     yield ledger
     await ledger.close()
 
@@ -46,8 +46,8 @@ class Ledgers:
 
 @pytest.fixture
 async def own(own_database: Settings) -> AsyncIterator[Ledgers]:
-    router = await RouterLedger.connect(own_database.asyncpg_dsn)
-    guard = await GuardLedger.connect(own_database.asyncpg_dsn)
+    router = await RouterLedger.connect(role_dsn(own_database, "router"))
+    guard = await GuardLedger.connect(role_dsn(own_database, "guard"))
     yield Ledgers(router, guard)
     await guard.close()
     await router.close()
