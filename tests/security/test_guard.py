@@ -77,8 +77,9 @@ async def _forged_then_run(
         "SELECT count(*) FROM results WHERE result_id = ANY($1::uuid[])", forged_ids
     )
     assert stored == 0
-    for node in [*secured.nodes, secured.attacker.name]:
-        assert set(await secured.events_of(node, job.job_id)) <= {"agreed"}, node
+    for node in secured.nodes:
+        assert "disagreed" not in await secured.events_of(node, job.job_id), node
+    assert await secured.events_of(secured.attacker.name, job.job_id) == []
 
 
 async def test_a_result_claiming_another_node_is_refused(secured: SecuredFleet) -> None:
@@ -138,7 +139,7 @@ async def test_a_replayed_signed_result_is_refused(secured: SecuredFleet) -> Non
         (job.job_id, mine, signed(secured.attacker, mine)),
     ]
     await _forged_then_run(secured, forge, job)
-    assert set(await secured.events_of(honest, decided.job_id)) == {"agreed"}
+    assert "disagreed" not in await secured.events_of(honest, decided.job_id)
     await secured.good_job_verified()
 
 
@@ -222,9 +223,8 @@ HOSTILE_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("NUL in model", {"model": f"{EMBED_MODEL}\x00"}),
     ("NUL in build", {"build": "\x00"}),
     ("oversized error", {"error": "e" * 200_000}),
-    ("too many vectors", {"embeddings": [[0.5] * 384] * 5000}),
+    ("too many vectors", {"embeddings": [[0.5]] * 100_000}),
     ("oversized vector", {"embeddings": [[0.5] * 100_000]}),
-    ("negative elapsed", {"elapsed_ms": -1.0}),
 ]
 """Result fields the ledger cannot store or the guard must not take, each in a result
 that is otherwise well formed and genuinely signed by the attacker."""

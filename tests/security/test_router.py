@@ -62,7 +62,7 @@ async def test_lying_and_replayed_heartbeats_are_refused(secured: SecuredFleet) 
         _heartbeat(me, created_at=long_ago),
         _heartbeat(me, created_at=ahead),
         _heartbeat(me, models=[f"{EMBED_MODEL}\x00"]),
-        _heartbeat(me, models=[f"model-{i}" for i in range(100_000)]),
+        _heartbeat(me, models=[f"model-{i}" for i in range(50_000)]),
         _heartbeat(me)[:-1] + b', "capacity": NaN}',
     ]
     before = await secured.refusals("router", me)
@@ -86,9 +86,12 @@ def _job(**fields: Any) -> tuple[uuid.UUID, bytes]:
     return job_id, json.dumps(body).encode()
 
 
-def _spliced(splice: str) -> tuple[uuid.UUID, bytes]:
-    job_id, body = _job()
-    return job_id, body[:-1] + f", {splice}}}".encode()
+def _raw(inputs: str, extra: str = "") -> tuple[uuid.UUID, bytes]:
+    """A job whose inputs (and any extra fields) are raw JSON, for what only raw JSON
+    can carry: lone surrogates, NaN, infinities."""
+    job_id = uuid.uuid4()
+    body = f'{{"job_id": "{job_id}", "schema_version": 1, "inputs": {inputs}{extra}}}'
+    return job_id, body.encode()
 
 
 async def test_hostile_jobs_are_rejected_with_a_reason(secured: SecuredFleet) -> None:
@@ -97,9 +100,10 @@ async def test_hostile_jobs_are_rejected_with_a_reason(secured: SecuredFleet) ->
     hostile = [
         ("NUL in a text", *_job(inputs=["fine\x00"])),
         ("NUL in the model", *_job(model=f"{EMBED_MODEL}\x00")),
-        ("lone surrogate", *_spliced('"language": "\\ud800"')),
-        ("NaN deadline", *_spliced('"deadline_s": NaN')),
-        ("infinite deadline", *_spliced('"deadline_s": Infinity')),
+        ("lone surrogate", *_raw('["fine \\ud800"]')),
+        ("NUL escape", *_raw('["fine \\u0000"]')),
+        ("NaN deadline", *_raw('["fine"]', ', "deadline_s": NaN')),
+        ("infinite deadline", *_raw('["fine"]', ', "deadline_s": Infinity')),
         ("oversized", *_job(inputs=["y" * 8000] * (MAX_JOB_BYTES // 8000 + 2))),
     ]
     async with Client(secured.client.settings) as client:
