@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 
-from cortensor.adapters.ledger import migrate
+from cortensor.adapters.ledger import migrate, roles
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
 
@@ -95,6 +95,20 @@ def make_settings(models_dir: Path | None = None, **overrides: object) -> Settin
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_ROLE_DSNS: dict[tuple[str, str], str] = {}
+
+
+def role_dsn(settings: Settings, kind: roles.RoleKind) -> str:
+    """A DSN that logs in to `settings`' ledger as its `kind` role (router, guard...), so
+    that the ledger's tests run with the least privileges the services have. Issued
+    once per database and role: issuing again would change the password under a pool
+    that still opens connections with the old one."""
+    key = (settings.database_url, kind)
+    if key not in _ROLE_DSNS:
+        _ROLE_DSNS[key] = roles.issue_role(settings, kind)
+    return _ROLE_DSNS[key]
 
 
 @pytest.fixture(scope="module")

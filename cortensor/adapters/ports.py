@@ -15,16 +15,14 @@ from cortensor.adapters.interfaces import (
     StreamPublisher,
     TaskPublisher,
 )
-from cortensor.adapters.ledger.interfaces import GuardBook, KeyBook, RouterBook
+from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
 
 
 @dataclass(frozen=True, slots=True)
 class RouterPorts:
-    """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out; the
-    node keys that heartbeats are checked with."""
+    """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out."""
 
     ledger: RouterBook
-    keys: KeyBook
     jobs: JobQueue
     tasks: TaskPublisher
     signals: SignalBus
@@ -33,10 +31,8 @@ class RouterPorts:
 
 @dataclass(frozen=True, slots=True)
 class GuardPorts:
-    """A guard's adapters: results in, verdicts out; the node keys that results are
-    checked with."""
+    """A guard's adapters: results in, verdicts out."""
 
     ledger: GuardBook
-    keys: KeyBook
     results: StreamConsumer
     verdicts: StreamPublisher

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from cortensor.adapters.ledger.retention import purge_content
 from cortensor.adapters.ledger.store import Connection, Ledger, verdict_of
 from cortensor.protocol.adjudication import (
     Case,
@@ -97,6 +98,7 @@ WITH picked AS (
     JOIN verdicts v USING (job_id)
     JOIN results r ON r.result_id = v.canonical_result_id
     WHERE j.unchecked AND r.node_id = ANY($1::text[]) AND j.model = $2
+      AND j.purged_at IS NULL
     ORDER BY j.decided_at DESC LIMIT $3
     FOR UPDATE OF j SKIP LOCKED
 )
@@ -323,6 +325,11 @@ class GuardLedger(Ledger):
         if job["parent_id"] is not None:
             parent = await self.complete_parent(conn, job["parent_id"], revise=outcome.revision)
         return parent, len(reopened)
+
+    async def purge_content(self, retention_s: float, limit: int = 500) -> int:
+        """Remove the content of jobs decided more than `retention_s` ago, keeping its
+        sha256 (cortensor.adapters.ledger.retention); returns how many were purged."""
+        return await purge_content(self, retention_s, limit)
 
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Charge nodes that never answered a job decided without them.

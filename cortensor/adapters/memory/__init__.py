@@ -10,8 +10,7 @@ adapters on them.
 
 from __future__ import annotations
 
-from cortensor.adapters.ledger.interfaces import GuardBook, KeyBook, RouterBook
-from cortensor.adapters.memory.keys import MemoryKeys
+from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
 from cortensor.adapters.memory.ledger import MemoryLedger
 from cortensor.adapters.memory.queues import (
     MemoryBroker,
@@ -37,7 +36,6 @@ __all__ = [
     "MemoryBroker",
     "MemoryChannel",
     "MemoryDelivery",
-    "MemoryKeys",
     "MemoryLedger",
     "MemoryNats",
     "MemoryPullConsumer",
@@ -58,14 +56,12 @@ def router_ports(
     nats: MemoryNats,
     topology: Topology,
     *,
-    keys: KeyBook,
     prefetch: int = 0,
 ) -> tuple[RouterPorts, MemoryChannel]:
     """A router's ports on the twins, and its channel (close it to play a crash)."""
     channel = broker.channel(prefetch)
     ports = RouterPorts(
         ledger=ledger,
-        keys=keys,
         jobs=MemoryWorkQueue(channel, topology),
         tasks=MemoryTaskPublisher(broker, topology),
         signals=MemorySignals(nats),
@@ -74,13 +70,10 @@ def router_ports(
     return ports, channel
 
 
-def guard_ports(
-    ledger: GuardBook, nats: MemoryNats, topology: Topology, *, keys: KeyBook
-) -> GuardPorts:
+def guard_ports(ledger: GuardBook, nats: MemoryNats, topology: Topology) -> GuardPorts:
     """A guard's ports on the twins: a fetcher on the topology's guard consumer."""
     return GuardPorts(
         ledger=ledger,
-        keys=keys,
         results=MemoryPullConsumer(nats, topology.guard_consumer.durable),
         verdicts=MemoryStreamPublisher(nats),
     )

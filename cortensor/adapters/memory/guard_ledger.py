@@ -7,12 +7,14 @@ A job's case is loaded as the SQL loads it and handed to the protocol core
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from cortensor.adapters.ledger.guard import Intake
+from cortensor.adapters.ledger.retention import OUTPUT_KEYS
 from cortensor.adapters.memory.tables import TERMINAL, AssignmentRow, JobRow, OnTables, ResultRow
 from cortensor.protocol.adjudication import (
     Case,
@@ -186,6 +188,7 @@ class GuardSide(OnTables):
             canonical = self.tables.canonical(job.spec.job_id)
             if (
                 job.unchecked
+                and job.purged_at is None
                 and job.spec.model == model
                 and canonical is not None
                 and canonical.node_id in nodes
@@ -193,6 +196,35 @@ class GuardSide(OnTables):
                 picked.append(job)
         picked.sort(key=lambda j: j.decided_at or j.created_at, reverse=True)
         return picked[:limit]
+
+    async def purge_content(self, retention_s: float, limit: int = 500) -> int:
+        """Remove the content of jobs decided more than `retention_s` ago
+        (GuardLedger.purge_content; the twin keeps no hashes)."""
+        t, now = self.tables, self.clock()
+        due = sorted(
+            (
+                j
+                for j in t.jobs.values()
+                if j.purged_at is None
+                and j.status in TERMINAL
+                and j.decided_at is not None
+                and j.decided_at < now - timedelta(seconds=retention_s)
+            ),
+            key=lambda j: j.decided_at or now,
+        )[:limit]
+        blank = dict.fromkeys(OUTPUT_KEYS)
+        for job in due:
+            params = {k: v for k, v in job.spec.params.items() if k != "reference"}
+            job.spec = dataclasses.replace(job.spec, inputs=[], audio=None, params=params)
+            job.purged_at = now
+            for result_id, result in list(t.results.items()):
+                if result.job_id == job.spec.job_id:
+                    t.results[result_id] = dataclasses.replace(result, output=None)
+            verdict = t.verdicts.get(job.spec.job_id)
+            if verdict is not None:
+                parts = [p.model_copy(update=blank) for p in verdict.payload.parts]
+                verdict.payload = verdict.payload.model_copy(update={**blank, "parts": parts})
+        return len(due)
 
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Time out and charge assignments past their deadline of jobs already decided."""

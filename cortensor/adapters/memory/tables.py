@@ -71,6 +71,8 @@ class JobRow:
     reason: str = ""
     decided_at: datetime | None = None
     unchecked: bool = False
+    purged_at: datetime | None = None
+    """When the retention period removed the job's content (GuardSide.purge_content)."""
 
 
 @dataclass(slots=True)
