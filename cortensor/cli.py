@@ -216,8 +216,26 @@ def schemas_write(
     out.print(f"schemas {'checked' if check else 'written'} in {directory}")
 
 
-@app.command()
+node_app = typer.Typer(help="Run an inference node, or make its key.")
+app.add_typer(node_app, name="node")
+
+
+@node_app.command("keygen")
+def node_keygen(
+    key: Annotated[Path, typer.Option(help="Where to write the private key (PEM, 0600).")],
+) -> None:
+    """Make a node's Ed25519 key pair; print the public key (base64) to have the node's
+    credentials issued with. An existing file is never replaced."""
+    from cortensor.adapters.keyfile import generate_key
+
+    public = generate_key(key)
+    err.print(f"private key written to {key}; public key:")
+    out.print(base64.b64encode(public).decode("ascii"), markup=False)
+
+
+@node_app.callback(invoke_without_command=True)
 def node(
+    ctx: typer.Context,
     hw_class: Annotated[str, typer.Option(help="auto, cpu-int8, cpu-fp32, ...")] = "auto",
     node_id: Annotated[str | None, typer.Option(help="Default: host name + process name.")] = None,
     fault: Annotated[
@@ -269,8 +287,17 @@ def node(
         str | None,
         typer.Option(help="Comma-separated models to serve; default: all its class serves."),
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The node's Ed25519 private key (`cortensor node keygen`). Default:"
+            " CORTENSOR_KEY_FILE, or the credentials file's key_file."
+        ),
+    ] = None,
 ) -> None:
     """Run an inference node (a Celery worker on its own queue)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cortensor.services.node.faults import option_problem
     from cortensor.services.node.main import build_node, serve_node
 
@@ -285,8 +312,11 @@ def node(
             TypeAdapter(NodeId).validate_python(node_id)
         except ValidationError as exc:
             raise BadInput("--node-id takes letters, digits, '_' and '-' (max 64)") from exc
+    settings = _settings()
+    if key is not None:
+        settings = settings.model_copy(update={"key_file": key})
     service = build_node(
-        _settings(),
+        settings,
         hw_class=cast(HwChoice, hw_class),
         node_id=node_id,
         fault=fault,  # checked by option_problem above

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 from nats.aio.client import Client as NATS
@@ -21,6 +21,9 @@ from cortensor.tls import client_context
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+"""Told of an error the server reports on a live connection (a permissions violation)."""
+
 
 async def connect(
     url: str,
@@ -28,8 +31,10 @@ async def connect(
     name: str,
     inbox_prefix: str = "_INBOX",
     ssl_context: ssl.SSLContext | None = None,
+    error_cb: ErrorCallback | None = None,
 ) -> NATS:
-    """A NATS connection that keeps reconnecting; replies come to `inbox_prefix`."""
+    """A NATS connection that keeps reconnecting; replies come to `inbox_prefix`;
+    `error_cb` hears the errors the server reports (nats-py's default logs them)."""
     return await nats.connect(
         url,
         name=name,
@@ -37,16 +42,20 @@ async def connect(
         reconnect_time_wait=0.5,
         inbox_prefix=inbox_prefix,
         tls=ssl_context,
+        error_cb=error_cb,
     )
 
 
-async def connect_as(settings: Settings, *, name: str) -> NATS:
+async def connect_as(
+    settings: Settings, *, name: str, error_cb: ErrorCallback | None = None
+) -> NATS:
     """The connection of the principal `settings` describes (URL, inbox, TLS files)."""
     return await connect(
         settings.nats_url,
         name=name,
         inbox_prefix=settings.nats_inbox_prefix,
         ssl_context=client_context(settings),
+        error_cb=error_cb,
     )
 
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.ledger.guard import GuardLedger
+from cortensor.adapters.ledger.keys import NodeKeys
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.ports import GuardPorts, RouterPorts
 from cortensor.adapters.topology import Topology
@@ -29,6 +30,7 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
             try:
                 yield RouterPorts(
                     ledger=ledger,
+                    keys=NodeKeys(ledger.pool),
                     jobs=jobs,
                     tasks=tasks,
                     signals=jetstream.NatsSignals(nc),
@@ -55,7 +57,10 @@ async def guard_ports(settings: Settings, *, name: str = "guard") -> AsyncIterat
                 js, stream=consumer.stream, durable=consumer.durable
             )
             yield GuardPorts(
-                ledger=ledger, results=results, verdicts=jetstream.JetStreamPublisher(js)
+                ledger=ledger,
+                keys=NodeKeys(ledger.pool),
+                results=results,
+                verdicts=jetstream.JetStreamPublisher(js),
             )
         finally:
             await nc.drain()

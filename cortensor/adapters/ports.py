@@ -15,14 +15,16 @@ from cortensor.adapters.interfaces import (
     StreamPublisher,
     TaskPublisher,
 )
-from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
+from cortensor.adapters.ledger.interfaces import GuardBook, KeyBook, RouterBook
 
 
 @dataclass(frozen=True, slots=True)
 class RouterPorts:
-    """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out."""
+    """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out; the
+    node keys that heartbeats are checked with."""
 
     ledger: RouterBook
+    keys: KeyBook
     jobs: JobQueue
     tasks: TaskPublisher
     signals: SignalBus
@@ -31,8 +33,10 @@ class RouterPorts:
 
 @dataclass(frozen=True, slots=True)
 class GuardPorts:
-    """A guard's adapters: results in, verdicts out."""
+    """A guard's adapters: results in, verdicts out; the node keys that results are
+    checked with."""
 
     ledger: GuardBook
+    keys: KeyBook
     results: StreamConsumer
     verdicts: StreamPublisher

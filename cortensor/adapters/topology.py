@@ -166,3 +166,13 @@ class Topology:
     def heartbeat_subject(self, node_id: str) -> str:
         """Where a node announces itself; `*` as node id subscribes to every node."""
         return self._subject("heartbeat", node_id=node_id)
+
+    def node_of_heartbeat(self, subject: str) -> str | None:
+        """The node a heartbeat subject names (None: not a heartbeat subject)."""
+        head, _, tail = self.heartbeat_subject("\0").partition("\0")
+        if len(subject) <= len(head) + len(tail) or not (
+            subject.startswith(head) and subject.endswith(tail)
+        ):
+            return None
+        node = subject[len(head) : len(subject) - len(tail)]
+        return node if _TOKEN.match(node) else None

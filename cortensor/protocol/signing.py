@@ -90,3 +90,20 @@ def result_msg_id(signature: bytes) -> str:
     """The JetStream message id of a signed result: a digest of its signature, which
     only the signer can produce and which a retry of the same bytes reproduces."""
     return hashlib.sha256(signature).hexdigest()
+
+
+def refusal(
+    public_key: bytes | None, payload: bytes, headers: Mapping[str, Any] | None
+) -> str | None:
+    """Why a message that claims to come from the node whose bound key is `public_key`
+    (None: no key bound) is refused, or None when its signature is that key's over
+    exactly `payload`."""
+    if public_key is None:
+        return "unknown node"
+    signature = signature_of(headers)
+    if signature is None:
+        present = SIGNATURE_HEADER in (headers or {})
+        return "malformed signature" if present else "unsigned"
+    if not verify(public_key, payload, signature):
+        return "bad signature"
+    return None

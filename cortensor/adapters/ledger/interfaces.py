@@ -8,7 +8,7 @@ against these, never against a concrete ledger.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -133,4 +133,17 @@ class GuardBook(VerdictBook, Protocol):
     async def expire_stragglers(self, limit: int = 500) -> int:
         """Time out and charge assignments past their deadline of jobs already decided;
         returns how many."""
+        ...
+
+
+class KeyBook(Protocol):
+    """The node keys a router or guard checks signatures with, and where it counts what
+    it refused (cortensor.adapters.ledger.keys.NodeKeys for PostgreSQL)."""
+
+    async def bound_keys(self) -> dict[str, bytes]:
+        """Every node id's unrevoked Ed25519 public key (32 raw bytes)."""
+        ...
+
+    async def count_refusals(self, source: str, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add `counts` ((publisher, reason) -> how many) to what `source` refused."""
         ...

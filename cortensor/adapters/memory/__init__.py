@@ -10,7 +10,8 @@ adapters on them.
 
 from __future__ import annotations
 
-from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
+from cortensor.adapters.ledger.interfaces import GuardBook, KeyBook, RouterBook
+from cortensor.adapters.memory.keys import MemoryKeys
 from cortensor.adapters.memory.ledger import MemoryLedger
 from cortensor.adapters.memory.queues import (
     MemoryBroker,
@@ -36,6 +37,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryChannel",
     "MemoryDelivery",
+    "MemoryKeys",
     "MemoryLedger",
     "MemoryNats",
     "MemoryPullConsumer",
@@ -56,12 +58,14 @@ def router_ports(
     nats: MemoryNats,
     topology: Topology,
     *,
+    keys: KeyBook,
     prefetch: int = 0,
 ) -> tuple[RouterPorts, MemoryChannel]:
     """A router's ports on the twins, and its channel (close it to play a crash)."""
     channel = broker.channel(prefetch)
     ports = RouterPorts(
         ledger=ledger,
+        keys=keys,
         jobs=MemoryWorkQueue(channel, topology),
         tasks=MemoryTaskPublisher(broker, topology),
         signals=MemorySignals(nats),
@@ -70,10 +74,13 @@ def router_ports(
     return ports, channel
 
 
-def guard_ports(ledger: GuardBook, nats: MemoryNats, topology: Topology) -> GuardPorts:
+def guard_ports(
+    ledger: GuardBook, nats: MemoryNats, topology: Topology, *, keys: KeyBook
+) -> GuardPorts:
     """A guard's ports on the twins: a fetcher on the topology's guard consumer."""
     return GuardPorts(
         ledger=ledger,
+        keys=keys,
         results=MemoryPullConsumer(nats, topology.guard_consumer.durable),
         verdicts=MemoryStreamPublisher(nats),
     )

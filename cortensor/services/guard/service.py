@@ -16,6 +16,7 @@ from cortensor.adapters.topology import Topology
 from cortensor.errors import Disposition, backoff_s, disposition
 from cortensor.schemas import InferenceResult
 from cortensor.services.announce import Announcer
+from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
 from cortensor.settings import Settings
 
@@ -46,6 +47,7 @@ class Guard:
         self.ledger, self.results = ports.ledger, ports.results
         self.ledger.revalidate_deadline_s = settings.revalidate_deadline_s
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
+        self.keyring = Keyring(ports.keys, source="guard", refresh_s=settings.registry_refresh_s)
 
     def _parse(self, msg: Msg) -> InferenceResult | None:
         try:
@@ -53,7 +55,8 @@ class Guard:
         except ValidationError as exc:
             log.warning("malformed result ignored", subject=msg.subject, error=str(exc)[:500])
             return None
-        if msg.subject != self.topology.results_subject(str(result.job_id)):
+        expected = self.topology.results_subject(str(result.job_id), node_id=result.node_id)
+        if msg.subject != expected:
             log.warning("result on the wrong subject ignored", subject=msg.subject)
             return None
         return result
@@ -95,13 +98,31 @@ class Guard:
             return
         await asyncio.gather(*(m.ack() for m, _ in batch))
 
+    async def _signed(self, msgs: list[Msg]) -> list[Msg]:
+        """The messages signed by the key bound to the node their subject names; the
+        others are termed unread and counted: they reach neither the ledger nor anyone's
+        reputation (not even the node they claim to come from)."""
+        kept, refused = [], []
+        for msg in msgs:
+            node_id = self.topology.node_of_result(msg.subject)
+            if await self.keyring.check(node_id, msg.data, msg.headers):
+                kept.append(msg)
+            else:
+                refused.append(msg.term())
+        await asyncio.gather(*refused)
+        return kept
+
     async def take(self, msgs: list[Msg]) -> None:
-        """Handle a batch of result messages: one transaction per job, ack after commit."""
+        """Handle a batch of result messages: one transaction per job, ack after commit.
+        Only signed results are read (`_signed`), and only those on their own node's and
+        job's subject are taken (`_parse`): a signed result replayed on another job's
+        subject is refused like an unsigned one."""
         by_job: dict[UUID, list[tuple[Msg, InferenceResult]]] = defaultdict(list)
         junk = []
-        for msg in msgs:
+        for msg in await self._signed(msgs):
             result = self._parse(msg)
             if result is None:
+                self.keyring.refuse(self.topology.node_of_result(msg.subject) or "", "unreadable")
                 junk.append(msg.term())
             else:
                 by_job[result.job_id].append((msg, result))
@@ -117,6 +138,7 @@ class Guard:
             )
         await self.announcer.publish(decided)
         await self.announcer.republish_stale(REPUBLISH_AFTER_S)
+        await self.keyring.flush()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; the adapters stay open (whoever gave them closes them)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -24,6 +24,9 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 _TRANSIENT = (TimeoutError, NoRespondersError, ConnectionClosedError, asyncio.TimeoutError)
+
+Signed = tuple[bytes, Mapping[str, str]]
+"""A payload and the headers that carry its signature."""
 
 
 class NatsBridge:
@@ -50,15 +53,19 @@ class NatsBridge:
             raise RuntimeError("NatsBridge.start() was not called")
         return self._nc
 
-    def publish_durably(self, messages: Sequence[tuple[str, bytes, str]], *, within: float) -> None:
-        """Publish (subject, payload, msg id) messages to JetStream together and block
-        until the stream acked every one, retrying transient failures for up to `within`
-        seconds; the msg ids make the retries idempotent."""
+    def publish_durably(
+        self, messages: Sequence[tuple[str, bytes, str, Mapping[str, str]]], *, within: float
+    ) -> None:
+        """Publish (subject, payload, msg id, headers) messages to JetStream together and
+        block until the stream acked every one, retrying transient failures for up to
+        `within` seconds; the msg ids make the retries idempotent."""
 
-        async def attempt(subject: str, payload: bytes, msg_id: str) -> None:
+        async def attempt(
+            subject: str, payload: bytes, msg_id: str, headers: Mapping[str, str]
+        ) -> None:
             js = self.nc.jetstream()
             try:  # the common case, without the retry machinery's cost per message
-                await jetstream.publish(js, subject, payload, msg_id=msg_id)
+                await jetstream.publish(js, subject, payload, msg_id=msg_id, headers=headers)
                 return
             except _TRANSIENT as exc:
                 log.warning("result publish failed; retrying", error=repr(exc))
@@ -69,20 +76,22 @@ class NatsBridge:
                 reraise=True,
             ):
                 with retry:
-                    await jetstream.publish(js, subject, payload, msg_id=msg_id)
+                    await jetstream.publish(js, subject, payload, msg_id=msg_id, headers=headers)
 
         async def publish_all() -> None:
             await asyncio.gather(*(attempt(*message) for message in messages))
 
         self._run(publish_all(), timeout=max(within, 1.0) + 5.0)
 
-    def start_heartbeats(self, subject: str, make: Callable[[], bytes], interval: float) -> None:
-        """Publish `make()` on `subject` now and every `interval` seconds."""
+    def start_heartbeats(self, subject: str, make: Callable[[], Signed], interval: float) -> None:
+        """Publish `make()` (a signed heartbeat) on `subject` now and every `interval`
+        seconds."""
 
         async def beat() -> None:
             while True:
                 try:
-                    await self.nc.publish(subject, make())
+                    payload, headers = make()
+                    await self.nc.publish(subject, payload, headers=dict(headers))
                 except Exception as exc:  # a missed heartbeat must not end the loop
                     log.warning("heartbeat failed", error=str(exc))
                 await asyncio.sleep(interval)
@@ -92,14 +101,15 @@ class NatsBridge:
 
         self._run(launch(), timeout=5)
 
-    def stop_heartbeats(self, last_words: tuple[str, bytes] | None = None) -> None:
-        """Stop heartbeats and send a last message (a draining heartbeat)."""
+    def stop_heartbeats(self, last_words: tuple[str, Signed] | None = None) -> None:
+        """Stop heartbeats and send a last message (a signed draining heartbeat)."""
 
         async def silence() -> None:
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
             if last_words is not None and self._nc is not None and not self._nc.is_closed:
-                await self._nc.publish(*last_words)
+                subject, (payload, headers) = last_words
+                await self._nc.publish(subject, payload, headers=dict(headers))
                 await self._nc.flush()
 
         if self._thread.is_alive():

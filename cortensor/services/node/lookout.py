@@ -19,6 +19,7 @@ from uuid import UUID
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from pydantic import ValidationError
 
 from cortensor.adapters import jetstream
@@ -115,11 +116,34 @@ class Lookout:
         )
 
     async def _subscribe(self) -> None:
-        self._nc = await jetstream.connect_as(self.settings, name=f"lookout {self.node_id}")
-        await self._nc.subscribe(self.topology.results_subject(">"), cb=self._on_result)
-        await self._nc.subscribe(self.topology.verdicts_subject(">"), cb=self._on_verdict)
+        self._nc = await jetstream.connect_as(
+            self.settings, name=f"lookout {self.node_id}", error_cb=self._on_error
+        )
+        every_result = self.topology.results_subject("*", node_id="*")
+        await self._listen(every_result, self._on_result)
+        await self._listen(self.topology.verdicts_subject(">", owner="*"), self._on_verdict)
         if self.crew_subject is not None:
-            await self._nc.subscribe(self.crew_subject, cb=self._on_crew)
+            await self._listen(self.crew_subject, self._on_crew)
+
+    async def _listen(self, subject: str, cb: Callable[[Msg], Any]) -> None:
+        """Subscribe if the server lets this node: in a secured fleet a node may read
+        nothing of its peers', and the lookout then just hears nothing."""
+        try:
+            await self.nc.subscribe(subject, cb=cb)
+        except NatsError as exc:
+            log.warning("lookout cannot listen", subject=subject, error=str(exc))
+
+    async def _on_error(self, exc: Exception) -> None:
+        """A subscription the server refused (a permissions violation) is reported
+        here, after subscribe returned; the connection stays up."""
+        log.warning("lookout refused by the server", error=str(exc))
+
+    @property
+    def nc(self) -> NATS:
+        """The lookout's connection (once `start` made it)."""
+        if self._nc is None:
+            raise RuntimeError("Lookout.start() was not called")
+        return self._nc
 
     async def _on_crew(self, msg: Msg) -> None:
         try:

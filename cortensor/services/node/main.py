@@ -10,6 +10,7 @@ from functools import partial
 
 import structlog
 
+from cortensor.adapters.keyfile import node_key
 from cortensor.catalog import HW_CLASSES, TASK_OF, TASKS, HwClass
 from cortensor.errors import BadInput, ModelsNotPrepared
 from cortensor.inference.hardware import Int8Isa, cpu_flags, cuda_available, int8_isa
@@ -64,8 +65,12 @@ def build_node(
     `fault_rate` None is the mode's default (faults.default_rate); `fault_group` names the
     group of a colluding node; `fault_window_ms` and `fault_trust_after` tune an adaptive
     node, `fault_coordinate` a sybil (hostile.Tactic).
+
+    The node id is the principal's (its credentials) when set, else `node_id`, else the
+    host's default; its key is settings.key_file (none: SetupIncomplete, at once).
     """
     wanted = _known(models)
+    key = node_key(settings)  # before the models load: a node without a key cannot serve
     injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
     manifest = load_manifest(settings.models_dir)
     isa = int8_isa(cpu_flags())
@@ -91,7 +96,7 @@ def build_node(
     runtimes = {name: loaded[name] for name in names}
     tasks = tuple(t for t in TASKS if any(TASK_OF[n] == t for n in names))
     identity = NodeIdentity(
-        node_id=node_id or default_node_id(),
+        node_id=settings.principal or node_id or default_node_id(),
         hw_class=chosen,
         models=names,
         tasks=tasks,
@@ -111,7 +116,9 @@ def build_node(
         fault_group=fault_group,
     )
     bridge = NatsBridge(settings, name=f"node {identity.node_id}")
-    return NodeService(settings, identity, runtimes=runtimes, fault=injected, bridge=bridge)
+    return NodeService(
+        settings, identity, runtimes=runtimes, fault=injected, bridge=bridge, key=key
+    )
 
 
 def _tactic(

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
 from cortensor.inference.runtimes import Classifier, Embedder, Runtime, Transcriber
+from cortensor.protocol.signing import result_msg_id, sign, signature_headers
 from cortensor.schemas import (
     MAX_ERROR_CHARS,
     Assignment,
@@ -26,7 +28,7 @@ from cortensor.schemas import (
     printable,
     utcnow,
 )
-from cortensor.services.node.bridge import NatsBridge
+from cortensor.services.node.bridge import NatsBridge, Signed
 from cortensor.services.node.faults import CRASH_EXIT_CODE, Fault, slow_sleep_s
 from cortensor.settings import Settings
 
@@ -79,10 +81,12 @@ class NodeService:
         runtimes: Mapping[str, Runtime],
         *,
         bridge: NatsBridge,
+        key: Ed25519PrivateKey,
         fault: Fault | None = None,
     ) -> None:
         """`bridge` is the node's NATS side (results and heartbeats), given from outside
-        like every service's adapters; `start` connects it."""
+        like every service's adapters; `start` connects it. `key` signs every result and
+        heartbeat: routers and guards refuse what the node id's bound key did not sign."""
         self.settings, self.identity, self.runtimes, self.fault = (
             settings,
             identity,
@@ -91,6 +95,7 @@ class NodeService:
         )
         self.topology = Topology(settings.namespace)
         self.bridge = bridge
+        self.key = key
         self.capacity = settings.node_threads * settings.node_prefetch
         self.started_at = utcnow()
         self._lock = threading.Lock()
@@ -118,6 +123,10 @@ class NodeService:
             .encode()
         )
 
+    def signed(self, payload: bytes) -> Signed:
+        """`payload` with the headers that carry the node's signature of it."""
+        return payload, signature_headers(sign(self.key, payload))
+
     def start(self) -> None:
         """Connect to NATS."""
         self.bridge.start()
@@ -126,14 +135,14 @@ class NodeService:
         """Start heartbeats: from now on routers may send work."""
         self.bridge.start_heartbeats(
             self.topology.heartbeat_subject(self.identity.node_id),
-            self.heartbeat,
+            lambda: self.signed(self.heartbeat()),
             self.settings.heartbeat_interval_s,
         )
 
     def drain(self) -> None:
         """Tell routers the node is leaving; work already queued still completes."""
         subject = self.topology.heartbeat_subject(self.identity.node_id)
-        self.bridge.stop_heartbeats(last_words=(subject, self.heartbeat("draining")))
+        self.bridge.stop_heartbeats(last_words=(subject, self.signed(self.heartbeat("draining"))))
 
     def close(self) -> None:
         """Close the NATS connection once no task runs any more."""
@@ -214,21 +223,22 @@ class NodeService:
     def _publish(
         self, assignments: Sequence[Assignment], results: Sequence[InferenceResult]
     ) -> None:
-        """Publish the results and wait until JetStream stored them."""
+        """Publish the results, signed, and wait until JetStream stored them.
+
+        A result's msg id is derived from its signature: a retry of the same bytes is
+        deduplicated, and no peer can take the id first (it cannot sign these bytes)."""
         if not results:
             return
         latest = max(a.deadline_at for a in assignments)
-        self.bridge.publish_durably(
-            [
-                (
-                    self.topology.results_subject(str(r.job_id)),
-                    r.model_dump_json().encode(),
-                    str(r.assignment_id),
-                )
-                for r in results
-            ],
-            within=max((latest - utcnow()).total_seconds(), 1.0),
-        )
+        messages = []
+        for r in results:
+            payload = r.model_dump_json().encode()
+            signature = sign(self.key, payload)
+            subject = self.topology.results_subject(str(r.job_id), node_id=self.identity.node_id)
+            messages.append(
+                (subject, payload, result_msg_id(signature), signature_headers(signature))
+            )
+        self.bridge.publish_durably(messages, within=max((latest - utcnow()).total_seconds(), 1.0))
 
     def _publish_faultily(
         self, fault: Fault, ready: Sequence[Assignment], results: Sequence[InferenceResult]

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 from cortensor.adapters.ledger.router import NodeStats
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.reputation import PRIOR_SCORE
 from cortensor.schemas import NodeHeartbeat
+
+HEARTBEAT_MAX_AGE_S = 60.0
+"""How far a heartbeat's created_at may be from the router's clock, either way: an older
+one is a replay (a signed 'draining' heard again to take a node out of service), a
+newer one is made for a replay later. Wide enough for the clocks of honest hosts."""
+
+
+def heartbeat_refusal(beat: NodeHeartbeat, now: datetime) -> str | None:
+    """Why a heartbeat (signed by its node) is refused as a replay, or None."""
+    age_s = (now - beat.created_at).total_seconds()
+    if age_s > HEARTBEAT_MAX_AGE_S:
+        return "stale heartbeat"
+    if age_s < -HEARTBEAT_MAX_AGE_S:
+        return "heartbeat from the future"
+    return None
 
 
 @dataclass(slots=True)

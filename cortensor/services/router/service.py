@@ -29,9 +29,10 @@ from cortensor.protocol.planning import Plan, Timing, parallel, plan
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
 from cortensor.services.announce import Announcer
+from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
 from cortensor.services.router.probes import ProbeSender
-from cortensor.services.router.registry import NodeRegistry
+from cortensor.services.router.registry import NodeRegistry, heartbeat_refusal
 from cortensor.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,7 @@ class Router:
         )
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.registry = NodeRegistry()
+        self.keyring = Keyring(ports.keys, source="router", refresh_s=settings.registry_refresh_s)
         self.rng = random.Random(seed)
         self.prober = ProbeSender(settings, self.rng)
         self._intake: asyncio.Queue[Delivery | None] = asyncio.Queue()
@@ -336,7 +338,13 @@ class Router:
             await asyncio.gather(*(m.ack() for m in batch))
 
     async def on_heartbeat(self, msg: Signal) -> None:
-        """Track a node from its heartbeat; a node may speak only for itself."""
+        """Track a node from its heartbeat; a node may speak only for itself, signed by
+        its bound key (else the heartbeat is dropped and counted), and not replay an old
+        one."""
+        if not await self.keyring.check(
+            self.topology.node_of_heartbeat(msg.subject), msg.data, msg.headers
+        ):
+            return
         try:
             beat = NodeHeartbeat.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -344,6 +352,10 @@ class Router:
             return
         if msg.subject != self.topology.heartbeat_subject(beat.node_id):
             log.warning("heartbeat for another node ignored", subject=msg.subject)
+            return
+        replay = heartbeat_refusal(beat, utcnow())
+        if replay is not None:
+            self.keyring.refuse(beat.node_id, replay)
             return
         if self.registry.observe(beat, time.monotonic()):
             await self.ledger.upsert_nodes([beat])
@@ -391,9 +403,11 @@ class Router:
         return await self.prober.send(self.ledger, self.registry.views())
 
     async def refresh(self) -> None:
-        """Reload scores and outstanding work; record when nodes were last seen."""
+        """Reload scores and outstanding work; record when nodes were last seen; count
+        the heartbeats refused since the last refresh."""
         await self.ledger.upsert_nodes(self.registry.heartbeats())
         self.registry.update_stats(await self.ledger.node_stats())
+        await self.keyring.flush()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then finish the jobs in hand.
