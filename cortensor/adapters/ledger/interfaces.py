@@ -135,6 +135,11 @@ class GuardBook(VerdictBook, Protocol):
         returns how many."""
         ...
 
+    async def purge_content(self, retention_s: float, limit: int = 500) -> int:
+        """Remove the inputs and outputs of up to `limit` jobs decided more than
+        `retention_s` ago, keeping their sha256; returns how many jobs were purged."""
+        ...
+
 
 class KeyBook(Protocol):
     """The node keys a router or guard checks signatures with, and where it counts what

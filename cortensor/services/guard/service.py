@@ -25,6 +25,12 @@ _JITTER = random.Random()
 """Spreads the back-offs of guards that failed together."""
 
 REPUBLISH_AFTER_S = 5.0
+PURGE_INTERVAL_S = 60.0
+"""How often the guard removes content past the retention period (Settings.retention_h):
+content outlives it by at most this, and a purge that finds nothing costs one indexed
+query."""
+PURGE_BATCH = 500
+"""Jobs purged per transaction, so that no purge holds many row locks for long."""
 FETCH_WAIT_S = 1.0
 """How long one fetch waits for a result: also how long a stop may take to be seen."""
 
@@ -140,16 +146,28 @@ class Guard:
         await self.announcer.republish_stale(REPUBLISH_AFTER_S)
         await self.keyring.flush()
 
+    async def purge(self) -> None:
+        """Remove the inputs and outputs of jobs decided longer ago than the retention
+        period, a batch per transaction until none is due; their sha256 stays."""
+        retention_s = self.settings.retention_h * 3600.0
+        purged, batch = 0, PURGE_BATCH
+        while batch == PURGE_BATCH:
+            batch = await self.ledger.purge_content(retention_s, PURGE_BATCH)
+            purged += batch
+        if purged:
+            log.info("content past retention removed", jobs=purged)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; the adapters stay open (whoever gave them closes them)."""
         s = self.settings
         sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop))
+        purger = asyncio.create_task(every(PURGE_INTERVAL_S, self.purge, stop))
         log.info("guard ready", consumer=self.topology.guard_consumer.durable)
         while not stop.is_set():
             msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
             if msgs:
                 await self.take(msgs)
-        await sweeper
+        await asyncio.gather(sweeper, purger)
         await self.announcer.flush()
         await self.results.close()
         log.info("guard stopped")
