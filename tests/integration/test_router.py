@@ -291,3 +291,57 @@ async def test_a_checked_auto_jobs_checkers_go_out_only_once_its_leader_answered
     finally:
         await conn.close()
     assert order["checked"] > order["answered"]
+
+
+async def test_a_job_is_its_publishers_and_a_key_naming_nobody_is_dead_lettered(
+    broker_settings: Settings, node_queue: aio_pika.abc.AbstractQueue
+) -> None:
+    topology = Topology(broker_settings.namespace)
+    rejected_id = uuid.uuid4()
+    async with Client(broker_settings) as client:
+        assert client.owner == broker_settings.principal
+        job = JobRequest(inputs=["whose is it"], redundancy=1)
+        await client.submit(job)
+        row = await _ledger_row(
+            broker_settings, "SELECT owner FROM jobs WHERE job_id = $1", job.job_id
+        )
+        assert row["owner"] == client.owner
+        # A rejection is the owner's too: published on its subjects, read back directly.
+        bad = {"job_id": str(rejected_id), "task": "embed", "inputs": []}
+        await client.publish_raw(json.dumps(bad).encode(), message_id=str(rejected_id))
+        verdict = await client.wait(rejected_id, 15)
+        assert (verdict.status, verdict.owner) == ("rejected", client.owner)
+        assert await client.result(rejected_id) == verdict
+
+    # Keys the router's binding takes that name no valid owner: parked, with the fix.
+    connection = await aio_pika.connect(broker_settings.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        jobs = await channel.get_exchange(topology.jobs_exchange)
+        nobody = JobRequest(inputs=["nobody's"], redundancy=1)
+        for key in ("job._x", "job."):
+            await jobs.publish(
+                amqp.json_message(nobody.model_dump_json().encode(), message_id=key),
+                routing_key=key,
+            )
+        dead = await channel.get_queue(topology.dead_letter_queue)
+        parked: dict[str, str] = {}
+
+        async def both_parked() -> bool:
+            message = await dead.get(no_ack=True, fail=False)
+            if message is not None and message.message_id is not None:
+                parked[message.message_id] = str(message.headers[amqp.REASON_HEADER])
+            return len(parked) == 2
+
+        await eventually(both_parked, what="both jobs dead-lettered")
+    finally:
+        await connection.close()
+    assert set(parked) == {"job._x", "job."}
+    assert all("publish with routing key job.<your name>" in why for why in parked.values())
+    conn = await asyncpg.connect(broker_settings.asyncpg_dsn)
+    try:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM jobs WHERE job_id = $1", nobody.job_id) == 0
+        )
+    finally:
+        await conn.close()
