@@ -363,6 +363,11 @@ class LedgerSide(ABC):
         """A job's status, redundancy and unchecked flag."""
         ...
 
+    @abstractmethod
+    async def owner(self, job_id: UUID) -> str:
+        """The owner recorded for a job."""
+        ...
+
 
 class PostgresLedger(LedgerSide):
     """The PostgreSQL ledgers, and a connection of the test's own to read what they wrote."""
@@ -422,6 +427,10 @@ class PostgresLedger(LedgerSide):
         )
         return row["status"], row["redundancy"], row["unchecked"]
 
+    async def owner(self, job_id: UUID) -> str:
+        owner: str = await self.db.fetchval("SELECT owner FROM jobs WHERE job_id = $1", job_id)
+        return owner
+
 
 class TwinLedger(LedgerSide):
     """One MemoryLedger as both the router's and the guard's ledger."""
@@ -456,3 +465,6 @@ class TwinLedger(LedgerSide):
     async def job(self, job_id: UUID) -> tuple[str, int, bool]:
         row = self.ledger.tables.jobs[job_id]
         return row.status, row.redundancy, row.unchecked
+
+    async def owner(self, job_id: UUID) -> str:
+        return self.ledger.tables.jobs[job_id].spec.owner

@@ -22,7 +22,14 @@ import pytest
 from cortensor.adapters.ledger.probes import ProbeOutcome
 from cortensor.protocol.planning import Plan
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
-from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, Verdict, utcnow
+from cortensor.schemas import (
+    ANONYMOUS,
+    Assignment,
+    InferenceResult,
+    NodeHeartbeat,
+    Verdict,
+    utcnow,
+)
 from tests.conftest import eventually
 from tests.contract.sides import LedgerSide
 
@@ -64,6 +71,7 @@ def job(
     part: int | None = None,
     probe: bool = False,
     params: dict[str, Any] | None = None,
+    owner: str = ANONYMOUS,
 ) -> OpenJob:
     return OpenJob(
         job_id=uuid.uuid4(),
@@ -79,6 +87,7 @@ def job(
         part=part,
         auto=auto,
         probe=probe,
+        owner=owner,
     )
 
 
@@ -405,6 +414,49 @@ async def test_an_unchecked_result_is_reopened_and_revised_when_its_node_fails_a
     await ledger_side.guard.mark_published([alone_id])
     stale = await ledger_side.guard.unpublished_verdicts(-1.0, limit=10_000)
     assert all(v.job_id != alone_id for v in stale)
+
+
+async def test_every_verdict_built_from_a_job_is_its_owners(ledger_side: LedgerSide) -> None:
+    owner = f"client-{uuid.uuid4().hex[:6]}"
+    a, b, c = node_ids(3)
+    await enrol(ledger_side, [a, b, c])
+    rejected = uuid.uuid4()
+    refusal = Verdict(job_id=rejected, owner=owner, status="rejected", reason="inputs: empty")
+    assert await ledger_side.router.reject(rejected, {"task": "embed"}, refusal)
+    verified = running(job(1, owner=owner), [a])
+    expired = running(job(2, deadline_s=-1.0, owner=owner), [a, b], deadline_s=-1.0)
+    lapsed = running(job(1, deadline_s=-1.0, owner=owner), [c], deadline_s=-1.0)
+    waiting = running(job(1, deadline_s=-1.0, owner=owner), [])
+    parent = job(1, owner=owner)
+    parts = [
+        running(job(1, parent_id=parent.job_id, part=i, owner=owner), [n])
+        for i, n in enumerate([a, b])
+    ]
+    opened = [verified, expired, lapsed, waiting, NewJob(parent, utcnow(), "split"), *parts]
+    await ledger_side.router.open_jobs(opened)
+    ours = {n.job.job_id for n in opened} | {rejected}
+    assert {await ledger_side.owner(j) for j in ours} == {owner}
+
+    # The guard's verdicts (verified, decided at the deadline, parts and their parent)...
+    [leader] = verified.assignments
+    made = [(await ledger_side.guard.take_results(leader.job_id, [answer(leader, UP)])).verdict]
+    first = by_node(expired.assignments)[a]
+    await ledger_side.guard.take_results(first.job_id, [answer(first, UP)])
+    made += await ledger_side.guard.decide_expired()
+    for part, vector in zip(parts, [UP, ACROSS], strict=True):
+        [x] = part.assignments
+        intake = await ledger_side.guard.take_results(x.job_id, [answer(x, vector)])
+        made += [intake.verdict, intake.parent]
+    # ... and the router's (a waiting job failed at its deadline).
+    made += (await ledger_side.router.route_waiting(Planner([a, b, c], {waiting.job.job_id})))[1]
+    mine = [v for v in made if v is not None and v.job_id in ours]
+    assert {v.job_id for v in mine} == ours - {rejected}
+    assert {v.owner for v in mine} == {owner}
+    stored = [await ledger_side.guard.stored_verdict(j) for j in ours]
+    assert {v.owner if v is not None else None for v in stored} == {owner}
+    # Verdicts published again after their publisher died go to the owner's subjects too.
+    stale = await ledger_side.guard.unpublished_verdicts(-1.0, limit=10_000)
+    assert {v.owner for v in stale if v.job_id in ours} == {owner}
 
 
 async def test_node_stats_show_standing_trust_streaks_and_outstanding_work(
