@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ from cortensor.protocol.adjudication import (
 from cortensor.protocol.comparators import COMPARATORS
 from cortensor.protocol.consensus import Replica, decide
 from cortensor.protocol.replication import MAX_REPLICAS, REPLICAS, escalate
-from cortensor.schemas import Verdict
+from cortensor.schemas import ANONYMOUS, Verdict
 
 MODEL = "all-MiniLM-L6-v2"
 TRUTH = [[0.6, 0.8], [1.0, 0.0]]
@@ -376,3 +377,19 @@ def test_at_the_deadline_a_job_always_concludes(c: Case) -> None:
     outcome = adjudicate(replace(c, expired=True))
     assert isinstance(outcome, Conclude)
     assert outcome.verdict.status == ("verified" if majority(c) else "inconclusive")
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        pytest.param([replica("a"), replica("b"), replica("liar", LIE)], id="verified"),
+        pytest.param([], id="failed"),
+        pytest.param([replica("a"), replica("b", LIE)], id="split"),
+    ],
+)
+def test_a_verdict_is_its_jobs_owners(replicas: list[Replica]) -> None:
+    owned = replace(case(replicas, timed_out=[("asg-late", "late")]), owner="alice")
+    assert judge(owned)[0].owner == "alice"
+    probe = replace(owned, replicas=replicas[:1], reference=TRUTH)
+    assert judge(probe)[0].owner == "alice"
+    assert judge(replace(owned, owner=ANONYMOUS))[0].owner == ANONYMOUS

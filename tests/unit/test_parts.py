@@ -468,3 +468,18 @@ def test_no_transcripts_stitch_to_an_empty_one() -> None:
         "duration_s": 0.0,
         "segments": [],
     }
+
+
+@given(texts=st.integers(1, 40), shard=st.integers(1, 50))
+def test_every_unit_and_the_parent_are_the_owners(texts: int, shard: int) -> None:
+    parent, units = split_job(text_job(texts), DEADLINE, shard_inputs=shard, owner="alice")
+    assert {u.owner for u in [*units, *([parent] if parent else [])]} == {"alice"}
+    _, spoken = split_job(audio_job(), DEADLINE, shard_inputs=1, chunks=chunks(3), owner="bob")
+    assert {u.owner for u in spoken} == {"bob"}
+
+
+def test_a_stitched_verdict_is_the_owners() -> None:
+    parts = [decided(p, vectors(p)) for p in range(2)]
+    assert stitch(PARENT, "embed", EMBED_MODEL, parts, owner="alice").owner == "alice"
+    failing = [decided(0, None, status="failed"), decided(1, vectors(1))]
+    assert stitch(PARENT, "embed", EMBED_MODEL, failing, owner="alice").owner == "alice"

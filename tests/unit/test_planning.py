@@ -360,12 +360,13 @@ def test_a_waiting_job_is_sent_waits_or_fails_at_its_deadline() -> None:
         assert verdict.reason == f"no eligible nodes before the deadline: {why}"
 
 
-def test_a_failed_part_names_its_parent() -> None:
+def test_a_failed_part_names_its_parent_and_its_owner() -> None:
     parent = uuid.uuid4()
-    verdict = failed(replace(job(), parent_id=parent, part=2), "none")
-    assert (verdict.parent_id, verdict.part, verdict.task, verdict.model) == (
+    verdict = failed(replace(job(), parent_id=parent, part=2, owner="alice"), "none")
+    assert (verdict.parent_id, verdict.part, verdict.task, verdict.model, verdict.owner) == (
         parent,
         2,
         "embed",
         MODEL,
+        "alice",
     )
