@@ -3,6 +3,10 @@
 Each module that needs services gets its own broker namespace (queues, exchanges,
 subjects and streams all prefixed) and its own PostgreSQL database, migrated before
 its tests and removed after them. A service that is down fails the test; nothing skips.
+
+The session runs as the operator: CORTENSOR_CREDENTIALS names the admin's credentials
+(ops/test sets it; else ~/.config/cortensor/admin.json, which ops/services writes), and
+fleets and principals under test get credentials of their own.
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ import pytest
 from cortensor.adapters.ledger import migrate, roles
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.settings import Settings
+from cortensor.tools.credentials import revoke_namespace
 
 T = TypeVar("T")
+
+ADMIN_CREDENTIALS = Path.home() / ".config" / "cortensor" / "admin.json"
+"""The operator's credentials that ops/services writes."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run the session as the operator unless CORTENSOR_CREDENTIALS says otherwise."""
+    os.environ.setdefault("CORTENSOR_CREDENTIALS", str(ADMIN_CREDENTIALS))
 
 
 async def eventually(
@@ -125,4 +138,5 @@ def broker_settings(ledger_settings: Settings) -> Iterator[Settings]:
     """Settings whose namespace has its broker topology applied (and a ledger)."""
     asyncio.run(setup_brokers(ledger_settings))
     yield ledger_settings
+    revoke_namespace(ledger_settings)
     asyncio.run(teardown_brokers(ledger_settings))

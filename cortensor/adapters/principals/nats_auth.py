@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import nats
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from cortensor.adapters.principals.grants import NatsPermissions
@@ -184,8 +184,9 @@ async def _quiet(_: Exception) -> None:
 
 
 async def _logs_in(url: str) -> bool:
+    nc = NATS()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             url,
             allow_reconnect=False,
             max_reconnect_attempts=0,
@@ -193,6 +194,7 @@ async def _logs_in(url: str) -> bool:
             error_cb=_quiet,
         )
     except NatsError as exc:
+        await nc.close()  # a refused connect leaves its socket open otherwise
         if "authorization" in str(exc).lower():
             return False
         raise

@@ -47,11 +47,14 @@ def authenticates(user: str, password: str) -> bool:
 
 def put_user(user: str, password: str, *, administrator: bool = False) -> None:
     """Create `user` with `password`, or set its password when it exists."""
-    if user in users():
+    added = _ctl("add_user", user, stdin=password, check=False)
+    if added.returncode != 0:
+        if "already exists" not in added.stderr + added.stdout:
+            message = " ".join((added.stderr or added.stdout).split())
+            raise BrokerUnavailable(f"rabbitmqctl add_user failed: {message}")
         _ctl("change_password", user, stdin=password)
-    else:
-        _ctl("add_user", user, stdin=password)
-    _ctl("set_user_tags", user, *(["administrator"] if administrator else []))
+    if administrator:
+        _ctl("set_user_tags", user, "administrator")
 
 
 def grant(user: str, permissions: RabbitGrant) -> None:
