@@ -59,15 +59,22 @@ async def connect_as(
     )
 
 
-async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
-    """Create or update the streams and the guard's durable consumer (idempotent)."""
+async def apply_streams(
+    js: JetStreamContext, topology: Topology, *, retention_s: float | None = None
+) -> list[str]:
+    """Create or update the streams and the guard's durable consumer (idempotent).
+
+    `retention_s` (Settings.retention_h in seconds) is how long the streams that hold
+    user content keep a message; without it, their max_age_s from the topology file.
+    """
     declared = []
     for spec in topology.streams:
+        max_age_s = retention_s if spec.holds_content and retention_s else spec.max_age_s
         config = StreamConfig(
             name=spec.name,
             subjects=list(spec.subjects),
             storage=StorageType(spec.storage),
-            max_age=spec.max_age_s,
+            max_age=max_age_s,
             duplicate_window=spec.duplicate_window_s,
             allow_direct=spec.allow_direct,
         )
@@ -76,7 +83,9 @@ async def apply_streams(js: JetStreamContext, topology: Topology) -> list[str]:
             await js.update_stream(config)
         except NotFoundError:
             await js.add_stream(config)
-        declared.append(f"stream {spec.name} {list(spec.subjects)} ({spec.storage})")
+        declared.append(
+            f"stream {spec.name} {list(spec.subjects)} ({spec.storage}, max age {max_age_s:g} s)"
+        )
     consumer = topology.guard_consumer
     await js.add_consumer(
         consumer.stream,

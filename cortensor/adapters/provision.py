@@ -31,7 +31,9 @@ async def setup_brokers(settings: Settings) -> list[str]:
         declared = await amqp.apply_topology(await connection.channel(), topology)
     nc = await jetstream.connect_as(settings, name="cortensor-setup")
     try:
-        declared += await jetstream.apply_streams(nc.jetstream(), topology)
+        declared += await jetstream.apply_streams(
+            nc.jetstream(), topology, retention_s=settings.retention_h * 3600.0
+        )
     finally:
         await nc.drain()
     return declared

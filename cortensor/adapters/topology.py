@@ -48,6 +48,9 @@ class StreamSpec:
     duplicate_window_s: float
     role: str = ""
     allow_direct: bool = False
+    holds_content: bool = False
+    """Its messages carry user content (inputs or outputs): they are kept only for the
+    retention period (jetstream.apply_streams), in place of max_age_s."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,7 +293,8 @@ async def test_streams_are_on_disk_and_the_guard_consumer_is_durable(
         assert info.config.storage == StorageType.FILE
         assert info.config.subjects == [f"{topology.namespace}.{subject}.>"]
         assert info.config.duplicate_window == 300
-    assert (results.config.max_age, verdicts.config.max_age) == (604800, 2592000)
+    # Both carry user content: kept for the retention period (Settings.retention_h, 24 h).
+    assert (results.config.max_age, verdicts.config.max_age) == (86400, 86400)
 
     consumer = await js.consumer_info(topology.results_stream, topology.guard_consumer.durable)
     assert consumer.config.durable_name == topology.guard_consumer.durable
