@@ -10,14 +10,18 @@ events.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import asyncpg
+
 from cortensor.adapters.ledger.retention import purge_content
 from cortensor.adapters.ledger.store import Connection, Ledger, verdict_of
+from cortensor.errors import BadInput
 from cortensor.protocol.adjudication import (
     Case,
     Conclude,
@@ -29,10 +33,34 @@ from cortensor.protocol.adjudication import (
     score_late,
 )
 from cortensor.protocol.consensus import Replica
-from cortensor.schemas import TERMINAL_STATUSES, InferenceResult, Verdict
+from cortensor.schemas import TERMINAL_STATUSES, InferenceResult, Verdict, printable
 from cortensor.settings import REVALIDATE_DEADLINE_S
 
 TERMINAL = frozenset(TERMINAL_STATUSES)
+
+UNSTORABLE: tuple[type[asyncpg.DataError], ...] = (
+    asyncpg.CharacterNotInRepertoireError,
+    asyncpg.UntranslatableCharacterError,
+    asyncpg.InvalidTextRepresentationError,
+    asyncpg.NumericValueOutOfRangeError,
+    asyncpg.StringDataRightTruncationError,
+)
+"""PostgreSQL's refusals of a value sent to it (NUL in text, \\u0000 or NaN in jsonb, a
+number out of range): the value's fault. asyncpg raises DataError itself for a value it
+cannot encode (a lone surrogate)."""
+
+
+@contextlib.asynccontextmanager
+async def refusing_unstorable() -> AsyncIterator[None]:
+    """Turn the ledger's refusal of a value into BadInput: no retry stores it, so the
+    guard stops its delivery (and stores the rest of its batch without it)."""
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        if type(exc) is not asyncpg.DataError and not isinstance(exc, UNSTORABLE):
+            raise
+        raise BadInput(f"the ledger cannot store this: {printable(str(exc), 300)}") from exc
+
 
 _LOCK = """
 SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
@@ -220,6 +248,8 @@ class GuardLedger(Ledger):
         was verified is held against the canonical answer. When the job needs replicas
         sent now (an `auto` job's checks after its leader answered, a split vote's extra
         replicas, reopened results' checks), routers hear of it at commit (`notify_due`).
+        A value the ledger refuses raises BadInput (see `refusing_unstorable`), and
+        nothing of the batch is stored.
         """
         intake = Intake()
         unique: dict[UUID, InferenceResult] = {}
@@ -229,7 +259,7 @@ class GuardLedger(Ledger):
             else:
                 unique[r.assignment_id] = r
         batch = list(unique.values())
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with refusing_unstorable(), self.pool.acquire() as conn, conn.transaction():
             job = await conn.fetchrow(_LOCK, job_id)
             if job is None:
                 intake.ignored.append(f"job {job_id} is unknown")

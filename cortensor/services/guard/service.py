@@ -14,7 +14,7 @@ from cortensor.adapters.interfaces import StreamMessage as Msg
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
 from cortensor.errors import Disposition, backoff_s, disposition
-from cortensor.schemas import InferenceResult
+from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, printable
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
@@ -56,14 +56,26 @@ class Guard:
         self.keyring = Keyring(ports.keys, source="guard", refresh_s=settings.registry_refresh_s)
 
     def _parse(self, msg: Msg) -> InferenceResult | None:
+        """The result a message holds, or None (logged) for one refused: over
+        MAX_RESULT_BYTES (refused unread), not a result the ledger can store (see
+        cortensor.schemas), or on a subject that names another node or job."""
+        subject = printable(msg.subject, 200)
+        if len(msg.data) > MAX_RESULT_BYTES:
+            log.warning(
+                "oversized result refused unread",
+                subject=subject,
+                size=len(msg.data),
+                limit=MAX_RESULT_BYTES,
+            )
+            return None
         try:
             result = InferenceResult.model_validate_json(msg.data)
         except ValidationError as exc:
-            log.warning("malformed result ignored", subject=msg.subject, error=str(exc)[:500])
+            log.warning("malformed result refused", subject=subject, error=printable(str(exc), 500))
             return None
         expected = self.topology.results_subject(str(result.job_id), node_id=result.node_id)
         if msg.subject != expected:
-            log.warning("result on the wrong subject ignored", subject=msg.subject)
+            log.warning("result on the wrong subject refused", subject=subject)
             return None
         return result
 
@@ -90,6 +102,18 @@ class Guard:
                     report = log.debug if v.status == "verified" else log.warning
                     report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
         except Exception as exc:
+            if len(batch) > 1:
+                # One result may be at fault (a value the ledger refuses): each is taken
+                # alone, so that only the one at fault meets the failure's disposition.
+                log.warning(
+                    "results not stored together; taking them one at a time",
+                    job_id=str(job_id),
+                    results=len(batch),
+                    error=printable(repr(exc), 300),
+                )
+                for item in batch:
+                    await self._take_job(job_id, [item])
+                return
             # cortensor.errors.DISPOSITION decides: a failure that may pass has JetStream
             # deliver the results again after a back-off; one that cannot stops their
             # delivery (JetStream keeps no dead letters: the log says why).
