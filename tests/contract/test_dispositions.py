@@ -20,7 +20,7 @@ from cortensor.adapters import memory
 from cortensor.adapters.amqp import REASON_HEADER
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import RouterLedger
-from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryNats
+from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryKeys, MemoryNats
 from cortensor.adapters.topology import Topology
 from cortensor.errors import (
     BadInput,
@@ -33,6 +33,7 @@ from cortensor.services.guard.service import Guard
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.conftest import eventually
+from tests.node_keys import public_key_of, signed_by
 
 pytestmark = [pytest.mark.postgres]
 
@@ -73,9 +74,12 @@ async def twins(ledger_settings: Settings) -> AsyncIterator[Twins]:
     broker, nats = MemoryBroker(topology), MemoryNats(topology)
     router_ledger = await RouterLedger.connect(settings.asyncpg_dsn)
     guard_ledger = await GuardLedger.connect(settings.asyncpg_dsn)
-    ports, channel = memory.router_ports(router_ledger, broker, nats, topology)
+    keys = MemoryKeys({"n1": public_key_of("n1")})
+    ports, channel = memory.router_ports(router_ledger, broker, nats, topology, keys=keys)
     router = Router(settings, ports, seed=1)
-    guard = Guard(settings, memory.guard_ports(guard_ledger, nats, topology), fetch_wait_s=0.05)
+    guard = Guard(
+        settings, memory.guard_ports(guard_ledger, nats, topology, keys=keys), fetch_wait_s=0.05
+    )
     stop = asyncio.Event()
     running = [asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))]
     try:
@@ -147,7 +151,8 @@ async def test_a_failure_no_retry_fixes_parks_the_job_with_its_reason_at_once(
     await eventually(twins.settled, what="the job acked once parked")
 
 
-def result_for(twins: Twins) -> tuple[str, bytes]:
+def result_for(twins: Twins) -> tuple[str, bytes, dict[str, str]]:
+    """A result of node n1, signed, for a job the ledger does not know."""
     job_id = uuid.uuid4()
     result = InferenceResult(
         assignment_id=uuid.uuid4(),
@@ -158,7 +163,9 @@ def result_for(twins: Twins) -> tuple[str, bytes]:
         precision="int8",
         embeddings=[[1.0, 0.0]],
     )
-    return twins.topology.results_subject(str(job_id)), result.model_dump_json().encode()
+    data = result.model_dump_json().encode()
+    subject = twins.topology.results_subject(str(job_id), node_id="n1")
+    return subject, data, signed_by("n1", data)
 
 
 async def test_the_guard_retries_results_it_could_not_store(
@@ -167,8 +174,8 @@ async def test_the_guard_retries_results_it_could_not_store(
     ledger = twins.guard.ledger
     take, calls = failing(2, lambda: LedgerUnavailable("ledger restarting"), ledger.take_results)
     monkeypatch.setattr(ledger, "take_results", take)
-    subject, data = result_for(twins)
-    await twins.nats.publish(subject, data, msg_id="r1")
+    subject, data, headers = result_for(twins)
+    await twins.nats.publish(subject, data, msg_id="r1", headers=headers)
     await eventually(lambda: len(calls) >= 3, what="the result delivered again until stored")
 
 
@@ -178,8 +185,8 @@ async def test_the_guard_stops_delivering_results_no_retry_can_store(
     ledger = twins.guard.ledger
     take, calls = failing(10**6, lambda: PermanentError("never"), ledger.take_results)
     monkeypatch.setattr(ledger, "take_results", take)
-    subject, data = result_for(twins)
-    await twins.nats.publish(subject, data, msg_id="r2")
+    subject, data, headers = result_for(twins)
+    await twins.nats.publish(subject, data, msg_id="r2", headers=headers)
     await eventually(lambda: calls, what="the result handled")
     await asyncio.sleep(0.3)  # time for redeliveries that must not come
     assert len(calls) == 1

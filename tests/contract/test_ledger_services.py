@@ -18,7 +18,13 @@ import pytest
 
 from cortensor.adapters import memory
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
-from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryLedger, MemoryNats
+from cortensor.adapters.memory import (
+    MemoryBroker,
+    MemoryChannel,
+    MemoryKeys,
+    MemoryLedger,
+    MemoryNats,
+)
 from cortensor.adapters.memory.ledger import sides
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import (
@@ -32,6 +38,7 @@ from cortensor.schemas import (
 from cortensor.services.guard.service import Guard
 from cortensor.services.router.service import Router
 from tests.conftest import eventually, make_settings
+from tests.node_keys import public_key_of, signed_by
 
 MODEL = "all-MiniLM-L6-v2"
 UP = [1.0] + [0.0] * 383
@@ -51,6 +58,7 @@ class Twins:
     ledger: MemoryLedger
     router: Router
     router_channel: MemoryChannel
+    keys: MemoryKeys
     nodes: dict[str, str] = field(default_factory=dict)
 
     async def join(self, node_id: str) -> None:
@@ -69,8 +77,10 @@ class Twins:
             processed=0,
             started_at=utcnow(),
         )
+        self.keys.bind(node_id, public_key_of(node_id))
+        payload = beat.model_dump_json().encode()
         await self.nats.publish_core(
-            self.topology.heartbeat_subject(node_id), beat.model_dump_json().encode()
+            self.topology.heartbeat_subject(node_id), payload, headers=signed_by(node_id, payload)
         )
         await eventually(
             lambda: node_id in self.ledger.tables.nodes, what="recorded", interval=WAIT
@@ -123,10 +133,12 @@ class Twins:
             precision="int8",
             embeddings=[UP],
         )
+        payload = result.model_dump_json().encode()
         await self.nats.publish(
-            self.topology.results_subject(str(a.job_id)),
-            result.model_dump_json().encode(),
+            self.topology.results_subject(str(a.job_id), node_id=a.node_id),
+            payload,
             msg_id=msg_id,
+            headers=signed_by(a.node_id, payload),
         )
 
     def verdicts(self, job_id: uuid.UUID) -> list[Verdict]:
@@ -160,15 +172,20 @@ async def twins() -> AsyncIterator[Twins]:
     topology = Topology(settings.namespace)
     broker, nats, ledger = MemoryBroker(topology), MemoryNats(topology), MemoryLedger()
     router_ledger, guard_ledger = sides(ledger)
+    keys = MemoryKeys()
     ports, channel = memory.router_ports(
-        router_ledger, broker, nats, topology, prefetch=settings.router_prefetch
+        router_ledger, broker, nats, topology, keys=keys, prefetch=settings.router_prefetch
     )
     router = Router(settings, ports, seed=7)
-    guard = Guard(settings, memory.guard_ports(guard_ledger, nats, topology), fetch_wait_s=0.02)
+    guard = Guard(
+        settings, memory.guard_ports(guard_ledger, nats, topology, keys=keys), fetch_wait_s=0.02
+    )
+    # Each node is bound as it joins and heard once: look every unknown id up.
+    router.keyring.miss_reload_s = guard.keyring.miss_reload_s = 0.0
     stop = asyncio.Event()
     running = [asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))]
     try:
-        yield Twins(topology, broker, nats, ledger, router, channel)
+        yield Twins(topology, broker, nats, ledger, router, channel, keys)
     finally:
         stop.set()
         await asyncio.gather(*running)

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ from cortensor.adapters.amqp import REASON_HEADER
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import RouterLedger
-from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryNats
+from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryKeys, MemoryNats
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import (
     Assignment,
@@ -36,6 +37,7 @@ from cortensor.services.guard.service import Guard
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.conftest import eventually
+from tests.node_keys import public_key_of, signed_by
 
 pytestmark = [pytest.mark.postgres]
 
@@ -56,6 +58,8 @@ class Network:
     guard: Guard
     router_channel: MemoryChannel
     db: asyncpg.Connection
+    keys: MemoryKeys
+    """The node keys the router and the guard check signatures with."""
     nodes: dict[str, str] = field(default_factory=dict)
     """node id -> its queue."""
 
@@ -75,8 +79,10 @@ class Network:
             processed=0,
             started_at=utcnow(),
         )
+        self.keys.bind(node_id, public_key_of(node_id))
+        payload = beat.model_dump_json().encode()
         await self.nats.publish_core(
-            self.topology.heartbeat_subject(node_id), beat.model_dump_json().encode()
+            self.topology.heartbeat_subject(node_id), payload, headers=signed_by(node_id, payload)
         )
         await eventually(lambda: self._offered(node_id), what=f"{node_id} recorded")
         await self.db.execute(
@@ -140,10 +146,12 @@ class Network:
             precision="int8",
             embeddings=[vector],
         )
+        payload = result.model_dump_json().encode()
         await self.nats.publish(
-            self.topology.results_subject(str(assignment.job_id)),
-            result.model_dump_json().encode(),
+            self.topology.results_subject(str(assignment.job_id), node_id=assignment.node_id),
+            payload,
             msg_id=msg_id,
+            headers=signed_by(assignment.node_id, payload),
         )
 
     def verdicts(self, job_id: uuid.UUID) -> list[Verdict]:
@@ -171,16 +179,21 @@ async def net(ledger_settings: Settings) -> AsyncIterator[Network]:
     broker, nats = MemoryBroker(topology), MemoryNats(topology)
     router_ledger = await RouterLedger.connect(settings.asyncpg_dsn)
     guard_ledger = await GuardLedger.connect(settings.asyncpg_dsn)
+    keys = MemoryKeys()
     ports, channel = memory.router_ports(
-        router_ledger, broker, nats, topology, prefetch=settings.router_prefetch
+        router_ledger, broker, nats, topology, keys=keys, prefetch=settings.router_prefetch
     )
     router = Router(settings, ports, seed=7)
-    guard = Guard(settings, memory.guard_ports(guard_ledger, nats, topology), fetch_wait_s=0.05)
+    guard = Guard(
+        settings, memory.guard_ports(guard_ledger, nats, topology, keys=keys), fetch_wait_s=0.05
+    )
+    # Each fake node is bound as it joins and heard once: look every unknown id up.
+    router.keyring.miss_reload_s = guard.keyring.miss_reload_s = 0.0
     db = await asyncpg.connect(settings.asyncpg_dsn)
     stop = asyncio.Event()
     running = [asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))]
     try:
-        yield Network(settings, topology, broker, nats, router, guard, channel, db)
+        yield Network(settings, topology, broker, nats, router, guard, channel, db, keys)
     finally:
         stop.set()
         await asyncio.gather(*running)
@@ -274,3 +287,127 @@ async def test_results_in_make_one_verdict_and_a_duplicate_delivery_changes_noth
     assert net.verdicts(job.job_id) == [verdict]
     results = await net.db.fetchval("SELECT count(*) FROM results WHERE job_id = $1", job.job_id)
     assert results == 3
+
+
+async def test_unsigned_misaddressed_and_borrowed_results_are_refused_and_charge_nobody(
+    net: Network,
+) -> None:
+    nodes = node_ids("sign", 3)
+    for node in nodes:
+        await net.join(node)
+    job = JobRequest(inputs=["signed"], redundancy=3, model=MODEL)
+    net.submit(job.model_dump_json().encode(), str(job.job_id))
+    sent = {a.node_id: a for a in await net.assignments_of(job.job_id, 3)}
+    first, second, _ = nodes
+    wrong = [0.0, 1.0] + [0.0] * 382
+
+    def forged(assignment: Assignment, node_id: str) -> bytes:
+        return (
+            InferenceResult(
+                assignment_id=assignment.assignment_id,
+                job_id=assignment.job_id,
+                node_id=node_id,
+                task="embed",
+                model=MODEL,
+                hw_class="cpu-int8",
+                precision="int8",
+                embeddings=[wrong],
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    subject = net.topology.results_subject
+    unsigned = forged(sent[first], first)
+    await net.nats.publish(subject(str(job.job_id), node_id=first), unsigned, msg_id="unsigned")
+    # The first node's signature on a result in the second node's name and subject.
+    theirs = forged(sent[second], second)
+    await net.nats.publish(
+        subject(str(job.job_id), node_id=second),
+        theirs,
+        msg_id="impersonated",
+        headers=signed_by(first, theirs),
+    )
+    # A signed result moved to another job's subject.
+    moved = forged(sent[first], first)
+    await net.nats.publish(
+        subject(str(uuid.uuid4()), node_id=first),
+        moved,
+        msg_id="moved",
+        headers=signed_by(first, moved),
+    )
+    # Signed by its own node, on its own subject, but for another node's assignment.
+    borrowed = forged(sent[second], first)
+    await net.nats.publish(
+        subject(str(job.job_id), node_id=first),
+        borrowed,
+        msg_id="borrowed",
+        headers=signed_by(first, borrowed),
+    )
+    durable = net.topology.guard_consumer.durable
+    await eventually(lambda: net.nats.backlog(durable) == 0, what="every forgery settled")
+    assert await net.db.fetchval("SELECT count(*) FROM results WHERE job_id = $1", job.job_id) == 0
+
+    vector = [1.0] + [0.0] * 383
+    for a in sent.values():
+        await net.answer(a, vector, msg_id=str(a.assignment_id))
+    [verdict] = await eventually(lambda: net.verdicts(job.job_id), what="a verdict")
+    assert verdict.status == "verified"
+    assert sorted(verdict.agreeing) == sorted(nodes)
+    events = await net.db.fetch(
+        "SELECT node_id, kind FROM reputation_events WHERE job_id = $1", job.job_id
+    )
+    assert sorted((e["node_id"], e["kind"]) for e in events) == [(n, "agreed") for n in nodes]
+    await net.guard.keyring.flush()
+    assert {k: n for k, n in net.keys.refusals.items() if k[1] in nodes} == {
+        ("guard", first, "unsigned"): 1,
+        ("guard", second, "bad signature"): 1,
+        ("guard", first, "unreadable"): 1,
+    }
+
+
+async def test_unsigned_and_replayed_heartbeats_are_dropped_and_counted(net: Network) -> None:
+    [node] = node_ids("beat", 1)
+    net.keys.bind(node, public_key_of(node))
+    subject = net.topology.heartbeat_subject(node)
+
+    def beat(created_at: Any) -> bytes:
+        return (
+            NodeHeartbeat(
+                node_id=node,
+                hw_class="cpu-int8",
+                precision="int8",
+                tasks=["embed"],
+                models=[MODEL],
+                capacity=4,
+                inflight=0,
+                processed=0,
+                started_at=utcnow(),
+                created_at=created_at,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    now = utcnow()
+    await net.nats.publish_core(subject, beat(now))
+    old = beat(now - timedelta(minutes=5))
+    await net.nats.publish_core(subject, old, headers=signed_by(node, old))
+    ahead = beat(now + timedelta(minutes=5))
+    await net.nats.publish_core(subject, ahead, headers=signed_by(node, ahead))
+    await net.nats.publish_core(subject, beat(now), headers=signed_by("someone-else", beat(now)))
+
+    def counted() -> dict[str, int]:
+        return {k[2]: n for k, n in net.keys.refusals.items() if k[:2] == ("router", node)}
+
+    expected = {
+        "unsigned": 1,
+        "stale heartbeat": 1,
+        "heartbeat from the future": 1,
+        "bad signature": 1,
+    }
+    await eventually(lambda: counted() == expected, what="four heartbeats refused")
+    assert not any(v.node_id == node for v in net.router.registry.views())
+    fresh = beat(utcnow())
+    await net.nats.publish_core(subject, fresh, headers=signed_by(node, fresh))
+    await eventually(lambda: net._offered(node), what="the signed heartbeat heard")
