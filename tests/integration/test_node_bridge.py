@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.protocol.comparators.embed import agree
+from cortensor.protocol.signing import result_msg_id, signature_of, verify
 from cortensor.schemas import (
     Assignment,
     Classification,
@@ -42,6 +43,7 @@ from cortensor.services.node.faults import CRASH_EXIT_CODE, SLOW_MARGIN_S, Fault
 from cortensor.services.node.service import NodeIdentity, NodeService
 from cortensor.settings import Settings
 from tests.conftest import eventually, make_settings
+from tests.node_keys import key_of, public_key_of
 
 pytestmark = pytest.mark.nats
 
@@ -99,29 +101,37 @@ async def test_publish_durably_stores_a_batch_each_once(
     bridge: NatsBridge, nc: NATS, topology: Topology
 ) -> None:
     batch = [
-        (topology.results_subject(str(uuid.uuid4())), f'{{"n": {i}}}'.encode(), str(uuid.uuid4()))
+        (
+            topology.results_subject(str(uuid.uuid4()), node_id="n1"),
+            f'{{"n": {i}}}'.encode(),
+            str(uuid.uuid4()),
+            {"Cortensor-Signature": f"sig{i}"},
+        )
         for i in range(3)
     ]
 
     await asyncio.to_thread(bridge.publish_durably, batch + batch[:1], within=5)
 
     js = nc.jetstream()
-    for subject, payload, _ in batch:
+    for subject, payload, _, headers in batch:
         info = await js.stream_info(topology.results_stream, subjects_filter=subject)
         assert info.state.subjects == {subject: 1}
-        assert (await js.get_last_msg(topology.results_stream, subject)).data == payload
+        stored = await js.get_last_msg(topology.results_stream, subject)
+        assert stored.data == payload
+        assert stored.headers is not None
+        assert stored.headers["Cortensor-Signature"] == headers["Cortensor-Signature"]
 
 
 async def test_publish_durably_stores_a_result_once(
     bridge: NatsBridge, nc: NATS, topology: Topology
 ) -> None:
-    subject = topology.results_subject(str(uuid.uuid4()))
+    subject = topology.results_subject(str(uuid.uuid4()), node_id="n1")
     msg_id = f"result-{uuid.uuid4()}"
 
     # A retried task publishes the same result again under the same id.
     for _ in range(2):
         await asyncio.to_thread(
-            bridge.publish_durably, [(subject, b'{"result": 1}', msg_id)], within=5
+            bridge.publish_durably, [(subject, b'{"result": 1}', msg_id, {})], within=5
         )
 
     js = nc.jetstream()
@@ -152,12 +162,12 @@ async def test_heartbeats_go_out_at_their_interval_until_the_last_words(
     sub = await nc.subscribe(subject, cb=collect)
     await nc.flush()
     await asyncio.to_thread(
-        bridge.start_heartbeats, subject, lambda: b"beat %d" % next(counter), 0.05
+        bridge.start_heartbeats, subject, lambda: (b"beat %d" % next(counter), {}), 0.05
     )
 
     async with asyncio.timeout(1):
         await three.wait()
-    await asyncio.to_thread(bridge.stop_heartbeats, (subject, b"draining"))
+    await asyncio.to_thread(bridge.stop_heartbeats, (subject, (b"draining", {})))
     async with asyncio.timeout(1):
         await last_words.wait()
     stopped_at = len(received)
@@ -177,11 +187,11 @@ async def test_a_failing_heartbeat_does_not_end_the_heartbeats(
     subject = topology.heartbeat_subject(f"node-{uuid.uuid4().hex[:6]}")
     calls = iter(range(1_000_000))
 
-    def make() -> bytes:
+    def make() -> tuple[bytes, dict[str, str]]:
         n = next(calls)
         if n == 1:
             raise RuntimeError("the node could not describe itself this time")
-        return b"beat %d" % n
+        return b"beat %d" % n, {}
 
     sub = await nc.subscribe(subject)
     await nc.flush()
@@ -208,7 +218,7 @@ def test_close_ends_the_thread_and_the_connection(settings: Settings) -> None:
     assert not thread.is_alive()
     assert bridge.nc.is_closed
     bridge.close()  # a second close is harmless
-    bridge.stop_heartbeats(("x", b"too late"))  # and so is stopping after close
+    bridge.stop_heartbeats(("x", (b"too late", {})))  # and so is stopping after close
     release(bridge)
 
 
@@ -272,7 +282,7 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
         "all-MiniLM-L6-v2": CountingEmbedder(),
         "rag-intent-classifier": FirstLetterClassifier(),
     }
-    service = NodeService(settings, identity, runtimes, bridge=bridge)
+    service = NodeService(settings, identity, runtimes, bridge=bridge, key=key_of("batch-node"))
 
     def assignment(**overrides: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -303,8 +313,14 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
     js = nc.jetstream()
     for payload in good:
         stored = await js.get_last_msg(
-            topology.results_stream, topology.results_subject(payload["job_id"])
+            topology.results_stream,
+            topology.results_subject(payload["job_id"], node_id=identity.node_id),
         )
+        signature = signature_of(stored.headers)
+        assert signature is not None
+        assert verify(public_key_of(identity.node_id), stored.data, signature)
+        assert stored.headers is not None
+        assert stored.headers[jetstream.MSG_ID_HEADER] == result_msg_id(signature)
         result = InferenceResult.model_validate_json(stored.data)
         assert str(result.assignment_id) == payload["assignment_id"]
         assert result.node_id == identity.node_id
@@ -312,7 +328,8 @@ async def test_a_node_runs_a_batch_and_drops_what_it_must_not_run(
         expected = CountingEmbedder().embed(payload["inputs"]).tolist()
         assert result.embeddings == expected
     stored = await js.get_last_msg(
-        topology.results_stream, topology.results_subject(classify["job_id"])
+        topology.results_stream,
+        topology.results_subject(classify["job_id"], node_id=identity.node_id),
     )
     labels = InferenceResult.model_validate_json(stored.data)
     assert labels.task == "classify"
@@ -333,7 +350,12 @@ def embedding_node(
         node_id=node_id, hw_class="cpu-int8", models=(EMBEDDER,), tasks=("embed",)
     )
     return NodeService(
-        settings, identity, {EMBEDDER: CountingEmbedder()}, fault=fault, bridge=bridge
+        settings,
+        identity,
+        {EMBEDDER: CountingEmbedder()},
+        fault=fault,
+        bridge=bridge,
+        key=key_of(node_id),
     )
 
 
@@ -372,7 +394,7 @@ async def test_a_slow_node_answers_after_the_deadline(
     async def note(msg: Msg) -> None:
         arrived[InferenceResult.model_validate_json(msg.data).job_id.hex] = utcnow()
 
-    sub = await nc.subscribe(topology.results_subject("*"), cb=note)
+    sub = await nc.subscribe(topology.results_subject("*", node_id=node), cb=note)
     await nc.flush()
     started = time.monotonic()
     summary = await asyncio.to_thread(service.handle, [held, on_time])
@@ -388,7 +410,7 @@ async def test_a_slow_node_answers_after_the_deadline(
     assert late - deadline < timedelta(seconds=SLOW_MARGIN_S + 1.0), "and not much later"
     assert took < 1.0 + SLOW_MARGIN_S + 1.0
     stored = await nc.jetstream().get_last_msg(
-        topology.results_stream, topology.results_subject(held["job_id"])
+        topology.results_stream, topology.results_subject(held["job_id"], node_id=node)
     )
     result = InferenceResult.model_validate_json(stored.data)
     assert result.embeddings == CountingEmbedder().embed(held["inputs"]).tolist(), "true, late"
@@ -412,7 +434,7 @@ async def test_colluding_nodes_publish_the_same_wrong_answer(
         )
         assert summary == "done=1"
         msg = await nc.jetstream().get_last_msg(
-            topology.results_stream, topology.results_subject(payload["job_id"])
+            topology.results_stream, topology.results_subject(payload["job_id"], node_id=node)
         )
         stored[node] = InferenceResult.model_validate_json(msg.data).embeddings or []
 
@@ -425,6 +447,7 @@ async def test_colluding_nodes_publish_the_same_wrong_answer(
 CRASHING_NODE = """
 import json, sys
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.faults import Fault
 from cortensor.services.node.service import NodeIdentity, NodeService
@@ -445,6 +468,7 @@ service = NodeService(
     {"all-MiniLM-L6-v2": Embedder()},
     fault=Fault("crash", 1.0),
     bridge=NatsBridge(settings, name="crashing node"),
+    key=Ed25519PrivateKey.generate(),
 )
 service.start()
 service.announce()
@@ -498,8 +522,35 @@ async def test_a_crashing_node_dies_mid_task_without_publishing(
     assert "crash fault" in out.decode() + errors.decode()
     with pytest.raises(NotFoundError):
         await nc.jetstream().get_last_msg(
-            topology.results_stream, topology.results_subject(payload["job_id"])
+            topology.results_stream, topology.results_subject(payload["job_id"], node_id=node)
         )
     assert heard >= 2, "it was in the fleet"
     assert len(beats) == heard, "no heartbeat after it died"
     assert all(b.status == "up" for b in beats), "no last words either"
+
+
+async def test_a_node_signs_its_heartbeats_and_its_last_words(
+    settings: Settings, bridge: NatsBridge, nc: NATS, topology: Topology
+) -> None:
+    node = f"signer-{uuid.uuid4().hex[:6]}"
+    service = embedding_node(settings, bridge, node, None)
+    heard: list[Msg] = []
+
+    async def note(msg: Msg) -> None:
+        heard.append(msg)
+
+    sub = await nc.subscribe(topology.heartbeat_subject(node), cb=note)
+    await nc.flush()
+    await asyncio.to_thread(service.announce)
+    await eventually(lambda: heard, what="a heartbeat")
+    await asyncio.to_thread(service.drain)
+    await eventually(
+        lambda: any(NodeHeartbeat.model_validate_json(m.data).status == "draining" for m in heard),
+        what="the last words",
+    )
+    await sub.unsubscribe()
+
+    for msg in heard:
+        signature = signature_of(msg.headers)
+        assert signature is not None
+        assert verify(public_key_of(node), msg.data, signature)
