@@ -19,6 +19,7 @@ from cortensor.adapters.ledger import migrate, roles
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.errors import SetupIncomplete
 from cortensor.settings import Settings
+from cortensor.tools.reports import find_report, reports, run_report
 from tests.conftest import eventually, make_settings, role_dsn
 from tests.integration.test_ledger_store import open_running
 
@@ -146,6 +147,15 @@ async def test_reports_read_every_report_view_and_no_table(
             await conn.execute("INSERT INTO nodes (node_id) VALUES ('x')")
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("name", sorted(reports()))
+def test_every_report_runs_as_the_reports_role(ledger_settings: Settings, name: str) -> None:
+    as_reports = make_settings(database_url=role_dsn(ledger_settings, "reports"))
+    params = {p: "a-node" for p in find_report(name).parameters}
+
+    # The reports role sees what the operator sees, through the views alone.
+    assert run_report(as_reports, name, params) == run_report(ledger_settings, name, params)
 
 
 def test_no_report_view_shows_content(admin: psycopg.Connection[tuple[object, ...]]) -> None:
