@@ -59,7 +59,7 @@ def test_brokers_setup_declares_the_topology_idempotently() -> None:
             done = run_cortensor(settings, "brokers", "setup")
             assert done.returncode == 0, done.stderr
             assert (
-                f"queue {settings.namespace}.router <- {settings.namespace}.jobs[job]"
+                f"queue {settings.namespace}.router <- {settings.namespace}.submit[job.*]"
                 in done.stdout
             )
         assert asyncio.run(_stream_names(settings)) == {
