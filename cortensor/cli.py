@@ -718,8 +718,12 @@ def credentials_issue(
     name: PrincipalName,
     out_file: Annotated[Path, typer.Option("--out", help="The credentials file to write.")],
     hw_class: Annotated[
-        str, typer.Option(help="A node's hardware class: the exchange its queue is bound on.")
-    ] = "cpu-int8",
+        str,
+        typer.Option(
+            help="A node's hardware class, whose exchange its queue is bound on; auto: the"
+            " class `cortensor node` picks on this host."
+        ),
+    ] = "auto",
     public_key: Annotated[
         Path | None,
         typer.Option(help="A node's own Ed25519 key (PEM), from `cortensor node keygen`."),
@@ -749,14 +753,17 @@ def credentials_fleet(
     clients: Annotated[
         str, typer.Option(help="Comma-separated client names, each NAME.json.")
     ] = "client",
-    hw_class: Annotated[str, typer.Option(help="The nodes' hardware class.")] = "cpu-int8",
+    hw_class: Annotated[
+        str, typer.Option(help="The nodes' hardware class (auto: as `cortensor node` picks).")
+    ] = "auto",
 ) -> None:
     """Issue the credentials of a Procfile fleet: router, guard, reports, nodes, clients."""
     from cortensor.tools.credentials import issue_fleet
 
     names = [c.strip() for c in clients.split(",") if c.strip()]
-    for path in issue_fleet(_settings(), directory, nodes=nodes, clients=names, hw_class=hw_class):
-        _said(f"  {path}")
+    admin = _settings()
+    for done in issue_fleet(admin, directory, nodes=nodes, clients=names, hw_class=hw_class):
+        _said(f"  {done.kind} {done.name}: {done.path}")
 
 
 @credentials_app.command("revoke-namespace")

@@ -40,7 +40,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -71,13 +71,29 @@ from cortensor.adapters.principals.grants import (
 )
 from cortensor.adapters.principals.nats_auth import NatsServerFiles, NatsUsers, await_login
 from cortensor.adapters.topology import Topology
-from cortensor.errors import BadInput, SetupIncomplete
+from cortensor.catalog import HW_CLASSES
+from cortensor.errors import BadInput, ModelsNotPrepared, SetupIncomplete
+from cortensor.inference.hardware import cpu_flags, cuda_available, int8_isa
+from cortensor.inference.manifest import load_manifest
 from cortensor.protocol.signing import public_bytes
+from cortensor.services.node.identity import choose_hw_class
 from cortensor.settings import Settings
 
-DEFAULT_HW_CLASS = "cpu-int8"
-"""The class a node's queue is bound on unless --hw-class says otherwise: what `cortensor
-node` picks by itself on a CPU with AVX2 or VNNI, as the machines this runs on have."""
+DEFAULT_HW_CLASS = "auto"
+"""The class a node's queue is bound on unless --hw-class says otherwise: `auto` is the
+class `cortensor node --hw-class auto` picks on this host with its prepared models (on
+the machines this project runs on, cpu-int8); a node on another host needs its own."""
+
+
+def local_hw_class(settings: Settings) -> str:
+    """The class a node on this host would pick by itself (`cortensor node`'s auto)."""
+    isa = int8_isa(cpu_flags())
+    try:
+        manifest = load_manifest(settings.models_dir)
+        served = {c for c in HW_CLASSES if manifest.served(c, isa)}
+    except ModelsNotPrepared:
+        served = set(HW_CLASSES)
+    return choose_hw_class("auto", served=served, int8_isa=isa, cuda=cuda_available())
 
 
 def _password() -> str:
@@ -153,13 +169,13 @@ def bootstrap_admin(settings: Settings, out: Path) -> Path:
     )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Issued:
-    """What one issue made, to write into the principal's credentials file."""
+    """A credentials file written, and whose it is."""
 
     kind: Kind
     name: str
-    values: dict[str, Any] = field(default_factory=dict)
+    path: Path
 
 
 def _node_key(out: Path, public_key: Path | None) -> tuple[bytes, str | None]:
@@ -210,7 +226,7 @@ async def _delete_node_queue(admin: Settings, topology: Topology, node_id: str) 
     connection = await amqp.connect_as(admin)
     async with connection:
         channel = await connection.channel()
-        await channel.queue_delete(topology.node_queue(node_id, DEFAULT_HW_CLASS).name)
+        await channel.queue_delete(topology.node_queue(node_id, topology.hw_classes[0]).name)
 
 
 async def _bind_key(admin: Settings, node_id: str, public_key: bytes) -> None:
@@ -261,6 +277,8 @@ def issue(
     topology = Topology(admin.namespace)
     user = user_name(admin.namespace, kind, name)
     values: dict[str, Any] = {"kind": kind, "name": name, "namespace": admin.namespace}
+    if kind == "node" and hw_class == "auto":
+        hw_class = local_hw_class(admin)
     if kind == "node":
         raw_key, key_file = _node_key(out, public_key)
         asyncio.run(_declare_node_queue(admin, topology, name, hw_class))
@@ -350,12 +368,21 @@ def issue_fleet(
     nodes: int,
     clients: Sequence[str] = ("client",),
     hw_class: str = DEFAULT_HW_CLASS,
-) -> list[Path]:
-    """Credentials for a Procfile fleet, named as the Procfile reads them."""
-    written = [issue(admin, kind, kind, directory / f"{kind}.json") for kind in FLEET_OPERATORS]
-    written += [
-        issue(admin, "node", fleet_node_id(i), directory / f"node.{i}.json", hw_class=hw_class)
-        for i in range(1, nodes + 1)
-    ]
-    written += [issue(admin, "client", c, directory / f"{c}.json") for c in clients]
+) -> list[Issued]:
+    """Credentials for a Procfile fleet, named as the Procfile reads them. What was
+    issued before a failure is revoked again."""
+    wanted: list[tuple[Kind, str, str]] = [(k, k, f"{k}.json") for k in FLEET_OPERATORS]
+    wanted += [("node", fleet_node_id(i), f"node.{i}.json") for i in range(1, nodes + 1)]
+    wanted += [("client", c, f"{c}.json") for c in clients]
+    if nodes and hw_class == "auto":
+        hw_class = local_hw_class(admin)
+    written: list[Issued] = []
+    try:
+        for kind, name, file in wanted:
+            path = issue(admin, kind, name, directory / file, hw_class=hw_class)
+            written.append(Issued(kind, name, path))
+    except BaseException:
+        for done in written:
+            revoke(admin, done.kind, done.name)
+        raise
     return written

@@ -2,6 +2,9 @@
 
 `honcho start -c node=N` starts the router, the guard and N nodes exactly as an
 operator would; extra nodes (a dishonest one, say) run beside it as plain processes.
+Every process runs on credentials of its own, issued into the log directory before
+the fleet starts (`cortensor credentials fleet`, one file per extra node) and revoked
+when it stops: the settings the fleet is given are the admin's.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import IO, LiteralString, Self
 
 import psycopg
 
+from cortensor.adapters.principals.grants import Kind
 from cortensor.errors import CortensorError
 from cortensor.paths import ROOT, checkout_path
 from cortensor.settings import Settings
+from cortensor.tools import credentials
 
 
 class FleetError(CortensorError, RuntimeError):
@@ -27,7 +32,8 @@ class FleetError(CortensorError, RuntimeError):
 
 
 class Fleet:
-    """A router, a guard and nodes, as child processes sharing this process's settings."""
+    """A router, a guard and nodes, as child processes on credentials of their own,
+    issued with `settings` (the admin's, in the fleet's namespace and ledger)."""
 
     def __init__(
         self,
@@ -46,18 +52,18 @@ class Fleet:
         self.extra_nodes = extra_nodes or []
         self.log_dir = log_dir
         bin_dir = str(Path(sys.executable).parent)
+        inherited = {k: v for k, v in os.environ.items() if k != "CORTENSOR_CREDENTIALS"}
         self.env = {
-            **os.environ,
+            **inherited,  # never the admin's credentials: each process gets its own
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "CORTENSOR_NAMESPACE": settings.namespace,
-            "CORTENSOR_DATABASE_URL": settings.database_url,
-            "CORTENSOR_AMQP_URL": settings.amqp_url,
-            "CORTENSOR_NATS_URL": settings.nats_url,
             "CORTENSOR_MODELS_DIR": str(settings.models_dir),
+            "CORTENSOR_FLEET_DIR": str(log_dir),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
         self._procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self._issued: list[tuple[Kind, str]] = []
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +78,41 @@ class Fleet:
         )
         self._procs.append((proc, log))
 
+    def extra_node_id(self, index: int) -> str:
+        """The id of extra node `index` (from 1): its --node-id, else extra-<index>."""
+        args = self.extra_nodes[index - 1]
+        given = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--node-id"]
+        return given[-1] if given else f"extra-{index}"
+
+    def _issue(self) -> None:
+        """Issue every process's credentials into the log directory."""
+        issued = credentials.issue_fleet(self.settings, self.log_dir, nodes=self.nodes)
+        self._issued += [(done.kind, done.name) for done in issued]
+        for i, args in enumerate(self.extra_nodes, start=1):
+            given = [args[j + 1] for j, a in enumerate(args[:-1]) if a == "--hw-class"]
+            node_id = self.extra_node_id(i)
+            credentials.issue(
+                self.settings,
+                "node",
+                node_id,
+                self.log_dir / f"extra-node-{i}.json",
+                hw_class=given[-1] if given else credentials.DEFAULT_HW_CLASS,
+            )
+            self._issued.append(("node", node_id))
+
+    def _revoke(self) -> None:
+        while self._issued:
+            kind, name = self._issued.pop()
+            credentials.revoke(self.settings, kind, name)
+
     def start(self) -> None:
-        """Start honcho with the Procfile, then the extra nodes."""
+        """Issue the fleet's credentials, start honcho with the Procfile, then the extra
+        nodes."""
+        try:
+            self._issue()
+        except BaseException:
+            self._revoke()
+            raise
         bin_dir = Path(sys.executable).parent
         self._spawn(
             "honcho",
@@ -89,7 +128,10 @@ class Fleet:
             ],
         )
         for i, args in enumerate(self.extra_nodes, start=1):
-            self._spawn(f"extra-node-{i}", [str(bin_dir / "cortensor"), "node", *args])
+            own = str(self.log_dir / f"extra-node-{i}.json")
+            self._spawn(
+                f"extra-node-{i}", [str(bin_dir / "cortensor"), "--credentials", own, "node", *args]
+            )
 
     def _node_ids(self, query: LiteralString) -> list[str]:
         with psycopg.connect(self.settings.asyncpg_dsn) as conn:
@@ -134,7 +176,8 @@ class Fleet:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM everything (honcho passes it on), wait, then kill what is left."""
+        """SIGTERM everything (honcho passes it on), wait, then kill what is left, and
+        revoke the fleet's credentials."""
         for proc, _ in self._procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -147,6 +190,7 @@ class Fleet:
                 proc.wait()
             log.close()
         self._procs.clear()
+        self._revoke()
 
     def __enter__(self) -> Self:
         self.start()

@@ -33,12 +33,15 @@ def make_app(service: NodeService) -> Celery:
     """A Celery app bound to one node service and its queue."""
     settings, identity = service.settings, service.identity
     spec = service.topology.node_queue(identity.node_id, identity.hw_class)
+    # The queue and its binding are declared by whoever issued the node's credentials
+    # (`cortensor credentials issue node`): a node may configure nothing on the broker.
     queue = Queue(
         spec.name,
         Exchange(spec.exchange, type="direct", durable=True),
         routing_key=spec.routing_key,
         durable=True,
         queue_arguments=spec.arguments,
+        no_declare=True,
     )
     app = Celery(
         f"cortensor-node-{identity.node_id}", broker=amqp_url(settings), set_as_current=False
@@ -77,8 +80,8 @@ def make_app(service: NodeService) -> Celery:
     def on_shutdown(**_: Any) -> None:
         service.drain()
 
-    # Heartbeats start only once the queue is declared and consumed, so that no
-    # router sends work to a queue that does not exist yet.
+    # Heartbeats start only once the queue is consumed, so that no router sends work
+    # to a node that is not listening yet.
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutting_down.connect(on_shutdown, weak=False)
     return app
