@@ -5,7 +5,7 @@ their sha256 remains beside its statuses, timings and reputation events.
 What goes, per job: `jobs.inputs` and `jobs.audio` (sha256 kept in `inputs_sha256`,
 `audio_sha256`), a probe's reference output (`params.reference`), each result's
 `output` (sha256 kept in `results.output_sha256`), and the outputs a verdict's payload
-holds itself (a split job's stitched output and its parts'). `jobs.purged_at` marks the
+holds itself (a split job's stitched output). `jobs.purged_at` marks the
 job; nothing else changes, and no row is deleted.
 
 The hashes are computed here, at purge time, rather than when the content is written:
@@ -25,7 +25,7 @@ from cortensor.adapters.ledger.store import Ledger
 from cortensor.schemas import OUTPUT_FIELD, TERMINAL_STATUSES
 
 OUTPUT_KEYS = sorted(set(OUTPUT_FIELD.values()))
-"""The fields of a Verdict (and of a split job's PartVerdict) that carry an output."""
+"""The fields of a Verdict that carry an output."""
 
 _PURGE = """
 WITH due AS (
@@ -43,13 +43,7 @@ WITH due AS (
     RETURNING r.job_id
 ), verdict_outputs AS (
     UPDATE verdicts v
-    SET payload = CASE
-        WHEN jsonb_typeof(v.payload -> 'parts') = 'array' THEN jsonb_set(
-            v.payload - $3::text[], '{parts}',
-            (SELECT coalesce(jsonb_agg(p - $3::text[] ORDER BY n), '[]'::jsonb)
-             FROM jsonb_array_elements(v.payload -> 'parts') WITH ORDINALITY AS e(p, n)))
-        ELSE v.payload - $3::text[]
-    END
+    SET payload = v.payload - $3::text[]
     WHERE v.job_id IN (SELECT job_id FROM due)
     RETURNING v.job_id
 )

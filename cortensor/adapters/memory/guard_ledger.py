@@ -222,8 +222,7 @@ class GuardSide(OnTables):
                     t.results[result_id] = dataclasses.replace(result, output=None)
             verdict = t.verdicts.get(job.spec.job_id)
             if verdict is not None:
-                parts = [p.model_copy(update=blank) for p in verdict.payload.parts]
-                verdict.payload = verdict.payload.model_copy(update={**blank, "parts": parts})
+                verdict.payload = verdict.payload.model_copy(update=blank)
         return len(due)
 
     async def expire_stragglers(self, limit: int = 500) -> int:
