@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +82,32 @@ def publish(settings: Settings, messages: list[tuple[str, bytes]], delay_s: floa
     asyncio.run(send())
 
 
+@contextmanager
+def connected_peer(settings: Settings) -> Iterator[Callable[[str, bytes], None]]:
+    """A peer connected before the window opens (logging in may take longer than the
+    window): what it is handed it publishes 10 ms later, from a thread of its own."""
+    outbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
+    connected = threading.Event()
+
+    async def serve() -> None:
+        nc = await jetstream.connect(settings.nats_url, name="test peer")
+        connected.set()
+        while (message := await asyncio.to_thread(outbox.get)) is not None:
+            await asyncio.sleep(0.01)
+            await nc.publish(*message)
+            await nc.flush()
+        await nc.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    try:
+        assert connected.wait(10), "the peer could not connect"
+        yield lambda subject, data: outbox.put((subject, data))
+    finally:
+        outbox.put(None)
+        thread.join(10)
+
+
 def result(job_id: uuid.UUID, node: str, embedding: np.ndarray) -> bytes:
     return (
         InferenceResult(
@@ -123,29 +154,18 @@ def test_an_adaptive_node_cheats_only_when_admitted_unwatched_and_unprobed(
     assert time.monotonic() - started >= ADAPTIVE.window_s, "it waited its window first"
 
     watched = job("A peer answers this one within the window.")
-    peer = threading.Thread(
-        target=publish,
-        args=(
-            settings,
-            [
-                (
-                    topology.results_subject(str(watched.job_id)),
-                    result(watched.job_id, "h", vector(3)),
-                )
-            ],
-            0.01,
-        ),
-    )
-    peer.start()
-    assert not lookout.cheats(watched, vector(3))
-    peer.join()
+    subject = topology.results_subject(str(watched.job_id), node_id="h")
+    with connected_peer(settings) as send:
+        send(subject, result(watched.job_id, "h", vector(3)))
+        assert not lookout.cheats(watched, vector(3))
 
     assert not lookout.cheats(job(PROBE_TEXT), vector(4)), "a prepared probe"
     assert not lookout.cheats(job("Nobody else runs this one."), vector(2)), "sent before"
 
     earlier = uuid.uuid4()
     heard = vector(5)
-    publish(settings, [(topology.results_subject(str(earlier)), result(earlier, "h", heard))])
+    subject = topology.results_subject(str(earlier), node_id="h")
+    publish(settings, [(subject, result(earlier, "h", heard))])
     wait_for(lambda: lookout.peers.peers(earlier, ME))
     assert not lookout.cheats(job("A text re-sent by the network."), heard), "a replay"
 
@@ -208,3 +228,48 @@ def test_coordinated_sybils_cheat_together_and_only_together(settings: Settings)
     finally:
         for member in crew:
             member.close()
+
+
+@pytest.fixture
+def forbidding_nats(tmp_path: Path) -> Iterator[str]:
+    """A nats-server of this test's own whose one user may subscribe to its inbox only
+    (as a node in a secured fleet); yields that user's URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        "authorization { users = [ { user: node, password: pw, permissions: {"
+        ' publish: { allow: ["_INBOX.>"] }, subscribe: { allow: ["_INBOX.>"] } } } ] }\n'
+    )
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "nats-server"), "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.02)
+        yield f"nats://node:pw@127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_lookout_the_server_forbids_to_listen_hears_nothing_and_carries_on(
+    settings: Settings, forbidding_nats: str
+) -> None:
+    watcher = Lookout(settings.model_copy(update={"nats_url": forbidding_nats}), ME, ADAPTIVE)
+    watcher.start()
+    try:
+        assert not watcher.cheats(job("Nobody can be heard here."), vector(8)), "never admitted"
+        assert watcher.nc.is_connected
+        assert watcher.decisions == {True: 0, False: 1}
+    finally:
+        watcher.close()
