@@ -27,7 +27,16 @@ from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
 from cortensor.protocol.planning import Plan, Timing, parallel, plan
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
-from cortensor.schemas import Assignment, JobRequest, NodeHeartbeat, Verdict, utcnow
+from cortensor.schemas import (
+    MAX_ERROR_CHARS,
+    MAX_HEARTBEAT_BYTES,
+    Assignment,
+    JobRequest,
+    NodeHeartbeat,
+    Verdict,
+    printable,
+    utcnow,
+)
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
@@ -159,7 +168,7 @@ class Router:
         rejected). A job whose routing key names no owner is dead-lettered: nobody could
         read its verdict."""
         owner = self.topology.owner_of(message.routing_key)
-        outcome = read_job(message.body)
+        outcome = read_job(message.body, message.message_id)
         if owner is None:
             outcome = Undeliverable(
                 f"routing key {message.routing_key!r} names no owner: publish with routing"
@@ -312,43 +321,60 @@ class Router:
                     self._intake.put_nowait(None)  # for the other workers
                     break
                 batch.append(message)
-            try:
-                await self.take(
-                    [JobMessage(m.body, m.message_id or "", m.routing_key or "") for m in batch]
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[Delivery]) -> None:
+        """Take a batch of jobs and ack it once its ledger rows and assignments are
+        durable. A batch that fails is taken again one job at a time, so that a job at
+        fault never drags the others along: only it meets the failure's disposition."""
+        try:
+            await self.take(
+                [JobMessage(m.body, m.message_id or "", m.routing_key or "") for m in batch]
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning(
+                    "jobs not handled together; taking them one at a time",
+                    jobs=len(batch),
+                    error=printable(repr(exc), 300),
                 )
-            except Exception as exc:
-                # cortensor.errors.DISPOSITION decides. A failure that may pass (the ledger
-                # or a broker under us) puts the jobs back after a back-off; RabbitMQ
-                # dead-letters a job past x-delivery-limit. One that cannot pass parks
-                # them with the reason: a batch has no single job to answer for.
-                action = disposition(exc)
-                log.exception("jobs not handled", jobs=len(batch), action=str(action))
-                if action is Disposition.REQUEUE:
-                    s = self.settings
-                    tries = max(int(m.headers.get("x-delivery-count", 0)) for m in batch) + 1
-                    wait = backoff_s(tries, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER)
-                    await asyncio.sleep(wait)
-                    await asyncio.gather(*(m.nack(requeue=True) for m in batch))
-                else:
-                    why = f"{type(exc).__name__}: {exc}"
-                    for m in batch:
-                        await self.jobs.dead_letter(m.body, why, message_id=m.message_id or "")
-                    await asyncio.gather(*(m.ack() for m in batch))
-                continue
-            await asyncio.gather(*(m.ack() for m in batch))
+                await asyncio.gather(*(self._settle([m]) for m in batch))
+                return
+            # cortensor.errors.DISPOSITION decides. A failure that may pass (the ledger
+            # or a broker under us) puts the job back after a back-off; RabbitMQ
+            # dead-letters a job past x-delivery-limit. One that cannot pass parks it
+            # with the reason.
+            [m] = batch
+            action = disposition(exc)
+            log.exception("job not handled", message_id=m.message_id, action=str(action))
+            if action is Disposition.REQUEUE:
+                s = self.settings
+                tries = int(m.headers.get("x-delivery-count", 0)) + 1
+                wait = backoff_s(tries, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER)
+                await asyncio.sleep(wait)
+                await m.nack(requeue=True)
+            else:
+                why = printable(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
+                await self.jobs.dead_letter(m.body, why, message_id=m.message_id or "")
+                await m.ack()
+            return
+        await asyncio.gather(*(m.ack() for m in batch))
 
     async def on_heartbeat(self, msg: Signal) -> None:
         """Track a node from its heartbeat; a node may speak only for itself, signed by
         its bound key (else the heartbeat is dropped and counted), and not replay an old
         one."""
-        if not await self.keyring.check(
-            self.topology.node_of_heartbeat(msg.subject), msg.data, msg.headers
-        ):
+        node = self.topology.node_of_heartbeat(msg.subject)
+        if len(msg.data) > MAX_HEARTBEAT_BYTES:  # refused unread
+            self.keyring.refuse(node or "", "oversized")
+            return
+        if not await self.keyring.check(node, msg.data, msg.headers):
             return
         try:
             beat = NodeHeartbeat.model_validate_json(msg.data)
         except ValidationError as exc:
-            log.warning("malformed heartbeat ignored", subject=msg.subject, error=str(exc))
+            subject, error = printable(msg.subject, 200), printable(str(exc), 500)
+            log.warning("malformed heartbeat ignored", subject=subject, error=error)
             return
         if msg.subject != self.topology.heartbeat_subject(beat.node_id):
             log.warning("heartbeat for another node ignored", subject=msg.subject)
