@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -69,6 +69,21 @@ def read_credentials(path: Path) -> dict[str, Any]:
     if isinstance(values.get("key_file"), str) and not Path(values["key_file"]).is_absolute():
         values["key_file"] = str(path.parent / values["key_file"])
     return values
+
+
+def login_refused(server: str, url: str, credentials: Path | None) -> BadSetting:
+    """The error of a login that `server` refused: one line that says whom it refused
+    and where the login came from, never the password."""
+    parts = urlsplit(url)
+    who = parts.username or "an anonymous user"
+    where = parts.hostname or "?"
+    if parts.port:
+        where += f":{parts.port}"
+    source = f"the credentials file {credentials}" if credentials else "the CORTENSOR_* URLs"
+    return BadSetting(
+        f"{server} at {where} refused the login of {who}; check {source}"
+        " (revoked? issued for another namespace or server?)"
+    )
 
 
 class _CredentialsSource(PydanticBaseSettingsSource):

@@ -14,11 +14,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
-from aio_pika.exceptions import DeliveryError
+from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuthenticationError
 
 from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
-from cortensor.settings import Settings
+from cortensor.settings import Settings, login_refused
 from cortensor.tls import amqp_url, client_context
 
 REASON_HEADER = "x-cortensor-reason"
@@ -35,8 +35,12 @@ async def connect(
 
 async def connect_as(settings: Settings) -> AbstractRobustConnection:
     """The connection of the principal `settings` describes (its URL, its TLS files;
-    amqps:// when TLS is on)."""
-    return await connect(amqp_url(settings), ssl_context=client_context(settings))
+    amqps:// when TLS is on); BadSetting when RabbitMQ refuses its login."""
+    url = amqp_url(settings)
+    try:
+        return await connect(url, ssl_context=client_context(settings))
+    except (AuthenticationError, ProbableAuthenticationError) as exc:
+        raise login_refused("RabbitMQ", url, settings.credentials) from exc
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
@@ -16,7 +17,7 @@ from nats.js.errors import NotFoundError
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import Topology
-from cortensor.settings import Settings
+from cortensor.settings import Settings, login_refused
 from cortensor.tls import client_context
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -49,7 +50,9 @@ async def connect(
 async def connect_as(
     settings: Settings, *, name: str, error_cb: ErrorCallback | None = None
 ) -> NATS:
-    """The connection of the principal `settings` describes (URL, inbox, TLS files)."""
+    """The connection of the principal `settings` describes (URL, inbox, TLS files);
+    BadSetting when the server refuses its login, rather than retrying for ever."""
+    await check_login(settings)
     return await connect(
         settings.nats_url,
         name=name,
@@ -57,6 +60,29 @@ async def connect_as(
         ssl_context=client_context(settings),
         error_cb=error_cb,
     )
+
+
+async def _quiet(_: Exception) -> None:
+    """The one error a login check waits for is raised by connect itself."""
+
+
+async def check_login(settings: Settings) -> None:
+    """Raise BadSetting when the NATS server refuses the principal's login. A server
+    that cannot be reached is not an answer: the connection that follows waits for it."""
+    nc = NATS()
+    try:
+        await nc.connect(
+            settings.nats_url,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            tls=client_context(settings),
+            error_cb=_quiet,
+        )
+    except (OSError, NatsError) as exc:
+        if "authorization violation" in str(exc).lower():
+            raise login_refused("NATS", settings.nats_url, settings.credentials) from exc
+    finally:
+        await nc.close()
 
 
 async def apply_streams(

@@ -103,7 +103,10 @@ def _results_table(jobs: list[JobRequest], verdicts: list[Verdict]) -> Table:
 
 
 def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -> int:
-    """Start the fleet, push `jobs` jobs, print results and the report; 0 if all verified."""
+    """Start the fleet, push `jobs` jobs, print results and the report; 0 if all verified.
+
+    `settings` are the admin's, which issue the fleet's credentials; the jobs go out as
+    the fleet's client and the report is read as its reports principal."""
     console = make_console()
     host = socket.gethostname().split(".")[0]
     dishonest = f"{host}-dishonest-1"
@@ -124,13 +127,14 @@ def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -
         ]
         batch.append(JobRequest(task="classify", inputs=QUESTIONS, top_k=3, redundancy=redundancy))
         batch.append(_speech_job(log_dir))
-        verdicts = asyncio.run(_push(settings, batch, console))
+        client = Settings(credentials=log_dir / "client.json", models_dir=settings.models_dir)
+        verdicts = asyncio.run(_push(client, batch, console))
         console.print(_results_table(batch, verdicts))
         console.print(
             render_table(
                 "Node leaderboard (db/reports/leaderboard.sql): the dishonest node is"
                 " quarantined by its first known-answer probe",
-                run_report(settings, "leaderboard"),
+                run_report(Settings(credentials=log_dir / "reports.json"), "leaderboard"),
             )
         )
         console.print("stopping the fleet")
