@@ -192,11 +192,13 @@ def test_streams_capture_their_subjects(topo: Topology) -> None:
     assert results.subjects == (f"{NS}.results.>",)
     assert verdicts.subjects == (f"{NS}.verdicts.>",)
     assert results.storage == verdicts.storage == "file"
-    assert results.max_age_s == 7 * 24 * 3600
-    assert verdicts.max_age_s == 30 * 24 * 3600
+    # Both carry user content: kept for the retention period (24 h unless set up otherwise).
+    assert (results.holds_content, verdicts.holds_content) == (True, True)
+    assert results.max_age_s == verdicts.max_age_s == 24 * 3600
     assert results.duplicate_window_s == 300
-    # Verdicts are kept longer than the results they were decided from.
-    assert verdicts.max_age_s > results.max_age_s
+    # Clients read their verdicts by direct get (a permission names the subject); nobody
+    # reads results that way.
+    assert (verdicts.allow_direct, results.allow_direct) == (True, False)
 
 
 def test_guard_consumer_pulls_from_the_results_stream(topo: Topology) -> None:
