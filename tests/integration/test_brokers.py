@@ -114,7 +114,7 @@ async def test_setup_is_idempotent_and_teardown_removes_everything() -> None:
             amqp.json_message(b"{}", message_id="kept"),
             routing_key=topology.jobs_routing_key("client-1"),
         )
-        subject = topology.results_subject(str(uuid.uuid4()))
+        subject = topology.results_subject(str(uuid.uuid4()), node_id="n1")
         await jetstream.publish(js, subject, b"{}", msg_id="kept")
 
         second = await setup_brokers(settings)
@@ -306,7 +306,7 @@ async def test_streams_are_on_disk_and_the_guard_consumer_is_durable(
 
 async def test_a_retried_publish_is_stored_once(nc: NATS, topology: Topology) -> None:
     js = nc.jetstream()
-    subject = topology.results_subject(str(uuid.uuid4()))
+    subject = topology.results_subject(str(uuid.uuid4()), node_id="n1")
     msg_id = str(uuid.uuid4())
 
     await jetstream.publish(js, subject, b'{"n": 1}', msg_id=msg_id)
@@ -323,7 +323,7 @@ async def test_a_retried_publish_is_stored_once(nc: NATS, topology: Topology) ->
 
 async def test_a_published_result_reaches_the_guard_consumer(nc: NATS, topology: Topology) -> None:
     js = nc.jetstream()
-    subject = topology.results_subject(str(uuid.uuid4()))
+    subject = topology.results_subject(str(uuid.uuid4()), node_id="n1")
     await jetstream.publish(js, subject, b'{"mine": true}', msg_id=str(uuid.uuid4()))
     consumer = topology.guard_consumer
     psub = await js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)

@@ -160,7 +160,7 @@ async def test_acknowledged_results_survive_a_killed_server(server: Server) -> N
     assert js_config["sync_always"] is True, js_config
     assert js_config["store_dir"].startswith(str(server.config.parent))
     topology = Topology(f"d{uuid.uuid4().hex[:10]}")
-    subject = topology.results_subject(str(uuid.uuid4()))
+    subject = topology.results_subject(str(uuid.uuid4()), node_id="n1")
     msg_id = str(uuid.uuid4())
 
     nc = await jetstream.connect(server.url, name="test-durable")

@@ -25,6 +25,7 @@ from cortensor.schemas import Assignment, InferenceResult, JobRequest, NodeHeart
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.conftest import eventually
+from tests.node_keys import bind, signed_by
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 
@@ -43,6 +44,11 @@ async def fake_nodes(
     for spec in specs.values():
         await amqp.declare_queue(channel, spec)
     nc = await jetstream.connect(settings.nats_url, name="fake-nodes")
+    ledger = await asyncpg.connect(settings.asyncpg_dsn)
+    try:
+        await bind(ledger, *names)
+    finally:
+        await ledger.close()
     beats = [
         NodeHeartbeat(
             node_id=name,
@@ -62,7 +68,9 @@ async def fake_nodes(
         while True:
             for beat in beats:
                 subject = topology.heartbeat_subject(beat.node_id)
-                await nc.publish(subject, beat.model_dump_json().encode())
+                payload = beat.model_copy(update={"created_at": utcnow()}).model_dump_json()
+                headers = signed_by(beat.node_id, payload.encode())
+                await nc.publish(subject, payload.encode(), headers=headers)
             await asyncio.sleep(0.2)
 
     stop = asyncio.Event()
