@@ -8,6 +8,7 @@ A job's case is loaded as the SQL loads it and handed to the protocol core
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from uuid import UUID
 from cortensor.adapters.ledger.guard import Intake
 from cortensor.adapters.ledger.retention import OUTPUT_KEYS
 from cortensor.adapters.memory.tables import TERMINAL, AssignmentRow, JobRow, OnTables, ResultRow
+from cortensor.errors import BadInput
 from cortensor.protocol.adjudication import (
     Case,
     Conclude,
@@ -27,8 +29,33 @@ from cortensor.protocol.adjudication import (
     score_late,
 )
 from cortensor.protocol.consensus import Replica
-from cortensor.schemas import OPEN_STATUSES, InferenceResult, Verdict
+from cortensor.schemas import OPEN_STATUSES, InferenceResult, Verdict, storable
 from cortensor.settings import REVALIDATE_DEADLINE_S
+
+
+def _refused(value: Any) -> str | None:
+    """What PostgreSQL would refuse in a value bound for text or jsonb (see
+    cortensor.adapters.ledger.guard.UNSTORABLE): NUL or a lone surrogate in a string,
+    NaN or an infinity in a number; None when it would store it."""
+    if isinstance(value, str):
+        try:
+            storable(value)
+        except BadInput as exc:
+            return str(exc)
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a number JSON can hold"
+    elif isinstance(value, dict | list):
+        items = value.values() if isinstance(value, dict) else value
+        return next((why for v in items if (why := _refused(v)) is not None), None)
+    return None
+
+
+def _check_storable(results: Sequence[InferenceResult]) -> None:
+    """Raise BadInput, as GuardLedger does, for a batch holding a value it cannot store."""
+    for r in results:
+        why = _refused([r.node_id, r.precision_label(), r.error or "", r.output()])
+        if why is not None:
+            raise BadInput(f"the ledger cannot store this: {why}")
 
 
 class GuardSide(OnTables):
@@ -51,6 +78,7 @@ class GuardSide(OnTables):
         if job is None:
             intake.ignored.append(f"job {job_id} is unknown")
             return intake
+        _check_storable(batch)
         decided = job.status in TERMINAL
         others = self.tables.ordered(
             a for a in self.tables.of_job(job_id) if a.assignment_id not in unique
