@@ -251,3 +251,17 @@ def test_a_result_subject_names_its_node(node_id: str, job_id: str) -> None:
 )
 def test_a_subject_that_is_no_result_names_no_node(topo: Topology, subject: str) -> None:
     assert topo.node_of_result(subject) is None
+
+
+def test_the_node_of_a_heartbeat_subject() -> None:
+    topo = Topology("ns")
+    assert topo.node_of_heartbeat(topo.heartbeat_subject("n-1")) == "n-1"
+    for subject in (
+        "ns.nodes..heartbeat",
+        "ns.nodes.a.b.heartbeat",
+        "other.nodes.n1.heartbeat",
+        "ns.nodes.n1.heartbeats",
+        topo.results_subject("j1", node_id="n1"),
+        topo.heartbeat_subject("*"),
+    ):
+        assert topo.node_of_heartbeat(subject) is None, subject
