@@ -202,6 +202,8 @@ async def test_results_count_only_from_the_node_holding_the_assignment_and_only_
     assert forged.ignored == [
         f"assignment {sent[b].assignment_id}: not held by the node that answered"
     ]
+    assert forged.unheld == [c], "the node that sent it, to be counted as refused"
+    assert copy.unheld == [], "a duplicate is its own node's"
     unknown = await guard.take_results(uuid.uuid4(), [])
     assert unknown.ignored
     assert "unknown" in unknown.ignored[0]

@@ -363,6 +363,7 @@ async def test_unsigned_misaddressed_and_borrowed_results_are_refused_and_charge
         ("guard", first, "unsigned"): 1,
         ("guard", second, "bad signature"): 1,
         ("guard", first, "unreadable"): 1,
+        ("guard", first, "not its assignment"): 1,
     }
 
 

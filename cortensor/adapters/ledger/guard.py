@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -162,6 +162,9 @@ class Intake:
     """The redundancy a split vote raised the job to, if it did."""
     reopened: int = 0
     """Unchecked results reopened because a node failed a check here."""
+    unheld: list[str] = field(default_factory=list)
+    """The nodes that answered an assignment they do not hold (another node's, replayed
+    under their own signature, or one made up): refused, and counted by the guard."""
 
 
 def _replica(row: Any, prefix: str = "") -> Replica:
@@ -175,8 +178,9 @@ def _replica(row: Any, prefix: str = "") -> Replica:
     )
 
 
-def _tally(rows: Sequence[Any], intake: Intake) -> set[UUID]:
-    """Count what became of each incoming result; returns the assignments now counted."""
+def _tally(rows: Sequence[Any], intake: Intake, senders: Mapping[UUID, str]) -> set[UUID]:
+    """Count what became of each incoming result (`senders`: assignment -> the node that
+    answered it); returns the assignments now counted."""
     counted: set[UUID] = set()
     for row in rows:
         if not row["incoming"]:
@@ -188,6 +192,7 @@ def _tally(rows: Sequence[Any], intake: Intake) -> set[UUID]:
             intake.ignored.append(
                 f"assignment {row['assignment_id']}: not held by the node that answered"
             )
+            intake.unheld.append(senders[row["assignment_id"]])
         elif not row["stored"]:
             intake.ignored.append(f"assignment {row['assignment_id']}: duplicate result")
         else:
@@ -283,7 +288,7 @@ class GuardLedger(Ledger):
                 [r.elapsed_ms for r in batch],
                 not decided,
             )
-            counted = _tally(rows, intake)
+            counted = _tally(rows, intake, {r.assignment_id: r.node_id for r in batch})
             fresh = [_in_hand(r) for r in batch if r.assignment_id in counted]
             if decided:
                 if fresh and job["c_result_id"] is not None:

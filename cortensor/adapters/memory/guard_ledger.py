@@ -105,6 +105,7 @@ class GuardSide(OnTables):
             aid = r.assignment_id
             if a is None or a.job_id != job_id or a.node_id != r.node_id:
                 intake.ignored.append(f"assignment {aid}: not held by the node that answered")
+                intake.unheld.append(r.node_id)
             elif r.result_id in self.tables.results or aid in self.tables.answered:
                 intake.ignored.append(f"assignment {aid}: duplicate result")
             else:

@@ -84,6 +84,8 @@ class Guard:
             intake = await self.ledger.take_results(job_id, [r for _, r in batch])
             for reason in intake.ignored:
                 log.info("result ignored", job_id=str(job_id), reason=reason)
+            for node_id in intake.unheld:  # signed, but a replay or a forgery of its own
+                self.keyring.refuse(node_id, "not its assignment")
             if intake.escalated:
                 log.info("no majority; replicas added", job_id=str(job_id), now=intake.escalated)
             if intake.reopened:
