@@ -120,7 +120,7 @@ async def test_setup_is_idempotent_and_teardown_removes_everything() -> None:
         second = await setup_brokers(settings)
 
         assert second == first
-        assert f"queue {topology.router_queue} <- {topology.jobs_exchange}[job]" in first
+        assert f"queue {topology.router_queue} <- {topology.jobs_exchange}[job.*]" in first
         assert f"consumer {topology.guard_consumer.durable} on {topology.results_stream}" in first
         router_queue = await channel.declare_queue(topology.router_queue, passive=True)
         assert router_queue.declaration_result.message_count == 1
