@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from cortensor.adapters.ledger.keys import Executor, bind_key
 from cortensor.protocol.signing import public_bytes, sign, signature_headers
@@ -35,3 +37,11 @@ async def bind(db: Executor, *node_ids: str) -> None:
     """Bind the test keys of `node_ids` in a PostgreSQL ledger."""
     for node_id in node_ids:
         await bind_key(db, node_id, public_key_of(node_id))
+
+
+def key_file(node_id: str, directory: Path) -> Path:
+    """`node_id`'s test key as a node reads it: a PEM file in `directory`."""
+    path = directory / f"{node_id}.pem"
+    pem = key_of(node_id).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    path.write_bytes(pem)
+    return path

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, TASK_OF, WHISPER_BASE, WHISPER_TINY_EN
-from cortensor.errors import BadInput, ModelsNotPrepared
+from cortensor.errors import BadInput, ModelsNotPrepared, SetupIncomplete
 from cortensor.inference.hardware import cuda_available
 from cortensor.inference.manifest import MANIFEST_NAME, load_manifest
 from cortensor.inference.runtimes.classifier import ClassifierRuntime
@@ -27,6 +27,7 @@ from cortensor.services.node.main import build_node
 from cortensor.services.node.service import NodeService
 from cortensor.tools.speech import SENTENCES, speak
 from tests.conftest import make_settings
+from tests.node_keys import key_file
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 
@@ -306,8 +307,15 @@ def built(models_dir: Path) -> Iterator[list[NodeService]]:
         service.close()
 
 
-def _build(built: list[NodeService], models_dir: Path, **options: Any) -> NodeService:
-    service = build_node(make_settings(models_dir), node_id="test-node", **options)
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    """The test node's key file."""
+    return key_file("test-node", tmp_path)
+
+
+def _build(built: list[NodeService], models_dir: Path, key: Path, **options: Any) -> NodeService:
+    settings = make_settings(models_dir, key_file=key)
+    service = build_node(settings, node_id="test-node", **options)
     built.append(service)
     return service
 
@@ -317,10 +325,11 @@ def test_a_node_loads_every_model_its_class_serves(
     hw_class: Any,
     models_dir: Path,
     built: list[NodeService],
+    key: Path,
     embedders: dict[str, EmbeddingRuntime],
     speech: dict[str, bytes],
 ) -> None:
-    service = _build(built, models_dir, hw_class=hw_class)
+    service = _build(built, models_dir, key, hw_class=hw_class)
     chosen = service.identity.hw_class
     assert chosen == (hw_class if hw_class != "auto" else "cpu-int8")
     names = (EMBED_MODEL, CLASSIFY_MODEL, WHISPER_BASE, WHISPER_TINY_EN)
@@ -355,9 +364,13 @@ def test_a_node_loads_every_model_its_class_serves(
     ],
 )
 def test_a_node_can_serve_some_models_only(
-    models: list[str], tasks: tuple[str, ...], models_dir: Path, built: list[NodeService]
+    models: list[str],
+    tasks: tuple[str, ...],
+    models_dir: Path,
+    built: list[NodeService],
+    key: Path,
 ) -> None:
-    service = _build(built, models_dir, models=models)
+    service = _build(built, models_dir, key, models=models)
     assert set(service.identity.models) == set(models) == set(service.runtimes)
     assert service.identity.tasks == tasks
     assert all(TASK_OF[m] in tasks for m in models)
@@ -401,3 +414,8 @@ def test_a_class_that_lacks_a_wanted_model_is_bad_input(models_dir: Path) -> Non
     # Only Whisper has variants for cuda-int8; the check comes before any GPU is needed.
     with pytest.raises(BadInput, match=r"cuda-int8 has no prepared variant of all-MiniLM-L6-v2"):
         build_node(make_settings(models_dir), hw_class="cuda-int8", models=[EMBED_MODEL])
+
+
+def test_a_node_without_its_key_stops_before_loading_a_model(models_dir: Path) -> None:
+    with pytest.raises(SetupIncomplete, match=r"--key FILE, set CORTENSOR_KEY_FILE"):
+        build_node(make_settings(models_dir, key_file=None), node_id="test-node")

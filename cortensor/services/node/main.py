@@ -70,7 +70,6 @@ def build_node(
     host's default; its key is settings.key_file (none: SetupIncomplete, at once).
     """
     wanted = _known(models)
-    key = node_key(settings)  # before the models load: a node without a key cannot serve
     injected = Fault(fault, fault_rate, group=fault_group) if fault is not None else None
     manifest = load_manifest(settings.models_dir)
     isa = int8_isa(cpu_flags())
@@ -92,6 +91,7 @@ def build_node(
     for base in {v.base_model for v in variants.values()} - {"", *variants}:
         variants[base] = manifest.variant_for(base, chosen, isa)
     _verify(settings, variants.values())
+    key = node_key(settings)  # before the models load: a node without a key cannot serve
     loaded = _load(settings, chosen, variants)
     runtimes = {name: loaded[name] for name in names}
     tasks = tuple(t for t in TASKS if any(TASK_OF[n] == t for n in names))
