@@ -56,6 +56,7 @@ class Got:
     body: bytes
     headers: Mapping[str, Any]
     message_id: str | None
+    routing_key: str | None
 
 
 Closer = Callable[[], Awaitable[None]]
@@ -162,7 +163,7 @@ class RealAmqp(AmqpSide):
         message = await (await self.channel.get_queue(queue)).get(no_ack=True, fail=False)
         if message is None:
             return None
-        return Got(message.body, dict(message.headers), message.message_id)
+        return Got(message.body, dict(message.headers), message.message_id, message.routing_key)
 
     async def close(self) -> None:
         for close in self._closers:
@@ -212,7 +213,7 @@ class MemoryAmqp(AmqpSide):
         delivery = self.broker.get(queue)
         if delivery is None:
             return None
-        return Got(delivery.body, dict(delivery.headers), delivery.message_id)
+        return Got(delivery.body, dict(delivery.headers), delivery.message_id, delivery.routing_key)
 
 
 class NatsSide(ABC):

@@ -161,6 +161,7 @@ async def test_a_rejected_job_is_dead_lettered(rabbit: AmqpSide) -> None:
     dead = await got(rabbit, rabbit.topology.dead_letter_queue)
     assert (dead.body, dead.message_id) == (b"poison", "j1")
     assert dead.headers[DEATH_REASON_HEADER] == "rejected"
+    assert dead.routing_key == rabbit.topology.jobs_routing_key(CLIENT)
     assert await inbox.quiet()
     await close()
 
