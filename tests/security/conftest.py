@@ -19,6 +19,7 @@ from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
 from cortensor.settings import Settings
+from cortensor.tools.credentials import revoke_namespace
 from cortensor.tools.fleet import Fleet
 from tests.conftest import make_settings, run_cortensor
 from tests.security.harness import HW_CLASS, Principal, SecuredFleet
@@ -26,6 +27,9 @@ from tests.security.harness import HW_CLASS, Principal, SecuredFleet
 ATTACKER = "attacker-1"
 CLIENT = "alice"
 OTHER_CLIENT = "mallory"
+ROOM = {"CORTENSOR_AUDIO_TIMEOUT_FACTOR": "4", "CORTENSOR_ASSIGNMENT_TIMEOUT_S": "20"}
+"""Three nodes share two cores here, with other test runs beside them: their admission
+probes (transcriptions among them) get room, so that a busy machine does not fail them."""
 
 
 def principal(path: Path, models_dir: Path) -> Principal:
@@ -42,12 +46,6 @@ def issue(admin: Settings, kind: str, name: str, out: Path, *extra: str) -> Prin
     return principal(out, admin.models_dir)
 
 
-def revoke(admin: Settings, kind: str, name: str) -> None:
-    """`cortensor credentials revoke KIND NAME`."""
-    done = run_cortensor(admin, "credentials", "revoke", kind, name)
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.fixture(scope="package")
 def secured(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredFleet]:
     settings = make_settings(models_dir)
@@ -55,22 +53,19 @@ def secured(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     asyncio.run(setup_brokers(settings))
     log_dir = tmp_path_factory.mktemp("secured-fleet")
     keys = tmp_path_factory.mktemp("attackers")
-    fleet = Fleet(settings, nodes=3, log_dir=log_dir)
+    fleet = Fleet(settings, nodes=3, log_dir=log_dir, env=ROOM)
     started: list[str] = []
-    issued: list[tuple[str, str]] = []
     try:
         fleet.start()
-        started = fleet.wait_ready()
+        started = fleet.wait_ready(timeout_s=240.0)
         attacker = issue(
             settings, "node", ATTACKER, keys / f"{ATTACKER}.json", "--hw-class", HW_CLASS
         )
-        issued.append(("node", ATTACKER))
         client = issue(settings, "client", CLIENT, keys / f"{CLIENT}.json")
-        issued.append(("client", CLIENT))
         other = issue(settings, "client", OTHER_CLIENT, keys / f"{OTHER_CLIENT}.json")
-        issued.append(("client", OTHER_CLIENT))
         operators = {
-            kind: principal(log_dir / f"{kind}.json", models_dir) for kind in ("router", "guard")
+            kind: principal(log_dir / f"{kind}.json", models_dir)
+            for kind in ("router", "guard", "reports")
         }
         yield SecuredFleet(
             admin=settings,
@@ -82,9 +77,8 @@ def secured(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             operators=operators,
         )
     finally:
-        for kind, name in issued:
-            revoke(settings, kind, name)
         fleet.stop()
+        revoke_namespace(settings)
         queues = [(n, HW_CLASS) for n in [*started, ATTACKER]]
         asyncio.run(teardown_brokers(settings, queues))
         migrate.drop_database(settings)

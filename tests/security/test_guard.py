@@ -35,6 +35,8 @@ pytestmark = [
     pytest.mark.nats,
     pytest.mark.postgres,
     pytest.mark.models,
+    # The first test to run also starts the fleet (tests/security/conftest.py).
+    pytest.mark.timeout(360),
 ]
 
 
@@ -64,22 +66,32 @@ async def _forged_then_run(
     secured: SecuredFleet, forge: list[tuple[uuid.UUID, bytes, dict[str, str]]], job: JobRequest
 ) -> None:
     """Publish forged results for `job` before it runs, see them refused, then run the
-    job: it is verified by the honest nodes, no forged result is stored, and no node is
-    charged anything but agreement for it."""
+    job: it is verified by the honest nodes, no forged result is stored (a replayed one
+    stays stored once, as its honest node sent it), and no node is charged anything but
+    agreement for it."""
+    forged_ids = [_result_id(p) for _, p, _ in forge]
+    query = "SELECT count(*) FROM results WHERE result_id = ANY($1::uuid[])"
+    stored = await secured.fetchval(query, forged_ids)
     before = await secured.refusals("guard", secured.attacker.name)
     await _publish_own(secured, forge)
     await secured.refusals_reach("guard", secured.attacker.name, before + len(forge))
     verdict = await secured.run_job(job)
     assert verdict.status == "verified", verdict.reason
     assert set(verdict.agreeing) <= set(secured.nodes)
-    forged_ids = [json.loads(p)["result_id"] for _, p, _ in forge]
-    stored = await secured.fetchval(
-        "SELECT count(*) FROM results WHERE result_id = ANY($1::uuid[])", forged_ids
-    )
-    assert stored == 0
+    assert await secured.fetchval(query, forged_ids) == stored
     for node in secured.nodes:
         assert "disagreed" not in await secured.events_of(node, job.job_id), node
     assert await secured.events_of(secured.attacker.name, job.job_id) == []
+
+
+def _result_id(payload: bytes) -> str | None:
+    """The result id a forged payload carries, if it parses at all."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    value = body.get("result_id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 async def test_a_result_claiming_another_node_is_refused(secured: SecuredFleet) -> None:
@@ -144,20 +156,25 @@ async def test_a_replayed_signed_result_is_refused(secured: SecuredFleet) -> Non
 
 
 async def test_a_result_for_someone_elses_assignment_is_refused(secured: SecuredFleet) -> None:
-    """A genuinely signed result of the attacker's own, for a real job, naming an
-    assignment that is not the attacker's: the ledger refuses it, and counts it."""
-    decided = await secured.good_job_verified()
-    assignment = await secured.fetchval(
-        "SELECT assignment_id FROM assignments WHERE job_id = $1 LIMIT 1", decided.job_id
-    )
-    job = JobRequest(inputs=["not your assignment"], redundancy=3)
+    """A genuinely signed result of the attacker's own, on its own subject, naming a
+    real job and an assignment that is not the attacker's (another node's on that job,
+    or one of another job): the ledger refuses it, and counts it."""
+    first, second = await secured.good_job_verified(), await secured.good_job_verified()
+    query = "SELECT assignment_id FROM assignments WHERE job_id = $1 LIMIT 1"
     forge = []
-    for target in (decided.job_id, job.job_id):
+    for target, assignment in (
+        (first.job_id, await secured.fetchval(query, first.job_id)),
+        (second.job_id, await secured.fetchval(query, first.job_id)),
+    ):
         payload = result_payload(
             node_id=secured.attacker.name, job_id=target, assignment_id=assignment
         )
         forge.append((target, payload, signed(secured.attacker, payload)))
+    job = JobRequest(inputs=["not your assignment"], redundancy=3)
     await _forged_then_run(secured, forge, job)
+    for verdict in (first, second):
+        for node in verdict.agreeing:
+            assert "disagreed" not in await secured.events_of(node, verdict.job_id)
     await secured.good_job_verified()
 
 

@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import nats
@@ -36,23 +37,26 @@ pytestmark = [
     pytest.mark.nats,
     pytest.mark.postgres,
     pytest.mark.models,
+    # The first test to run also starts the fleet (tests/security/conftest.py).
+    pytest.mark.timeout(360),
 ]
 
 
+@dataclass
 class Tap:
-    """A subscription that keeps what it receives."""
+    """What a subscription received."""
 
-    def __init__(self) -> None:
-        self.received: list[Msg] = []
-
-    async def __call__(self, msg: Msg) -> None:
-        self.received.append(msg)
+    received: list[Msg] = field(default_factory=list)
 
 
 async def _subscribe_denied(watched: Watched, subject: str) -> Tap:
     """Subscribe to `subject` and wait for the server to deny it."""
     tap = Tap()
-    await watched.nc.subscribe(subject, cb=tap)
+
+    async def keep(msg: Msg) -> None:
+        tap.received.append(msg)
+
+    await watched.nc.subscribe(subject, cb=keep)
     await watched.refused(subject, what=f"the subscription to {subject} denied")
     return tap
 

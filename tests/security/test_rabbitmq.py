@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from cortensor.schemas import JobRequest
 from tests.conftest import eventually
@@ -28,6 +28,8 @@ pytestmark = [
     pytest.mark.nats,
     pytest.mark.postgres,
     pytest.mark.models,
+    # The first test to run also starts the fleet (tests/security/conftest.py).
+    pytest.mark.timeout(360),
 ]
 
 
@@ -49,9 +51,12 @@ async def _refused_on_new_channel(principal: Principal, act_name: str, act: Act)
 async def test_node_cannot_consume_another_nodes_queue(secured: SecuredFleet) -> None:
     victim = secured.topology.node_queue(secured.nodes[0], HW_CLASS).name
 
+    async def steal(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+
     async def consume(channel: AbstractChannel) -> object:
         queue = await channel.get_queue(victim, ensure=False)
-        return await queue.consume(lambda message: message.ack())
+        return await queue.consume(steal)
 
     async def get(channel: AbstractChannel) -> object:
         queue = await channel.get_queue(victim, ensure=False)

@@ -25,6 +25,8 @@ pytestmark = [
     pytest.mark.nats,
     pytest.mark.postgres,
     pytest.mark.models,
+    # The first test to run also starts the fleet (tests/security/conftest.py).
+    pytest.mark.timeout(360),
 ]
 
 
