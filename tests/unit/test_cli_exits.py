@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from cortensor.cli import app
 
 NOWHERE = {
+    # No credentials file: the session's (the admin's) would win over these URLs.
+    "CORTENSOR_CREDENTIALS": "",
     "CORTENSOR_DATABASE_URL": "postgresql://127.0.0.1:1/cortensor",
     "CORTENSOR_AMQP_URL": "amqp://guest:secret@127.0.0.1:1/",
 }
