@@ -1,6 +1,7 @@
-"""Heartbeats the router refuses before they reach its registry or the ledger: one over
-MAX_HEARTBEAT_BYTES unread (and counted), one the schema refuses (a NUL, a capacity no
-ledger column holds); the node's next good heartbeat is recorded as if they never came.
+"""Heartbeats the router refuses, and counts, before they reach its registry or the
+ledger: one over MAX_HEARTBEAT_BYTES unread, ones the schema refuses (a NUL, a capacity
+no ledger column holds); the node's next good heartbeat is recorded as if they never
+came.
 
 A router on the twins alone (MemoryBroker, MemoryNats, MemoryLedger, MemoryKeys)."""
 
@@ -84,4 +85,5 @@ async def test_bad_heartbeats_are_refused_and_the_next_good_one_recorded(heard: 
     await heard.beat(json.dumps(beat(capacity=3)).encode())
     row = await eventually(lambda: heard.ledger.tables.nodes.get(NODE), what="node recorded")
     assert row.beat.capacity == 3
+    await eventually(lambda: heard.refused("malformed") == 2, what="the malformed ones counted")
     assert row.beat.models == ["all-MiniLM-L6-v2"]

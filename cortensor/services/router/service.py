@@ -361,23 +361,24 @@ class Router:
         await asyncio.gather(*(m.ack() for m in batch))
 
     async def on_heartbeat(self, msg: Signal) -> None:
-        """Track a node from its heartbeat; a node may speak only for itself, signed by
-        its bound key (else the heartbeat is dropped and counted), and not replay an old
-        one."""
+        """Track a node from its heartbeat. A node may speak only for itself, signed by
+        its bound key, within MAX_HEARTBEAT_BYTES (checked before it is read), in a
+        heartbeat the schema accepts, and not replay an old one; anything else is dropped
+        and counted."""
         node = self.topology.node_of_heartbeat(msg.subject)
         if len(msg.data) > MAX_HEARTBEAT_BYTES:  # refused unread
             self.keyring.refuse(node or "", "oversized")
             return
-        if not await self.keyring.check(node, msg.data, msg.headers):
-            return
+        if not await self.keyring.check(node, msg.data, msg.headers) or node is None:
+            return  # refused and counted by the keyring
         try:
             beat = NodeHeartbeat.model_validate_json(msg.data)
         except ValidationError as exc:
-            subject, error = printable(msg.subject, 200), printable(str(exc), 500)
-            log.warning("malformed heartbeat ignored", subject=subject, error=error)
+            self.keyring.refuse(node, "malformed")
+            log.info("malformed heartbeat", node_id=node, error=printable(str(exc), 500))
             return
         if msg.subject != self.topology.heartbeat_subject(beat.node_id):
-            log.warning("heartbeat for another node ignored", subject=msg.subject)
+            self.keyring.refuse(node, "names another node")
             return
         replay = heartbeat_refusal(beat, utcnow())
         if replay is not None:
