@@ -274,6 +274,16 @@ def test_upgrade_is_idempotent_and_drop_removes_the_roles() -> None:
     assert left == []
 
 
+def test_the_owner_role_migrates_its_own_ledger_and_no_other_role_may(throwaway: Settings) -> None:
+    as_owner = make_settings(database_url=roles.issue_role(throwaway, "owner"))
+    migrate.upgrade(as_owner)  # at head already: only the grants are applied again
+    assert migrate.current(as_owner) == migrate.current(throwaway)
+
+    as_router = make_settings(database_url=roles.issue_role(throwaway, "router"))
+    with pytest.raises(SetupIncomplete, match="superuser"):
+        roles.apply(as_router)
+
+
 def test_a_role_of_a_ledger_never_migrated_is_a_setup_step() -> None:
     settings = make_settings()
     migrate.ensure_database(settings)
