@@ -19,7 +19,6 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-import nats
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +33,9 @@ from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tls import client_context
 from tests.conftest import eventually
+
+CONNECT_TIMEOUT_S = 15
+"""How long a NATS connection may take to be greeted before the attempt fails."""
 
 HW_CLASS = "cpu-int8"
 """The hardware class of the fleet's nodes on this machine, and of the attacker's queue."""
@@ -93,18 +95,21 @@ async def nats_as(principal: Principal) -> AsyncIterator[Watched]:
         errors.append(exc)
 
     s = principal.settings
-    nc = await nats.connect(
-        s.nats_url,
-        name=f"attacker {principal.kind} {principal.name}",
-        inbox_prefix=s.nats_inbox_prefix,
-        tls=client_context(s),
-        error_cb=keep,
-        allow_reconnect=False,
-    )
+    nc = NATS()
     try:
+        await nc.connect(
+            s.nats_url,
+            name=f"attacker {principal.kind} {principal.name}",
+            inbox_prefix=s.nats_inbox_prefix,
+            tls=client_context(s),
+            error_cb=keep,
+            allow_reconnect=False,
+            # A machine busy with other test runs can take seconds to greet a client.
+            connect_timeout=CONNECT_TIMEOUT_S,
+        )
         yield Watched(nc, errors)
     finally:
-        await nc.close()
+        await nc.close()  # a failed connect leaves its socket open otherwise
 
 
 @asynccontextmanager
