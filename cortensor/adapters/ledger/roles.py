@@ -124,11 +124,11 @@ def _is_superuser(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
     return bool(row and row[0])
 
 
-def _create_role(conn: psycopg.Connection[tuple[object, ...]], name: str, *options: str) -> None:
-    """CREATE ROLE unless it exists; a concurrent creation counts as existing."""
+def _create_role(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    """CREATE ROLE ... NOLOGIN unless it exists; a concurrent creation counts as existing."""
     if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
         return
-    statement = sql.SQL("CREATE ROLE {} ").format(sql.Identifier(name)) + sql.SQL(" ".join(options))
+    statement = sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name))
     try:
         with conn.transaction():  # a savepoint when the caller's transaction is open
             conn.execute(statement)
@@ -140,10 +140,10 @@ def _create_role(conn: psycopg.Connection[tuple[object, ...]], name: str, *optio
 def ensure_roles(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
     """Create the group role and `database`'s four roles if missing (NOLOGIN: a role
     logs in only once `issue_role` gives it a password)."""
-    _create_role(conn, GROUP_ROLE, "NOLOGIN")
+    _create_role(conn, GROUP_ROLE)
     for kind in ROLE_KINDS:
         name = role_name(database, kind)
-        _create_role(conn, name, "NOLOGIN")
+        _create_role(conn, name)
         conn.execute(
             sql.SQL("GRANT {} TO {}").format(sql.Identifier(GROUP_ROLE), sql.Identifier(name))
         )
@@ -166,14 +166,14 @@ BEGIN
                           WHERE d.objid = c.oid AND d.classid = 'pg_class'::regclass
                             AND d.deptype IN ('a', 'i'))
     LOOP
-        EXECUTE format('ALTER %s %s OWNER TO %I', o.kind, o.name, {owner_name});
+        EXECUTE format('ALTER %s %s OWNER TO %I', o.kind, o.name, {owner});
     END LOOP;
     FOR o IN
         SELECT p.oid::regprocedure AS name
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = 'public' AND p.proowner <> {owner}::regrole
     LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', o.name, {owner_name});
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', o.name, {owner});
     END LOOP;
 END
 $$
@@ -257,11 +257,7 @@ def apply(settings: Settings) -> None:
                     sql.Identifier(database), sql.Identifier(owner)
                 )
             )
-            conn.execute(
-                sql.SQL(_OWN_EVERYTHING).format(
-                    owner=sql.Literal(owner), owner_name=sql.Literal(owner)
-                )
-            )
+            conn.execute(sql.SQL(_OWN_EVERYTHING).format(owner=sql.Literal(owner)))
         elif conn.execute("SELECT current_user").fetchone() != (owner,):
             raise SetupIncomplete(
                 f"the ledger's roles can be set up only by a PostgreSQL superuser or {owner};"
@@ -280,10 +276,11 @@ def drop_roles(conn: psycopg.Connection[tuple[object, ...]], database: str) -> N
         )
 
 
-def scram_verifier(password: str, salt: bytes | None = None) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 7677), computed
-    here so that the password itself never reaches the server or its statement log."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
+def scram_verifier(password: str) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 7677), with a
+    fresh salt, computed here so that the password itself never reaches the server or
+    its statement log."""
+    salt = secrets.token_bytes(16)
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     stored_key = hashlib.sha256(client_key).digest()
