@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import stat
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,11 +318,18 @@ def test_the_command_line_issues_and_revokes(principals: Principals, tmp_path: P
     assert json.loads(out.read_text())["name"] == "carol"
     user = user_name(admin.namespace, "client", "carol")
     assert user in rabbit.users()
+    job = str(uuid.uuid4())
+    as_carol = run_cortensor(admin, "--credentials", str(out), "result", job)
+    assert f"no verdict yet for job {job}" in as_carol.stderr
     done = run_cortensor(admin, "credentials", "revoke", "client", "carol")
     assert done.returncode == 0, done.stderr
     assert "RabbitMQ user" in done.stdout
     assert "NATS user" in done.stdout
     assert user not in rabbit.users()
+    refused = run_cortensor(admin, "--credentials", str(out), "result", job)
+    assert refused.returncode != 0
+    said = " ".join(refused.stderr.split())  # the console wraps long lines
+    assert f"refused the login of {user}; check the credentials file {out}" in said
     refused = run_cortensor(admin, "credentials", "issue", "wizard", "x", "--out", str(out))
     assert refused.returncode != 0
     assert "KIND is one of" in refused.stderr
