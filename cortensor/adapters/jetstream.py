@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -66,23 +67,33 @@ async def _quiet(_: Exception) -> None:
     """The one error a login check waits for is raised by connect itself."""
 
 
+LOGIN_TRIES = 3
+"""Refusals in a row that mean a login is refused: while the server reloads its users
+(`cortensor credentials`), a login that arrives may be refused once."""
+
+
 async def check_login(settings: Settings) -> None:
     """Raise BadSetting when the NATS server refuses the principal's login. A server
     that cannot be reached is not an answer: the connection that follows waits for it."""
-    nc = NATS()
-    try:
-        await nc.connect(
-            settings.nats_url,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-            tls=client_context(settings),
-            error_cb=_quiet,
-        )
-    except (OSError, NatsError) as exc:
-        if "authorization violation" in str(exc).lower():
-            raise login_refused("NATS", settings.nats_url, settings.credentials) from exc
-    finally:
-        await nc.close()
+    for attempt in range(1, LOGIN_TRIES + 1):
+        nc = NATS()
+        try:
+            await nc.connect(
+                settings.nats_url,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                tls=client_context(settings),
+                error_cb=_quiet,
+            )
+            return
+        except (OSError, NatsError) as exc:
+            if "authorization violation" not in str(exc).lower():
+                return
+            if attempt == LOGIN_TRIES:
+                raise login_refused("NATS", settings.nats_url, settings.credentials) from exc
+        finally:
+            await nc.close()
+        await asyncio.sleep(0.2 * attempt)
 
 
 async def apply_streams(

@@ -97,12 +97,16 @@ class NatsUsers:
     @contextlib.contextmanager
     def _changing(self) -> Iterator[dict[str, dict[str, Any]]]:
         """The registry, locked against other issuers; written back, rendered and
-        reloaded when the block ends without an error."""
+        reloaded when the block changed it and ended without an error."""
         self.files.directory.mkdir(parents=True, exist_ok=True)
         with (self.files.directory / "users.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             users = self._read()
+            before = json.dumps(users, sort_keys=True)
             yield users
+            # A reload makes logins that arrive meanwhile fail: none without a change.
+            if json.dumps(users, sort_keys=True) == before and self.files.auth_conf.exists():
+                return
             _write_private(self.files.registry, json.dumps(users, indent=2, sort_keys=True))
             _write_private(self.files.auth_conf, render(users))
             self.reload()
