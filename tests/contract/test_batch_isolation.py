@@ -120,8 +120,11 @@ async def test_the_jobs_beside_a_bad_one_are_recorded_and_only_it_is_parked(
     for job in [good[0], poison, *good[1:]]:  # one batch: published before the router runs
         routed.submit(job)
 
-    await eventually(lambda: routed.recorded(good), what=f"all {GOOD} good jobs recorded")
-    await eventually(routed.settled, what="every job acked or parked")
+    # Each failed attempt logs its traceback; the console renderer takes a while over it.
+    await eventually(
+        lambda: routed.recorded(good), what=f"all {GOOD} good jobs recorded", within=60
+    )
+    await eventually(routed.settled, what="every job acked or parked", within=60)
     [dead] = routed.dead_letters()
     assert dead.message_id == str(poison.job_id)
     if isinstance(error, BadInput):
