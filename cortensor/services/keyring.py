@@ -51,8 +51,15 @@ class Keyring:
             now = self.clock()
             if self._loaded_at is not None and now - self._loaded_at < older_than_s:
                 return
-            self._keys = await self.book.bound_keys()
-            self._loaded_at = now
+            try:
+                keys = await self.book.bound_keys()
+            except Exception:
+                if self._loaded_at is None:
+                    raise  # nothing to check with: the caller retries its messages later
+                log.warning("node keys not reloaded; the cached ones still apply", exc_info=True)
+                self._loaded_at = now  # tried again after the interval, not per message
+                return
+            self._keys, self._loaded_at = keys, now
 
     async def key(self, node_id: str) -> bytes | None:
         """The key bound to `node_id` (None: none, as of the latest allowed reload)."""

@@ -190,3 +190,17 @@ async def test_the_guard_stops_delivering_results_no_retry_can_store(
     await eventually(lambda: calls, what="the result handled")
     await asyncio.sleep(0.3)  # time for redeliveries that must not come
     assert len(calls) == 1
+
+
+async def test_the_guard_retries_results_while_node_keys_cannot_be_read(
+    twins: Twins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = twins.guard.keyring.book
+    load, loads = failing(2, lambda: LedgerUnavailable("ledger restarting"), book.bound_keys)
+    monkeypatch.setattr(book, "bound_keys", load)
+    take, taken = failing(0, lambda: PermanentError("never"), twins.guard.ledger.take_results)
+    monkeypatch.setattr(twins.guard.ledger, "take_results", take)
+    subject, data, headers = result_for(twins)
+    await twins.nats.publish(subject, data, msg_id="r3", headers=headers)
+    await eventually(lambda: taken, what="the result checked once the keys could be read")
+    assert len(loads) == 3, "delivered again after each failed read, never refused"

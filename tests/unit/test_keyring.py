@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cortensor.adapters.memory import MemoryKeys
+from cortensor.errors import LedgerUnavailable
 from cortensor.protocol.signing import public_bytes, sign, signature_headers
 from cortensor.schemas import NodeHeartbeat, utcnow
 from cortensor.services.keyring import Keyring
@@ -97,3 +99,32 @@ def test_a_heartbeat_far_from_the_clock_is_a_replay() -> None:
     assert heartbeat_refusal(beat(HEARTBEAT_MAX_AGE_S + 5), now) == "stale heartbeat"
     future = heartbeat_refusal(beat(-HEARTBEAT_MAX_AGE_S - 5), now)
     assert future == "heartbeat from the future"
+
+
+class FlakyKeys(MemoryKeys):
+    """A key book whose ledger goes down on demand."""
+
+    down = False
+
+    async def bound_keys(self) -> dict[str, bytes]:
+        if self.down:
+            raise LedgerUnavailable("ledger restarting")
+        return await super().bound_keys()
+
+
+async def test_a_ledger_outage_keeps_the_cached_keys_and_is_not_asked_per_message() -> None:
+    book, clock = FlakyKeys({"n1": public_bytes(KEY)}), Clock()
+    keys = ring(book, clock)
+    assert await keys.key("n1") == public_bytes(KEY)
+    book.down = True
+    clock.now += 10.0
+    assert await keys.key("n1") == public_bytes(KEY), "the cached key still applies"
+    assert await keys.key("junk") is None
+    assert book.loads == 1
+
+
+async def test_keys_never_loaded_are_an_error_for_the_caller_to_retry() -> None:
+    book = FlakyKeys({"n1": public_bytes(KEY)})
+    book.down = True
+    with pytest.raises(LedgerUnavailable):
+        await ring(book, Clock()).check("n1", b"x", signature_headers(sign(KEY, b"x")))

@@ -133,16 +133,24 @@ class Guard:
     async def _signed(self, msgs: list[Msg]) -> list[Msg]:
         """The messages signed by the key bound to the node their subject names; the
         others are termed unread and counted: they reach neither the ledger nor anyone's
-        reputation (not even the node they claim to come from)."""
-        kept, refused = [], []
-        for msg in msgs:
-            node_id = self.topology.node_of_result(msg.subject)
-            if await self.keyring.check(node_id, msg.data, msg.headers):
-                kept.append(msg)
-            else:
-                refused.append(msg.term())
-        await asyncio.gather(*refused)
-        return kept
+        reputation (not even the node they claim to come from). When the keys cannot be
+        read (the ledger is down before they were ever loaded), every message is delivered
+        again after a back-off, none refused."""
+        try:
+            signed = [
+                await self.keyring.check(
+                    self.topology.node_of_result(msg.subject), msg.data, msg.headers
+                )
+                for msg in msgs
+            ]
+        except Exception:
+            log.exception("node keys unavailable; results delivered again later")
+            s = self.settings
+            wait = backoff_s(1, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER)
+            await asyncio.gather(*(m.nak(delay=wait) for m in msgs))
+            return []
+        await asyncio.gather(*(m.term() for m, ok in zip(msgs, signed, strict=True) if not ok))
+        return [m for m, ok in zip(msgs, signed, strict=True) if ok]
 
     async def take(self, msgs: list[Msg]) -> None:
         """Handle a batch of result messages: one transaction per job, ack after commit.
