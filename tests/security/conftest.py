@@ -9,7 +9,6 @@ one whose jobs are targeted and another who tries to act as or read the first.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import pytest
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
-from cortensor.settings import Settings
 from cortensor.tools.credentials import revoke_namespace
 from cortensor.tools.fleet import Fleet
-from tests.conftest import make_settings, run_cortensor
-from tests.security.harness import HW_CLASS, Principal, SecuredFleet
+from tests.conftest import make_settings
+from tests.security.harness import HW_CLASS, SecuredFleet, issue, principal
 
 ATTACKER = "attacker-1"
 CLIENT = "alice"
@@ -30,20 +28,6 @@ OTHER_CLIENT = "mallory"
 ROOM = {"CORTENSOR_AUDIO_TIMEOUT_FACTOR": "4", "CORTENSOR_ASSIGNMENT_TIMEOUT_S": "20"}
 """Three nodes share two cores here, with other test runs beside them: their admission
 probes (transcriptions among them) get room, so that a busy machine does not fail them."""
-
-
-def principal(path: Path, models_dir: Path) -> Principal:
-    """The principal a credentials file describes, with the settings it gives a process."""
-    raw = json.loads(path.read_text())
-    settings = Settings(credentials=path, models_dir=models_dir)
-    return Principal(kind=raw["kind"], name=raw["name"], file=path, settings=settings)
-
-
-def issue(admin: Settings, kind: str, name: str, out: Path, *extra: str) -> Principal:
-    """`cortensor credentials issue KIND NAME --out FILE`, as the operator runs it."""
-    done = run_cortensor(admin, "credentials", "issue", kind, name, "--out", str(out), *extra)
-    assert done.returncode == 0, done.stderr
-    return principal(out, admin.models_dir)
 
 
 @pytest.fixture(scope="package")

@@ -32,7 +32,7 @@ from cortensor.protocol import signing
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tls import client_context
-from tests.conftest import eventually
+from tests.conftest import eventually, run_cortensor
 
 CONNECT_TIMEOUT_S = 15
 """How long a NATS connection may take to be greeted before the attempt fails."""
@@ -62,6 +62,26 @@ class Principal:
         key = load_pem_private_key(self.settings.key_file.read_bytes(), password=None)
         assert isinstance(key, Ed25519PrivateKey)
         return key
+
+
+def principal(path: Path, models_dir: Path) -> Principal:
+    """The principal a credentials file describes, with the settings it gives a process."""
+    raw = json.loads(path.read_text())
+    settings = Settings(credentials=path, models_dir=models_dir)
+    return Principal(kind=raw["kind"], name=raw["name"], file=path, settings=settings)
+
+
+def issue(admin: Settings, kind: str, name: str, out: Path, *extra: str) -> Principal:
+    """`cortensor credentials issue KIND NAME --out FILE`, as the operator runs it."""
+    done = run_cortensor(admin, "credentials", "issue", kind, name, "--out", str(out), *extra)
+    assert done.returncode == 0, done.stderr
+    return principal(out, admin.models_dir)
+
+
+def revoke(admin: Settings, kind: str, name: str) -> None:
+    """`cortensor credentials revoke KIND NAME`, as the operator runs it."""
+    done = run_cortensor(admin, "credentials", "revoke", kind, name)
+    assert done.returncode == 0, done.stderr
 
 
 @dataclass

@@ -201,19 +201,21 @@ async def test_a_client_reads_only_its_own_verdicts(secured: SecuredFleet) -> No
 
 
 async def test_a_node_publishes_only_under_its_own_id(secured: SecuredFleet) -> None:
-    """A result or a heartbeat under another node's id is refused by the server and
-    never reaches the results stream."""
+    """A result or a heartbeat under another node's id, from a node or a client, is
+    refused by the server and never reaches the results stream; nor can either hear the
+    nodes' heartbeats."""
     victim = secured.nodes[0]
     job_id = uuid.uuid4()
     result = secured.topology.results_subject(str(job_id), node_id=victim)
     heartbeat = secured.topology.heartbeat_subject(victim)
     payload = json.dumps({"node_id": victim, "job_id": str(job_id)}).encode()
-    async with nats_as(secured.attacker) as watched:
-        await watched.nc.publish(result, payload, headers={jetstream.MSG_ID_HEADER: "x"})
-        await watched.refused(result, what="a result under the victim's id refused")
-        await watched.nc.publish(heartbeat, payload)
-        await watched.refused(heartbeat, what="a heartbeat under the victim's id refused")
-        await _subscribe_denied(watched, secured.topology.heartbeat_subject("*"))
+    for impostor in (secured.attacker, secured.other_client):
+        async with nats_as(impostor) as watched:
+            await watched.nc.publish(result, payload, headers={jetstream.MSG_ID_HEADER: "x"})
+            await watched.refused(result, what=f"{impostor.name}: a result as the victim")
+            await watched.nc.publish(heartbeat, payload)
+            await watched.refused(heartbeat, what=f"{impostor.name}: a heartbeat as the victim")
+            await _subscribe_denied(watched, secured.topology.heartbeat_subject("*"))
     async with _operator(secured) as js:
         with pytest.raises(NotFoundError):
             await js.get_last_msg(secured.topology.results_stream, result)

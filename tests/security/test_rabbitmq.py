@@ -104,7 +104,8 @@ async def test_node_cannot_bind_to_another_nodes_routing_key(secured: SecuredFle
 
 
 async def test_node_cannot_publish_assignments_or_jobs(secured: SecuredFleet) -> None:
-    """A node cannot hand a peer a forged assignment, nor submit jobs as a client."""
+    """A node cannot hand a peer a forged assignment, nor submit jobs as a client, by
+    the jobs exchange or straight into the router's queue."""
     topology = secured.topology
 
     async def assignment(channel: AbstractChannel) -> object:
@@ -119,7 +120,17 @@ async def test_node_cannot_publish_assignments_or_jobs(secured: SecuredFleet) ->
         ex = await channel.get_exchange(topology.dead_letter_exchange, ensure=False)
         return await ex.publish(_message(), routing_key="")
 
-    for name, act in (("assignment", assignment), ("job", job), ("dead letter", dead_letter)):
+    async def router_queue(channel: AbstractChannel) -> object:
+        # Straight into the router's queue through the default exchange, past the
+        # routing key that names a job's owner.
+        return await channel.default_exchange.publish(_message(), routing_key=topology.router_queue)
+
+    for name, act in (
+        ("assignment", assignment),
+        ("job", job),
+        ("dead letter", dead_letter),
+        ("router queue", router_queue),
+    ):
         refusal = await _refused_on_new_channel(secured.attacker, f"publish {name}", act)
         assert "ACCESS_REFUSED" in refusal
     await secured.good_job_verified()
