@@ -725,8 +725,11 @@ def credentials_issue(
         ),
     ] = "auto",
     public_key: Annotated[
-        Path | None,
-        typer.Option(help="A node's own Ed25519 key (PEM), from `cortensor node keygen`."),
+        str | None,
+        typer.Option(
+            help="A node's own public key: the base64 `cortensor node keygen` printed (or a"
+            " file holding it or a PEM key); the private key stays with the node."
+        ),
     ] = None,
 ) -> None:
     """Issue a principal's credentials: its users, permissions, key or ledger login."""

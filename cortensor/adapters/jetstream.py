@@ -84,6 +84,7 @@ async def check_login(settings: Settings) -> None:
                 max_reconnect_attempts=0,
                 tls=client_context(settings),
                 error_cb=_quiet,
+                connect_timeout=5,  # a busy server may take seconds to greet
             )
             return
         except (OSError, NatsError) as exc:

@@ -6,15 +6,17 @@ The command line (stable; tests/security and tools/fleet.py run it):
         The operator's credentials (RabbitMQ user cortensor-admin, every permission;
         NATS user cortensor-admin, every permission), kept across runs while they still
         work. `ops/services` runs it and writes ~/.config/cortensor/admin.json.
-    cortensor credentials issue node ID --out FILE [--hw-class CLASS] [--public-key PEM]
+    cortensor credentials issue node ID --out FILE [--hw-class CLASS] [--public-key KEY]
     cortensor credentials issue client NAME --out FILE
     cortensor credentials issue router|guard|reports|owner NAME --out FILE
         Write a credentials file (JSON, mode 0600): kind, name, namespace, and what that
         principal logs in with: amqp_url, nats_url and nats_inbox_prefix, a database_url
-        (router, guard, reports, owner), key_file (a node: its Ed25519 key, written
-        beside FILE as FILE's stem + .key unless --public-key names the node operator's
-        own, from `cortensor node keygen`), api_key (a client). Issuing a node also
-        declares its queue on its class's exchange and binds its public key to its id.
+        (router, guard, reports, owner), key_file (a node: its Ed25519 key, beside FILE
+        as FILE's stem + .key, made once and kept when issued again; none with
+        --public-key, the base64 that the node operator's `cortensor node keygen`
+        printed), api_key (a client). Issuing a node also declares its queue on its
+        class's exchange (--hw-class, default auto: the class `cortensor node` picks
+        on this host) and binds its public key to its id.
     cortensor credentials revoke KIND NAME
         Take them back: the users are deleted and their open connections closed, a
         node's key revoked and its queue deleted, a ledger role's login removed.
@@ -33,6 +35,8 @@ with `rabbitmqctl` and NATS users in the project's nats-server's authorization f
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -47,16 +51,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 from aio_pika.exceptions import ChannelClosed
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    load_pem_private_key,
-    load_pem_public_key,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from cortensor.adapters import amqp
+from cortensor.adapters.keyfile import generate_key, load_key
 from cortensor.adapters.ledger import keys, roles
 from cortensor.adapters.principals import rabbit
 from cortensor.adapters.principals.grants import (
@@ -75,7 +74,7 @@ from cortensor.catalog import HW_CLASSES
 from cortensor.errors import BadInput, ModelsNotPrepared, SetupIncomplete
 from cortensor.inference.hardware import cpu_flags, cuda_available, int8_isa
 from cortensor.inference.manifest import load_manifest
-from cortensor.protocol.signing import public_bytes
+from cortensor.protocol.signing import PUBLIC_KEY_BYTES, public_bytes
 from cortensor.services.node.identity import choose_hw_class
 from cortensor.settings import Settings
 
@@ -178,30 +177,44 @@ class Issued:
     path: Path
 
 
-def _node_key(out: Path, public_key: Path | None) -> tuple[bytes, str | None]:
-    """The node's raw public key, and the key file to name in its credentials: a new
-    key written beside `out`, or (with `public_key`) the operator's own, whose private
-    half never leaves the node's host."""
-    if public_key is not None:
+def _public_key(given: str) -> bytes:
+    """The raw public key `given` names: the base64 that `cortensor node keygen` prints,
+    or a file holding it or a PEM key (public or private; only the public half is used)."""
+    path = Path(given)
+    text = path.read_bytes() if path.is_file() else given.encode()
+    if b"-----BEGIN" in text:
         try:
-            loaded = load_pem_public_key(public_key.read_bytes())
-        except (OSError, ValueError) as exc:
-            # A private key file is accepted too: its public half is what gets bound.
+            loaded = load_pem_public_key(text)
+        except ValueError:
             try:
-                private = load_pem_private_key(public_key.read_bytes(), password=None)
-            except (OSError, ValueError, TypeError):
-                raise BadInput(f"{public_key} holds no Ed25519 PEM key: {exc}") from None
-            loaded = private.public_key()
+                loaded = load_pem_private_key(text, password=None).public_key()
+            except (ValueError, TypeError):
+                raise BadInput(f"{given} holds no readable PEM key") from None
         if not isinstance(loaded, Ed25519PublicKey):
-            raise BadInput(f"{public_key} is not an Ed25519 key")
-        return loaded.public_bytes_raw(), None
-    key = Ed25519PrivateKey.generate()
+            raise BadInput(f"{given} holds a {type(loaded).__name__}, not an Ed25519 key")
+        return loaded.public_bytes_raw()
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        raise BadInput(
+            "--public-key takes the base64 public key `cortensor node keygen` printed,"
+            " or a file holding it or a PEM key"
+        ) from None
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise BadInput(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, not {len(raw)}")
+    return raw
+
+
+def _node_key(out: Path, public_key: str | None) -> tuple[bytes, str | None]:
+    """The node's raw public key, and the key file to name in its credentials: the
+    node operator's own (`public_key`; its private half never leaves the node's host),
+    else the key beside `out` (made now if there is none, kept when issued again)."""
+    if public_key is not None:
+        return _public_key(public_key), None
     key_path = out.with_suffix(".key")
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return public_bytes(key), key_path.name
+    if key_path.exists():
+        return public_bytes(load_key(key_path)), key_path.name
+    return generate_key(key_path), key_path.name
 
 
 async def _declare_node_queue(
@@ -267,7 +280,7 @@ def issue(
     out: Path,
     *,
     hw_class: str = DEFAULT_HW_CLASS,
-    public_key: Path | None = None,
+    public_key: str | None = None,
 ) -> Path:
     """Create principal `name` of `kind` on every server it uses, with the least it
     needs, and write its credentials to `out`. Issuing again replaces the passwords."""

@@ -10,6 +10,7 @@ error callback), and delivers nothing to a refused subscription.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import stat
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import nats
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
@@ -29,12 +31,14 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from cortensor.adapters import jetstream
+from cortensor.adapters.keyfile import generate_key, load_key
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.principals import rabbit
 from cortensor.adapters.principals.grants import Kind, user_name
 from cortensor.adapters.principals.nats_auth import await_login
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
+from cortensor.protocol.signing import public_bytes
 from cortensor.settings import Settings
 from cortensor.tools.credentials import issue, revoke, revoke_namespace
 from tests.conftest import eventually, make_settings, run_cortensor
@@ -333,3 +337,34 @@ def test_the_command_line_issues_and_revokes(principals: Principals, tmp_path: P
     refused = run_cortensor(admin, "credentials", "issue", "wizard", "x", "--out", str(out))
     assert refused.returncode != 0
     assert "KIND is one of" in refused.stderr
+
+
+async def bound_key(admin: Settings, node_id: str) -> bytes | None:
+    db = await asyncpg.connect(admin.asyncpg_dsn)
+    try:
+        row = await db.fetchval(
+            "SELECT public_key FROM node_keys WHERE node_id = $1 AND revoked_at IS NULL", node_id
+        )
+    finally:
+        await db.close()
+    return None if row is None else bytes(row)
+
+
+def test_a_node_keeps_its_key_and_may_bring_its_own(principals: Principals, tmp_path: Path) -> None:
+    admin = principals.admin
+    first = issue(admin, "node", "n-key", tmp_path / "n-key.json")
+    key_file = tmp_path / json.loads(first.read_text())["key_file"]
+    public = public_bytes(load_key(key_file))
+    assert asyncio.run(bound_key(admin, "n-key")) == public
+    issue(admin, "node", "n-key", tmp_path / "n-key.json")  # again: same key, still bound
+    assert public_bytes(load_key(key_file)) == public
+    revoke(admin, "node", "n-key")
+    assert asyncio.run(bound_key(admin, "n-key")) is None
+
+    own = generate_key(tmp_path / "own.pem")  # the node operator's, never sent
+    brought = issue(
+        admin, "node", "n-own", tmp_path / "n-own.json", public_key=base64.b64encode(own).decode()
+    )
+    assert "key_file" not in json.loads(brought.read_text())
+    assert asyncio.run(bound_key(admin, "n-own")) == own
+    revoke(admin, "node", "n-own")

@@ -194,15 +194,15 @@ async def _logs_in(url: str) -> bool:
             url,
             allow_reconnect=False,
             max_reconnect_attempts=0,
-            connect_timeout=2,
+            connect_timeout=5,
             error_cb=_quiet,
         )
     except NatsError as exc:
-        await nc.close()  # a refused connect leaves its socket open otherwise
         if "authorization" in str(exc).lower():
             return False
         raise
-    await nc.close()
+    finally:
+        await nc.close()  # a failed connect leaves its socket open otherwise
     return True
 
 
