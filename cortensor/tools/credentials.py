@@ -152,7 +152,7 @@ def bootstrap_admin(settings: Settings, out: Path) -> Path:
     if not nats_password or not users.password_matches(ADMIN_USER, nats_password):
         nats_password = _password()
         users.put(ADMIN_USER, nats_password, None)
-    elif not users.files.auth_conf.exists():
+    elif not users.files.auth_conf.exists() or not users.hashed_as_now(ADMIN_USER):
         users.put(ADMIN_USER, nats_password, None)
     nats_url = with_login(settings.nats_url, ADMIN_USER, nats_password)
     if users.running():

@@ -30,9 +30,12 @@ from nats.errors import Error as NatsError
 from cortensor.adapters.principals.grants import NatsPermissions
 from cortensor.errors import BrokerUnavailable, SetupIncomplete
 
-_ROUNDS = 10
-"""bcrypt cost of the stored hashes: the server checks one at each login, so a high
-cost slows every connect of every process."""
+_ROUNDS = 4
+"""bcrypt cost of the stored hashes: the least. The passwords are 192 random bits, out
+of reach of guessing at any cost, and the server checks a hash at every login: while it
+does, a reload of the users (each issue or revoke) makes that login fail, so a slow
+check means failed logins on a busy server."""
+_PREFIX = f"$2a${_ROUNDS:02d}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,11 @@ class NatsUsers:
             return False
         stored = spec["password_hash"].replace("$2a$", "$2b$", 1).encode()
         return bcrypt.checkpw(password.encode(), stored)
+
+    def hashed_as_now(self, user: str) -> bool:
+        """Whether `user`'s stored hash has the current cost."""
+        spec = self._read().get(user)
+        return spec is not None and str(spec["password_hash"]).startswith(_PREFIX)
 
     def put(self, user: str, password: str, permissions: NatsPermissions | None) -> None:
         """Add or replace `user` (None as permissions: every permission)."""
