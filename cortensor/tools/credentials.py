@@ -44,6 +44,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,10 @@ def revoke_namespace(admin: Settings) -> list[str]:
 
 FLEET_OPERATORS: tuple[Kind, ...] = ("router", "guard", "reports")
 
+_SIDE_BY_SIDE = 8
+"""Principals issued or revoked at once: the servers' tools, not this process, do the
+work."""
+
 
 def fleet_node_id(index: int) -> str:
     """The id of the Procfile's node.<index>."""
@@ -382,20 +387,34 @@ def issue_fleet(
     clients: Sequence[str] = ("client",),
     hw_class: str = DEFAULT_HW_CLASS,
 ) -> list[Issued]:
-    """Credentials for a Procfile fleet, named as the Procfile reads them. What was
-    issued before a failure is revoked again."""
+    """Credentials for a Procfile fleet, named as the Procfile reads them, issued side
+    by side (each waits on rabbitmqctl and a NATS reload). What was issued before a
+    failure is revoked again."""
     wanted: list[tuple[Kind, str, str]] = [(k, k, f"{k}.json") for k in FLEET_OPERATORS]
     wanted += [("node", fleet_node_id(i), f"node.{i}.json") for i in range(1, nodes + 1)]
     wanted += [("client", c, f"{c}.json") for c in clients]
     if nodes and hw_class == "auto":
         hw_class = local_hw_class(admin)
+    with ThreadPoolExecutor(max_workers=_SIDE_BY_SIDE) as pool:
+        futures = [
+            (kind, name, pool.submit(issue, admin, kind, name, directory / f, hw_class=hw_class))
+            for kind, name, f in wanted
+        ]
     written: list[Issued] = []
-    try:
-        for kind, name, file in wanted:
-            path = issue(admin, kind, name, directory / file, hw_class=hw_class)
-            written.append(Issued(kind, name, path))
-    except BaseException:
-        for done in written:
-            revoke(admin, done.kind, done.name)
-        raise
+    failures: list[BaseException] = []
+    for kind, name, future in futures:
+        try:
+            written.append(Issued(kind, name, future.result()))
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        revoke_all(admin, [(done.kind, done.name) for done in written])
+        raise failures[0]
     return written
+
+
+def revoke_all(admin: Settings, principals: Sequence[tuple[Kind, str]]) -> None:
+    """Revoke several principals side by side (a fleet's, when it stops)."""
+    with ThreadPoolExecutor(max_workers=_SIDE_BY_SIDE) as pool:
+        for future in [pool.submit(revoke, admin, kind, name) for kind, name in principals]:
+            future.result()

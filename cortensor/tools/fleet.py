@@ -101,9 +101,8 @@ class Fleet:
             self._issued.append(("node", node_id))
 
     def _revoke(self) -> None:
-        while self._issued:
-            kind, name = self._issued.pop()
-            credentials.revoke(self.settings, kind, name)
+        issued, self._issued = self._issued, []
+        credentials.revoke_all(self.settings, issued)
 
     def start(self) -> None:
         """Issue the fleet's credentials, start honcho with the Procfile, then the extra
