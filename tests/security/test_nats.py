@@ -165,9 +165,39 @@ async def test_nobody_but_the_guard_reads_results(secured: SecuredFleet) -> None
             await _heard_nothing(watched, taps)
 
 
+async def test_nobody_else_acks_or_tampers_with_the_streams(secured: SecuredFleet) -> None:
+    """Acking a result for the guard (it would never be stored), deleting or purging a
+    stream, deleting the guard's consumer: refused to nodes and clients, and the streams
+    and the consumer are still there."""
+    topology = secured.topology
+    results, verdicts = topology.results_stream, topology.verdicts_stream
+    durable = topology.guard_consumer.durable
+    acts = [
+        f"$JS.ACK.{results}.{durable}.1.1.1.0.0",
+        f"$JS.API.STREAM.PURGE.{results}",
+        f"$JS.API.STREAM.DELETE.{results}",
+        f"$JS.API.STREAM.PURGE.{verdicts}",
+        f"$JS.API.STREAM.DELETE.{verdicts}",
+        f"$JS.API.STREAM.MSG.DELETE.{verdicts}",
+        f"$JS.API.STREAM.UPDATE.{results}",
+        f"$JS.API.CONSUMER.DELETE.{results}.{durable}",
+    ]
+    for vandal in (secured.attacker, secured.other_client):
+        async with nats_as(vandal) as watched:
+            for subject in acts:
+                await watched.nc.publish(subject, b"{}")
+                await watched.refused(subject, what=f"{vandal.name}: {subject}")
+    async with _operator(secured) as js:
+        for stream in (results, verdicts):
+            assert (await js.stream_info(stream)).config.name == stream
+        assert (await js.consumer_info(results, durable)).name == durable
+    await secured.good_job_verified()
+
+
 async def test_a_client_reads_only_its_own_verdicts(secured: SecuredFleet) -> None:
     """The attack seen: anyone could read every user's verdicts. Mallory can neither
-    subscribe to Alice's verdicts nor fetch one with a direct get, while her own work."""
+    subscribe to Alice's verdicts, fetch one (direct get in both forms, stream get), nor
+    make a consumer that delivers them, while her own verdicts reach her."""
     ns, stream = secured.admin.namespace, secured.topology.verdicts_stream
     alice = secured.client.name
     async with nats_as(secured.other_client) as watched:
@@ -192,6 +222,11 @@ async def test_a_client_reads_only_its_own_verdicts(secured: SecuredFleet) -> No
         with pytest.raises(NatsError):
             await watched.nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=2)
         await watched.refused(f"$JS.API.DIRECT.GET.{stream}", what="direct get by body")
+        # A consumer of her own on the verdicts stream, filtered to Alice's subjects.
+        create = f"$JS.API.CONSUMER.CREATE.{stream}.spy.{ns}.verdicts.{alice}.>"
+        with pytest.raises(NatsError):
+            await watched.nc.request(create, b"{}", timeout=2)
+        await watched.refused(create, what="a consumer on the verdicts stream")
     async with Client(secured.other_client.settings) as mallory:
         own = await mallory.run(JobRequest(inputs=["mallory's own job"], redundancy=3))
         assert own.status == "verified"
