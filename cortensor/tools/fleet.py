@@ -86,7 +86,10 @@ class Fleet:
 
     def _issue(self) -> None:
         """Issue every process's credentials into the log directory."""
-        issued = credentials.issue_fleet(self.settings, self.log_dir, nodes=self.nodes)
+        local = credentials.local_hw_class(self.settings)
+        issued = credentials.issue_fleet(
+            self.settings, self.log_dir, nodes=self.nodes, hw_class=local
+        )
         self._issued += [(done.kind, done.name) for done in issued]
         for i, args in enumerate(self.extra_nodes, start=1):
             given = [args[j + 1] for j, a in enumerate(args[:-1]) if a == "--hw-class"]
@@ -96,7 +99,7 @@ class Fleet:
                 "node",
                 node_id,
                 self.log_dir / f"extra-node-{i}.json",
-                hw_class=given[-1] if given else credentials.DEFAULT_HW_CLASS,
+                hw_class=given[-1] if given else local,
             )
             self._issued.append(("node", node_id))
 

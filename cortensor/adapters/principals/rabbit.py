@@ -80,9 +80,12 @@ def grant_all(user: str) -> None:
 
 def delete_user(user: str) -> bool:
     """Delete `user` and close its open connections; False when there was no such user."""
-    if user not in users():
-        return False
-    _ctl("delete_user", user)
+    deleted = _ctl("delete_user", user, check=False)
+    if deleted.returncode != 0:
+        if "does not exist" in deleted.stderr + deleted.stdout:
+            return False
+        message = " ".join((deleted.stderr or deleted.stdout).split())
+        raise BrokerUnavailable(f"rabbitmqctl delete_user failed: {message}")
     close_connections(user)
     return True
 
