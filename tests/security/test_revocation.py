@@ -41,8 +41,9 @@ async def test_a_revoked_node_is_cut_off(secured: SecuredFleet, tmp_path: Path) 
     revoked."""
     name = f"revoked-{uuid.uuid4().hex[:8]}"
     node = issue(secured.admin, "node", name, tmp_path / f"{name}.json", "--hw-class", HW_CLASS)
-    subject = secured.topology.results_subject(str(uuid.uuid4()), node_id=name)
-    payload = result_payload(node_id=name, job_id=uuid.uuid4())
+    job_id = uuid.uuid4()
+    subject = secured.topology.results_subject(str(job_id), node_id=name)
+    payload = result_payload(node_id=name, job_id=job_id)
     async with nats_as(node) as watched, amqp_as(node) as connection:
         ack = await watched.nc.jetstream().publish(subject, payload, headers=signed(node, payload))
         assert ack.seq > 0  # the credential worked until now
