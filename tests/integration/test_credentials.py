@@ -18,13 +18,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
 import nats
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import ProbableAuthenticationError
 from aiormq.exceptions import ChannelAccessRefused
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -40,7 +40,7 @@ from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
 from cortensor.protocol.signing import public_bytes
 from cortensor.settings import Settings
-from cortensor.tools.credentials import issue, revoke, revoke_namespace
+from cortensor.tools.credentials import issue, issue_fleet, revoke, revoke_all, revoke_namespace
 from tests.conftest import eventually, make_settings, run_cortensor
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats, pytest.mark.postgres]
@@ -73,8 +73,8 @@ def principals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Principals]
         ("node", "n-b"),
         ("client", "alice"),
         ("client", "bob"),
-        ("router", "router"),
-        ("guard", "guard"),
+        ("router", "router-a"),
+        ("guard", "guard-a"),
     ]
     try:
         for kind, name in wanted:
@@ -154,7 +154,7 @@ async def publish(connection: AbstractConnection, exchange: str, routing_key: st
 def test_files_are_private_and_say_what_each_principal_needs(principals: Principals) -> None:
     node = json.loads(principals.files["n-a"].read_text())
     client = json.loads(principals.files["alice"].read_text())
-    guard = json.loads(principals.files["guard"].read_text())
+    guard = json.loads(principals.files["guard-a"].read_text())
     for path in principals.files.values():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert (node["kind"], node["name"]) == ("node", "n-a")
@@ -247,7 +247,7 @@ async def test_the_guard_takes_results_and_publishes_verdicts(principals: Princi
     node = await jetstream.connect_as(principals.of("n-b"), name="test-node")
     await node.jetstream().publish(t.results_subject("job-g", node_id="n-b"), b"result")
     await node.close()
-    guard = await watched(principals.of("guard"))
+    guard = await watched(principals.of("guard-a"))
     try:
         js = guard.nc.jetstream()
         consumer = await jetstream.PullConsumer.bind(
@@ -270,7 +270,7 @@ async def test_the_guard_takes_results_and_publishes_verdicts(principals: Princi
 
 async def test_the_router_hears_heartbeats_and_routes(principals: Principals) -> None:
     t = principals.topology
-    router = await watched(principals.of("router"))
+    router = await watched(principals.of("router-a"))
     node = await jetstream.connect_as(principals.of("n-a"), name="test-node")
     try:
         heard: list[bytes] = []
@@ -288,7 +288,7 @@ async def test_the_router_hears_heartbeats_and_routes(principals: Principals) ->
     finally:
         await node.close()
         await router.nc.close()
-    connection = await rabbit_as(principals.of("router"))
+    connection = await rabbit_as(principals.of("router-a"))
     async with connection:
         await consume(connection, t.router_queue)
         await publish(connection, t.hw_exchange(HW), "n-a")
@@ -309,9 +309,12 @@ async def test_revoked_credentials_stop_working_open_connections_included(
     await asyncio.to_thread(revoke, admin, "node", "n-gone")
     await asyncio.wait_for(closed.wait(), 10)
     await eventually(lambda: nc.is_closed, what="NATS drops the revoked node's connection")
-    assert user_name(admin.namespace, "node", "n-gone") not in rabbit.users()
-    with pytest.raises(ProbableAuthenticationError):
-        await aio_pika.connect(settings.amqp_url)
+    await connection.close()
+    user = user_name(admin.namespace, "node", "n-gone")
+    assert user not in rabbit.users()
+    password = urlsplit(settings.amqp_url).password
+    assert password
+    assert not rabbit.authenticates(user, password)
     await await_login(settings.nats_url, accepted=False, within_s=0.1)
 
 
@@ -368,3 +371,31 @@ def test_a_node_keeps_its_key_and_may_bring_its_own(principals: Principals, tmp_
     assert "key_file" not in json.loads(brought.read_text())
     assert asyncio.run(bound_key(admin, "n-own")) == own
     revoke(admin, "node", "n-own")
+
+
+def test_a_fleets_credentials_are_named_as_the_procfile_reads_them(
+    principals: Principals, tmp_path: Path
+) -> None:
+    admin = principals.admin
+    issued = issue_fleet(admin, tmp_path, nodes=2, clients=["carol"], hw_class=HW)
+    files = {done.path.name: (done.kind, done.name) for done in issued}
+    assert files == {
+        "router.json": ("router", "router"),
+        "guard.json": ("guard", "guard"),
+        "reports.json": ("reports", "reports"),
+        "node.1.json": ("node", "node-1"),
+        "node.2.json": ("node", "node-2"),
+        "carol.json": ("client", "carol"),
+    }
+    for done in issued:
+        raw = json.loads(done.path.read_text())
+        assert (raw["kind"], raw["name"], raw["namespace"]) == (
+            done.kind,
+            done.name,
+            admin.namespace,
+        )
+    prefix = f"{admin.namespace}."
+    ours = {"node.node-1", "node.node-2", "client.carol", "router.router"}
+    assert {prefix + u for u in ours} <= set(rabbit.users())
+    revoke_all(admin, [(done.kind, done.name) for done in issued])
+    assert not {prefix + u for u in ours} & set(rabbit.users())
