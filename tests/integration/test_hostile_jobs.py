@@ -96,10 +96,14 @@ async def test_hostile_jobs_are_rejected_naming_the_field_and_good_ones_beside_t
     for job_id, start in hostile.items():
         assert found[job_id].startswith(start), (start, found[job_id])
     assert "over the limit" in found[oversized]
-    recorded = await db.fetchval(
-        "SELECT count(*) FROM jobs WHERE job_id = ANY($1::uuid[])", [j.job_id for j in good]
-    )
-    assert recorded == len(good)
+
+    async def all_good_recorded() -> bool:
+        recorded = await db.fetchval(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY($1::uuid[])", [j.job_id for j in good]
+        )
+        return bool(recorded == len(good))
+
+    await eventually(all_good_recorded, what="every good job recorded")
 
 
 async def _all(pending: Any, count: int) -> dict[str, str] | None:
