@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.schemas import MAX_INPUTS, MAX_JOB_BYTES, MAX_TEXT_CHARS, JobRequest
 from cortensor.settings import Settings
+from cortensor.tools.credentials import fleet_node_id
 from cortensor.tools.fleet import Fleet
 from cortensor.tools.reports import node_report
 from tests.conftest import make_settings, run_cortensor
@@ -251,8 +251,7 @@ async def test_work_on_a_hung_node_is_rerouted_to_other_nodes(
     fleet: tuple[Settings, Fleet],
 ) -> None:
     settings, _ = fleet
-    host = socket.gethostname().split(".")[0]
-    hung = f"{host}-node-1"
+    hung = fleet_node_id(1)
     pid = _process_of(settings.namespace, "node.1")
     # Stopped, the node still looks alive to the router for a few seconds: the work
     # it is given is lost in flight until its assignments pass their deadline.

@@ -172,7 +172,7 @@ def test_an_installed_wheel_migrates_sets_up_and_reports_from_any_directory(
     setup = cortensor("brokers", "setup")
     assert setup.returncode == 0, setup.stderr
     namespace = throwaway.namespace
-    assert f"queue {namespace}.router <- {namespace}.jobs[job]" in setup.stdout
+    assert f"queue {namespace}.router <- {namespace}.submit[job.*]" in setup.stdout
 
     listed = cortensor("report")
     assert listed.returncode == 0, listed.stderr

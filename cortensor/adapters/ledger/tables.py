@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ledger's seven tables.
+"""SQLAlchemy models of the ledger's nine tables.
 
 The schema itself is owned by the hand-written migrations in `db/migrations/versions`;
 these models mirror it (a test compares the two) so that code can read and write the
@@ -256,3 +256,28 @@ class NodeStanding(Base):
     trust: Mapped[str] = mapped_column(Text, server_default=text("'probation'"))
     at: Mapped[float] = mapped_column(Double, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+
+
+class NodeKey(Base):
+    """The Ed25519 public key a node id means, bound when its credentials were issued."""
+
+    __tablename__ = "node_keys"
+    __table_args__ = (CheckConstraint("octet_length(public_key) = 32", name="ed25519_length"),)
+
+    node_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    bound_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Refusal(Base):
+    """Messages dropped before they reached the ledger, counted per publisher and reason."""
+
+    __tablename__ = "refusals"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    publisher: Mapped[str] = mapped_column(Text, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)

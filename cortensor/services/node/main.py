@@ -96,7 +96,9 @@ def build_node(
     runtimes = {name: loaded[name] for name in names}
     tasks = tuple(t for t in TASKS if any(TASK_OF[n] == t for n in names))
     identity = NodeIdentity(
-        node_id=settings.principal or node_id or default_node_id(),
+        node_id=(settings.principal if settings.principal_kind == "node" else "")
+        or node_id
+        or default_node_id(),
         hw_class=chosen,
         models=names,
         tasks=tasks,
