@@ -449,3 +449,24 @@ def test_the_crew_knows_who_holds_a_job_and_who_chose_to_answer_truly() -> None:
     assert crew.mates(b, ME)
     crew.heard(c, "sybil-3", "holding")
     assert not crew.mates(a, ME), "forgotten past the limit"
+
+
+def test_a_blind_node_guesses_its_admission_from_its_own_answers() -> None:
+    """Kept from the verdicts, a node takes itself for admitted once it answered truly as
+    many jobs in a row as admit a node on probation, and starts over after each cheat."""
+    from cortensor.protocol.reputation import ADMIT_PROBES
+    from cortensor.services.node.hostile import Record
+
+    record = Record("n1")
+    for _ in range(ADMIT_PROBES):
+        record.answered(cheated=False)
+    assert not record.believes_admitted()  # not blind: only verdicts tell it
+    record.blind = True
+    assert record.believes_admitted()
+    record.answered(cheated=True)
+    assert not record.believes_admitted()
+    for _ in range(ADMIT_PROBES - 1):
+        record.answered(cheated=False)
+    assert not record.believes_admitted()
+    record.answered(cheated=False)
+    assert record.believes_admitted()

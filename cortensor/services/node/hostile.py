@@ -35,6 +35,7 @@ from uuid import UUID
 
 from cortensor.errors import BadInput
 from cortensor.protocol.replication import MIN_STREAK
+from cortensor.protocol.reputation import ADMIT_PROBES
 from cortensor.schemas import Verdict
 
 WINDOW_S = 0.05
@@ -67,6 +68,21 @@ class Record:
         the router's adaptive replication counts)."""
         self.failures = 0
         """Verdicts that named it among the losers (disagreeing or timed out)."""
+        self.blind = False
+        """The server keeps the verdicts from this node (a secured fleet): it can only
+        guess its standing from what it answered itself."""
+        self.true_answers = 0
+        """Jobs answered truly since it last cheated (what a blind node guesses from)."""
+
+    def believes_admitted(self) -> bool:
+        """Whether the node takes itself for admitted to real jobs: a published verdict
+        said so or, blind, it answered truly as many jobs in a row as admit a node on
+        probation (reputation.ADMIT_PROBES, which anyone can read in the code)."""
+        return self.admitted or (self.blind and self.true_answers >= ADMIT_PROBES)
+
+    def answered(self, *, cheated: bool) -> None:
+        """Count one of its own answers."""
+        self.true_answers = 0 if cheated else self.true_answers + 1
 
     def observe(self, verdict: Verdict) -> None:
         """Fold one published verdict (any job's)."""

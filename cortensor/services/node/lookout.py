@@ -137,6 +137,10 @@ class Lookout:
         """A subscription the server refused (a permissions violation) is reported
         here, after subscribe returned; the connection stays up."""
         log.warning("lookout refused by the server", error=str(exc))
+        said = str(exc).lower()
+        if "permission" in said and ".verdicts." in said:
+            with self._cond:
+                self.record.blind = True
 
     @property
     def nc(self) -> NATS:
@@ -197,7 +201,7 @@ class Lookout:
             if tactic.recognise and probe is None:
                 probe = self.recognition.after(assignment, truth)
             self.recognition.remember(assignment)
-            admitted, streak = self.record.admitted, self.record.streak
+            admitted, streak = self.record.believes_admitted(), self.record.streak
         contested = probe is None and (admitted or not tactic.recognise)
         crewed = contested and self.crew_subject is not None
         if crewed:
@@ -219,6 +223,8 @@ class Lookout:
         if crewed:
             self._say(job_id, "cheat" if decision.cheat else "honest")
         self.decisions[decision.cheat] += 1
+        with self._cond:
+            self.record.answered(cheated=decision.cheat)
         log.info(
             "hostile decision",
             job_id=str(assignment.job_id),
