@@ -76,6 +76,7 @@ from cortensor.errors import BadInput, ModelsNotPrepared, SetupIncomplete
 from cortensor.inference.hardware import cpu_flags, cuda_available, int8_isa
 from cortensor.inference.manifest import load_manifest
 from cortensor.protocol.signing import PUBLIC_KEY_BYTES, public_bytes
+from cortensor.schemas import ANONYMOUS
 from cortensor.services.node.identity import choose_hw_class
 from cortensor.settings import Settings
 
@@ -288,6 +289,10 @@ def issue(
     if kind == "admin":
         raise BadInput("the admin's credentials come from `cortensor credentials admin`")
     check_name(name)
+    if kind == "client" and name == ANONYMOUS:
+        # Jobs without a known publisher (probes, jobs recorded before owners) have their
+        # verdicts under this name: a client of that name would read them.
+        raise BadInput(f"{ANONYMOUS!r} is reserved for jobs without a known publisher")
     topology = Topology(admin.namespace)
     user = user_name(admin.namespace, kind, name)
     values: dict[str, Any] = {"kind": kind, "name": name, "namespace": admin.namespace}
@@ -326,6 +331,10 @@ def revoke(admin: Settings, kind: Kind, name: str) -> list[str]:
     if kind == "admin":
         raise BadInput("the admin's credentials are not revoked by a command")
     check_name(name)
+    if kind == "client" and name == ANONYMOUS:
+        # Jobs without a known publisher (probes, jobs recorded before owners) have their
+        # verdicts under this name: a client of that name would read them.
+        raise BadInput(f"{ANONYMOUS!r} is reserved for jobs without a known publisher")
     topology = Topology(admin.namespace)
     user = user_name(admin.namespace, kind, name)
     removed = []
