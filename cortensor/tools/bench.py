@@ -90,10 +90,17 @@ def _component(pid: str, namespace: str) -> str | None:
             return name
     if f"CORTENSOR_NAMESPACE={namespace}".encode() not in environ:
         return None
-    for role in ("router", "guard", "node"):
-        if f"cortensor {role}".encode() in cmdline.replace(b"\0", b" "):
-            return role
-    return None
+    # `cortensor [--credentials FILE] <role> ...`: the role is the first word after the
+    # program's own options.
+    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+    program = next((i for i, a in enumerate(argv) if a.endswith("cortensor")), None)
+    if program is None:
+        return None
+    rest = argv[program + 1 :]
+    while rest[:1] and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] == "--credentials" else rest[1:]
+    role = rest[0] if rest else ""
+    return role if role in ("router", "guard", "node") else None
 
 
 def cpu_seconds(namespace: str) -> dict[str, float]:
