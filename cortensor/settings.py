@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     router_prefetch: int = 64
     router_batch: int = 32
     """Most jobs a router records and routes together."""
+    router_queue_max: int = Field(default=5000, ge=1)
+    """Most jobs the router's queue holds; past it RabbitMQ refuses new jobs and clients
+    get Busy. Size it as the fleet's job rate times the shortest deadline it promises
+    (docs/design.md, Overload); `cortensor brokers setup` applies it."""
     sweep_interval_s: float = 0.25
     registry_refresh_s: float = 1.0
     routing_temperature: float = 1.0

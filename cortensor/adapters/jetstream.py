@@ -13,7 +13,14 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
@@ -115,6 +122,9 @@ async def apply_streams(
             max_age=max_age_s,
             duplicate_window=spec.duplicate_window_s,
             allow_direct=spec.allow_direct,
+            max_bytes=spec.max_bytes,
+            max_msgs=spec.max_msgs,
+            discard=DiscardPolicy(spec.discard),
         )
         try:
             await js.stream_info(spec.name)
@@ -122,7 +132,8 @@ async def apply_streams(
         except NotFoundError:
             await js.add_stream(config)
         declared.append(
-            f"stream {spec.name} {list(spec.subjects)} ({spec.storage}, max age {max_age_s:g} s)"
+            f"stream {spec.name} {list(spec.subjects)} ({spec.storage}, max age {max_age_s:g} s,"
+            f" max bytes {spec.max_bytes}, max messages {spec.max_msgs}, discard {spec.discard})"
         )
     consumer = topology.guard_consumer
     await js.add_consumer(
