@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -43,6 +43,9 @@ CREDENTIAL_FIELDS = (
     "principal_kind",
     "key_file",
     "api_key",
+    "state_dir",
+    "rabbitmq_node",
+    "stream_replicas",
 )
 """What a credentials file (`cortensor credentials issue`) may set: it wins over the
 environment, since a principal is its credential."""
@@ -71,10 +74,16 @@ def read_credentials(path: Path) -> dict[str, Any]:
     return values
 
 
+def split_urls(value: str) -> list[str]:
+    """The servers a URL setting names: one URL, or several separated by commas (the
+    nodes of a cluster, tried in turn), each stripped of surrounding spaces."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
 def login_refused(server: str, url: str, credentials: Path | None) -> BadSetting:
     """The error of a login that `server` refused: one line that says whom it refused
     and where the login came from, never the password."""
-    parts = urlsplit(url)
+    parts = urlsplit(split_urls(url)[0] if split_urls(url) else url)
     who = parts.username or "an anonymous user"
     where = parts.hostname or "?"
     if parts.port:
@@ -106,7 +115,10 @@ class _CredentialsSource(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Configuration of every Cortensor process, read from `CORTENSOR_*` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="CORTENSOR_", frozen=True, extra="ignore")
+    # An invalid value is not repeated in the error: a URL may hold a password.
+    model_config = SettingsConfigDict(
+        env_prefix="CORTENSOR_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -130,7 +142,9 @@ class Settings(BaseSettings):
     principal_kind: str = ""
     """node, client, router, guard, reports or admin."""
     amqp_url: str = "amqp://127.0.0.1:5672/"
+    """RabbitMQ: one URL, or one per node of a cluster separated by commas (amqp_urls)."""
     nats_url: str = "nats://127.0.0.1:4223"
+    """NATS: one URL, or one per server of a cluster separated by commas (nats_urls)."""
     nats_inbox_prefix: str = "_INBOX"
     """Prefix of this principal's NATS reply subjects: its own, so that NATS permissions
     keep others' replies (JetStream acks, fetched messages) from it."""
@@ -148,7 +162,14 @@ class Settings(BaseSettings):
     """The private key of tls_cert."""
     state_dir: Path = Field(default_factory=_default_state_dir)
     """Where `ops/services` keeps the project's nats-server (configuration, users, store);
-    `cortensor credentials` edits its users there, so it runs on that host."""
+    `cortensor credentials` edits its users there, so it runs on that host. A cluster's
+    admin credentials (`ops/cluster`) name the cluster's own."""
+    rabbitmq_node: str = ""
+    """The RabbitMQ node `cortensor credentials` manages users on (`rabbitmqctl -n`; a
+    cluster's users are on every node); empty: rabbitmqctl's default node."""
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of each JetStream stream and of the guard's consumer that `cortensor
+    brokers setup` asks for: 1 on a single server, 3 on a 3-server cluster."""
     retention_h: float = Field(default=24.0, gt=0)
     """Hours a job's inputs and outputs stay in the ledger and the streams after the job
     is decided; then only their sha256 remains (docs/design.md)."""
@@ -208,10 +229,6 @@ class Settings(BaseSettings):
     router_prefetch: int = 64
     router_batch: int = 32
     """Most jobs a router records and routes together."""
-    router_queue_max: int = Field(default=5000, ge=1)
-    """Most jobs the router's queue holds; past it RabbitMQ refuses new jobs and clients
-    get Busy. Size it as the fleet's job rate times the shortest deadline it promises
-    (docs/design.md, Overload); `cortensor brokers setup` applies it."""
     sweep_interval_s: float = 0.25
     registry_refresh_s: float = 1.0
     routing_temperature: float = 1.0
@@ -241,6 +258,32 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         """The ledger URL in the form SQLAlchemy and Alembic use (psycopg 3 driver)."""
         return self._ledger_url("postgresql+psycopg://")
+
+    @field_validator("amqp_url", "nats_url")
+    @classmethod
+    def _check_urls(cls, value: str, info: ValidationInfo) -> str:
+        urls = split_urls(value)
+        setting = f"CORTENSOR_{str(info.field_name).upper()}"
+        if not urls:
+            raise BadSetting(f"{setting} is empty: give a server's URL (several: comma-separated)")
+        for url in urls:
+            if "://" not in url:
+                where = url.rsplit("@", 1)[-1]  # never the password
+                raise BadSetting(
+                    f"{setting}: {where!r} is not a URL; write scheme://host:port"
+                    " (several servers: comma-separated)"
+                )
+        return value
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """Every RabbitMQ node amqp_url names, in the order they are tried."""
+        return split_urls(self.amqp_url)
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """Every NATS server nats_url names (nats-py takes the list and fails over)."""
+        return split_urls(self.nats_url)
 
     @property
     def asyncpg_dsn(self) -> str:

@@ -52,16 +52,18 @@ def client_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def amqp_url(settings: Settings) -> str:
-    """The AMQP URL to connect to; BadSetting when TLS is on and the URL is not amqps://.
+    """The AMQP URL to connect to (a cluster's: several, comma-separated); BadSetting when
+    TLS is on and a URL is not amqps://.
 
     Only the scheme is named in the message: the URL may hold a password.
     """
-    scheme = urlsplit(settings.amqp_url).scheme
-    if settings.tls_ca is not None and scheme != "amqps":
-        raise BadSetting(
-            f"CORTENSOR_TLS_CA turns TLS on, but CORTENSOR_AMQP_URL is {scheme}://:"
-            " use amqps://host:port/ with the port of RabbitMQ's TLS listener (5671 by default)"
-        )
+    for url in settings.amqp_urls:
+        scheme = urlsplit(url).scheme
+        if settings.tls_ca is not None and scheme != "amqps":
+            raise BadSetting(
+                f"CORTENSOR_TLS_CA turns TLS on, but CORTENSOR_AMQP_URL is {scheme}://: use"
+                " amqps://host:port/ with the port of RabbitMQ's TLS listener (5671 by default)"
+            )
     return settings.amqp_url
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
@@ -16,9 +16,10 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuthenticationError
 
-from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
+from cortensor.adapters.amqp_failover import connect_failover
+from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
-from cortensor.settings import Settings, login_refused
+from cortensor.settings import Settings, login_refused, split_urls
 from cortensor.tls import amqp_url, client_context
 
 REASON_HEADER = "x-cortensor-reason"
@@ -27,7 +28,11 @@ REASON_HEADER = "x-cortensor-reason"
 async def connect(
     url: str, *, ssl_context: ssl.SSLContext | None = None
 ) -> AbstractRobustConnection:
-    """A robust connection that reconnects by itself (over TLS with `ssl_context`)."""
+    """A robust connection that reconnects by itself (over TLS with `ssl_context`); to a
+    cluster's nodes in turn when `url` names several, comma-separated."""
+    urls = split_urls(url)
+    if len(urls) > 1:
+        return await connect_failover(urls, ssl_context=ssl_context)
     if ssl_context is None:
         return await aio_pika.connect_robust(url)
     return await aio_pika.connect_robust(url, ssl_context=ssl_context)
@@ -49,16 +54,13 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
     await queue.bind(spec.exchange, routing_key=spec.routing_key)
 
 
-async def apply_topology(
-    channel: AbstractChannel, topology: Topology, queues: Sequence[QueueSpec] | None = None
-) -> list[str]:
-    """Declare every exchange of the topology and its queues (or `queues`); returns what
-    it declared."""
+async def apply_topology(channel: AbstractChannel, topology: Topology) -> list[str]:
+    """Declare every exchange and queue of the topology; returns what it declared."""
     declared = []
     for exchange in topology.exchanges:
         await channel.declare_exchange(exchange.name, ExchangeType(exchange.type), durable=True)
         declared.append(f"exchange {exchange.name} ({exchange.type})")
-    for queue in topology.queues if queues is None else queues:
+    for queue in topology.queues:
         await declare_queue(channel, queue)
         declared.append(f"queue {queue.name} <- {queue.exchange}[{queue.routing_key}]")
     return declared
@@ -141,8 +143,7 @@ class AmqpTaskPublisher:
         headers: Mapping[str, Any],
         message_id: str,
     ) -> None:
-        """Publish persistently with `mandatory`; a returned message raises `Unroutable`,
-        a nacked one (the node's queue is full) `QueueFull`."""
+        """Publish persistently with `mandatory`; a returned message raises `Unroutable`."""
         exchange = self._exchanges.get(hw_class)
         if exchange is None:
             exchange = await self.channel.get_exchange(self.topology.hw_exchange(hw_class))
@@ -159,8 +160,6 @@ class AmqpTaskPublisher:
         try:
             await exchange.publish(message, routing_key=node_id, mandatory=True)
         except DeliveryError as exc:
-            if exc.message is None:  # a nack, not a return: the queue is full
-                raise QueueFull(f"node {node_id}'s queue is full") from exc
             raise Unroutable(f"no queue for node {node_id} on {exchange.name}") from exc
 
 

@@ -55,7 +55,7 @@ from aio_pika.exceptions import ChannelClosed
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from cortensor.adapters import amqp, bounds
+from cortensor.adapters import amqp
 from cortensor.adapters.keyfile import generate_key, load_key
 from cortensor.adapters.ledger import keys, roles
 from cortensor.adapters.principals import rabbit
@@ -78,7 +78,7 @@ from cortensor.inference.manifest import load_manifest
 from cortensor.protocol.signing import PUBLIC_KEY_BYTES, public_bytes
 from cortensor.schemas import ANONYMOUS
 from cortensor.services.node.identity import choose_hw_class
-from cortensor.settings import Settings
+from cortensor.settings import Settings, split_urls
 
 DEFAULT_HW_CLASS = "auto"
 """The class a node's queue is bound on unless --hw-class says otherwise: `auto` is the
@@ -103,15 +103,23 @@ def _password() -> str:
 
 
 def with_login(url: str, user: str, password: str) -> str:
-    """`url` (a server's) with this user and password in it."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """`url` (a server's, or a cluster's comma-separated list) with this user and password
+    in each."""
+    logins = []
+    for one in split_urls(url):
+        parts = urlsplit(one)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+        logins.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ",".join(logins)
 
 
 def _login_of(url: str) -> tuple[str, str] | None:
-    parts = urlsplit(url)
+    """The user and password of `url` (of a cluster's list: its first URL's)."""
+    urls = split_urls(url)
+    if not urls:
+        return None
+    parts = urlsplit(urls[0])
     if parts.username is None or parts.password is None:
         return None
     return parts.username, parts.password
@@ -144,10 +152,11 @@ def bootstrap_admin(settings: Settings, out: Path) -> Path:
         previous = json.loads(out.read_text())
     amqp_login = _login_of(previous.get("amqp_url", ""))
     amqp_password = amqp_login[1] if amqp_login else ""
-    if not amqp_password or not rabbit.authenticates(ADMIN_USER, amqp_password):
+    node = settings.rabbitmq_node
+    if not amqp_password or not rabbit.authenticates(ADMIN_USER, amqp_password, node=node):
         amqp_password = _password()
-        rabbit.put_user(ADMIN_USER, amqp_password, administrator=True)
-    rabbit.grant_all(ADMIN_USER)
+        rabbit.put_user(ADMIN_USER, amqp_password, administrator=True, node=node)
+    rabbit.grant_all(ADMIN_USER, node=node)
     nats_login = _login_of(previous.get("nats_url", ""))
     nats_password = nats_login[1] if nats_login else ""
     users = _nats_users(settings)
@@ -166,8 +175,21 @@ def bootstrap_admin(settings: Settings, out: Path) -> Path:
             "name": "admin",
             "amqp_url": with_login(settings.amqp_url, ADMIN_USER, amqp_password),
             "nats_url": nats_url,
+            **_cluster_fields(settings),
         },
     )
+
+
+def _cluster_fields(settings: Settings) -> dict[str, Any]:
+    """What a cluster's admin file (ops/cluster) holds beyond the URLs: the servers'
+    files, the node rabbitmqctl talks to and the streams' replicas, where they are not
+    the defaults (a single server's admin.json stays as it was)."""
+    fields = {}
+    for field in ("state_dir", "rabbitmq_node", "stream_replicas"):
+        value = getattr(settings, field)
+        if value != Settings.model_fields[field].get_default(call_default_factory=True):
+            fields[field] = str(value) if isinstance(value, Path) else value
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +249,9 @@ async def _declare_node_queue(
     connection = await amqp.connect_as(admin)
     async with connection:
         try:
-            await bounds.declare_bounded(connection, topology.node_queue(node_id, hw_class))
+            await amqp.declare_queue(
+                await connection.channel(), topology.node_queue(node_id, hw_class)
+            )
         except ChannelClosed as exc:
             raise SetupIncomplete(
                 f"cannot declare node {node_id}'s queue ({exc}); apply the broker topology"
@@ -304,8 +328,8 @@ def issue(
     grant = rabbit_grant(topology, kind, name, hw_class=hw_class)
     if grant is not None:
         password = _password()
-        rabbit.put_user(user, password)
-        rabbit.grant(user, grant)
+        rabbit.put_user(user, password, node=admin.rabbitmq_node)
+        rabbit.grant(user, grant, node=admin.rabbitmq_node)
         values["amqp_url"] = with_login(admin.amqp_url, user, password)
     permissions = nats_permissions(topology, kind, name)
     if permissions is not None:
@@ -336,7 +360,7 @@ def revoke(admin: Settings, kind: Kind, name: str) -> list[str]:
     topology = Topology(admin.namespace)
     user = user_name(admin.namespace, kind, name)
     removed = []
-    if rabbit.delete_user(user):
+    if rabbit.delete_user(user, node=admin.rabbitmq_node):
         removed.append(f"RabbitMQ user {user}")
     users = _nats_users(admin)
     if users.remove([user]):
@@ -364,9 +388,10 @@ async def _await_gone(admin: Settings, user: str) -> None:
 def revoke_namespace(admin: Settings) -> list[str]:
     """Remove every RabbitMQ and NATS user and API key of the admin's namespace."""
     prefix = namespace_prefix(admin.namespace)
-    gone = [user for user in rabbit.users() if user.startswith(prefix)]
+    node = admin.rabbitmq_node
+    gone = [user for user in rabbit.users(node=node) if user.startswith(prefix)]
     for user in gone:
-        rabbit.delete_user(user)
+        rabbit.delete_user(user, node=node)
     gone += _nats_users(admin).remove_prefixed(prefix)
     with _api_keys(admin) as registry:
         for user in [u for u in registry if u.startswith(prefix)]:

@@ -17,7 +17,6 @@ from cortensor.errors import (
     BadInput,
     BadSetting,
     BrokerUnavailable,
-    Busy,
     CortensorError,
     Disposition,
     LedgerUnavailable,
@@ -46,7 +45,6 @@ EXPECTED: dict[type[Exception], tuple[Disposition, int]] = {
     LedgerUnavailable: (Disposition.REQUEUE, 3),
     BrokerUnavailable: (Disposition.REQUEUE, 3),
     NoVerdictYet: (Disposition.REQUEUE, 3),
-    Busy: (Disposition.REQUEUE, 75),
     RuntimeError: (Disposition.REQUEUE, 70),
     KeyError: (Disposition.REQUEUE, 70),
 }

@@ -64,6 +64,12 @@ class NatsServerFiles:
         """The running server's process id."""
         return self.directory / "nats.pid"
 
+    @property
+    def pid_files(self) -> list[Path]:
+        """Every server that reads auth.conf: the one of ops/services (nats.pid) or the
+        three of a cluster (ops/cluster: n1.pid, n2.pid, n3.pid)."""
+        return sorted(self.directory.glob("*.pid"))
+
 
 def hash_password(password: str) -> str:
     """A bcrypt hash in the `$2a$` form nats-server recognises as a hash."""
@@ -162,23 +168,25 @@ class NatsUsers:
                 del users[name]
             return gone
 
-    def _pid(self) -> int | None:
-        try:
-            pid = int(self.files.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+    def _pids(self) -> list[int]:
+        pids = []
+        for pid_file in self.files.pid_files:
+            try:
+                pid = int(pid_file.read_text().strip())
+                os.kill(pid, 0)
+            except (FileNotFoundError, ValueError, ProcessLookupError):
+                continue
+            pids.append(pid)
+        return pids
 
     def running(self) -> bool:
-        """Whether the server of these files runs."""
-        return self._pid() is not None
+        """Whether a server of these files runs."""
+        return bool(self._pids())
 
     def reload(self) -> None:
-        """Have the running server read auth.conf again (nothing when none runs: it
+        """Have the running servers read auth.conf again (nothing when none runs: it
         reads the file when it starts)."""
-        pid = self._pid()
-        if pid is not None:
+        for pid in self._pids():
             os.kill(pid, signal.SIGHUP)
 
 
@@ -216,7 +224,20 @@ async def _logs_in(url: str) -> bool:
 
 async def await_login(url: str, *, accepted: bool, within_s: float = 10.0) -> None:
     """Wait until the server at `url` accepts (or refuses) the user and password in it:
-    a reload takes effect a moment after its signal."""
+    a reload takes effect a moment after its signal. A cluster's comma-separated URLs are
+    each waited for (a server that is down is passed over: it reads the file when it
+    starts), as each server reloads on its own."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if len(urls) > 1:
+        reached = 0
+        for one in urls:
+            with contextlib.suppress(BrokerUnavailable):
+                await await_login(one, accepted=accepted, within_s=within_s)
+                reached += 1
+        if not reached:
+            where = ", ".join(u.rsplit("@", 1)[-1] for u in urls)
+            raise BrokerUnavailable(f"cannot reach any NATS server of {where}")
+        return
     deadline = time.monotonic() + within_s
     while True:
         try:

@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS
 from cortensor.services.node.service import NodeService
+from cortensor.settings import split_urls
 from cortensor.tls import amqp_url, broker_ssl
 
 
@@ -43,9 +44,10 @@ def make_app(service: NodeService) -> Celery:
         queue_arguments=spec.arguments,
         no_declare=True,
     )
-    app = Celery(
-        f"cortensor-node-{identity.node_id}", broker=amqp_url(settings), set_as_current=False
-    )
+    # A cluster's nodes (comma-separated in the setting) are kombu's failover list,
+    # `;`-separated; kombu moves round them when a connection is lost.
+    broker = ";".join(split_urls(amqp_url(settings)))
+    app = Celery(f"cortensor-node-{identity.node_id}", broker=broker, set_as_current=False)
     app.conf.update(
         task_queues=[queue],
         task_default_queue=spec.name,
@@ -62,6 +64,7 @@ def make_app(service: NodeService) -> Celery:
         worker_send_task_events=False,
         worker_detect_quorum_queues=True,
         broker_connection_retry_on_startup=True,
+        broker_failover_strategy="round-robin",
         broker_transport_options={"confirm_publish": True},
         broker_use_ssl=broker_ssl(settings) or False,
     )

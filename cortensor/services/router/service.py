@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import time
 from collections import defaultdict
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 
 from cortensor import audio
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
-from cortensor.adapters.interfaces import Delivery, QueueFull, Signal, Subscription, Unroutable
+from cortensor.adapters.interfaces import Delivery, Signal, Subscription, Unroutable
 from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
@@ -154,27 +153,13 @@ class Router:
                 {"assignments": [a.model_dump(mode="json") for a in batch]},
                 origin=self.name,
             )
-            for attempt in itertools.count(1):
-                try:
-                    await self.tasks.publish(
-                        hw_class, node_id, body, headers=headers, message_id=task_id
-                    )
-                except Unroutable:
-                    log.warning("node queue missing; node dropped", node_id=node_id)
-                    self.registry.forget(node_id)
-                except QueueFull:
-                    # A full queue is a busy node, not a gone one: kept, and sent again
-                    # after a back-off while its assignments have time (Overload).
-                    s = self.settings
-                    wait = backoff_s(
-                        attempt, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER
-                    )
-                    if utcnow() + timedelta(seconds=wait) < min(a.deadline_at for a in batch):
-                        log.info("node queue full; sent again later", node_id=node_id, wait=wait)
-                        await asyncio.sleep(wait)
-                        continue
-                    log.warning("node queue full until its assignments' deadline", node_id=node_id)
-                return
+            try:
+                await self.tasks.publish(
+                    hw_class, node_id, body, headers=headers, message_id=task_id
+                )
+            except Unroutable:
+                log.warning("node queue missing; node dropped", node_id=node_id)
+                self.registry.forget(node_id)
 
         await asyncio.gather(*(send(n, c, batch) for (n, c), batch in by_node.items()))
 
@@ -446,9 +431,7 @@ class Router:
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen; count
-        the heartbeats refused since the last refresh; forget nodes long silent."""
-        for node_id in self.registry.prune(time.monotonic()):
-            log.info("silent node forgotten", node_id=node_id)
+        the heartbeats refused since the last refresh."""
         await self.ledger.upsert_nodes(self.registry.heartbeats())
         self.registry.update_stats(await self.ledger.node_stats())
         await self.keyring.flush()
