@@ -13,18 +13,27 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import Topology
-from cortensor.settings import Settings, login_refused, split_urls
+from cortensor.settings import Settings, login_refused
 from cortensor.tls import client_context
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 """Told of an error the server reports on a live connection (a permissions violation)."""
+Callback = Callable[[], Awaitable[None]]
+"""Told that the connection was lost, or made again."""
 
 
 async def connect(
@@ -34,22 +43,32 @@ async def connect(
     inbox_prefix: str = "_INBOX",
     ssl_context: ssl.SSLContext | None = None,
     error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
 ) -> NATS:
     """A NATS connection that keeps reconnecting; replies come to `inbox_prefix`;
-    `error_cb` hears the errors the server reports (nats-py's default logs them)."""
+    `error_cb` hears the errors the server reports (nats-py's default logs them),
+    `disconnected_cb` and `reconnected_cb` when the connection is lost and made again."""
     return await nats.connect(
-        split_urls(url),  # a cluster's servers (comma-separated): nats-py fails over
+        url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         inbox_prefix=inbox_prefix,
         tls=ssl_context,
         error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
     )
 
 
 async def connect_as(
-    settings: Settings, *, name: str, error_cb: ErrorCallback | None = None
+    settings: Settings,
+    *,
+    name: str,
+    error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
 ) -> NATS:
     """The connection of the principal `settings` describes (URL, inbox, TLS files);
     BadSetting when the server refuses its login, rather than retrying for ever."""
@@ -60,6 +79,8 @@ async def connect_as(
         inbox_prefix=settings.nats_inbox_prefix,
         ssl_context=client_context(settings),
         error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
     )
 
 
@@ -79,7 +100,7 @@ async def check_login(settings: Settings) -> None:
         nc = NATS()
         try:
             await nc.connect(
-                settings.nats_urls,
+                settings.nats_url,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 tls=client_context(settings),
@@ -98,18 +119,12 @@ async def check_login(settings: Settings) -> None:
 
 
 async def apply_streams(
-    js: JetStreamContext,
-    topology: Topology,
-    *,
-    retention_s: float | None = None,
-    replicas: int = 1,
+    js: JetStreamContext, topology: Topology, *, retention_s: float | None = None
 ) -> list[str]:
     """Create or update the streams and the guard's durable consumer (idempotent).
 
     `retention_s` (Settings.retention_h in seconds) is how long the streams that hold
     user content keep a message; without it, their max_age_s from the topology file.
-    `replicas` (Settings.stream_replicas): servers that store each stream and the
-    consumer, 3 on a 3-server cluster (a stream's replicas can be changed in place).
     """
     declared = []
     for spec in topology.streams:
@@ -120,8 +135,10 @@ async def apply_streams(
             storage=StorageType(spec.storage),
             max_age=max_age_s,
             duplicate_window=spec.duplicate_window_s,
-            num_replicas=replicas,
             allow_direct=spec.allow_direct,
+            max_bytes=spec.max_bytes,
+            max_msgs=spec.max_msgs,
+            discard=DiscardPolicy(spec.discard),
         )
         try:
             await js.stream_info(spec.name)
@@ -129,7 +146,8 @@ async def apply_streams(
         except NotFoundError:
             await js.add_stream(config)
         declared.append(
-            f"stream {spec.name} {list(spec.subjects)} ({spec.storage}, max age {max_age_s:g} s)"
+            f"stream {spec.name} {list(spec.subjects)} ({spec.storage}, max age {max_age_s:g} s,"
+            f" max bytes {spec.max_bytes}, max messages {spec.max_msgs}, discard {spec.discard})"
         )
     consumer = topology.guard_consumer
     await js.add_consumer(
@@ -140,7 +158,6 @@ async def apply_streams(
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=consumer.ack_wait_s,
             max_ack_pending=consumer.max_ack_pending,
-            num_replicas=replicas,
         ),
     )
     declared.append(f"consumer {consumer.durable} on {consumer.stream}")

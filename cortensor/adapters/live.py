@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
+
+from nats.aio.client import Client as NATS
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.keys import NodeKeys
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.ports import GuardPorts, RouterPorts
+from cortensor.adapters.servers import reach
 from cortensor.adapters.topology import Topology
+from cortensor.protocol.outages import OutageWatch
+from cortensor.schemas import utcnow
 from cortensor.settings import Settings
+
+
+def _nats_watched(
+    settings: Settings, name: str, watch: OutageWatch
+) -> Callable[[], Awaitable[NATS]]:
+    """A NATS connect whose losses and reconnections are reported to `watch`."""
+
+    async def lost() -> None:
+        watch.lost("nats")
+
+    async def back() -> None:
+        watch.restored("nats")
+
+    return lambda: jetstream.connect_as(
+        settings, name=name, disconnected_cb=lost, reconnected_cb=back
+    )
+
+
+def _amqp_watched(connection: Any, watch: OutageWatch) -> None:
+    """aio-pika's callbacks on a robust connection, reporting to `watch`."""
+    connection.close_callbacks.add(lambda *_: watch.lost("rabbitmq"))
+    connection.reconnect_callbacks.add(lambda *_: watch.restored("rabbitmq"))
 
 
 @asynccontextmanager
@@ -19,14 +47,16 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
     """A router's ledger pool, RabbitMQ channel and NATS connection, closed on exit
     (NATS first, so that no heartbeat reaches a closed ledger)."""
     topology = Topology(settings.namespace)
-    ledger = await RouterLedger.connect(settings.asyncpg_dsn)
+    watch = OutageWatch(utcnow)
+    ledger = await reach("postgres", lambda: RouterLedger.connect(settings.asyncpg_dsn))
     try:
-        connection = await amqp.connect_as(settings)
+        connection = await reach("rabbitmq", lambda: amqp.connect_as(settings))
+        _amqp_watched(connection, watch)
         try:
             jobs, tasks = await amqp.router_channel(
                 connection, topology, prefetch=settings.router_prefetch
             )
-            nc = await jetstream.connect_as(settings, name=name)
+            nc = await reach("nats", _nats_watched(settings, name, watch))
             try:
                 yield RouterPorts(
                     ledger=ledger,
@@ -35,6 +65,7 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
                     tasks=tasks,
                     signals=jetstream.NatsSignals(nc),
                     verdicts=jetstream.JetStreamPublisher(nc.jetstream()),
+                    outages=watch,
                 )
             finally:
                 await nc.drain()
@@ -48,9 +79,10 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
 async def guard_ports(settings: Settings, *, name: str = "guard") -> AsyncIterator[GuardPorts]:
     """A guard's ledger pool and its fetcher on the shared durable results consumer."""
     consumer = Topology(settings.namespace).guard_consumer
-    ledger = await GuardLedger.connect(settings.asyncpg_dsn, max_size=8)
+    watch = OutageWatch(utcnow)
+    ledger = await reach("postgres", lambda: GuardLedger.connect(settings.asyncpg_dsn, max_size=8))
     try:
-        nc = await jetstream.connect_as(settings, name=name)
+        nc = await reach("nats", _nats_watched(settings, name, watch))
         try:
             js = nc.jetstream()
             results = await jetstream.PullConsumer.bind(
@@ -61,6 +93,7 @@ async def guard_ports(settings: Settings, *, name: str = "guard") -> AsyncIterat
                 keys=NodeKeys(ledger.pool),
                 results=results,
                 verdicts=jetstream.JetStreamPublisher(js),
+                outages=watch,
             )
         finally:
             await nc.drain()

@@ -6,7 +6,7 @@ brokers and of the ledger (`cortensor.adapters.memory`). A service never builds 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cortensor.adapters.interfaces import (
     JobQueue,
@@ -16,6 +16,12 @@ from cortensor.adapters.interfaces import (
     TaskPublisher,
 )
 from cortensor.adapters.ledger.interfaces import GuardBook, KeyBook, RouterBook
+from cortensor.protocol.outages import OutageWatch
+from cortensor.schemas import utcnow
+
+
+def _watch() -> OutageWatch:
+    return OutageWatch(utcnow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,8 @@ class RouterPorts:
     tasks: TaskPublisher
     signals: SignalBus
     verdicts: StreamPublisher
+    outages: OutageWatch = field(default_factory=_watch)
+    """Where the connections report losing and regaining their servers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +48,5 @@ class GuardPorts:
     keys: KeyBook
     results: StreamConsumer
     verdicts: StreamPublisher
+    outages: OutageWatch = field(default_factory=_watch)
+    """Where the connections report losing and regaining their servers."""

@@ -23,12 +23,14 @@ async def test_deadlines_pass_when_the_clock_is_moved_and_not_before() -> None:
     spec = replace(job(3), deadline_at=clock() + timedelta(seconds=30))
     sent = assignments_for(spec, [(a, HW), (b, HW)], clock() + timedelta(seconds=10))
     await side.router.open_jobs([NewJob(spec, clock(), "running", sent)])
+    await side.router.mark_sent([x.assignment_id for x in sent])
     planner = Planner([c], {spec.job_id})
 
     assert await side.router.reroute_expired(planner) == []
     clock.advance(10.5)
     [replacement] = await side.router.reroute_expired(planner)
     assert replacement.node_id == c
+    await side.router.mark_sent([replacement.assignment_id])
     assert sorted(await side.events(spec.job_id)) == [(a, "timed_out"), (b, "timed_out")]
     assert await side.guard.decide_expired() == []
     await side.guard.take_results(spec.job_id, [answer(replacement, UP)])

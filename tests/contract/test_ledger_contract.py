@@ -239,6 +239,7 @@ async def test_a_late_replica_is_charged_once_replaced_and_its_result_kept_but_n
     late = assignments_for(spec, [(a, HW)], utcnow() - timedelta(seconds=1))
     on_time = assignments_for(spec, [(b, HW)], utcnow() + timedelta(seconds=60))
     await ledger_side.router.open_jobs([NewJob(spec, utcnow(), "running", [*late, *on_time])])
+    await ledger_side.router.mark_sent([x.assignment_id for x in [*late, *on_time]])
     planner = Planner([a, b, c], {spec.job_id})
 
     made = [x for x in await ledger_side.router.reroute_expired(planner) if x.job_id == spec.job_id]
@@ -264,6 +265,7 @@ async def test_a_job_past_its_deadline_is_decided_with_what_it_has_and_charged_o
     new = running(job(3, deadline_s=-1.0), [a, b, c], deadline_s=-1.0)
     job_id = new.job.job_id
     await ledger_side.router.open_jobs([new])
+    await ledger_side.router.mark_sent([x.assignment_id for x in new.assignments])
     sent = by_node(new.assignments)
     assert (await ledger_side.guard.take_results(job_id, [answer(sent[a], UP)])).verdict is None
 
@@ -287,6 +289,7 @@ async def test_a_straggler_of_a_decided_job_is_charged_once(ledger_side: LedgerS
     sent = assignments_for(spec, [(a, HW), (b, HW)], utcnow() + timedelta(seconds=60))
     slow = assignments_for(spec, [(c, HW)], utcnow() - timedelta(seconds=1))
     await ledger_side.router.open_jobs([NewJob(spec, utcnow(), "running", [*sent, *slow])])
+    await ledger_side.router.mark_sent([x.assignment_id for x in [*sent, *slow]])
     intake = await ledger_side.guard.take_results(spec.job_id, [answer(x, UP) for x in sent])
     assert intake.verdict is not None
     assert intake.verdict.status == "verified"
@@ -517,6 +520,7 @@ async def test_a_replica_timed_out_before_the_verdict_is_charged_once(
     overdue = assignments_for(spec, [(late, HW)], utcnow() - timedelta(seconds=1))
     sent = assignments_for(spec, [(b, HW), (c, HW)], utcnow() + timedelta(seconds=60))
     await ledger_side.router.open_jobs([NewJob(spec, utcnow(), "running", [*overdue, *sent])])
+    await ledger_side.router.mark_sent([x.assignment_id for x in [*overdue, *sent]])
     nobody = Planner([], {spec.job_id})
     await ledger_side.router.reroute_expired(nobody)
     assert nobody.asked == [(spec.job_id, 1)]

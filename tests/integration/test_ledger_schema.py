@@ -445,9 +445,9 @@ def test_models_create_the_same_constraints_and_indexes(engine: Engine) -> None:
 
     migrated = _catalog(engine)
 
-    # 9 primary keys, 10 checks (3 sha256 lengths, the Ed25519 key's length), 11 foreign
-    # keys (a part names its parent job), 3 unique.
-    assert len(migrated["constraints"]) == 33
+    # 10 primary keys, 12 checks (3 sha256 lengths, the Ed25519 key's length, an
+    # outage's server and order), 11 foreign keys (a part names its parent job), 3 unique.
+    assert len(migrated["constraints"]) == 36
     assert migrated == from_models
 
 

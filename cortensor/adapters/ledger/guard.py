@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from cortensor.adapters.ledger.retention import purge_content
-from cortensor.adapters.ledger.store import Connection, Ledger, verdict_of
+from cortensor.adapters.ledger.store import Connection, Ledger, excused_sql, verdict_of
 from cortensor.errors import BadInput
 from cortensor.protocol.adjudication import (
     Case,
@@ -370,26 +370,34 @@ class GuardLedger(Ledger):
         """Charge nodes that never answered a job decided without them.
 
         A job is verified as soon as a strict majority agrees; a replica still out
-        when its own deadline passes is timed out and charged like any other.
+        when its own deadline passes is timed out and charged like any other, unless an
+        outage excuses it (cortensor.protocol.outages.excused): then it is `excused`.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             late = await conn.fetch(
-                """
-                SELECT a.assignment_id FROM assignments a JOIN jobs j USING (job_id)
+                f"""
+                SELECT a.assignment_id, {excused_sql("$2")} AS excused
+                FROM assignments a JOIN jobs j USING (job_id)
                 WHERE a.status = 'assigned' AND a.deadline_at < now()
                   AND j.status NOT IN ('waiting', 'running')
                 ORDER BY a.deadline_at LIMIT $1
                 FOR UPDATE OF a SKIP LOCKED
                 """,
                 limit,
+                self.outage_grace_s,
             )
-            return await self.time_out(conn, [r["assignment_id"] for r in late]) if late else 0
+            await self.excuse(conn, [r["assignment_id"] for r in late if r["excused"]])
+            charged = [r["assignment_id"] for r in late if not r["excused"]]
+            return await self.time_out(conn, charged) if charged else 0
 
     async def decide_expired(self, limit: int = 50) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has (see
         `at_deadline`); returns the verdicts to publish.
 
-        Replicas still missing are timed out and charged to their nodes.
+        Replicas still missing are timed out and charged to their nodes, unless an
+        outage excuses them (cortensor.protocol.outages.excused): those are `excused`,
+        charged to nobody. Jobs whose deadline fell inside an outage have had it pushed
+        back first (`extend_deadlines`, called by the guard's sweep).
         """
         verdicts = []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -406,11 +414,15 @@ class GuardLedger(Ledger):
             parents = set()
             for job in jobs:
                 await conn.execute(
-                    """
-                    UPDATE assignments SET status = 'timed_out', finished_at = now()
-                    WHERE job_id = $1 AND status = 'assigned'
+                    f"""
+                    UPDATE assignments a
+                    SET status = CASE WHEN {excused_sql("$2")} THEN 'excused' ELSE 'timed_out'
+                                 END,
+                        finished_at = now()
+                    WHERE a.job_id = $1 AND a.status = 'assigned'
                     """,
                     job["job_id"],
+                    self.outage_grace_s,
                 )
                 rows = await conn.fetch(_REPLICAS, job["job_id"])
                 outcome = at_deadline(_case(job, rows, expired=True))

@@ -15,6 +15,7 @@ from uuid import UUID
 from cortensor.adapters.ledger.guard import Intake
 from cortensor.adapters.ledger.probes import ProbeOutcome
 from cortensor.adapters.ledger.router import NodeStats, PlanReplicas
+from cortensor.protocol.outages import Outage
 from cortensor.protocol.probing import PoolProbe
 from cortensor.protocol.units import NewJob
 from cortensor.schemas import Assignment, InferenceResult, NodeHeartbeat, Verdict
@@ -35,6 +36,24 @@ class VerdictBook(Protocol):
     async def unpublished_verdicts(self, older_than_s: float, limit: int = 100) -> list[Verdict]:
         """Verdicts written more than `older_than_s` ago and never marked published,
         oldest first."""
+        ...
+
+
+class OutageBook(Protocol):
+    """Server outages as routers and guards saw them (cortensor.protocol.outages)."""
+
+    async def record_outages(self, seen_by: str, outages: Sequence[Outage]) -> None:
+        """Record the windows in which `seen_by` could not reach a server: a new one,
+        or the end of one recorded while still open."""
+        ...
+
+    async def outages_since(self, since_s: float) -> list[Outage]:
+        """The recorded windows that ended less than `since_s` seconds ago, or are open."""
+        ...
+
+    async def extend_deadlines(self, limit: int = 500) -> int:
+        """Push back, once, by outages.EXTENSION_S, the deadline of waiting and running
+        jobs whose deadline fell inside an outage; returns how many."""
         ...
 
 
@@ -59,7 +78,7 @@ class ProbeBook(Protocol):
         ...
 
 
-class RouterBook(VerdictBook, ProbeBook, Protocol):
+class RouterBook(VerdictBook, ProbeBook, OutageBook, Protocol):
     """The router's ledger: nodes, jobs and their assignments.
 
     Every write is idempotent by job id and assignment id; a plan is the caller's
@@ -102,9 +121,16 @@ class RouterBook(VerdictBook, ProbeBook, Protocol):
         """Give running jobs within their deadline the replicas they lack now."""
         ...
 
+    async def mark_sent(self, assignment_ids: Sequence[UUID]) -> None:
+        """Record that the broker confirmed these assignments (until then a missed
+        deadline is excused: the router may have stopped before it published them)."""
+        ...
+
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
-        """Time out (and charge once) assignments past their deadline, of running jobs
-        within theirs, and give those jobs the replicas they lack now."""
+        """Deal with assignments past their deadline, of running jobs within theirs: an
+        excused one (protocol.outages.excused) gets a new window and is returned to be
+        sent again; any other is timed out (its node charged once) and its job given
+        the replicas it lacks now."""
         ...
 
     async def listen_due(self, on_due: Callable[[UUID], None]) -> Callable[[], Awaitable[None]]:
@@ -113,7 +139,7 @@ class RouterBook(VerdictBook, ProbeBook, Protocol):
         ...
 
 
-class GuardBook(VerdictBook, Protocol):
+class GuardBook(VerdictBook, OutageBook, Protocol):
     """The guard's ledger: results in, verdicts and reputation events out; every decision
     is the protocol core's (cortensor.protocol.adjudication)."""
 
@@ -126,8 +152,8 @@ class GuardBook(VerdictBook, Protocol):
         ...
 
     async def decide_expired(self, limit: int = 50) -> list[Verdict]:
-        """Decide running jobs past their deadline with what they have; returns the
-        verdicts to publish."""
+        """Decide running jobs past their deadline with what they have (replicas still
+        out are timed out, or excused by an outage); returns the verdicts to publish."""
         ...
 
     async def expire_stragglers(self, limit: int = 500) -> int:

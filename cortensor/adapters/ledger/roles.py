@@ -51,6 +51,7 @@ WRITABLE_TABLES = (
     "results",
     "verdicts",
     "refusals",
+    "outages",
 )
 """Tables the router and the guard read and write (SELECT, INSERT, UPDATE; never
 DELETE or TRUNCATE: nothing in the ledger is deleted by its writers)."""

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from cortensor.adapters.ledger import probes
-from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger
+from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger, excused_sql
 from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.probing import PoolProbe
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for, task_fields, whole_job
@@ -92,6 +92,29 @@ ORDER BY created_at
 FOR UPDATE SKIP LOCKED
 """
 """Lock running jobs within their deadline; those another router holds are skipped."""
+
+
+_ASSIGNMENTS = """
+SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, a.attempt, a.deadline_at,
+       j.task, j.model, j.inputs, j.params, j.audio
+FROM assignments a JOIN jobs j USING (job_id)
+"""
+"""Assignments with what their message carries."""
+
+
+def _assignment(r: Any) -> Assignment:
+    """The Assignment message of a row of _ASSIGNMENTS."""
+    return Assignment(
+        assignment_id=r["assignment_id"],
+        job_id=r["job_id"],
+        node_id=r["node_id"],
+        task=r["task"],
+        model=r["model"],
+        hw_class=r["hw_class"],
+        deadline_at=r["deadline_at"],
+        attempt=r["attempt"],
+        **task_fields(r["inputs"], r["params"], r["audio"]),
+    )
 
 
 def _assignments(plan: Plan) -> list[Assignment]:
@@ -279,29 +302,23 @@ class RouterLedger(Ledger):
         a node's result is deduplicated by its assignment id.
         """
         rows = await self.pool.fetch(
-            """
-            SELECT a.assignment_id, a.job_id, a.node_id, a.hw_class, a.attempt, a.deadline_at,
-                   j.task, j.model, j.inputs, j.params, j.audio
-            FROM assignments a JOIN jobs j USING (job_id)
+            f"""
+            {_ASSIGNMENTS}
             WHERE (a.job_id = ANY($1::uuid[]) OR j.parent_id = ANY($1::uuid[]))
               AND a.status = 'assigned' AND a.deadline_at > now() AND j.status = 'running'
             """,
             list(job_ids),
         )
-        return [
-            Assignment(
-                assignment_id=r["assignment_id"],
-                job_id=r["job_id"],
-                node_id=r["node_id"],
-                task=r["task"],
-                model=r["model"],
-                hw_class=r["hw_class"],
-                deadline_at=r["deadline_at"],
-                attempt=r["attempt"],
-                **task_fields(r["inputs"], r["params"], r["audio"]),
+        return [_assignment(r) for r in rows]
+
+    async def mark_sent(self, assignment_ids: Sequence[UUID]) -> None:
+        """Record that the broker confirmed these assignments: from now on a missed
+        deadline is their node's (unless an outage excuses it)."""
+        if assignment_ids:
+            await self.pool.execute(
+                "UPDATE assignments SET sent_at = now() WHERE assignment_id = ANY($1::uuid[])",
+                list(assignment_ids),
             )
-            for r in rows
-        ]
 
     @staticmethod
     async def _load(conn: Connection, job_ids: Sequence[Any]) -> list[_Loaded]:
@@ -401,17 +418,23 @@ class RouterLedger(Ledger):
             return await self._replan(conn, [r["job_id"] for r in locked], plan)
 
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
-        """Time out assignments past their deadline and give their jobs the replicas they
-        lack now (planning.replicas_due): a replacement for each; an `auto` job's leader
-        that timed out is replaced alone, its checks wait for the new leader's answer.
+        """Deal with assignments past their deadline, of running jobs within theirs.
 
-        The late node is charged a `timed_out` event. A job past its own deadline is
-        the guard's to decide, so only assignments of jobs still running are touched.
+        One that an outage overlapped, or that the broker never confirmed
+        (cortensor.protocol.outages.excused), is its node's through no fault of its own:
+        it keeps its node, gets as long a window again (never past its job's deadline)
+        and is returned to be sent again. Any other is timed out, its node charged a
+        `timed_out` event, and its job given the replicas it lacks now
+        (planning.replicas_due): a replacement for each; an `auto` job's leader that
+        timed out is replaced alone, its checks wait for the new leader's answer.
+
+        A job past its own deadline is the guard's to decide, so only assignments of
+        jobs still running are touched.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             expired = await conn.fetch(
-                """
-                SELECT a.assignment_id, a.job_id, a.node_id
+                f"""
+                SELECT a.assignment_id, a.job_id, a.node_id, {excused_sql("$2")} AS excused
                 FROM assignments a JOIN jobs j USING (job_id)
                 WHERE a.status = 'assigned' AND a.deadline_at < now()
                   AND j.status = 'running' AND j.deadline_at > now()
@@ -419,12 +442,33 @@ class RouterLedger(Ledger):
                 FOR UPDATE OF a, j SKIP LOCKED
                 """,
                 limit,
+                self.outage_grace_s,
             )
             if not expired:
                 return []
-            await self.time_out(conn, [r["assignment_id"] for r in expired])
-            jobs = list(dict.fromkeys(r["job_id"] for r in expired))
-            return await self._replan(conn, jobs, plan)
+            again = [r["assignment_id"] for r in expired if r["excused"]]
+            renewed: list[Assignment] = []
+            if again:
+                await conn.execute(
+                    """
+                    UPDATE assignments a
+                    SET deadline_at = least(j.deadline_at, now() + (a.deadline_at - a.created_at)),
+                        sent_at = NULL
+                    FROM jobs j
+                    WHERE a.job_id = j.job_id AND a.assignment_id = ANY($1::uuid[])
+                    """,
+                    again,
+                )
+                rows = await conn.fetch(
+                    f"{_ASSIGNMENTS} WHERE a.assignment_id = ANY($1::uuid[])", again
+                )
+                renewed = [_assignment(r) for r in rows]
+            late = [r for r in expired if not r["excused"]]
+            if not late:
+                return renewed
+            await self.time_out(conn, [r["assignment_id"] for r in late])
+            jobs = list(dict.fromkeys(r["job_id"] for r in late))
+            return renewed + await self._replan(conn, jobs, plan)
 
     async def _replan(
         self, conn: Connection, job_ids: Sequence[UUID], plan: PlanReplicas

@@ -15,6 +15,7 @@ from typing import Any, Self, TypeAlias
 
 import asyncpg
 
+from cortensor.protocol.outages import EXTENSION_S, GRACE_S, Outage
 from cortensor.protocol.parts import DecidedPart, stitch
 from cortensor.schemas import OUTPUT_FIELD, TERMINAL_STATUSES, Verdict
 
@@ -46,6 +47,16 @@ ORDER BY j.part
 """Every part of a split job, with its verdict and canonical output once decided."""
 
 
+def excused_sql(grace: str) -> str:
+    """SQL that is true for an assignment `a` whose missed deadline is excused
+    (cortensor.protocol.outages.excused); `grace` is the placeholder of the grace in
+    seconds."""
+    return f"""(a.sent_at IS NULL OR EXISTS (
+        SELECT 1 FROM outages o
+        WHERE o.started_at <= a.deadline_at
+          AND a.sent_at <= o.ended_at + make_interval(secs => {grace}::float8)))"""
+
+
 def _payload(verdict: Verdict) -> str:
     """A verdict as stored: a verified output lives once, in the canonical result (see
     _VERDICT); a split job's stitched output has no such result and stays here."""
@@ -65,6 +76,9 @@ async def _init_connection(conn: Connection) -> None:
 
 class Ledger:
     """A pool of connections to the ledger, and the writes routers and guards share."""
+
+    outage_grace_s = GRACE_S
+    """How long after an outage a missed deadline is still excused (protocol.outages)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -228,6 +242,81 @@ class Ledger:
                 DUE_CHANNEL,
                 list(job_ids),
             )
+
+    async def record_outages(self, seen_by: str, outages: Sequence[Outage]) -> None:
+        """Record (or close) the windows in which `seen_by` could not reach a server."""
+        if not outages:
+            return
+        await self.pool.execute(
+            """
+            INSERT INTO outages AS o (server, seen_by, started_at, ended_at, ongoing)
+            SELECT w.server, $1, w.started_at, w.ended_at, w.ongoing
+            FROM unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::bool[])
+                 AS w(server, started_at, ended_at, ongoing)
+            ON CONFLICT (server, seen_by, started_at) DO UPDATE
+                SET ended_at = greatest(o.ended_at, excluded.ended_at), ongoing = excluded.ongoing
+                WHERE o.ongoing
+            """,
+            seen_by,
+            [o.server for o in outages],
+            [o.started_at for o in outages],
+            [o.ended_at for o in outages],
+            [o.ongoing for o in outages],
+        )
+
+    async def outages_since(self, since_s: float) -> list[Outage]:
+        """The recorded windows that ended less than `since_s` seconds ago, or are open."""
+        rows = await self.pool.fetch(
+            """
+            SELECT server, started_at, ended_at, ongoing FROM outages
+            WHERE ended_at > now() - make_interval(secs => $1::float8) OR ongoing
+            ORDER BY started_at
+            """,
+            since_s,
+        )
+        return [Outage(r["server"], r["started_at"], r["ended_at"], r["ongoing"]) for r in rows]
+
+    async def extend_deadlines(self, limit: int = 500) -> int:
+        """Push back, once, the deadline of open jobs whose deadline fell inside an
+        outage (cortensor.protocol.outages.extended); returns how many."""
+        extended: int = await self.pool.fetchval(
+            """
+            WITH due AS (
+                SELECT j.job_id FROM jobs j
+                WHERE j.status IN ('waiting', 'running') AND NOT j.extended
+                  AND j.deadline_at < now() + make_interval(secs => $1::float8)
+                  AND EXISTS (
+                      SELECT 1 FROM outages o
+                      WHERE o.started_at <= j.deadline_at
+                        AND j.deadline_at <= o.ended_at + make_interval(secs => $1::float8))
+                ORDER BY j.deadline_at LIMIT $3
+                FOR UPDATE OF j SKIP LOCKED
+            ), pushed AS (
+                UPDATE jobs SET deadline_at = deadline_at + make_interval(secs => $2::float8),
+                                extended = true
+                WHERE job_id IN (SELECT job_id FROM due) RETURNING 1
+            )
+            SELECT count(*) FROM pushed
+            """,
+            self.outage_grace_s,
+            EXTENSION_S,
+            limit,
+        )
+        return extended
+
+    @staticmethod
+    async def excuse(conn: Connection, assignment_ids: Sequence[Any]) -> int:
+        """Mark assignments still awaited as excused: missed for an outage or never
+        sent, charged to nobody; returns how many."""
+        rows = await conn.fetch(
+            """
+            UPDATE assignments SET status = 'excused', finished_at = now()
+            WHERE assignment_id = ANY($1::uuid[]) AND status = 'assigned'
+            RETURNING 1
+            """,
+            list(assignment_ids),
+        )
+        return len(rows)
 
     @staticmethod
     async def time_out(conn: Connection, assignment_ids: Sequence[Any]) -> int:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the ledger's nine tables.
+"""SQLAlchemy models of the ledger's ten tables.
 
 The schema itself is owned by the hand-written migrations in `db/migrations/versions`;
 these models mirror it (a test compares the two) so that code can read and write the
@@ -46,7 +46,8 @@ NAMING_CONVENTION: dict[str, str] = {
 NODE_STATUSES = ("up", "draining")
 JOB_STATUSES: tuple[str, ...] = (*LEDGER_STATUSES, *TERMINAL_STATUSES)
 VERDICT_STATUSES: tuple[str, ...] = TERMINAL_STATUSES
-ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out")
+ASSIGNMENT_STATUSES = ("assigned", "done", "timed_out", "excused")
+OUTAGE_SERVERS = ("postgres", "rabbitmq", "nats")
 EVENT_KINDS = ("agreed", "disagreed", "timed_out")
 TRUST_STATES = ("probation", "active", "quarantined")
 
@@ -137,6 +138,8 @@ class Job(Base):
     """When the retention period removed the job's content (docs/design.md, Privacy)."""
     owner: Mapped[str] = mapped_column(Text, server_default=text(f"'{ANONYMOUS}'"))
     """The client that published the job (from its routing key): only it reads the verdict."""
+    extended: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    """Its deadline fell inside a server outage and was pushed back once."""
 
 
 class Assignment(Base):
@@ -162,6 +165,8 @@ class Assignment(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the router last had the broker confirm it; NULL: recorded, not known sent."""
 
 
 class Result(Base):
@@ -281,3 +286,20 @@ class Refusal(Base):
     count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
     last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+
+
+class Outage(Base):
+    """A window in which a router or guard (`seen_by`) could not reach a server."""
+
+    __tablename__ = "outages"
+    __table_args__ = (
+        CheckConstraint(_in("server", OUTAGE_SERVERS), name="server"),
+        CheckConstraint("ended_at >= started_at", name="ordered"),
+    )
+
+    server: Mapped[str] = mapped_column(Text, primary_key=True)
+    seen_by: Mapped[str] = mapped_column(Text, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    """When the server came back; while `ongoing`, when it was last seen down."""
+    ongoing: Mapped[bool] = mapped_column(Boolean, server_default=false())

@@ -267,7 +267,8 @@ class GuardSide(OnTables):
             ),
             key=lambda a: a.deadline_at,
         )[:limit]
-        return self.tables.time_out(a.assignment_id for a in late)
+        self.tables.excuse(a.assignment_id for a in late if self.tables.excused(a))
+        return self.tables.time_out(a.assignment_id for a in late if a.status == "assigned")
 
     async def decide_expired(self, limit: int = 50) -> list[Verdict]:
         """Decide running jobs past their deadline with the results they have."""
@@ -282,7 +283,8 @@ class GuardSide(OnTables):
             held = self.tables.of_job(job.spec.job_id)
             for a in held:
                 if a.status == "assigned":
-                    a.status, a.finished_at = "timed_out", now
+                    excused = self.tables.excused(a)
+                    a.status, a.finished_at = ("excused" if excused else "timed_out"), now
             rows = self.tables.ordered(held)
             outcome = at_deadline(self._case(job, rows, expired=True))
             parent, _ = self._conclude(job, outcome)

@@ -24,6 +24,7 @@ from cortensor.adapters.ledger.interfaces import GuardBook, RouterBook
 from cortensor.adapters.memory.guard_ledger import GuardSide
 from cortensor.adapters.memory.router_ledger import RouterSide
 from cortensor.adapters.memory.tables import Clock, Tables
+from cortensor.protocol.outages import Outage, extended
 from cortensor.protocol.reputation import Standing, Trust
 from cortensor.schemas import Verdict, utcnow
 
@@ -71,6 +72,42 @@ class MemoryLedger(RouterSide, GuardSide):
             key=lambda r: r[0],
         )
         return [v for _, job_id in rows[:limit] if (v := self.tables.stored(job_id)) is not None]
+
+    # -- outages (store.Ledger) ----------------------------------------------------------
+
+    async def record_outages(self, seen_by: str, outages: Sequence[Outage]) -> None:
+        """Record (or close) the windows in which `seen_by` could not reach a server."""
+        for o in outages:
+            key = (o.server, seen_by, o.started_at)
+            known = self.tables.outages.get(key)
+            if known is None:
+                self.tables.outages[key] = o
+            elif known.ongoing:
+                end = max(known.ended_at, o.ended_at)
+                self.tables.outages[key] = replace(o, ended_at=end)
+
+    async def outages_since(self, since_s: float) -> list[Outage]:
+        """The recorded windows that ended less than `since_s` seconds ago, or are open."""
+        cutoff = self.clock() - timedelta(seconds=since_s)
+        return sorted(
+            (o for o in self.tables.outages.values() if o.ended_at > cutoff or o.ongoing),
+            key=lambda o: o.started_at,
+        )
+
+    async def extend_deadlines(self, limit: int = 500) -> int:
+        """Push back, once, the deadline of open jobs whose deadline fell inside an outage."""
+        t, count = self.tables, 0
+        for job in sorted(t.jobs.values(), key=lambda j: j.deadline_at):
+            if count == limit:
+                break
+            if job.status not in ("waiting", "running") or job.extended:
+                continue
+            later = extended(job.deadline_at, t.outages.values(), grace_s=t.outage_grace_s)
+            if later is not None:
+                job.deadline_at, job.extended = later, True
+                job.spec = replace(job.spec, deadline_at=later)
+                count += 1
+        return count
 
 
 def sides(ledger: MemoryLedger) -> tuple[RouterBook, GuardBook]:

@@ -16,6 +16,7 @@ from uuid import UUID
 from cortensor.adapters.ledger.probes import ProbeOutcome
 from cortensor.adapters.ledger.router import NodeStats, PlanReplicas
 from cortensor.adapters.memory.tables import AssignmentRow, JobRow, NodeRow, OnTables
+from cortensor.protocol.outages import renewed
 from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.probing import OPTIONS, PoolProbe
 from cortensor.protocol.reputation import Standing
@@ -214,9 +215,18 @@ class RouterSide(OnTables):
             running = [self.tables.jobs[x.job.job_id] for x in short if x.due]
         return self._replan([j.spec.job_id for j in running], plan)
 
+    async def mark_sent(self, assignment_ids: Sequence[UUID]) -> None:
+        """Record that the broker confirmed these assignments."""
+        now = self.clock()
+        for aid in assignment_ids:
+            a = self.tables.assignments.get(aid)
+            if a is not None:
+                a.sent_at = now
+
     async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
-        """Time out assignments past their deadline (of running jobs within theirs) and
-        give their jobs the replicas they lack now."""
+        """Renew and send again the excused assignments past their deadline (of running
+        jobs within theirs); time out and charge the others, and give their jobs the
+        replicas they lack now."""
         now = self.clock()
         expired = sorted(
             (
@@ -231,8 +241,20 @@ class RouterSide(OnTables):
         )[:limit]
         if not expired:
             return []
-        self.tables.time_out(a.assignment_id for a in expired)
-        return self._replan((a.job_id for a in expired), plan)
+        again: list[Assignment] = []
+        late = []
+        for a in expired:
+            if not self.tables.excused(a):
+                late.append(a)
+                continue
+            job = self.tables.jobs[a.job_id]
+            a.deadline_at = renewed(a.created_at or now, a.deadline_at, job.deadline_at, now)
+            a.sent_at = None
+            again.append(self._message(a, job))
+        if not late:
+            return again
+        self.tables.time_out(a.assignment_id for a in late)
+        return again + self._replan((a.job_id for a in late), plan)
 
     def _replan(self, job_ids: Iterable[UUID], plan: PlanReplicas) -> list[Assignment]:
         made: list[Assignment] = []

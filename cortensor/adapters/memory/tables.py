@@ -18,6 +18,7 @@ from uuid import UUID
 
 from cortensor.protocol.adjudication import Event
 from cortensor.protocol.consensus import Replica
+from cortensor.protocol.outages import GRACE_S, Outage, excused
 from cortensor.protocol.parts import DecidedPart, stitch
 from cortensor.protocol.reputation import EventKind, Standing, record
 from cortensor.protocol.units import OpenJob
@@ -73,6 +74,8 @@ class JobRow:
     unchecked: bool = False
     purged_at: datetime | None = None
     """When the retention period removed the job's content (GuardSide.purge_content)."""
+    extended: bool = False
+    """Its deadline fell inside an outage and was pushed back once."""
 
 
 @dataclass(slots=True)
@@ -87,6 +90,9 @@ class AssignmentRow:
     deadline_at: datetime
     status: str = "assigned"
     finished_at: datetime | None = None
+    created_at: datetime | None = None
+    sent_at: datetime | None = None
+    """When the broker confirmed it (RouterSide.mark_sent); None: not known sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +165,9 @@ class Tables:
     standings: dict[tuple[str, str], Standing] = field(default_factory=dict)
     """(node id, model) -> standing; model '' is the node's overall one."""
     listeners: list[Callable[[UUID], None]] = field(default_factory=list)
+    outages: dict[tuple[str, str, datetime], Outage] = field(default_factory=dict)
+    """(server, seen_by, started_at) -> the window recorded."""
+    outage_grace_s: float = GRACE_S
     _seq: Iterator[int] = field(default_factory=itertools.count)
 
     def next_seq(self) -> int:
@@ -225,6 +234,7 @@ class Tables:
                 a.hw_class,
                 a.attempt if attempt is None else attempt,
                 a.deadline_at,
+                created_at=self.clock(),
             )
 
     def add_events(
@@ -324,6 +334,20 @@ class Tables:
         verdict = verdict.model_copy(update={"revision": self.verdicts[parent_id].revision + 1})
         self.revise_verdict(verdict)
         return verdict
+
+    def excused(self, a: AssignmentRow) -> bool:
+        """Whether the missed deadline of `a` is excused (protocol.outages.excused)."""
+        return excused(a.sent_at, a.deadline_at, self.outages.values(), grace_s=self.outage_grace_s)
+
+    def excuse(self, assignment_ids: Iterable[UUID]) -> int:
+        """Mark assignments still awaited as excused, charged to nobody."""
+        now, count = self.clock(), 0
+        for aid in assignment_ids:
+            a = self.assignments.get(aid)
+            if a is not None and a.status == "assigned":
+                a.status, a.finished_at = "excused", now
+                count += 1
+        return count
 
     def time_out(self, assignment_ids: Iterable[UUID]) -> int:
         """Time out assignments still awaited and charge each node once."""

@@ -18,6 +18,7 @@ from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, printable
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
+from cortensor.services.outages import OutageLog, pause_s
 from cortensor.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,7 @@ class Guard:
         self.ledger.revalidate_deadline_s = settings.revalidate_deadline_s
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.keyring = Keyring(ports.keys, source="guard", refresh_s=settings.registry_refresh_s)
+        self.outages = OutageLog(ports.outages, self.ledger, name=name)
 
     def _parse(self, msg: Msg) -> InferenceResult | None:
         """The result a message holds, or None (logged) for one refused: over
@@ -169,7 +171,11 @@ class Guard:
         await asyncio.gather(*junk, *(self._take_job(j, b) for j, b in by_job.items()))
 
     async def sweep(self) -> None:
-        """Decide jobs past their deadline; publish verdicts whose publisher died."""
+        """Record the outages seen, so that they excuse the nodes they kept from answering
+        (cortensor.protocol.outages); give jobs whose deadline fell in one their extra
+        time; decide jobs past their deadline; publish verdicts whose publisher died."""
+        await self.outages.flush()
+        await self.ledger.extend_deadlines()
         decided = await self.ledger.decide_expired()
         await self.ledger.expire_stragglers()
         for v in decided:
@@ -194,13 +200,24 @@ class Guard:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; the adapters stay open (whoever gave them closes them)."""
         s = self.settings
-        sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop))
-        purger = asyncio.create_task(every(PURGE_INTERVAL_S, self.purge, stop))
+        failed = self.outages.failed
+        sweeper = asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop, on_error=failed))
+        purger = asyncio.create_task(every(PURGE_INTERVAL_S, self.purge, stop, on_error=failed))
         log.info("guard ready", consumer=self.topology.guard_consumer.durable)
+        trouble = 0
         while not stop.is_set():
-            msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
-            if msgs:
-                await self.take(msgs)
+            try:
+                msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
+                if msgs:
+                    await self.take(msgs)
+                trouble = 0
+            except Exception as exc:
+                # NATS or the ledger lost under us: the consumer is durable and what was
+                # not acked is delivered again, so the guard waits and fetches again.
+                trouble += 1
+                if failed(exc) is None:
+                    log.exception("results not fetched; fetching again")
+                await asyncio.sleep(pause_s(trouble))
         await asyncio.gather(sweeper, purger)
         await self.announcer.flush()
         await self.results.close()

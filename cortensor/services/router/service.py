@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import defaultdict
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 
 from cortensor import audio
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
-from cortensor.adapters.interfaces import Delivery, Signal, Subscription, Unroutable
+from cortensor.adapters.interfaces import Delivery, QueueFull, Signal, Subscription, Unroutable
 from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
@@ -40,6 +41,7 @@ from cortensor.schemas import (
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
+from cortensor.services.outages import PATIENCE_S, OutageLog, pause_s
 from cortensor.services.router.probes import ProbeSender
 from cortensor.services.router.registry import NodeRegistry, heartbeat_refusal
 from cortensor.settings import Settings
@@ -90,6 +92,7 @@ class Router:
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.registry = NodeRegistry()
         self.keyring = Keyring(ports.keys, source="router", refresh_s=settings.registry_refresh_s)
+        self.outages = OutageLog(ports.outages, self.ledger, name=name)
         self.rng = random.Random(seed)
         self.prober = ProbeSender(settings, self.rng)
         self._intake: asyncio.Queue[Delivery | None] = asyncio.Queue()
@@ -138,12 +141,16 @@ class Router:
         """Send assignments to their nodes' queues, one task message per node, each
         confirmed by the broker.
 
-        A node whose queue is gone (the message comes back unroutable) is dropped from
-        the registry; its assignments time out and are routed again.
+        Each is recorded as sent once confirmed. One that comes back unroutable (the
+        node's queue is gone, or its broker is still loading it after a restart) is
+        not: the sweep sends it again; the node's heartbeats, not this, say whether
+        the node is gone.
         """
         by_node: dict[tuple[str, str], list[Assignment]] = defaultdict(list)
         for a in assignments:
             by_node[(a.node_id, a.hw_class)].append(a)
+
+        unsent: set[UUID] = set()
 
         async def send(node_id: str, hw_class: str, batch: list[Assignment]) -> None:
             task_id = str(batch[0].assignment_id)
@@ -153,15 +160,37 @@ class Router:
                 {"assignments": [a.model_dump(mode="json") for a in batch]},
                 origin=self.name,
             )
-            try:
-                await self.tasks.publish(
-                    hw_class, node_id, body, headers=headers, message_id=task_id
-                )
-            except Unroutable:
-                log.warning("node queue missing; node dropped", node_id=node_id)
-                self.registry.forget(node_id)
+            for attempt in itertools.count(1):
+                try:
+                    await self.tasks.publish(
+                        hw_class, node_id, body, headers=headers, message_id=task_id
+                    )
+                except Unroutable:
+                    # Not proof that the node is gone: a broker restarting may return
+                    # messages while it loads its queues. Its heartbeats decide; the
+                    # assignments, never confirmed, are excused and sent again.
+                    log.warning("node queue missing; assignments sent again later", node_id=node_id)
+                    unsent.update(a.assignment_id for a in batch)
+                except QueueFull:
+                    # A full queue is a busy node, not a gone one: kept, and sent again
+                    # after a back-off while its assignments have time (Overload).
+                    s = self.settings
+                    wait = backoff_s(
+                        attempt, base_s=s.retry_base_s, cap_s=s.retry_cap_s, rng=_JITTER
+                    )
+                    if utcnow() + timedelta(seconds=wait) < min(a.deadline_at for a in batch):
+                        log.info("node queue full; sent again later", node_id=node_id, wait=wait)
+                        await asyncio.sleep(wait)
+                        continue
+                    log.warning("node queue full until its assignments' deadline", node_id=node_id)
+                return
 
         await asyncio.gather(*(send(n, c, batch) for (n, c), batch in by_node.items()))
+        # Only now is a missed deadline the node's: until then it is excused and sent
+        # again (the router may stop, or its broker go, between its commit and here).
+        await self.ledger.mark_sent(
+            [a.assignment_id for a in assignments if a.assignment_id not in unsent]
+        )
 
     async def _screen(self, message: JobMessage) -> Owned | str:
         """A valid job and its owner, or what became of an invalid one (dead-lettered or
@@ -321,7 +350,44 @@ class Router:
                     self._intake.put_nowait(None)  # for the other workers
                     break
                 batch.append(message)
-            await self._settle(batch)
+            try:
+                await self._settle(batch)
+            except Exception:  # a worker outlives any batch: the broker delivers it again
+                log.exception("jobs not settled; the broker delivers them again", jobs=len(batch))
+
+    async def _held(self, batch: list[Delivery], exc: Exception) -> bool:
+        """Hold a batch in hand while a server it needs is down (`exc` says which), and
+        take it again after short back-offs until it goes through; True once it did
+        and was acked. Handing it back to RabbitMQ instead would count a delivery per
+        try, and a 15 s outage would push jobs past their delivery limit. False (the
+        failure is no outage, or it outlasted PATIENCE_S): the caller settles it as any
+        other failure."""
+        if self.outages.failed(exc) is None:
+            return False
+        log.warning("jobs held in hand while a server is down", jobs=len(batch))
+        started = time.monotonic()
+        for attempt in itertools.count(1):
+            await asyncio.sleep(pause_s(attempt))
+            try:
+                await self.take(
+                    [JobMessage(m.body, m.message_id or "", m.routing_key or "") for m in batch]
+                )
+            except Exception as again:
+                if self.outages.failed(again) is None or time.monotonic() - started > PATIENCE_S:
+                    return False
+                continue
+            break
+        await self._ack(batch)
+        return True
+
+    async def _ack(self, batch: list[Delivery]) -> None:
+        """Ack a batch; an ack that the channel lost with its connection is no failure
+        (RabbitMQ delivers those jobs again, and they are found recorded)."""
+        acks = await asyncio.gather(*(m.ack() for m in batch), return_exceptions=True)
+        lost = [a for a in acks if isinstance(a, Exception)]
+        if lost:
+            self.outages.failed(lost[0])
+            log.warning("acks lost with the channel; the jobs come again", jobs=len(lost))
 
     async def _settle(self, batch: list[Delivery]) -> None:
         """Take a batch of jobs and ack it once its ledger rows and assignments are
@@ -332,6 +398,8 @@ class Router:
                 [JobMessage(m.body, m.message_id or "", m.routing_key or "") for m in batch]
             )
         except Exception as exc:
+            if await self._held(batch, exc):
+                return
             if len(batch) > 1:
                 log.warning(
                     "jobs not handled together; taking them one at a time",
@@ -358,7 +426,7 @@ class Router:
                 await self.jobs.dead_letter(m.body, why, message_id=m.message_id or "")
                 await m.ack()
             return
-        await asyncio.gather(*(m.ack() for m in batch))
+        await self._ack(batch)
 
     async def on_heartbeat(self, msg: Signal) -> None:
         """Track a node from its heartbeat. A node may speak only for itself, signed by
@@ -392,7 +460,11 @@ class Router:
             )
 
     async def sweep(self) -> None:
-        """One pass over waiting jobs and late assignments."""
+        """One pass over waiting jobs and late assignments, after recording the outages
+        seen (which excuse the assignments they overlapped, cortensor.protocol.outages)
+        and giving the jobs whose deadline fell in one their extra time."""
+        await self.outages.flush()
+        await self.ledger.extend_deadlines()
         made, failed = await self.ledger.route_waiting(self.plan)
         made += await self.ledger.reroute_expired(self.plan)
         made += await self.ledger.top_up(self.plan)
@@ -431,7 +503,9 @@ class Router:
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen; count
-        the heartbeats refused since the last refresh."""
+        the heartbeats refused since the last refresh; forget nodes long silent."""
+        for node_id in self.registry.prune(time.monotonic()):
+            log.info("silent node forgotten", node_id=node_id)
         await self.ledger.upsert_nodes(self.registry.heartbeats())
         self.registry.update_stats(await self.ledger.node_stats())
         await self.keyring.flush()
@@ -452,8 +526,12 @@ class Router:
         await self.jobs.consume(self.on_job)
         log.info("router ready", queue=self.topology.router_queue)
         loops = [
-            asyncio.create_task(every(s.sweep_interval_s, self.sweep, stop)),
-            asyncio.create_task(every(s.registry_refresh_s, self.refresh, stop)),
+            asyncio.create_task(
+                every(s.sweep_interval_s, self.sweep, stop, on_error=self.outages.failed)
+            ),
+            asyncio.create_task(
+                every(s.registry_refresh_s, self.refresh, stop, on_error=self.outages.failed)
+            ),
             asyncio.create_task(self._send_due(stop)),
         ]
         await stop.wait()
