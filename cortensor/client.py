@@ -17,6 +17,7 @@ from typing import Self
 from uuid import UUID
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.exceptions import DeliveryError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -24,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.topology import Topology
-from cortensor.errors import RetryableError
+from cortensor.errors import Busy, RetryableError
 from cortensor.schemas import ANONYMOUS, JobRequest, Verdict
 from cortensor.settings import Settings
 
@@ -72,7 +73,16 @@ class Client:
         """Publish bytes as a job of this client's owner, confirmed by the broker (for
         clients with their own JSON)."""
         message = amqp.json_message(body, message_id=message_id)
-        await self._jobs.publish(message, routing_key=self.topology.jobs_routing_key(self.owner))
+        try:
+            await self._jobs.publish(
+                message, routing_key=self.topology.jobs_routing_key(self.owner)
+            )
+        except DeliveryError as exc:
+            # A nack: the router's queue is full (reject-publish); nothing was accepted.
+            raise Busy(
+                f"the network is busy: job {message_id or '(no id)'} was refused, nothing"
+                " was accepted; submit it again later"
+            ) from exc
 
     async def submit(self, job: JobRequest) -> UUID:
         """Publish a job; returns once the broker has it safely."""

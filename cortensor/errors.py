@@ -69,6 +69,12 @@ class NoVerdictYet(RetryableError):
     """The job has no verdict yet; ask again later."""
 
 
+class Busy(RetryableError):
+    """The network refused new work because it is full: a bounded queue reached its
+    limit (RabbitMQ's `reject-publish` overflow nacked the message). Nothing was
+    accepted; send it again later, after a back-off."""
+
+
 class Disposition(StrEnum):
     """What a consumer does with a message once its handling ended."""
 
@@ -88,6 +94,7 @@ DISPOSITION: dict[type[BaseException], Disposition] = {
     PermanentError: Disposition.DEAD_LETTER,
     CortensorError: Disposition.DEAD_LETTER,
     RetryableError: Disposition.REQUEUE,
+    Busy: Disposition.REQUEUE,  # a full queue downstream: hold the message, try later
     # A fault nobody foresaw (a bug, a dropped connection inside a library): retried,
     # and dead-lettered by the queue's delivery limit if it keeps happening.
     Exception: Disposition.REQUEUE,
@@ -102,6 +109,7 @@ differences, stale files. Not an error."""
 EXIT_CODE: dict[type[BaseException], int] = {
     BadInput: 2,  # like click's own usage errors: change the command or its input
     RetryableError: 3,  # a server is unreachable, or no verdict yet: try again later
+    Busy: 75,  # EX_TEMPFAIL: the network is full and accepted nothing; retry later
     PermanentError: 4,  # the setup is incomplete: do what the message says, then retry
     CortensorError: 4,
     Exception: 70,  # a bug (EX_SOFTWARE): the traceback is printed

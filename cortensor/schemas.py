@@ -260,15 +260,29 @@ def decode_audio_field(value: str) -> bytes:
 
 
 class JobRequest(Message):
-    """A user's job, published to the jobs exchange."""
+    """A user's job, published to the jobs exchange.
 
-    job_id: UUID = Field(default_factory=uuid4)
+    Only job_id is required: the verdict is published under it, and a message without a
+    readable one is dead-lettered. Every other field may be left out and takes its
+    default. Numbers are JSON numbers and times RFC 3339 strings ("5" is not 5)."""
+
+    # On the wire job_id is required; in Python the SDK makes one up when not given.
+    model_config = ConfigDict(json_schema_extra={"required": ["job_id"]})
+
+    job_id: UUID = Field(
+        default_factory=uuid4,
+        description="Chosen by the client; the verdict is published under it.",
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow,
+        description="RFC 3339, with its UTC offset; left out, the time the router reads the job.",
+    )
     task: Task = "embed"
     model: Name = Field(
         default="", validate_default=True, description="Empty means the task's default model."
     )
     inputs: list[Text] = Field(
-        default_factory=list,
+        default=[],
         validate_default=True,
         max_length=MAX_INPUTS,
         description="The texts of an embed or classify job.",
@@ -285,7 +299,11 @@ class JobRequest(Message):
         default=None, description="transcribe: the spoken language; empty means detect it."
     )
     top_k: int = Field(
-        default=DEFAULT_TOP_K, ge=1, le=MAX_TOP_K, description="classify: labels returned."
+        default=DEFAULT_TOP_K,
+        ge=1,
+        le=MAX_TOP_K,
+        strict=True,
+        description="classify: labels returned.",
     )
     redundancy: Redundancy = Field(
         default="auto",
@@ -298,7 +316,25 @@ class JobRequest(Message):
     hw_class: HwSpec = Field(
         default="any", description="A hardware class, a precision (fp32, fp16, int8) or any."
     )
-    deadline_s: float = Field(default=DEFAULT_DEADLINE_S, gt=0, le=MAX_DEADLINE_S)
+    deadline_s: float = Field(default=DEFAULT_DEADLINE_S, gt=0, le=MAX_DEADLINE_S, strict=True)
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _created_at_text(cls, value: Any) -> Any:
+        # Lax validation would read a number as a Unix time; the schema says a string.
+        if isinstance(value, datetime | str):
+            return value
+        raise BadInput("must be an RFC 3339 date-time string such as 2030-01-02T03:04:05Z")
+
+    @field_validator("created_at")
+    @classmethod
+    def _created_at_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise BadInput("needs its UTC offset, such as Z or +02:00 (RFC 3339)")
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # year 1 ahead of UTC, or year 9999 behind it
+            raise BadInput("is out of range once in UTC") from None
 
     @field_validator("inputs")
     @classmethod

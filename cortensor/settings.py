@@ -229,6 +229,10 @@ class Settings(BaseSettings):
     router_prefetch: int = 64
     router_batch: int = 32
     """Most jobs a router records and routes together."""
+    router_queue_max: int = Field(default=5000, ge=1)
+    """Most jobs the router's queue holds; past it RabbitMQ refuses new jobs and clients
+    get Busy. Size it as the fleet's job rate times the shortest deadline it promises
+    (docs/design.md, Overload); `cortensor brokers setup` applies it."""
     sweep_interval_s: float = 0.25
     registry_refresh_s: float = 1.0
     routing_temperature: float = 1.0
@@ -248,16 +252,6 @@ class Settings(BaseSettings):
                 " (at most 40 characters)"
             )
         return value
-
-    @property
-    def probes_path(self) -> Path:
-        """Where `cortensor models prepare` writes the prepared probes and routers read them."""
-        return self.probes_file or self.models_dir.with_name("probes.json")
-
-    @property
-    def sqlalchemy_url(self) -> str:
-        """The ledger URL in the form SQLAlchemy and Alembic use (psycopg 3 driver)."""
-        return self._ledger_url("postgresql+psycopg://")
 
     @field_validator("amqp_url", "nats_url")
     @classmethod
@@ -284,6 +278,16 @@ class Settings(BaseSettings):
     def nats_urls(self) -> list[str]:
         """Every NATS server nats_url names (nats-py takes the list and fails over)."""
         return split_urls(self.nats_url)
+
+    @property
+    def probes_path(self) -> Path:
+        """Where `cortensor models prepare` writes the prepared probes and routers read them."""
+        return self.probes_file or self.models_dir.with_name("probes.json")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The ledger URL in the form SQLAlchemy and Alembic use (psycopg 3 driver)."""
+        return self._ledger_url("postgresql+psycopg://")
 
     @property
     def asyncpg_dsn(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -17,7 +17,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuthenticationError
 
 from cortensor.adapters.amqp_failover import connect_failover
-from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
+from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.settings import Settings, login_refused, split_urls
 from cortensor.tls import amqp_url, client_context
@@ -54,13 +54,16 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
     await queue.bind(spec.exchange, routing_key=spec.routing_key)
 
 
-async def apply_topology(channel: AbstractChannel, topology: Topology) -> list[str]:
-    """Declare every exchange and queue of the topology; returns what it declared."""
+async def apply_topology(
+    channel: AbstractChannel, topology: Topology, queues: Sequence[QueueSpec] | None = None
+) -> list[str]:
+    """Declare every exchange of the topology and its queues (or `queues`); returns what
+    it declared."""
     declared = []
     for exchange in topology.exchanges:
         await channel.declare_exchange(exchange.name, ExchangeType(exchange.type), durable=True)
         declared.append(f"exchange {exchange.name} ({exchange.type})")
-    for queue in topology.queues:
+    for queue in topology.queues if queues is None else queues:
         await declare_queue(channel, queue)
         declared.append(f"queue {queue.name} <- {queue.exchange}[{queue.routing_key}]")
     return declared
@@ -143,7 +146,8 @@ class AmqpTaskPublisher:
         headers: Mapping[str, Any],
         message_id: str,
     ) -> None:
-        """Publish persistently with `mandatory`; a returned message raises `Unroutable`."""
+        """Publish persistently with `mandatory`; a returned message raises `Unroutable`,
+        a nacked one (the node's queue is full) `QueueFull`."""
         exchange = self._exchanges.get(hw_class)
         if exchange is None:
             exchange = await self.channel.get_exchange(self.topology.hw_exchange(hw_class))
@@ -160,6 +164,8 @@ class AmqpTaskPublisher:
         try:
             await exchange.publish(message, routing_key=node_id, mandatory=True)
         except DeliveryError as exc:
+            if exc.message is None:  # a nack, not a return: the queue is full
+                raise QueueFull(f"node {node_id}'s queue is full") from exc
             raise Unroutable(f"no queue for node {node_id} on {exchange.name}") from exc
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from cortensor.errors import CortensorError
+from cortensor.errors import Busy, CortensorError
 
 
 class Unroutable(CortensorError):
@@ -28,6 +28,11 @@ class Unroutable(CortensorError):
 
     The caller decides what that means (for the router: the node's queue is gone).
     """
+
+
+class QueueFull(Busy):
+    """A confirmed publish that a full queue refused: the broker nacked it (the queue's
+    `x-overflow` is reject-publish). The queue is there; try again later."""
 
 
 class Delivery(Protocol):

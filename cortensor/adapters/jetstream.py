@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import Topology
-from cortensor.settings import Settings, login_refused
+from cortensor.settings import Settings, login_refused, split_urls
 from cortensor.tls import client_context
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -50,7 +50,7 @@ async def connect(
     `error_cb` hears the errors the server reports (nats-py's default logs them),
     `disconnected_cb` and `reconnected_cb` when the connection is lost and made again."""
     return await nats.connect(
-        url,
+        split_urls(url),  # a cluster's servers (comma-separated): nats-py fails over
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -100,7 +100,7 @@ async def check_login(settings: Settings) -> None:
         nc = NATS()
         try:
             await nc.connect(
-                settings.nats_url,
+                settings.nats_urls,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 tls=client_context(settings),
@@ -119,12 +119,18 @@ async def check_login(settings: Settings) -> None:
 
 
 async def apply_streams(
-    js: JetStreamContext, topology: Topology, *, retention_s: float | None = None
+    js: JetStreamContext,
+    topology: Topology,
+    *,
+    retention_s: float | None = None,
+    replicas: int = 1,
 ) -> list[str]:
     """Create or update the streams and the guard's durable consumer (idempotent).
 
     `retention_s` (Settings.retention_h in seconds) is how long the streams that hold
     user content keep a message; without it, their max_age_s from the topology file.
+    `replicas` (Settings.stream_replicas): servers that store each stream and the
+    consumer, 3 on a 3-server cluster (a stream's replicas can be changed in place).
     """
     declared = []
     for spec in topology.streams:
@@ -135,6 +141,7 @@ async def apply_streams(
             storage=StorageType(spec.storage),
             max_age=max_age_s,
             duplicate_window=spec.duplicate_window_s,
+            num_replicas=replicas,
             allow_direct=spec.allow_direct,
             max_bytes=spec.max_bytes,
             max_msgs=spec.max_msgs,
@@ -158,6 +165,7 @@ async def apply_streams(
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=consumer.ack_wait_s,
             max_ack_pending=consumer.max_ack_pending,
+            num_replicas=replicas,
         ),
     )
     declared.append(f"consumer {consumer.durable} on {consumer.stream}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import replace
 
 from aio_pika.abc import AbstractRobustConnection
 from nats.js.errors import NotFoundError
 
-from cortensor.adapters import amqp, jetstream
-from cortensor.adapters.topology import Topology
+from cortensor.adapters import amqp, bounds, jetstream
+from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.errors import BrokerUnavailable
 from cortensor.settings import Settings
 
@@ -23,12 +24,28 @@ async def _rabbitmq(settings: Settings) -> AbstractRobustConnection:
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
 
 
+def queues_of(topology: Topology, settings: Settings) -> list[QueueSpec]:
+    """The topology's queues, the router's bounded at Settings.router_queue_max jobs."""
+    return [
+        replace(q, arguments={**q.arguments, "x-max-length": settings.router_queue_max})
+        if q.name == topology.router_queue
+        else q
+        for q in topology.queues
+    ]
+
+
 async def setup_brokers(settings: Settings) -> list[str]:
     """Declare the RabbitMQ topology and the JetStream streams (idempotent)."""
     topology = Topology(settings.namespace)
     connection = await _rabbitmq(settings)
     async with connection:
-        declared = await amqp.apply_topology(await connection.channel(), topology)
+        declared = await amqp.apply_topology(await connection.channel(), topology, queues=[])
+        for queue in queues_of(topology, settings):
+            how = await bounds.declare_bounded(connection, queue)
+            declared.append(
+                f"queue {queue.name} <- {queue.exchange}[{queue.routing_key}]"
+                + (f" (bounds by policy {bounds.policy_name(queue)})" if how == "policy" else "")
+            )
     nc = await jetstream.connect_as(settings, name="cortensor-setup")
     try:
         declared += await jetstream.apply_streams(

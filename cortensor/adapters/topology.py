@@ -51,6 +51,13 @@ class StreamSpec:
     holds_content: bool = False
     """Its messages carry user content (inputs or outputs): they are kept only for the
     retention period (jetstream.apply_streams), in place of max_age_s."""
+    max_bytes: int = -1
+    """Most bytes the stream stores (-1: no limit); see `discard`."""
+    max_msgs: int = -1
+    """Most messages the stream stores (-1: no limit)."""
+    discard: str = "old"
+    """At a limit: "new" refuses the publish (the publisher gets an error and tries
+    again; nothing it was told is stored is ever dropped), "old" drops the oldest."""
 
 
 @dataclass(frozen=True, slots=True)

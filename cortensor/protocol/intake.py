@@ -71,7 +71,10 @@ def read_job(body: bytes, message_id: str = "") -> JobRequest | Rejected | Undel
         except ValueError:
             return Undeliverable(f"{reason} (and its message id is not its job id)")
     try:
-        raw = json.loads(body)
+        # strict=False reads control characters left raw inside strings (a NUL byte
+        # among them), so that the field holding one is named in a rejection rather
+        # than the whole message dead-lettered as not JSON.
+        raw = json.loads(body, strict=False)
     except (ValueError, RecursionError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer
         # of more than 4300 digits. Deep nesting exhausts the recursion limit.
@@ -87,10 +90,11 @@ def read_job(body: bytes, message_id: str = "") -> JobRequest | Rejected | Undel
         return Undeliverable("message has no job_id; every JobRequest needs a UUID job_id")
     except ValueError:
         return Undeliverable(f"job_id {str(raw['job_id'])[:80]!r} is not a UUID")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    version = raw.get("schema_version", SCHEMA_VERSION)  # optional, as the schema says
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
         return Rejected(
             job_id,
-            f"schema_version {printable(repr(raw.get('schema_version')), 40)} is not"
+            f"schema_version {printable(repr(version), 40)} is not"
             f" supported; this network speaks schema_version {SCHEMA_VERSION}",
             _recorded(raw),
         )

@@ -25,6 +25,12 @@ log = structlog.get_logger(__name__)
 
 MISS_RELOAD_S = 1.0
 """Least time between two reloads caused by an unknown node id."""
+MAX_REFUSERS = 1000
+"""Most (publisher, reason) pairs counted between two flushes; past it, refusals are
+counted under MANY, so that a flood of junk ids (or a ledger down for long) cannot grow
+the counter without bound."""
+MANY = "*"
+"""The publisher that refusals past MAX_REFUSERS are counted under (never a node id)."""
 
 
 class Keyring:
@@ -86,7 +92,17 @@ class Keyring:
     def refuse(self, publisher: str, reason: str) -> None:
         """Count a refused message of `publisher` (the subject's node id, '' for none)."""
         log.debug("message refused", source=self.source, publisher=publisher, reason=reason)
-        self._refused[(publisher, reason)] += 1
+        self._count(publisher, reason, 1)
+
+    def _count(self, publisher: str, reason: str, n: int) -> None:
+        key = (publisher, reason)
+        if key not in self._refused and len(self._refused) >= MAX_REFUSERS:
+            key = (MANY, reason)
+        self._refused[key] += n
+
+    def __len__(self) -> int:
+        """(publisher, reason) pairs counted and not yet written."""
+        return len(self._refused)
 
     async def flush(self) -> None:
         """Write the refusals counted since the last flush (kept for the next one when the
@@ -102,5 +118,6 @@ class Keyring:
         try:
             await self.book.count_refusals(self.source, counts)
         except Exception:
-            self._refused.update(counts)
+            for (publisher, reason), n in counts.items():
+                self._count(publisher, reason, n)
             raise

@@ -55,7 +55,7 @@ from aio_pika.exceptions import ChannelClosed
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from cortensor.adapters import amqp
+from cortensor.adapters import amqp, bounds
 from cortensor.adapters.keyfile import generate_key, load_key
 from cortensor.adapters.ledger import keys, roles
 from cortensor.adapters.principals import rabbit
@@ -249,9 +249,7 @@ async def _declare_node_queue(
     connection = await amqp.connect_as(admin)
     async with connection:
         try:
-            await amqp.declare_queue(
-                await connection.channel(), topology.node_queue(node_id, hw_class)
-            )
+            await bounds.declare_bounded(connection, topology.node_queue(node_id, hw_class))
         except ChannelClosed as exc:
             raise SetupIncomplete(
                 f"cannot declare node {node_id}'s queue ({exc}); apply the broker topology"

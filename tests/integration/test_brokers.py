@@ -176,6 +176,11 @@ async def test_the_router_queue_is_a_quorum_queue_with_the_dead_letter_exchange(
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": topology.dead_letter_exchange,
         "x-delivery-limit": 5,
+        # Bounded (docs/design.md, Overload); setup applies Settings.router_queue_max,
+        # whose default is the topology's.
+        "x-max-length": 5000,
+        "x-max-length-bytes": 1024 * 1024 * 1024,
+        "x-overflow": "reject-publish",
     }
     # The same declaration is accepted; any other type or dead-letter exchange is refused.
     channel = await rabbit.channel()

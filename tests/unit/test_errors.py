@@ -17,6 +17,7 @@ from cortensor.errors import (
     BadInput,
     BadSetting,
     BrokerUnavailable,
+    Busy,
     CortensorError,
     Disposition,
     LedgerUnavailable,
@@ -45,6 +46,7 @@ EXPECTED: dict[type[Exception], tuple[Disposition, int]] = {
     LedgerUnavailable: (Disposition.REQUEUE, 3),
     BrokerUnavailable: (Disposition.REQUEUE, 3),
     NoVerdictYet: (Disposition.REQUEUE, 3),
+    Busy: (Disposition.REQUEUE, 75),
     RuntimeError: (Disposition.REQUEUE, 70),
     KeyError: (Disposition.REQUEUE, 70),
 }

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cortensor.catalog import TASKS
+from cortensor.cli import SCHEMAS_DIR
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.schemas import (
     DEFAULT_DEADLINE_S,
@@ -20,7 +22,9 @@ from cortensor.schemas import (
     MAX_TEXT_CHARS,
     SCHEMA_VERSION,
     JobRequest,
+    printable,
 )
+from tests.bad_jobs import AUDIO, BadJob, bad_jobs
 
 JOB_ID = "0b0e4a2e-6a4c-4f51-9c44-6f5f0c1c7c11"
 
@@ -48,29 +52,30 @@ def body(raw: Any) -> bytes:
     return json.dumps(raw).encode()
 
 
-# -- messages without a readable job id: dead letters ------------------------------------
+# -- the named bad-input table (tests/bad_jobs.py) -----------------------------------------
 
-UNDELIVERABLE: list[Any] = [
-    pytest.param(b"{not json", "not usable JSON", id="malformed-json"),
-    pytest.param(b"", "not usable JSON", id="empty-body"),
-    pytest.param(b"\xff\xfe\x00garbage", "not usable JSON", id="not-utf8"),
-    pytest.param(body([job()]), "JSON list, not an object", id="json-array"),
-    pytest.param(body("a job"), "JSON str, not an object", id="json-string"),
-    pytest.param(body(42), "JSON int, not an object", id="json-number"),
-    pytest.param(b"null", "JSON NoneType, not an object", id="json-null"),
-    pytest.param(body(job(job_id=_DROP)), "no job_id", id="missing-job-id"),
-    pytest.param(body(job(job_id="job-42")), "'job-42' is not a UUID", id="non-uuid-job-id"),
-    pytest.param(body(job(job_id=42)), "'42' is not a UUID", id="numeric-job-id"),
-    pytest.param(body(job(job_id=None)), "'None' is not a UUID", id="null-job-id"),
-    pytest.param(body(job(job_id="")), "is not a UUID", id="empty-job-id"),
-]
+TABLE = bad_jobs(JOB_ID)
 
 
-@pytest.mark.parametrize(("raw", "reason"), UNDELIVERABLE)
-def test_messages_without_a_job_id_are_undeliverable(raw: bytes, reason: str) -> None:
-    outcome = read_job(raw)
-    assert isinstance(outcome, Undeliverable)
-    assert reason in outcome.reason
+def test_the_table_names_at_least_fifty_distinct_cases() -> None:
+    names = [case.name for case in TABLE]
+    assert len(names) == len(set(names)) >= 50
+    assert len({case.body for case in TABLE}) == len(TABLE)
+
+
+@pytest.mark.parametrize("case", TABLE, ids=[case.name for case in TABLE])
+def test_each_bad_job_ends_as_its_table_says(case: BadJob) -> None:
+    outcome = read_job(case.body)
+    if case.outcome == "dead-lettered":
+        assert isinstance(outcome, Undeliverable), outcome
+    else:
+        assert isinstance(outcome, Rejected), outcome
+        assert outcome.job_id == uuid.UUID(JOB_ID)
+        # The ledger keeps only the task of a rejected request, when it is one.
+        raw = json.loads(case.body, strict=False)
+        assert outcome.request == ({"task": raw["task"]} if raw.get("task") in TASKS else {})
+    assert case.reason in outcome.reason, outcome.reason
+    assert printable(outcome.reason, len(outcome.reason)) == outcome.reason  # storable
 
 
 def test_undeliverable_reasons_say_what_to_publish() -> None:
@@ -84,50 +89,6 @@ def test_a_long_bad_job_id_is_truncated_in_the_reason() -> None:
     outcome = read_job(body(job(job_id="x" * 10_000)))
     assert isinstance(outcome, Undeliverable)
     assert len(outcome.reason) < 200
-
-
-# -- jobs with an id but a bad request: rejected with a reason naming the field ------------
-
-REJECTED: list[Any] = [
-    pytest.param(job(schema_version=2), "schema_version 2 is not supported", id="schema-2"),
-    pytest.param(job(schema_version=_DROP), "schema_version None", id="no-schema-version"),
-    pytest.param(job(schema_version="1"), "schema_version '1'", id="schema-as-string"),
-    pytest.param(job(task="translate"), "task: ", id="unknown-task"),
-    pytest.param(job(model="gpt-5"), "unknown model 'gpt-5'", id="unknown-model"),
-    pytest.param(job(hw_class="tpu-bf16"), "hw_class: ", id="unknown-hw-class"),
-    pytest.param(job(inputs=[]), "inputs: ", id="empty-inputs"),
-    pytest.param(job(inputs=_DROP), "inputs: ", id="missing-inputs"),
-    pytest.param(job(inputs="just a string"), "inputs: ", id="inputs-not-a-list"),
-    pytest.param(
-        job(inputs=["fine", "   \n\t"]),
-        "inputs: inputs [1] are blank",
-        id="blank-text",
-    ),
-    pytest.param(job(inputs=[""]), "inputs.0: ", id="empty-text"),
-    pytest.param(job(inputs=[42]), "inputs.0: ", id="non-string-text"),
-    pytest.param(job(inputs=["x" * (MAX_TEXT_CHARS + 1)]), "inputs.0: ", id="text-too-long"),
-    pytest.param(job(inputs=["x"] * (MAX_INPUTS + 1)), "inputs: ", id="too-many-inputs"),
-    pytest.param(job(redundancy=0), "redundancy: ", id="redundancy-0"),
-    pytest.param(job(redundancy=MAX_REDUNDANCY + 1), "redundancy: ", id="redundancy-max+1"),
-    pytest.param(job(redundancy=2.5), "redundancy: ", id="redundancy-fraction"),
-    pytest.param(job(deadline_s=0), "deadline_s: ", id="deadline-0"),
-    pytest.param(job(deadline_s=-5), "deadline_s: ", id="deadline-negative"),
-    pytest.param(job(deadline_s=MAX_DEADLINE_S + 1), "deadline_s: ", id="deadline-too-long"),
-    pytest.param(
-        job(priority="high"), "priority: Extra inputs are not permitted", id="extra-field"
-    ),
-    pytest.param(job(created_at="yesterday"), "created_at: ", id="bad-created-at"),
-]
-
-
-@pytest.mark.parametrize(("raw", "field"), REJECTED)
-def test_bad_requests_are_rejected_naming_the_field(raw: dict[str, Any], field: str) -> None:
-    outcome = read_job(body(raw))
-    assert isinstance(outcome, Rejected), outcome
-    assert outcome.job_id == uuid.UUID(JOB_ID)
-    assert field in outcome.reason
-    # The ledger keeps only the task of a rejected request, when it is one.
-    assert outcome.request == ({"task": "embed"} if raw.get("task") == "embed" else {})
 
 
 def test_unknown_model_lists_the_known_ones() -> None:
@@ -296,18 +257,62 @@ def test_any_variation_of_a_valid_job_is_classified_by_its_id(
         assert outcome.job_id == uuid.UUID(job_id)
 
 
-# -- known crashes ----------------------------------------------------------------------------
+# -- what the published schema lets a client leave out, it may leave out -----------------
+
+PUBLISHED = json.loads((SCHEMAS_DIR / "JobRequest.schema.json").read_text())
+COMPLETE: dict[str, dict[str, Any]] = {
+    task: {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": JOB_ID,
+        "created_at": "2030-01-02T03:04:05Z",
+        "task": task,
+        "model": "",
+        "inputs": [] if task == "transcribe" else ["hello world"],
+        "audio": AUDIO if task == "transcribe" else None,
+        "language": None,
+        "top_k": 5,
+        "redundancy": "auto",
+        "hw_class": "any",
+        "deadline_s": 30.0,
+    }
+    for task in ("embed", "classify", "transcribe")
+}
+"""A job of each task with every field written out, each at the published default
+where the schema gives one."""
 
 
-def test_deeply_nested_json_is_undeliverable() -> None:
-    # 1,000 levels (2 KB, far under MAX_JOB_BYTES) exceed the interpreter's recursion limit.
-    outcome = read_job(b"[" * 1000 + b"]" * 1000)
-    assert isinstance(outcome, Undeliverable)
+def test_the_published_schema_requires_only_the_job_id() -> None:
+    assert PUBLISHED["required"] == ["job_id"]
+    assert set(COMPLETE["embed"]) == set(PUBLISHED["properties"])
+    assert PUBLISHED["properties"]["schema_version"]["default"] == SCHEMA_VERSION
 
 
-def test_json_with_a_huge_integer_is_classified() -> None:
-    # ValueError('Exceeds the limit (4300 digits) ...') is not a JSONDecodeError.
-    outcome = read_job(
-        b'{"job_id": "' + JOB_ID.encode() + b'", "redundancy": 1' + b"0" * 5000 + b"}"
-    )
-    assert isinstance(outcome, Rejected | Undeliverable)
+@pytest.mark.parametrize("complete", COMPLETE.values(), ids=list(COMPLETE))
+def test_a_complete_job_of_each_task_is_accepted(complete: dict[str, Any]) -> None:
+    assert isinstance(read_job(body(complete)), JobRequest)
+
+
+@pytest.mark.parametrize("field", sorted(set(PUBLISHED["properties"]) - set(PUBLISHED["required"])))
+def test_each_optional_field_may_be_left_out(field: str) -> None:
+    """Leaving a field out is the same as sending its published default; a field with
+    no default (created_at: the time the router reads the job) may be left out too."""
+    default = PUBLISHED["properties"][field].get("default", _DROP)
+    tried = 0
+    for complete in COMPLETE.values():
+        if default is not _DROP and complete[field] != default:
+            continue  # inputs: the default (none) fits transcribe jobs only
+        without = {k: v for k, v in complete.items() if k != field}
+        outcome = read_job(body(without))
+        assert isinstance(outcome, JobRequest), (field, outcome)
+        if default is _DROP:
+            assert outcome.created_at.tzinfo is not None
+        else:
+            assert outcome == read_job(body(complete))
+        tried += 1
+    assert tried, f"no job of any task has {field} at its default"
+
+
+def test_a_job_of_only_its_id_and_texts_is_accepted() -> None:
+    outcome = read_job(body({"job_id": JOB_ID, "inputs": ["hello"]}))
+    assert isinstance(outcome, JobRequest)
+    assert (outcome.schema_version, outcome.task, outcome.redundancy) == (1, "embed", "auto")

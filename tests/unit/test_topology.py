@@ -126,6 +126,10 @@ def test_node_queue_is_bound_to_its_class_exchange_with_its_id(
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": f"{NS}.dlx",
         "x-delivery-limit": 5,
+        # Bounded (docs/design.md, Overload): a full node queue nacks, never drops.
+        "x-max-length": 1000,
+        "x-max-length-bytes": 256 * 1024 * 1024,
+        "x-overflow": "reject-publish",
     }
 
 

@@ -10,8 +10,10 @@ permissions are on every node, so any one of them will do); empty, rabbitmqctl's
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 from cortensor.adapters.principals.grants import RabbitGrant
 from cortensor.errors import BrokerUnavailable, SetupIncomplete
@@ -104,3 +106,20 @@ def close_connections(user: str, *, node: str = "") -> None:
     """Close every open connection of `user` (on every node of a cluster), so that a
     revoked principal is cut off now rather than at its next login."""
     _ctl("close_all_user_connections", user, "credentials revoked", node=node)
+
+
+def set_policy(name: str, pattern: str, definition: Mapping[str, object]) -> None:
+    """Apply `definition` (RabbitMQ policy keys: max-length, overflow, ...) to the queues
+    whose names match `pattern`; replaces a policy of the same name."""
+    _ctl(
+        "set_policy",
+        "-p",
+        VHOST,
+        "--apply-to",
+        "queues",
+        "--priority",
+        "1",
+        name,
+        pattern,
+        json.dumps(dict(definition)),
+    )

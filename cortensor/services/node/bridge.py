@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
+from nats.js.errors import ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -23,7 +24,15 @@ from cortensor.settings import Settings
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-_TRANSIENT = (TimeoutError, NoRespondersError, ConnectionClosedError, asyncio.TimeoutError)
+_TRANSIENT = (
+    TimeoutError,
+    NoRespondersError,
+    ConnectionClosedError,
+    asyncio.TimeoutError,
+    # 503: JetStream cannot take it now, such as a results stream at its bound
+    # ("maximum messages exceeded", discard new): it will once the guards catch up.
+    ServiceUnavailableError,
+)
 
 Signed = tuple[bytes, Mapping[str, str]]
 """A payload and the headers that carry its signature."""

@@ -27,6 +27,11 @@ def heartbeat_refusal(beat: NodeHeartbeat, now: datetime) -> str | None:
     return None
 
 
+FORGET_AFTER_S = 600.0
+"""A node not heard for this long is forgotten (it announces itself again when it comes
+back), so that the registry holds the nodes of the last minutes, not every id ever seen."""
+
+
 @dataclass(slots=True)
 class _Entry:
     beat: NodeHeartbeat
@@ -37,7 +42,8 @@ class _Entry:
 class NodeRegistry:
     """Nodes known from their heartbeats; only nodes recorded in the ledger are offered."""
 
-    def __init__(self) -> None:
+    def __init__(self, forget_after_s: float = FORGET_AFTER_S) -> None:
+        self.forget_after_s = forget_after_s
         self._nodes: dict[str, _Entry] = {}
         self._stats: dict[str, NodeStats] = {}
         self._assigned_since_refresh: Counter[str] = Counter()
@@ -63,17 +69,31 @@ class NodeRegistry:
         return [e.beat for e in self._nodes.values()]
 
     def update_stats(self, stats: dict[str, NodeStats]) -> None:
-        """Fresh scores and outstanding counts from the ledger."""
-        self._stats = stats
+        """Fresh scores and outstanding counts from the ledger, kept for the nodes the
+        registry holds (the ledger knows every node there ever was)."""
+        self._stats = {n: stats[n] for n in self._nodes.keys() & stats.keys()}
         self._assigned_since_refresh.clear()
+
+    def prune(self, now: float) -> list[str]:
+        """Forget the nodes not heard for `forget_after_s`; returns their ids."""
+        gone = [n for n, e in self._nodes.items() if now - e.seen > self.forget_after_s]
+        for node_id in gone:
+            self.forget(node_id)
+        return gone
+
+    def __len__(self) -> int:
+        return len(self._nodes)
 
     def assigned(self, node_id: str) -> None:
         """Count an assignment made since the last refresh."""
         self._assigned_since_refresh[node_id] += 1
 
     def forget(self, node_id: str) -> None:
-        """Stop offering a node until it announces itself again (its queue is gone)."""
+        """Stop offering a node until it announces itself again (its queue is gone, or
+        it has been silent for long)."""
         self._nodes.pop(node_id, None)
+        self._stats.pop(node_id, None)
+        self._assigned_since_refresh.pop(node_id, None)
 
     def streak(self, node_id: str, model: str) -> int:
         """The node's run of valid results for `model`, as of the last refresh."""
