@@ -13,8 +13,9 @@ API (for every chaos scenario, tests/chaos/test_*.py):
         tally = await drive("name", admin=net.admin, client=net.client,
                             load=Load(jobs=150, rate=10, deadline_s=60),
                             disturbances=[...], pids=net.pids)
-        tally.excused |= {...}; tally.exited = net.fleet.exited(); tally.report()
+        net.observe(tally).report()               # kills, excused nodes, exits; print
         assert_nothing_lost(tally)                # lost, duplicates, honest punished
+        assert_rides_through(tally)               # and nothing refused, no process exited
 
 - `private_network` starts a PostgreSQL cluster, a RabbitMQ node and a nats-server of
   their own on free ports (their data survives stop and kill9), makes the operator's
@@ -50,12 +51,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cortensor.adapters.ledger import migrate
@@ -73,14 +76,16 @@ __all__ = [
     "Network",
     "Tally",
     "assert_nothing_lost",
+    "assert_rides_through",
     "down_for",
     "drive",
     "kill_at_random",
     "private_network",
     "restart",
+    "seeded",
 ]
 
-ROOM = {"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "20", "CORTENSOR_AUDIO_TIMEOUT_FACTOR": "4"}
+ROOM = {"CORTENSOR_ASSIGNMENT_TIMEOUT_S": "30", "CORTENSOR_AUDIO_TIMEOUT_FACTOR": "4"}
 """Three nodes share two cores here with other test runs beside them: an assignment (and
 an admission probe) gets room, so that a busy machine is not taken for a dead node."""
 
@@ -107,6 +112,15 @@ class Network:
         named.update({server.name: server.pids() for server in self.servers})
         return named
 
+    def observe(self, tally: Tally) -> Tally:
+        """Add what the fleet saw to `tally`: the kills made (a killed node's charges for
+        the work it dropped are excused) and the processes that exited by themselves."""
+        tally.kills = [kill.name for kill in self.fleet.kills]
+        nodes = [kill.name for kill in self.fleet.kills if kill.name.startswith("node.")]
+        tally.excused |= {self.fleet.node_id(name) for name in nodes}
+        tally.exited = self.fleet.exited()
+        return tally
+
     def ensure(self, timeout_s: float = 180.0) -> None:
         """Every server up, every fleet process running, every node admitted: what each
         scenario starts from, whatever the one before it left."""
@@ -115,6 +129,23 @@ class Network:
                 server.start()
         self.fleet.revive()
         self.fleet.ready(timeout_s)
+        self.wait_idle(timeout_s)
+        self.fleet.kills.clear()
+
+    def wait_idle(self, timeout_s: float = 180.0) -> None:
+        """Wait until no job is open (the admission probes of a fresh fleet, the jobs of
+        the scenario before), so that a scenario's nodes start with empty queues."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with psycopg.connect(self.admin.asyncpg_dsn) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE status IN ('waiting', 'running')"
+                ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{row} jobs still open after {timeout_s:g} s")
+            time.sleep(0.5)
 
 
 def _admin(
@@ -178,8 +209,10 @@ def private_network(
             fleet.start()
             fleet.ready(ready_s)
             client = Settings(credentials=root / "fleet" / "client.json", models_dir=models_dir)
+            network = Network(postgres, rabbitmq, nats, admin, client, fleet)
+            network.wait_idle(ready_s)
             print(f"chaos network up in {time.monotonic() - began:.0f} s; logs under {root}")
-            yield Network(postgres, rabbitmq, nats, admin, client, fleet)
+            yield network
         finally:
             if fleet is not None:
                 for server in started:
@@ -192,6 +225,13 @@ def private_network(
             shutil.rmtree(root / "state" / "nats" / "store", ignore_errors=True)
 
 
+def seeded() -> tuple[int, random.Random]:
+    """A scenario's seed (CORTENSOR_CHAOS_SEED, else a fresh one) and its generator: the
+    summary prints the seed, so that the moments of a failed run can be replayed."""
+    seed = int(os.environ.get("CORTENSOR_CHAOS_SEED") or random.SystemRandom().getrandbits(32))
+    return seed, random.Random(seed)
+
+
 def assert_nothing_lost(tally: Tally) -> None:
     """The three promises of every scenario: no job lost, no duplicate verdict, no
     honest node punished (charged or quarantined)."""
@@ -202,3 +242,12 @@ def assert_nothing_lost(tally: Tally) -> None:
         f"honest nodes punished: charged {tally.honest_charged},"
         f" quarantined {tally.quarantined}; {summary}"
     )
+
+
+def assert_rides_through(tally: Tally) -> None:
+    """What an outage of a server must not do either: make a submission fail to the
+    caller (the SDK retries until the job's deadline), or make a process exit."""
+    assert not tally.refused, (
+        f"{len(tally.refused)} submissions raised, e.g. {tally.refused[:2]}; {tally.summary()}"
+    )
+    assert not tally.exited, f"processes exited: {tally.exited}; {tally.summary()}"

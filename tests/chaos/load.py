@@ -64,6 +64,8 @@ class Tally:
     """What a scenario counted; `summary()` is the dict each test prints."""
 
     scenario: str
+    seed: int | None = None
+    """The random seed of the scenario's moments (CORTENSOR_CHAOS_SEED replays it)."""
     submitted: int = 0
     accepted: int = 0
     refused: list[str] = field(default_factory=list)
@@ -102,6 +104,7 @@ class Tally:
         """Every figure, JSON-ready."""
         return {
             "scenario": self.scenario,
+            "seed": self.seed,
             "submitted": self.submitted,
             "accepted": self.accepted,
             "refused": len(self.refused),
