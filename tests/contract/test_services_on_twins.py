@@ -253,14 +253,21 @@ async def test_a_job_that_is_not_json_is_dead_lettered_with_its_reason(net: Netw
     await eventually(net.settled, what="the bad job acked")
 
 
-async def test_a_node_whose_queue_is_gone_is_dropped_and_the_job_waits(net: Network) -> None:
+async def test_an_unroutable_assignment_keeps_its_node_and_is_not_recorded_as_sent(
+    net: Network,
+) -> None:
+    """A returned message is no proof that a node is gone (a restarting broker returns
+    messages while it loads its queues): the node stays offered, its heartbeats decide,
+    and the assignment, never confirmed, is excused and sent again rather than charged."""
     [node] = node_ids("gone", 1)
     await net.join(node)
     net.broker.delete_queue(net.nodes[node])
     job = JobRequest(inputs=["nobody home"], redundancy=1, model=MODEL)
     net.submit(job.model_dump_json().encode(), str(job.job_id))
-    await eventually(lambda: not net._offered(node), what="the node dropped")
     await eventually(net.settled, what="the job acked")
+    assert net._offered(node)
+    rows = await net.db.fetch("SELECT sent_at FROM assignments WHERE job_id = $1", job.job_id)
+    assert [r["sent_at"] for r in rows] == [None]
 
 
 async def test_results_in_make_one_verdict_and_a_duplicate_delivery_changes_nothing(
