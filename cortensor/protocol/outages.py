@@ -30,7 +30,11 @@ EXTENSION_S = 30.0
 """What a job whose deadline fell inside an outage gets on top of it, once."""
 
 GRACE_S = 15.0
-"""Default of Settings.outage_grace_s."""
+"""How long after an outage ends a missed deadline is still excused: the work queued
+meanwhile drains, and the nodes' connections come back, within it."""
+
+MIN_WINDOW_S = 10.0
+"""Shortest window a renewed assignment gets (the default assignment timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +82,10 @@ def extended(
 def renewed(
     created_at: datetime, deadline_at: datetime, job_deadline_at: datetime, now: datetime
 ) -> datetime:
-    """The new deadline of an excused assignment: as long a window as it had, from now,
-    never past its job's deadline."""
-    return min(job_deadline_at, now + (deadline_at - created_at))
+    """The new deadline of an excused assignment: as long a window as it had (at least
+    MIN_WINDOW_S), from now, never past its job's deadline."""
+    window = max(deadline_at - created_at, timedelta(seconds=MIN_WINDOW_S))
+    return min(job_deadline_at, now + window)
 
 
 class OutageWatch:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from cortensor.adapters.memory.tables import ManualClock
 from cortensor.protocol.outages import (
     EXTENSION_S,
+    MIN_WINDOW_S,
     Outage,
     OutageWatch,
     excused,
@@ -88,7 +89,10 @@ def test_a_renewed_window_is_as_long_and_never_past_the_jobs_deadline(
     job_deadline = at(now + job_left)
     new = renewed(at(created), at(created + window), job_deadline, at(now))
     assert new <= job_deadline
-    assert new == min(job_deadline, at(now) + (at(created + window) - at(created)))
+    assert new == min(
+        job_deadline,
+        at(now) + max(at(created + window) - at(created), timedelta(seconds=MIN_WINDOW_S)),
+    )
 
 
 def test_an_outage_is_one_of_the_watched_servers_and_ends_after_it_starts() -> None:

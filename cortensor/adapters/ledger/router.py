@@ -17,6 +17,7 @@ from uuid import UUID
 
 from cortensor.adapters.ledger import probes
 from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger, excused_sql
+from cortensor.protocol.outages import MIN_WINDOW_S
 from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.probing import PoolProbe
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for, task_fields, whole_job
@@ -452,12 +453,16 @@ class RouterLedger(Ledger):
                 await conn.execute(
                     """
                     UPDATE assignments a
-                    SET deadline_at = least(j.deadline_at, now() + (a.deadline_at - a.created_at)),
+                    SET deadline_at = least(
+                            j.deadline_at,
+                            now() + greatest(a.deadline_at - a.created_at,
+                                             make_interval(secs => $2::float8))),
                         sent_at = NULL
                     FROM jobs j
                     WHERE a.job_id = j.job_id AND a.assignment_id = ANY($1::uuid[])
                     """,
                     again,
+                    MIN_WINDOW_S,
                 )
                 rows = await conn.fetch(
                     f"{_ASSIGNMENTS} WHERE a.assignment_id = ANY($1::uuid[])", again
