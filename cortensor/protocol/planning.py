@@ -23,7 +23,7 @@ established. The simulation (cortensor.tools.simulate) calls `newcomers_allowed`
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,13 +47,64 @@ class Timing:
 
     def timeout_s(self, params: Mapping[str, Any]) -> float:
         """Seconds for one replica of a job with these params: longer for longer audio."""
-        audio_s = float(params.get("end_s", 0.0)) - float(params.get("start_s", 0.0))
-        return self.assignment_s + self.per_audio_s * audio_s
+        return self.assignment_s + self.work_s(params)
 
-    def deadline(self, job: OpenJob, now: datetime) -> datetime:
-        """When a replica sent `now` times out: its own time, never past the job's deadline.
-        Every replica of every job gets it this way, leaders alone or checked alike."""
-        return min(now + timedelta(seconds=self.timeout_s(job.params)), job.deadline_at)
+    def work_s(self, params: Mapping[str, Any]) -> float:
+        """The share of `timeout_s` that grows with the audio: what a part queued ahead
+        of another on the same node adds to the later one's time (see `Backlog`)."""
+        audio_s = float(params.get("end_s", 0.0)) - float(params.get("start_s", 0.0))
+        return self.per_audio_s * audio_s
+
+    def deadline(self, job: OpenJob, now: datetime, ahead_s: float = 0.0) -> datetime:
+        """When a replica sent `now` times out: its own time, plus `ahead_s` for the work
+        its node holds already (a node runs it first: see `Backlog`), never past the
+        job's deadline. Every replica of every job gets it this way, leaders alone or
+        checked alike."""
+        seconds = self.timeout_s(job.params) + ahead_s
+        return min(now + timedelta(seconds=seconds), job.deadline_at)
+
+
+class Backlog:
+    """The work (Timing.work_s) sent to each node, each share counted until its
+    assignment's deadline: what a node may still have to run before the next replica
+    sent to it. A node runs what it holds one after another, so a replica's deadline is
+    pushed back by the most any of its nodes has ahead (`plan`'s `ahead`): a 900 s file
+    cut into 30 parts on 3 nodes gives each node's last part the time of all 30, and a
+    check sent to a node still busy with parts of its own the time of those, rather than
+    the time of one part, which an honest node would miss.
+
+    Work that finished early is still counted until its deadline: a deadline may be
+    longer than needed, never shorter. It holds only work not yet past its deadline, so
+    it does not grow with the nodes or jobs ever seen."""
+
+    def __init__(self) -> None:
+        self._work: dict[str, list[tuple[datetime, float]]] = {}
+
+    def add(self, nodes: Iterable[str], work_s: float, until: datetime) -> None:
+        """`work_s` seconds sent to each of `nodes`, due by `until`."""
+        if work_s <= 0:
+            return
+        for node in nodes:
+            self._work.setdefault(node, []).append((until, work_s))
+
+    def ahead(self, nodes: Iterable[str], now: datetime) -> dict[str, float]:
+        """The work each of `nodes` holds and whose deadline is after `now`."""
+        out = {}
+        for node in nodes:
+            live = [(until, w) for until, w in self._work.get(node, ()) if until > now]
+            if live:
+                self._work[node] = live
+                out[node] = sum(w for _, w in live)
+            else:
+                self._work.pop(node, None)
+        return out
+
+    def prune(self, now: datetime) -> None:
+        """Drop every share past its deadline."""
+        self.ahead(list(self._work), now)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._work.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +140,12 @@ def plan(
     timing: Timing,
     temperature: float = 1.0,
     spread: frozenset[str] = frozenset(),
+    ahead: Mapping[str, float] | None = None,
 ) -> Plan | str:
     """`needed` more replicas of `job` on nodes of `pool`, or why there are none now.
+
+    `ahead`: seconds of work each node holds already (`Backlog.ahead`); the replicas'
+    deadline is pushed back by the most any chosen node has (see `Backlog`).
 
     `pool` holds the live nodes that may take a replica (cortensor.protocol.placement
     .candidates); nodes in `job.taken` are passed over. An `auto` job routed for the first
@@ -100,10 +155,23 @@ def plan(
     """
     if needed < 1:
         raise ValueError(f"needed must be at least 1, not {needed}")
+    times = _Ahead(timing, ahead or {})
     if job.auto and not job.taken and needed == job.redundancy:
-        return _plan_leader(job, pool, rng, now, timing, temperature, spread)
+        return _plan_leader(job, pool, rng, now, times, temperature, spread)
     room = newcomers_allowed(job.redundancy, _newcomers_on(job, pool), leading=False)
-    return _place(job, needed, pool, rng, now, timing, temperature, spread, job.redundancy, room)
+    return _place(job, needed, pool, rng, now, times, temperature, spread, job.redundancy, room)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A Timing and the work already sent to each node, for one plan."""
+
+    timing: Timing
+    ahead: Mapping[str, float]
+
+    def deadline(self, job: OpenJob, now: datetime, nodes: Sequence[str]) -> datetime:
+        most = max((self.ahead.get(n, 0.0) for n in nodes), default=0.0)
+        return self.timing.deadline(job, now, most)
 
 
 def newcomers_allowed(redundancy: int, newcomers: int, *, leading: bool) -> int:
@@ -133,7 +201,7 @@ def _plan_leader(
     pool: Sequence[NodeView],
     rng: random.Random,
     now: datetime,
-    timing: Timing,
+    timing: _Ahead,
     temperature: float,
     spread: frozenset[str],
 ) -> Plan | str:
@@ -166,7 +234,7 @@ def _place(
     pool: Sequence[NodeView],
     rng: random.Random,
     now: datetime,
-    timing: Timing,
+    timing: _Ahead,
     temperature: float,
     spread: frozenset[str],
     redundancy: int,
@@ -188,7 +256,8 @@ def _place(
     except NoEligibleNodes:
         return _short(job, needed, len(eligible))
     targets = tuple((n.node_id, n.hw_class) for n in chosen)
-    return Plan(job, targets, timing.deadline(job, now), redundancy, spread | set(_ids(chosen)))
+    deadline_at = timing.deadline(job, now, _ids(chosen))
+    return Plan(job, targets, deadline_at, redundancy, spread | set(_ids(chosen)))
 
 
 def _ids(nodes: Sequence[NodeView]) -> list[str]:

@@ -26,7 +26,7 @@ from cortensor.errors import BadInput, Disposition, backoff_s, disposition
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
-from cortensor.protocol.planning import Plan, Timing, parallel, plan
+from cortensor.protocol.planning import Backlog, Plan, Timing, parallel, plan
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import (
     MAX_ERROR_CHARS,
@@ -91,6 +91,8 @@ class Router:
         )
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.registry = NodeRegistry()
+        self.backlog = Backlog()
+        """Audio work sent to each node and not yet due (planning.Backlog)."""
         self.keyring = Keyring(ports.keys, source="router", refresh_s=settings.registry_refresh_s)
         self.outages = OutageLog(ports.outages, self.ledger, name=name)
         self.rng = random.Random(seed)
@@ -109,20 +111,25 @@ class Router:
 
     def plan(self, job: OpenJob, needed: int, spread: frozenset[str] = frozenset()) -> Plan | str:
         """`needed` more replicas of a job on live nodes, or why there are none now (see
-        planning.plan); the nodes chosen count as busier until the next refresh."""
+        planning.plan); the nodes chosen count as busier until the next refresh, and
+        hold the replicas' work until their deadline (planning.Backlog)."""
+        pool = self.live(eligible_classes(job.hw_class), job.model)  # type: ignore[arg-type]
+        now = utcnow()
         outcome = plan(
             job,
             needed,
-            pool=self.live(eligible_classes(job.hw_class), job.model),  # type: ignore[arg-type]
+            pool=pool,
             rng=self.rng,
-            now=utcnow(),
+            now=now,
             timing=self.timing,
             temperature=self.settings.routing_temperature,
             spread=spread,
+            ahead=self.backlog.ahead([n.node_id for n in pool], now),
         )
         if not isinstance(outcome, str):
             for node in outcome.nodes:
                 self.registry.assigned(node)
+            self.backlog.add(outcome.nodes, self.timing.work_s(job.params), outcome.deadline_at)
         return outcome
 
     def live(self, classes: Sequence[str], model: str) -> list[NodeView]:
@@ -506,6 +513,7 @@ class Router:
         the heartbeats refused since the last refresh; forget nodes long silent."""
         for node_id in self.registry.prune(time.monotonic()):
             log.info("silent node forgotten", node_id=node_id)
+        self.backlog.prune(utcnow())
         await self.ledger.upsert_nodes(self.registry.heartbeats())
         self.registry.update_stats(await self.ledger.node_stats())
         await self.keyring.flush()
