@@ -4,6 +4,7 @@ tests/chaos, kills nodes of a real cluster in the middle of a run)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -13,7 +14,10 @@ import pytest
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.amqp_failover import FailoverConnection
+from cortensor.adapters.principals.nats_auth import await_login
+from cortensor.errors import BrokerUnavailable
 from cortensor.settings import Settings
+from cortensor.tools.credentials import with_login
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats]
 
@@ -75,3 +79,20 @@ async def test_a_nats_client_passes_over_a_server_that_does_not_answer() -> None
         assert nc.connected_url.port == urlsplit(url).port
     finally:
         await nc.close()
+
+
+async def test_a_login_check_on_a_cluster_passes_over_a_server_that_is_down() -> None:
+    """`cortensor credentials` waits for every NATS server of a cluster to take a login;
+    one that is down reads the users when it starts, and must not hold the command up
+    (nats-py retries a refused first connect for ever)."""
+    [url] = Settings().nats_urls
+    servers = f"{on_port(url, closed_port())},{url}"
+    user = urlsplit(url).username or ""
+
+    async with asyncio.timeout(60):
+        await await_login(servers, accepted=True)
+        await await_login(with_login(servers, user, "not-the-password"), accepted=False)
+    with pytest.raises(BrokerUnavailable, match="cannot reach any NATS server"):
+        await await_login(
+            on_port(url, closed_port()) + "," + on_port(url, closed_port()), accepted=True
+        )

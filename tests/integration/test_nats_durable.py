@@ -28,6 +28,7 @@ from nats.js.api import StorageType
 
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
+from cortensor.settings import Settings
 
 pytestmark = pytest.mark.nats
 
@@ -200,3 +201,19 @@ async def test_acknowledged_results_survive_a_killed_server(server: Server) -> N
         await nc.close()
 
     assert server.stop() == 0
+
+
+def test_the_projects_running_server_serves_the_deployment_configuration() -> None:
+    """The nats-server that ops/services runs (the fleet's, on :4223) was started from the
+    configuration rendered from brokers/nats-server.conf, by a server that reads
+    `sync_interval`: its acks are fsyncs."""
+    nats_dir = Settings().state_dir / "nats"
+    pid = int((nats_dir / "nats.pid").read_text().strip())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    binary, config = Path(argv[0].decode()), Path(argv[argv.index(b"-c") + 1].decode())
+
+    assert config == nats_dir / "nats.conf", argv
+    rendered = config.read_text()
+    assert re.search(r"(?m)^\s*sync_interval:\s*always\s*$", rendered), rendered
+    assert rendered == CONFIG.read_text().replace("{state}", str(nats_dir.parent))
+    assert server_version(binary) >= (2, 10, 0), binary

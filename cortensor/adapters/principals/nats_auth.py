@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import bcrypt
 from nats.aio.client import Client as NATS
@@ -222,6 +223,22 @@ async def _logs_in(url: str) -> bool:
     return True
 
 
+async def _listens(url: str) -> bool:
+    """Whether a server accepts TCP connections at `url`'s address (a login check on a
+    server that is down would wait for it: nats-py retries a refused first connect)."""
+    parts = urlsplit(url)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 4222), timeout=5
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def await_login(url: str, *, accepted: bool, within_s: float = 10.0) -> None:
     """Wait until the server at `url` accepts (or refuses) the user and password in it:
     a reload takes effect a moment after its signal. A cluster's comma-separated URLs are
@@ -229,14 +246,12 @@ async def await_login(url: str, *, accepted: bool, within_s: float = 10.0) -> No
     starts), as each server reloads on its own."""
     urls = [u.strip() for u in url.split(",") if u.strip()]
     if len(urls) > 1:
-        reached = 0
-        for one in urls:
-            with contextlib.suppress(BrokerUnavailable):
-                await await_login(one, accepted=accepted, within_s=within_s)
-                reached += 1
-        if not reached:
+        up = [one for one in urls if await _listens(one)]
+        if not up:
             where = ", ".join(u.rsplit("@", 1)[-1] for u in urls)
             raise BrokerUnavailable(f"cannot reach any NATS server of {where}")
+        for one in up:
+            await await_login(one, accepted=accepted, within_s=within_s)
         return
     deadline = time.monotonic() + within_s
     while True:
