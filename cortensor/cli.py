@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import signal
@@ -25,9 +26,12 @@ from cortensor.errors import (
     EXIT_NO,
     BadInput,
     BadSetting,
+    BrokerUnavailable,
     CortensorError,
+    LedgerUnavailable,
     NoVerdictYet,
     SetupIncomplete,
+    UnknownJob,
     exit_code,
 )
 from cortensor.paths import ROOT, checkout_path
@@ -50,11 +54,36 @@ class _Handled(TyperGroup):
         except (typer.Exit, typer.Abort, TyperException):
             raise  # the command chose its status, or typer reports a usage error
         except Exception as exc:
-            if not isinstance(exc, CortensorError):  # not raised on purpose: a bug
+            told = _unreachable(exc)
+            if told is not None:  # a server that is down is not a bug: one line says which
+                exc = told
+            elif not isinstance(exc, CortensorError):  # not raised on purpose: a bug
                 err.print(traceback.format_exc(), markup=False)
             err.print("[red]error:[/red] ", end="")
             err.print(str(exc) or type(exc).__name__, markup=False)
             raise typer.Exit(exit_code(exc)) from exc
+
+
+def _unreachable(exc: BaseException) -> CortensorError | None:
+    """The one-line error that names the server `exc` says cannot be reached (or that
+    refused the login) and the setting to check; None when it says no such thing."""
+    from cortensor.adapters import reach
+
+    if isinstance(exc, CortensorError) and not isinstance(
+        exc, BrokerUnavailable | LedgerUnavailable
+    ):
+        return None  # raised on purpose with its own message (a refused login names whose)
+    server = reach.server_of(exc)
+    if server is None:
+        return None
+    try:
+        settings = _settings()
+    except BadSetting:
+        return None
+    if reach.login_refused(exc):
+        return BadSetting(reach.unreachable(server, settings, login=True))
+    line = reach.unreachable(server, settings)
+    return LedgerUnavailable(line) if server == "PostgreSQL" else BrokerUnavailable(line)
 
 
 app = typer.Typer(
@@ -121,6 +150,10 @@ def _global_options(
     """Cortensor: verified inference on a network of untrusted nodes."""
     global _credentials
     _credentials = credentials
+    # Until a service configures logging, what the libraries log (aio-pika's failed
+    # connection attempts, nats-py's errors) is not printed: a command says in one line
+    # what went wrong.
+    logging.lastResort = logging.NullHandler()
 
 
 def _settings() -> Settings:
@@ -536,22 +569,35 @@ def result(
     wait: Annotated[float, typer.Option(help="Seconds to wait for a verdict.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show a job's verdict."""
-    from cortensor.client import Client
+    """Show a job's verdict; exit 5 while the network has the job undecided, 6 when it
+    has no record of it."""
+    from cortensor.client import Client, VerdictTimeout
+    from cortensor.schemas import JobReceipt
 
     try:
         uuid = UUID(job_id)
     except ValueError as exc:
         raise BadInput(f"{job_id!r} is not a job id (a UUID)") from exc
 
-    async def go() -> Verdict | None:
+    async def go() -> Verdict | JobReceipt | None:
         async with Client(_settings()) as client:
-            return await client.wait(uuid, wait) if wait > 0 else await client.result(uuid)
+            if wait > 0:
+                with contextlib.suppress(VerdictTimeout):
+                    return await client.wait(uuid, wait)
+            # The receipt first: a verdict published between the two reads is then found.
+            receipt = await client.receipt(uuid)
+            return await client.result(uuid) or receipt
 
-    verdict = _run(go())
-    if verdict is None:
-        raise NoVerdictYet(f"no verdict yet for job {job_id}")
-    _print_verdict(verdict, as_json)
+    found = _run(go())
+    if found is None:
+        raise UnknownJob(
+            f"the network has no record of job {uuid} (never submitted, or submitted under"
+            " another name, or past retention)"
+        )
+    if not isinstance(found, Verdict):
+        at = found.created_at.isoformat(timespec="seconds")
+        raise NoVerdictYet(f"job {uuid} accepted at {at}, not decided yet")
+    _print_verdict(found, as_json)
 
 
 @app.command("report")

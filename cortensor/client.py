@@ -6,32 +6,100 @@ async with Client(Settings()) as client:
 A client publishes as its principal (the `principal` of its credentials; `anonymous`
 without one): its jobs go out with the routing key `job.<owner>`, and it reads only the
 verdict subjects of that owner, which is all its permissions let it read.
+
+It rides through outages of the servers (docs/design.md, "The SDK through outages"): a
+job is published again until the broker confirms it or its deadline passes (the router
+drops a second copy by the job's id), and a client that waits for a verdict reads the
+verdicts stream again once NATS is back, so that a verdict published while it was
+disconnected is not missed. A server it cannot reach at start is named within
+`Settings.connect_timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from uuid import UUID
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from aio_pika.exceptions import DeliveryError
+from aiormq.exceptions import (
+    AMQPError,
+    ChannelAccessRefused,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+)
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from cortensor.adapters import amqp, jetstream
+from cortensor.adapters import amqp, jetstream, reach
 from cortensor.adapters.topology import Topology
-from cortensor.errors import Busy, RetryableError
-from cortensor.schemas import ANONYMOUS, JobRequest, Verdict
+from cortensor.errors import (
+    BadInput,
+    BadSetting,
+    BrokerUnavailable,
+    Busy,
+    CortensorError,
+    RetryableError,
+    SetupIncomplete,
+)
+from cortensor.schemas import ANONYMOUS, DEFAULT_DEADLINE_S, JobReceipt, JobRequest, Verdict, utcnow
 from cortensor.settings import Settings
+
+T = TypeVar("T")
+
+RECONNECT_POLL_S = 0.2
+"""How often a client looks whether its NATS connection came back (nats-py counts
+reconnects in `stats`), to read the verdicts its waiters may have missed meanwhile."""
+REREAD_S = 30.0
+"""A waiter reads the stream again this often even without a reconnect: a backstop for
+a message the server dropped (a slow consumer)."""
+RETRY_MAX_S = 1.0
+"""Longest pause between two publishes of a job, or two connection attempts."""
+
+_GONE = (AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
+"""What a broker that went away raises under aio-pika (RuntimeError: a writer closed
+under a publish); see `_may_pass` for what among them will not pass."""
 
 
 class VerdictTimeout(RetryableError):
     """No verdict arrived in time; the job may still finish (ask again with `result`)."""
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """Whether a publish that raised `exc` may succeed if made again."""
+    if isinstance(exc, CortensorError | DeliveryError):
+        return False
+    if isinstance(exc, ChannelAccessRefused | ChannelNotFoundEntity | ChannelPreconditionFailed):
+        return False
+    return isinstance(exc, _GONE)
+
+
+def _refusal(exc: BaseException, settings: Settings, exchange: str, routing_key: str) -> Exception:
+    """The error that says why the broker refused a publish for good."""
+    if isinstance(exc, DeliveryError):
+        return Busy(
+            "the network is busy: RabbitMQ refused the job (its queue is full);"
+            " nothing was accepted, submit it again later"
+        )
+    if isinstance(exc, ChannelAccessRefused):
+        return BadSetting(
+            f"RabbitMQ refused to let {settings.principal or 'this login'} publish to"
+            f" {exchange} with routing key {routing_key}: check your credentials file"
+        )
+    if isinstance(exc, ChannelNotFoundEntity):
+        return SetupIncomplete(
+            f"RabbitMQ has no exchange {exchange}: run `cortensor brokers setup`"
+        )
+    return BadInput(f"RabbitMQ refused the job: {exc}")
 
 
 class Client:
@@ -43,13 +111,26 @@ class Client:
         self.owner = settings.principal or ANONYMOUS
         """Whose jobs these are: the name the jobs go out under, the verdicts read back."""
         self._amqp: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._jobs: AbstractExchange | None = None
+        self._reopening = asyncio.Lock()
         self._nc: NATS | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._reconnected: asyncio.Future[None] | None = None
+        """Resolved (and replaced) each time the NATS connection comes back."""
 
     async def __aenter__(self) -> Self:
-        self._amqp = await amqp.connect_as(self.settings)
-        self._channel: AbstractChannel = await self._amqp.channel(publisher_confirms=True)
-        self._jobs: AbstractExchange = await self._channel.get_exchange(self.topology.jobs_exchange)
-        self._nc = await jetstream.connect_as(self.settings, name="cortensor-client")
+        try:
+            self._amqp = await self._reach("RabbitMQ", lambda: amqp.connect_as(self.settings))
+            await self._open_channel(ensure=True)
+            self._nc = await self._reach(
+                "NATS", lambda: jetstream.connect_as(self.settings, name="cortensor-client")
+            )
+        except BaseException:
+            await self._close()
+            raise
+        self._reconnected = asyncio.get_running_loop().create_future()
+        self._watcher = asyncio.create_task(self._watch_reconnects(self._nc))
         return self
 
     async def __aexit__(
@@ -58,8 +139,17 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         if self._nc is not None:
-            await self._nc.drain()
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self._nc.drain()
+            await self._nc.close()
         if self._amqp is not None:
             await self._amqp.close()
 
@@ -69,66 +159,193 @@ class Client:
             raise RuntimeError("use the client in `async with Client(...)`")
         return self._nc
 
-    async def publish_raw(self, body: bytes, *, message_id: str = "") -> None:
+    async def _reach(self, server: reach.Server, connect: Callable[[], Awaitable[T]]) -> T:
+        """Connect, retrying for up to Settings.connect_timeout_s; then BrokerUnavailable
+        naming the server and its setting. A refused login (BadSetting) is not retried."""
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(
+                        lambda e: (
+                            isinstance(e, (*_GONE, NatsError)) and not isinstance(e, CortensorError)
+                        )
+                    ),
+                    wait=wait_random_exponential(multiplier=0.1, max=RETRY_MAX_S),
+                    reraise=True,
+                ):
+                    with attempt:
+                        return await connect()
+        except CortensorError:
+            raise
+        except (*_GONE, NatsError) as exc:
+            raise BrokerUnavailable(reach.unreachable(server, self.settings)) from exc
+        raise AssertionError("AsyncRetrying ends by returning or raising")
+
+    async def _open_channel(self, *, ensure: bool = False) -> AbstractExchange:
+        """A confirmed channel and the jobs exchange on it, opened again when the channel
+        died (a broker restart, or a refusal that closed it)."""
+        if self._amqp is None:
+            raise RuntimeError("use the client in `async with Client(...)`")
+        async with self._reopening:  # one channel for the publishes that found it dead
+            if self._channel is None or self._channel.is_closed or self._jobs is None:
+                self._channel = await self._amqp.channel(publisher_confirms=True)
+                try:
+                    self._jobs = await self._channel.get_exchange(
+                        self.topology.jobs_exchange, ensure=ensure
+                    )
+                except ChannelNotFoundEntity as exc:
+                    raise SetupIncomplete(
+                        f"RabbitMQ has no exchange {self.topology.jobs_exchange}:"
+                        " run `cortensor brokers setup`"
+                    ) from exc
+            return self._jobs
+
+    async def publish_raw(
+        self, body: bytes, *, message_id: str = "", within_s: float = DEFAULT_DEADLINE_S
+    ) -> None:
         """Publish bytes as a job of this client's owner, confirmed by the broker (for
-        clients with their own JSON)."""
+        clients with their own JSON).
+
+        A publish that fails because the broker went away is made again, with a jittered
+        back-off, for up to `within_s` seconds (then BrokerUnavailable): the broker may
+        then hold two copies, which the router takes as one by the job's id. A refusal
+        that will not pass is raised at once: a full queue (Busy), a login not allowed
+        to publish (BadSetting), a job the broker will not take (BadInput).
+        """
+        routing_key = self.topology.jobs_routing_key(self.owner)
         message = amqp.json_message(body, message_id=message_id)
         try:
-            await self._jobs.publish(
-                message, routing_key=self.topology.jobs_routing_key(self.owner)
-            )
-        except DeliveryError as exc:
-            # A nack: the router's queue is full (reject-publish); nothing was accepted.
-            raise Busy(
-                f"the network is busy: job {message_id or '(no id)'} was refused, nothing"
-                " was accepted; submit it again later"
+            async with asyncio.timeout(max(within_s, 1.0)):
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(_may_pass),
+                    wait=wait_random_exponential(multiplier=0.05, max=RETRY_MAX_S),
+                    stop=stop_after_delay(max(within_s, 1.0)),
+                    reraise=True,
+                ):
+                    with attempt:
+                        exchange = await self._open_channel()
+                        await exchange.publish(message, routing_key=routing_key)
+        except _GONE as exc:
+            if not _may_pass(exc):
+                name = self.topology.jobs_exchange
+                raise _refusal(exc, self.settings, name, routing_key) from exc
+            raise BrokerUnavailable(
+                f"job {message_id or '(no id)'} not confirmed within {within_s:g} s: "
+                + reach.unreachable("RabbitMQ", self.settings)
             ) from exc
 
-    async def submit(self, job: JobRequest) -> UUID:
-        """Publish a job; returns once the broker has it safely."""
-        await self.publish_raw(job.model_dump_json().encode(), message_id=str(job.job_id))
+    async def submit(self, job: JobRequest, *, timeout_s: float | None = None) -> UUID:
+        """Publish a job; returns once the broker has it safely.
+
+        Through a broker outage the job is published again until its deadline
+        (`created_at` + `deadline_s`), or for `timeout_s` when given."""
+        if timeout_s is None:
+            ends = job.created_at + timedelta(seconds=job.deadline_s)
+            timeout_s = (ends - utcnow()).total_seconds()
+        await self.publish_raw(
+            job.model_dump_json().encode(), message_id=str(job.job_id), within_s=timeout_s
+        )
         return job.job_id
 
-    async def result(self, job_id: UUID) -> Verdict | None:
-        """The verdict on a job, if there is one yet.
+    async def _last(self, subject: str) -> bytes | None:
+        """The last message on one of this owner's subjects of the verdicts stream.
 
-        A direct get: its API subject names the verdict's subject, which a permission can
+        A direct get: its API subject names the message's subject, which a permission can
         limit to this owner's (a plain get's API subject names only the stream)."""
         try:
             raw = await self.nc.jetstream().get_last_msg(
-                self.topology.verdicts_stream, self._verdicts(job_id), direct=True
+                self.topology.verdicts_stream, subject, direct=True
             )
         except NotFoundError:
             return None
-        assert raw.data is not None
-        return Verdict.model_validate_json(raw.data)
+        return raw.data
+
+    async def result(self, job_id: UUID) -> Verdict | None:
+        """The verdict on a job, if there is one yet."""
+        data = await self._last(self._verdicts(job_id))
+        return None if data is None else Verdict.model_validate_json(data)
+
+    async def receipt(self, job_id: UUID) -> JobReceipt | None:
+        """The network's record that it accepted a job (published by the router once the
+        job is in the ledger), if it has one: a job with a receipt and no verdict yet is
+        pending; one with neither was never seen (or is past retention)."""
+        data = await self._last(self.topology.receipt_subject(str(job_id), owner=self.owner))
+        return None if data is None else JobReceipt.model_validate_json(data)
+
+    async def _result_if_reachable(self, job_id: UUID) -> Verdict | None:
+        """The verdict, or None also while NATS is away (the waiter reads again later)."""
+        try:
+            return await self.result(job_id)
+        except (NatsError, TimeoutError, ConnectionError):
+            return None
 
     def _verdicts(self, job_id: UUID) -> str:
         return self.topology.verdicts_subject(str(job_id), owner=self.owner)
 
-    async def _subscribe(self, job_id: UUID) -> Subscription:
-        return await self.nc.subscribe(self._verdicts(job_id), max_msgs=1)
+    async def _watch_reconnects(self, nc: NATS) -> None:
+        """Wake the waiters each time the NATS connection comes back."""
+        seen = nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(RECONNECT_POLL_S)
+            if nc.stats["reconnects"] != seen and nc.is_connected:
+                seen = nc.stats["reconnects"]
+                done, self._reconnected = (
+                    self._reconnected,
+                    asyncio.get_running_loop().create_future(),
+                )
+                if done is not None:
+                    done.set_result(None)
 
-    async def _await(self, sub: Subscription, job_id: UUID, timeout_s: float) -> Verdict:
+    async def _subscribe(self, job_id: UUID) -> tuple[Subscription, asyncio.Future[Verdict]]:
+        """Listen for a job's verdict: the future holds the first one heard."""
+        heard: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+
+        async def on_verdict(msg: Msg) -> None:
+            if not heard.done():
+                heard.set_result(Verdict.model_validate_json(msg.data))
+
+        sub = await self.nc.subscribe(self._verdicts(job_id), cb=on_verdict, max_msgs=1)
+        return sub, heard
+
+    async def _await(
+        self, sub: Subscription, heard: asyncio.Future[Verdict], job_id: UUID, timeout_s: float
+    ) -> Verdict:
+        """The verdict heard on `sub`, or read from the stream after a reconnect (one
+        published while the connection was down is heard by nobody)."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + timeout_s
         try:
-            msg = await sub.next_msg(timeout=timeout_s)
-        except TimeoutError as exc:
-            raise VerdictTimeout(
-                f"no verdict on job {job_id} within {timeout_s:g}s; it may still finish:"
-                f" `cortensor result {job_id}`"
-            ) from exc
+            while not heard.done():
+                left = ends - loop.time()
+                if left <= 0:
+                    raise VerdictTimeout(
+                        f"no verdict on job {job_id} within {timeout_s:g}s; it may still"
+                        f" finish: `cortensor result {job_id}`"
+                    )
+                wake: set[asyncio.Future[Verdict] | asyncio.Future[None]] = {heard}
+                if self._reconnected is not None:
+                    wake.add(self._reconnected)
+                await asyncio.wait(
+                    wake, timeout=min(left, REREAD_S), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not heard.done():
+                    found = await self._result_if_reachable(job_id)
+                    if found is not None:
+                        return found
+            return heard.result()
         finally:
-            await sub.unsubscribe()
-        return Verdict.model_validate_json(msg.data)
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
 
     async def wait(self, job_id: UUID, timeout_s: float = 60.0) -> Verdict:
         """Wait for a job's verdict (which may have arrived already)."""
-        sub = await self._subscribe(job_id)
-        done = await self.result(job_id)
+        sub, heard = await self._subscribe(job_id)
+        done = await self._result_if_reachable(job_id)
         if done is not None:
-            await sub.unsubscribe()
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
             return done
-        return await self._await(sub, job_id, timeout_s)
+        return await self._await(sub, heard, job_id, timeout_s)
 
     async def run(
         self,
@@ -158,16 +375,18 @@ class Client:
             subject = self.topology.part_verdicts_subject(str(job.job_id), "*", owner=self.owner)
             parts = await self.nc.subscribe(subject, cb=part_decided)
         try:
-            sub = await self._subscribe(job.job_id)
+            sub, heard = await self._subscribe(job.job_id)
             try:
                 await self.submit(job)
             except BaseException:
-                await sub.unsubscribe()
+                with contextlib.suppress(NatsError):
+                    await sub.unsubscribe()
                 raise
-            return await self._await(sub, job.job_id, timeout_s or job.deadline_s + 5.0)
+            return await self._await(sub, heard, job.job_id, timeout_s or job.deadline_s + 5.0)
         finally:
             if parts is not None:
-                await parts.unsubscribe()
+                with contextlib.suppress(NatsError):
+                    await parts.unsubscribe()
 
     async def run_many(
         self, jobs: list[JobRequest], timeout_s: float | None = None

@@ -69,6 +69,11 @@ class NoVerdictYet(RetryableError):
     """The job has no verdict yet; ask again later."""
 
 
+class UnknownJob(PermanentError):
+    """The network has no record of a job: never submitted, submitted under another
+    name, or past the retention period."""
+
+
 class Busy(RetryableError):
     """The network refused new work because it is full: a bounded queue reached its
     limit (RabbitMQ's `reject-publish` overflow nacked the message). Nothing was
@@ -110,6 +115,8 @@ EXIT_CODE: dict[type[BaseException], int] = {
     BadInput: 2,  # like click's own usage errors: change the command or its input
     RetryableError: 3,  # a server is unreachable, or no verdict yet: try again later
     Busy: 75,  # EX_TEMPFAIL: the network is full and accepted nothing; retry later
+    NoVerdictYet: 5,  # the network accepted the job and has not decided it yet
+    UnknownJob: 6,  # the network has no record of the job
     PermanentError: 4,  # the setup is incomplete: do what the message says, then retry
     CortensorError: 4,
     Exception: 70,  # a bug (EX_SOFTWARE): the traceback is printed

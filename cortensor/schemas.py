@@ -530,8 +530,18 @@ class NodeHeartbeat(Message):
     started_at: datetime
 
 
+class JobReceipt(Message):
+    """The network's word that it recorded a job: published by the router once the job is
+    in the ledger, on the owner's receipt subject beside the verdict's. Its `created_at`
+    is when the job was accepted; the verdict follows."""
+
+    job_id: UUID
+    owner: Owner = ANONYMOUS
+
+
 MESSAGES: dict[str, type[Message]] = {
-    cls.__name__: cls for cls in (JobRequest, Assignment, InferenceResult, Verdict, NodeHeartbeat)
+    cls.__name__: cls
+    for cls in (JobRequest, Assignment, InferenceResult, Verdict, NodeHeartbeat, JobReceipt)
 }
 
 

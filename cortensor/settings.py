@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Level of the services' logs: DEBUG adds a line per job."""
 
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a client (the SDK, a command that is not a service) keeps trying to reach
+    RabbitMQ or NATS at start before it says which one it cannot reach. Once connected,
+    a client rides through outages: a job is published again until its deadline."""
+
     # Jobs. The limits on a job's input are part of its schema (cortensor.schemas).
     assignment_timeout_s: float = 10.0
     """How long a node has for one assignment before it is re-routed to another node."""

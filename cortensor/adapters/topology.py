@@ -165,6 +165,10 @@ class Topology:
         """Where the verdict on one part of a split job is published (`*` for any part)."""
         return self._subject("part_verdicts", job_id=parent_id, part=part, owner=owner)
 
+    def receipt_subject(self, job_id: str, *, owner: str) -> str:
+        """Where the router says it recorded a job of `owner` (before its verdict)."""
+        return self._subject("receipt", job_id=job_id, owner=owner)
+
     def verdict_subject(self, verdict: Verdict) -> str:
         """Where a verdict goes: its job's subject, or its parent's parts subject."""
         if verdict.parent_id is not None:

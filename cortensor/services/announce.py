@@ -6,10 +6,14 @@ import asyncio
 from collections.abc import Sequence
 from uuid import UUID
 
+import structlog
+
 from cortensor.adapters.interfaces import StreamPublisher
 from cortensor.adapters.ledger.interfaces import VerdictBook
 from cortensor.adapters.topology import Topology
-from cortensor.schemas import Verdict
+from cortensor.schemas import JobReceipt, Verdict, printable, utcnow
+
+log = structlog.get_logger(__name__)
 
 
 class Announcer:
@@ -41,6 +45,36 @@ class Announcer:
             )
         )
         self._published.extend(v.job_id for v in verdicts)
+
+    async def receipts(self, jobs: Sequence[tuple[UUID, str]]) -> None:
+        """Publish the receipts of jobs (id, owner) that are in the ledger, so that their
+        owners can tell a pending job from one the network never saw; deduplicated by
+        job id, and published again when a job is delivered again.
+
+        A receipt is a courtesy, not a step of the job: one that cannot be published
+        (NATS away, the stream full) is logged and the job goes on; its verdict, which
+        the ledger keeps until it is published, tells the owner in the end."""
+        if not jobs:
+            return
+        now = utcnow()
+        sent = await asyncio.gather(
+            *(
+                self.stream.publish(
+                    self.topology.receipt_subject(str(job_id), owner=owner),
+                    JobReceipt(job_id=job_id, owner=owner, created_at=now)
+                    .model_dump_json()
+                    .encode(),
+                    msg_id=f"accepted-{job_id}",
+                )
+                for job_id, owner in jobs
+            ),
+            return_exceptions=True,
+        )
+        failed = [r for r in sent if isinstance(r, Exception)]
+        if failed:
+            log.warning(
+                "job receipts not published", jobs=len(failed), error=printable(repr(failed[0]))
+            )
 
     async def flush(self) -> None:
         """Record in the ledger which verdicts went out since the last flush."""

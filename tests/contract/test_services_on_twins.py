@@ -28,6 +28,7 @@ from cortensor.adapters.topology import Topology
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
+    JobReceipt,
     JobRequest,
     NodeHeartbeat,
     Verdict,
@@ -240,6 +241,27 @@ async def test_a_job_delivered_twice_is_recorded_once_and_its_assignments_resent
         "SELECT count(*) FROM assignments WHERE job_id = $1", job.job_id
     )
     assert assignments == 1
+
+
+async def test_a_recorded_job_gets_one_receipt_and_a_rejected_job_none(net: Network) -> None:
+    job = JobRequest(inputs=["no node serves it yet"], redundancy=1, model=MODEL)
+    for _ in range(2):  # delivered twice: one receipt in the stream
+        net.submit(job.model_dump_json().encode(), str(job.job_id))
+    bad_id = uuid.uuid4()
+    net.submit(json.dumps({"job_id": str(bad_id), "task": "juggle"}).encode(), str(bad_id))
+    await eventually(lambda: net.verdicts(bad_id), what="the bad job rejected")
+    await eventually(net.settled, what="the jobs acked")
+
+    def receipts(job_id: uuid.UUID) -> list[JobReceipt]:
+        subject = net.topology.receipt_subject(str(job_id), owner=CLIENT)
+        stored = net.nats.stored(net.topology.verdicts_stream)
+        return [JobReceipt.model_validate_json(data) for s, data in stored if s == subject]
+
+    [receipt] = receipts(job.job_id)
+    assert (receipt.job_id, receipt.owner) == (job.job_id, CLIENT)
+    assert net.verdicts(job.job_id) == []  # waiting for a node: accepted, not decided
+    assert receipts(bad_id) == []
+    assert net.verdicts(bad_id)[0].status == "rejected"
 
 
 async def test_a_job_that_is_not_json_is_dead_lettered_with_its_reason(net: Network) -> None:

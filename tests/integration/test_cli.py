@@ -18,6 +18,7 @@ from cortensor.adapters import jetstream
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import teardown_brokers
 from cortensor.adapters.topology import Topology
+from cortensor.schemas import JobReceipt, Verdict
 from cortensor.settings import Settings
 from tests.conftest import make_settings, run_cortensor
 
@@ -89,13 +90,66 @@ def test_node_refuses_a_bad_node_id_before_loading_anything() -> None:
     assert "--node-id" in done.stderr
 
 
-def test_a_job_without_a_verdict_yet_exits_3_try_again_later() -> None:
+async def _publish(settings: Settings, subject: str, message: JobReceipt | Verdict) -> None:
+    """Publish as the router or a guard would (the session is the operator's)."""
+    nc = await jetstream.connect_as(settings, name="test-cli-publish")
+    try:
+        data = message.model_dump_json().encode()
+        await jetstream.publish(nc.jetstream(), subject, data, msg_id=subject)
+    finally:
+        await nc.drain()
+
+
+def test_result_tells_unknown_pending_and_decided_jobs_apart() -> None:
+    settings = make_settings()
+    topology, owner = Topology(settings.namespace), Settings().principal
+    try:
+        assert run_cortensor(settings, "brokers", "setup").returncode == 0
+        job_id = uuid.uuid4()
+        unknown = run_cortensor(settings, "result", str(job_id))
+        assert unknown.returncode == 6, unknown.stderr
+        assert f"the network has no record of job {job_id} (never submitted" in unknown.stderr
+
+        receipt = JobReceipt(job_id=job_id, owner=owner)
+        asyncio.run(_publish(settings, topology.receipt_subject(str(job_id), owner=owner), receipt))
+        pending = run_cortensor(settings, "result", str(job_id))
+        assert pending.returncode == 5, pending.stderr
+        accepted_at = receipt.created_at.isoformat(timespec="seconds")
+        assert f"job {job_id} accepted at {accepted_at}, not decided yet" in pending.stderr
+
+        verdict = Verdict(job_id=job_id, owner=owner, status="failed", reason="no node")
+        asyncio.run(_publish(settings, topology.verdict_subject(verdict), verdict))
+        decided = run_cortensor(settings, "result", str(job_id))
+        assert decided.returncode == 0, decided.stderr
+        assert f"job {job_id}: failed" in decided.stdout
+    finally:
+        asyncio.run(teardown_brokers(settings))
+
+
+def test_an_unreachable_nats_is_named_in_one_line() -> None:
     settings = make_settings()
     try:
         assert run_cortensor(settings, "brokers", "setup").returncode == 0
-        job_id = str(uuid.uuid4())
-        done = run_cortensor(settings, "result", job_id)
+        env = {
+            # No credentials file: its NATS URL would win over the variable.
+            "CORTENSOR_CREDENTIALS": "",
+            "CORTENSOR_AMQP_URL": settings.amqp_url,
+            "CORTENSOR_NAMESPACE": settings.namespace,
+            "CORTENSOR_NATS_URL": "nats://127.0.0.1:1",
+            "CORTENSOR_CONNECT_TIMEOUT_S": "1",
+        }
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "cortensor"), "result", str(uuid.uuid4())],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 3, done.stderr
-        assert f"no verdict yet for job {job_id}" in done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "error: cannot reach NATS at 127.0.0.1:1: check CORTENSOR_NATS_URL or your"
+            " credentials file"
+        ]
     finally:
         asyncio.run(teardown_brokers(settings))

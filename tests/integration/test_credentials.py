@@ -327,7 +327,8 @@ def test_the_command_line_issues_and_revokes(principals: Principals, tmp_path: P
     assert user in rabbit.users()
     job = str(uuid.uuid4())
     as_carol = run_cortensor(admin, "--credentials", str(out), "result", job)
-    assert f"no verdict yet for job {job}" in as_carol.stderr
+    assert as_carol.returncode == 6, as_carol.stderr
+    assert f"the network has no record of job {job}" in as_carol.stderr
     done = run_cortensor(admin, "credentials", "revoke", "client", "carol")
     assert done.returncode == 0, done.stderr
     assert "RabbitMQ user" in done.stdout

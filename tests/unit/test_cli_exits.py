@@ -8,6 +8,7 @@ are in tests/integration/test_cli.py.
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,30 @@ def test_a_usage_error_exits_2_like_every_bad_input() -> None:
 def test_an_unreachable_ledger_exits_3_try_again_later() -> None:
     code, output = run("report", "leaderboard")
     assert code == 3, output
-    assert "cannot reach the ledger" in output
+    assert "cannot reach PostgreSQL at 127.0.0.1:1/cortensor" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["submit", "embed", "hi"], "RabbitMQ at 127.0.0.1:1/: check CORTENSOR_AMQP_URL"),
+        (["submit", "embed", "hi", "--wait"], "RabbitMQ at 127.0.0.1:1/: check CORTENSOR_AMQP"),
+        (["result", str(uuid.uuid4())], "RabbitMQ at 127.0.0.1:1/: check CORTENSOR_AMQP_URL"),
+        (["brokers", "setup"], "RabbitMQ at 127.0.0.1:1/: check CORTENSOR_AMQP_URL"),
+        (["report", "nodes"], "PostgreSQL at 127.0.0.1:1/cortensor: check CORTENSOR_DATABASE"),
+        (["reputation", "check"], "PostgreSQL at 127.0.0.1:1/cortensor: check CORTENSOR_DATA"),
+        (["db", "upgrade"], "PostgreSQL at 127.0.0.1:1/cortensor: check CORTENSOR_DATABASE"),
+    ],
+)
+def test_a_server_that_cannot_be_reached_is_named_in_one_line(args: list[str], says: str) -> None:
+    done = CliRunner().invoke(app, args, env={**NOWHERE, "CORTENSOR_CONNECT_TIMEOUT_S": "1"})
+    lines = (done.stderr + done.stdout).strip().splitlines()
+    assert done.exit_code == 3, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: cannot reach "), lines
+    assert says in lines[0]
+    assert lines[0].endswith("or your credentials file")
+    assert "secret" not in lines[0]
 
 
 def test_an_unreachable_rabbitmq_exits_3_and_hides_the_password() -> None:

@@ -22,6 +22,7 @@ from cortensor.schemas import (
     SCHEMA_VERSION,
     Assignment,
     InferenceResult,
+    JobReceipt,
     JobRequest,
     Message,
     NodeHeartbeat,
@@ -82,12 +83,13 @@ def samples() -> list[Message]:
             status="draining",
             started_at=NOW,
         ),
+        JobReceipt(job_id=job_id, owner="alice", created_at=NOW),
     ]
 
 
 def test_samples_cover_every_message() -> None:
     assert sorted(type(m).__name__ for m in samples()) == sorted(MESSAGES)
-    assert len(MESSAGES) == 5
+    assert len(MESSAGES) == 6
 
 
 @pytest.mark.parametrize("message", samples(), ids=lambda m: type(m).__name__)
