@@ -829,6 +829,75 @@ def credentials_revoke_namespace() -> None:
     _said(f"revoked {len(gone)} users of namespace {settings.namespace}")
 
 
+dead_app = typer.Typer(
+    help="What waits in the dead-letter and parked queues (as the admin: they hold user content)."
+)
+app.add_typer(dead_app, name="dead")
+
+
+@dead_app.command("list")
+def dead_list(
+    as_json: AsJson = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Most messages to show from each queue.")
+    ] = 100,
+) -> None:
+    """Show dead and parked messages without consuming them: id, job, owner, reason,
+    deliveries, when it died, size. `dead` ones are still to be handled by a router."""
+    from cortensor.tools.dead import list_dead
+    from cortensor.tools.reports import render_table
+
+    rows = [m.row() for m in _run(list_dead(_settings(), limit=limit))]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        _said("nothing dead or parked")
+    else:
+        out.print(render_table("Dead and parked messages", rows))
+
+
+@dead_app.command("replay")
+def dead_replay(
+    ids: Annotated[
+        list[str] | None, typer.Argument(metavar="ID", help="Ids that `dead list` shows.")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead or parked job.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Send dead or parked jobs back to the jobs exchange under their own routing key,
+    where they never got a verdict; say why not for the others (exit 1 if any)."""
+    from dataclasses import asdict
+
+    from cortensor.tools.dead import parse_ids, replay
+
+    if bool(ids) == every:
+        raise BadInput(
+            "name the messages to replay (their ids from `cortensor dead list`) or --all"
+        )
+    done = _run(replay(_settings(), None if every else parse_ids(ids or [])))
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in done]))
+    else:
+        for r in done:
+            _said(f"{r.id}: {'replayed' if r.replayed else 'refused'}: {r.why}")
+        if not done:
+            _said("nothing dead or parked")
+    if not every and not all(r.replayed for r in done):
+        raise typer.Exit(EXIT_NO)
+
+
+@dead_app.command("purge")
+def dead_purge(
+    yes: Annotated[bool, typer.Option("--yes", help="Really remove them.")] = False,
+) -> None:
+    """Remove every parked message (they expire after a day anyway)."""
+    from cortensor.tools.dead import purge
+
+    if not yes:
+        raise BadInput("purging removes every parked message for good: add --yes")
+    _said(f"purged {_run(purge(_settings()))} parked message(s)")
+
+
 def _said(line: str) -> None:
     out.print(line, markup=False)
 

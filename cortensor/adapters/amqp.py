@@ -9,6 +9,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractQueue,
     AbstractRobustConnection,
@@ -19,10 +20,11 @@ from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuth
 from cortensor.adapters.amqp_failover import connect_failover
 from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
+from cortensor.protocol.dead import FAULT_HEADER, REASON_HEADER
 from cortensor.settings import Settings, login_refused, split_urls
 from cortensor.tls import amqp_url, client_context
 
-REASON_HEADER = "x-cortensor-reason"
+__all__ = ["FAULT_HEADER", "REASON_HEADER"]
 
 
 async def connect(
@@ -84,17 +86,29 @@ def json_message(
 
 
 async def dead_letter(
-    channel: AbstractChannel, topology: Topology, body: bytes, reason: str, *, message_id: str
+    channel: AbstractChannel,
+    topology: Topology,
+    body: bytes,
+    reason: str,
+    *,
+    message_id: str,
+    routing_key: str = "",
+    input_at_fault: bool = False,
 ) -> None:
-    """Park a message that cannot be processed, with the reason in a header (confirmed)."""
+    """Dead-letter a message that cannot be processed, with the reason in a header
+    (confirmed when the channel is), under the routing key it came with (a job's names
+    its owner); `input_at_fault` marks a job whose content is to blame."""
     exchange = await channel.get_exchange(topology.dead_letter_exchange, ensure=False)
+    headers: dict[str, Any] = {REASON_HEADER: reason[:1000]}
+    if input_at_fault:
+        headers[FAULT_HEADER] = "input"
     message = aio_pika.Message(
         body,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
-        headers={REASON_HEADER: reason[:1000]},
+        headers=headers,
     )
-    await exchange.publish(message, routing_key="")
+    await exchange.publish(message, routing_key=routing_key)
 
 
 class AmqpWorkQueue:
@@ -121,9 +135,56 @@ class AmqpWorkQueue:
             await self._queue.cancel(self._tag)
             self._tag = None
 
-    async def dead_letter(self, body: bytes, reason: str, *, message_id: str) -> None:
-        """Park a message with the reason in a header (confirmed when the channel is)."""
-        await dead_letter(self.channel, self.topology, body, reason, message_id=message_id)
+    async def dead_letter(
+        self,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str,
+        routing_key: str = "",
+        input_at_fault: bool = False,
+    ) -> None:
+        """Dead-letter a message with the reason in a header (confirmed when the channel
+        is), under the routing key it came with."""
+        await dead_letter(
+            self.channel,
+            self.topology,
+            body,
+            reason,
+            message_id=message_id,
+            routing_key=routing_key,
+            input_at_fault=input_at_fault,
+        )
+
+
+class AmqpDeadLetters:
+    """The dead-letter queue, consumed with manual settlement, and the parked queue's
+    exchange: a `DeadLetterQueue`. The channel must have publisher confirms on."""
+
+    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
+        self.channel, self.topology = channel, topology
+        self._work = AmqpWorkQueue(channel, topology, topology.dead_letter_queue)
+
+    async def consume(self, handler: DeliveryHandler) -> None:
+        """Deliver dead letters to `handler` until `cancel`."""
+        await self._work.consume(handler)
+
+    async def cancel(self) -> None:
+        """Stop delivering; messages in hand may still be settled."""
+        await self._work.cancel()
+
+    async def park(
+        self, body: bytes, *, message_id: str, routing_key: str, headers: Mapping[str, Any]
+    ) -> None:
+        """Keep a message in the parked queue (persistent, confirmed)."""
+        exchange = await self.channel.get_exchange(self.topology.parked_exchange, ensure=False)
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id or None,
+            headers=dict(headers),
+        )
+        await exchange.publish(message, routing_key=routing_key)
 
 
 class AmqpTaskPublisher:
@@ -167,6 +228,16 @@ class AmqpTaskPublisher:
             if exc.message is None:  # a nack, not a return: the queue is full
                 raise QueueFull(f"node {node_id}'s queue is full") from exc
             raise Unroutable(f"no queue for node {node_id} on {exchange.name}") from exc
+
+
+async def dead_letter_channel(
+    connection: AbstractConnection, topology: Topology, *, prefetch: int
+) -> AmqpDeadLetters:
+    """The router's dead-letter reader's queue and parking, on a confirmed channel of
+    their own (so that dead letters never take the job queue's prefetch)."""
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.set_qos(prefetch_count=prefetch)
+    return AmqpDeadLetters(channel, topology)
 
 
 async def router_channel(

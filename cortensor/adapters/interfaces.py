@@ -86,8 +86,37 @@ class JobQueue(Protocol):
         """Stop delivering; messages in hand may still be settled."""
         ...
 
-    async def dead_letter(self, body: bytes, reason: str, *, message_id: str) -> None:
-        """Park a message that cannot be processed, with `reason` in a header (confirmed)."""
+    async def dead_letter(
+        self,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str,
+        routing_key: str = "",
+        input_at_fault: bool = False,
+    ) -> None:
+        """Send a message that cannot be processed to the dead-letter exchange, with
+        `reason` in a header (confirmed), under `routing_key` (the one it came with: a
+        job's names its owner); `input_at_fault` says its content is to blame."""
+        ...
+
+
+class DeadLetterQueue(Protocol):
+    """The dead-letter queue's reader side: competing consumers, manual settlement, and a
+    parked queue for what nobody can end."""
+
+    async def consume(self, handler: DeliveryHandler) -> None:
+        """Deliver dead letters to `handler` (up to the prefetch limit unsettled)."""
+        ...
+
+    async def cancel(self) -> None:
+        """Stop delivering; messages in hand may still be settled."""
+        ...
+
+    async def park(
+        self, body: bytes, *, message_id: str, routing_key: str, headers: Mapping[str, Any]
+    ) -> None:
+        """Keep a message in the parked queue with `headers` (confirmed)."""
         ...
 
 

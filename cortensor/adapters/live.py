@@ -19,6 +19,10 @@ from cortensor.protocol.outages import OutageWatch
 from cortensor.schemas import utcnow
 from cortensor.settings import Settings
 
+DEAD_PREFETCH = 16
+"""Dead letters a router handles at once: few ever arrive, and one that waits for the
+ledger to come back holds its place."""
+
 
 def _nats_watched(
     settings: Settings, name: str, watch: OutageWatch
@@ -56,6 +60,7 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
             jobs, tasks = await amqp.router_channel(
                 connection, topology, prefetch=settings.router_prefetch
             )
+            dead = await amqp.dead_letter_channel(connection, topology, prefetch=DEAD_PREFETCH)
             nc = await reach("nats", _nats_watched(settings, name, watch))
             try:
                 yield RouterPorts(
@@ -65,6 +70,7 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
                     tasks=tasks,
                     signals=jetstream.NatsSignals(nc),
                     verdicts=jetstream.JetStreamPublisher(nc.jetstream()),
+                    dead=dead,
                     outages=watch,
                 )
             finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cortensor.adapters.interfaces import (
+    DeadLetterQueue,
     JobQueue,
     SignalBus,
     StreamConsumer,
@@ -27,7 +28,8 @@ def _watch() -> OutageWatch:
 @dataclass(frozen=True, slots=True)
 class RouterPorts:
     """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out; the
-    node keys that heartbeats are checked with."""
+    node keys that heartbeats are checked with; the dead-letter queue, whose readable
+    jobs it ends (None: this router leaves them to others)."""
 
     ledger: RouterBook
     keys: KeyBook
@@ -37,6 +39,7 @@ class RouterPorts:
     verdicts: StreamPublisher
     outages: OutageWatch = field(default_factory=_watch)
     """Where the connections report losing and regaining their servers."""
+    dead: DeadLetterQueue | None = None
 
 
 @dataclass(frozen=True, slots=True)

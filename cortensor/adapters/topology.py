@@ -116,6 +116,11 @@ class Topology:
         self.router_queue = router.name
         self.dead_letter_exchange = _by_role(self.exchanges, "dead-letter").name
         self.dead_letter_queue = _by_role(self.queues, "dead-letter").name
+        self.parked_exchange = _by_role(self.exchanges, "parked").name
+        self.parked_queue = _by_role(self.queues, "parked").name
+        self.router_delivery_limit = int(router.arguments.get("x-delivery-limit", 0))
+        """How often the router's queue delivers a job before it dead-letters it (0: no
+        limit)."""
         self.results_stream = _by_role(self.streams, "results").name
         self.verdicts_stream = _by_role(self.streams, "verdicts").name
 

@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.interfaces import (
+    DeadLetterQueue,
     JobQueue,
     SignalBus,
     StreamConsumer,
@@ -32,6 +33,7 @@ from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.ledger.store import Ledger
 from cortensor.adapters.memory import (
     MemoryBroker,
+    MemoryDeadLetters,
     MemoryLedger,
     MemoryNats,
     MemoryPullConsumer,
@@ -75,6 +77,12 @@ class AmqpSide(ABC):
     async def work_queue(self, *, prefetch: int = 0, queue: str = "") -> tuple[JobQueue, Closer]:
         """A consumer of `queue` (the router queue by default) on a channel of its own,
         and how to close that channel (unsettled messages go back)."""
+        ...
+
+    @abstractmethod
+    async def dead_letters(self, *, prefetch: int = 0) -> tuple[DeadLetterQueue, Closer]:
+        """A reader of the dead-letter queue (and the parked queue's publisher) on a
+        channel of its own, and how to close that channel."""
         ...
 
     @abstractmethod
@@ -132,6 +140,16 @@ class RealAmqp(AmqpSide):
         self._closers.append(close)
         return amqp.AmqpWorkQueue(channel, self.topology, queue), close
 
+    async def dead_letters(self, *, prefetch: int = 0) -> tuple[DeadLetterQueue, Closer]:
+        connection = await aio_pika.connect(self.settings.amqp_url)
+
+        async def close() -> None:
+            if not connection.is_closed:
+                await connection.close()
+
+        self._closers.append(close)
+        return await amqp.dead_letter_channel(connection, self.topology, prefetch=prefetch), close
+
     async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
         spec = self.topology.node_queue(node_id, hw_class)
         await amqp.declare_queue(self.channel, spec)
@@ -187,6 +205,14 @@ class MemoryAmqp(AmqpSide):
             channel.close()
 
         return MemoryWorkQueue(channel, self.topology, queue), close
+
+    async def dead_letters(self, *, prefetch: int = 0) -> tuple[DeadLetterQueue, Closer]:
+        channel = self.broker.channel(prefetch)
+
+        async def close() -> None:
+            channel.close()
+
+        return MemoryDeadLetters(channel, self.topology), close
 
     async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
         spec = self.topology.node_queue(node_id, hw_class)

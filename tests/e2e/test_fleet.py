@@ -91,7 +91,8 @@ async def _dead_letters(settings: Settings, count: int) -> list[tuple[bytes, str
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.get_queue(Topology(settings.namespace).dead_letter_queue)
+        # Dead-lettered by the router, parked with their reason by its dead-letter reader.
+        queue = await channel.get_queue(Topology(settings.namespace).parked_queue)
         found: list[tuple[bytes, str]] = []
         for _ in range(200):
             message = await queue.get(no_ack=True, fail=False)

@@ -332,7 +332,8 @@ async def test_a_job_is_its_publishers_and_a_key_naming_nobody_is_dead_lettered(
                 amqp.json_message(nobody.model_dump_json().encode(), message_id=key),
                 routing_key=key,
             )
-        dead = await channel.get_queue(topology.dead_letter_queue)
+        # The router dead-letters them; its dead-letter reader parks them with the reason.
+        dead = await channel.get_queue(topology.parked_queue)
         parked: dict[str, str] = {}
 
         async def both_parked() -> bool:

@@ -62,10 +62,24 @@ def test_the_router_writes_to_the_class_exchanges_and_reads_its_queue() -> None:
     for hw in T.hw_classes:
         assert matches(grant.write, T.hw_exchange(hw))
     assert matches(grant.write, T.dead_letter_exchange)
+    assert matches(grant.write, T.parked_exchange)
     assert not matches(grant.write, T.jobs_exchange)
     assert matches(grant.read, T.router_queue)
-    assert not matches(grant.read, T.dead_letter_queue)
+    # Its dead-letter reader ends the jobs there; what it parks only the admin reads.
+    assert matches(grant.read, T.dead_letter_queue)
+    assert not matches(grant.read, T.parked_queue)
     assert grant.configure == NOTHING
+
+
+@given(me=names)
+def test_only_the_router_reads_dead_letters_which_hold_user_content(me: str) -> None:
+    for kind in ("node", "client"):
+        grant = rabbit_grant(T, kind, me, hw_class="cpu-int8")
+        assert grant is not None
+        for queue in (T.dead_letter_queue, T.parked_queue):
+            assert not matches(grant.read, queue), (kind, queue)
+        for exchange in (T.dead_letter_exchange, T.parked_exchange):
+            assert not matches(grant.write, exchange), (kind, exchange)
 
 
 @pytest.mark.parametrize("kind", ["guard", "reports", "owner", "admin"])

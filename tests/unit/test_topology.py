@@ -81,11 +81,12 @@ def test_exchanges_include_jobs_dead_letters_and_one_per_hw_class(topo: Topology
     exchanges = {e.name: e.type for e in topo.exchanges}
     assert exchanges[f"{NS}.submit"] == "topic"
     assert exchanges[f"{NS}.dlx"] == "fanout"
+    assert exchanges[f"{NS}.park"] == "fanout"
     assert topo.hw_classes == HW_CLASSES
     for hw_class in HW_CLASSES:
         assert exchanges[f"{NS}.hw.{hw_class}"] == "direct"
         assert topo.hw_exchange(hw_class) == f"{NS}.hw.{hw_class}"
-    assert len(exchanges) == len(topo.exchanges) == 2 + len(HW_CLASSES)
+    assert len(exchanges) == len(topo.exchanges) == 3 + len(HW_CLASSES)
 
 
 def test_shortcut_names_match_the_declared_ones(topo: Topology) -> None:
@@ -112,6 +113,16 @@ def test_dead_letter_queue_is_bound_to_the_dead_letter_exchange(topo: Topology) 
     assert dead.arguments["x-queue-type"] == "quorum"
     # A dead-letter queue must not dead-letter into itself.
     assert "x-dead-letter-exchange" not in dead.arguments
+
+
+def test_the_parked_queue_keeps_what_nobody_can_end_for_a_day(topo: Topology) -> None:
+    parked = next(q for q in topo.queues if q.name == topo.parked_queue)
+    assert parked.name == f"{NS}.parked"
+    assert parked.exchange == topo.parked_exchange != topo.dead_letter_exchange
+    assert parked.arguments["x-queue-type"] == "quorum"
+    assert parked.arguments["x-message-ttl"] == 24 * 3600 * 1000
+    assert "x-dead-letter-exchange" not in parked.arguments
+    assert topo.router_delivery_limit == 5
 
 
 @pytest.mark.parametrize("hw_class", HW_CLASSES)

@@ -16,6 +16,7 @@ from cortensor.adapters.memory.ledger import MemoryLedger
 from cortensor.adapters.memory.queues import (
     MemoryBroker,
     MemoryChannel,
+    MemoryDeadLetters,
     MemoryDelivery,
     MemoryTaskPublisher,
     MemoryWorkQueue,
@@ -36,6 +37,7 @@ __all__ = [
     "ManualClock",
     "MemoryBroker",
     "MemoryChannel",
+    "MemoryDeadLetters",
     "MemoryDelivery",
     "MemoryKeys",
     "MemoryLedger",
@@ -60,8 +62,10 @@ def router_ports(
     *,
     keys: KeyBook,
     prefetch: int = 0,
+    dead_letters: bool = False,
 ) -> tuple[RouterPorts, MemoryChannel]:
-    """A router's ports on the twins, and its channel (close it to play a crash)."""
+    """A router's ports on the twins, and its channel (close it to play a crash); with
+    `dead_letters`, the router reads the dead-letter queue too."""
     channel = broker.channel(prefetch)
     ports = RouterPorts(
         ledger=ledger,
@@ -70,6 +74,7 @@ def router_ports(
         tasks=MemoryTaskPublisher(broker, topology),
         signals=MemorySignals(nats),
         verdicts=MemoryStreamPublisher(nats),
+        dead=MemoryDeadLetters(channel, topology) if dead_letters else None,
     )
     return ports, channel
 

@@ -22,15 +22,19 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from cortensor.adapters.amqp import REASON_HEADER
+from cortensor.adapters.amqp import FAULT_HEADER, REASON_HEADER
 from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.errors import CortensorError
 
 DEATH_REASON_HEADER = "x-first-death-reason"
 """The header RabbitMQ sets on a message it dead-letters: `rejected` or `delivery_limit`."""
+DEATH_QUEUE_HEADER = "x-first-death-queue"
+"""The header RabbitMQ sets on a message it dead-letters: the queue it came from (with
+`x-death`, the list of its deaths)."""
 
 
 class AlreadySettled(CortensorError):
@@ -286,7 +290,17 @@ class MemoryBroker:
         """Send a message to its queue's dead-letter exchange (dropped when it has none)."""
         if queue.dead_letter_exchange is None:
             return
-        headers = {**message.headers, DEATH_REASON_HEADER: reason}
+        first = {DEATH_REASON_HEADER: reason, DEATH_QUEUE_HEADER: queue.name}
+        death = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue.name,
+            "time": datetime.now(UTC),
+            "routing-keys": [message.routing_key],
+        }
+        earlier = message.headers.get("x-death")
+        deaths = [death, *(earlier if isinstance(earlier, list) else [])]
+        headers = {**first, **message.headers, "x-death": deaths}
         self.publish(
             queue.dead_letter_exchange,
             message.routing_key,
@@ -347,15 +361,55 @@ class MemoryWorkQueue:
             self.channel.cancel(self._consumer)
             self._consumer = None
 
-    async def dead_letter(self, body: bytes, reason: str, *, message_id: str) -> None:
-        """Park a message in the dead-letter exchange with the reason in a header."""
+    async def dead_letter(
+        self,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str,
+        routing_key: str = "",
+        input_at_fault: bool = False,
+    ) -> None:
+        """Send a message to the dead-letter exchange with the reason in a header."""
+        headers = {REASON_HEADER: reason[:1000]}
+        if input_at_fault:
+            headers[FAULT_HEADER] = "input"
         self.channel.broker.publish(
             self.topology.dead_letter_exchange,
-            "",
+            routing_key,
             body,
-            headers={REASON_HEADER: reason[:1000]},
+            headers=headers,
             message_id=message_id,
         )
+
+
+class MemoryDeadLetters:
+    """Twin of `amqp.AmqpDeadLetters`: a `DeadLetterQueue` on a `MemoryChannel`."""
+
+    def __init__(self, channel: MemoryChannel, topology: Topology) -> None:
+        self.channel, self.topology = channel, topology
+        self._work = MemoryWorkQueue(channel, topology, topology.dead_letter_queue)
+
+    async def consume(self, handler: DeliveryHandler) -> None:
+        """Deliver dead letters to `handler` until `cancel`."""
+        await self._work.consume(handler)
+
+    async def cancel(self) -> None:
+        """Stop delivering; messages in hand may still be settled."""
+        await self._work.cancel()
+
+    async def park(
+        self, body: bytes, *, message_id: str, routing_key: str, headers: Mapping[str, Any]
+    ) -> None:
+        """Keep a message in the parked queue."""
+        self.channel.broker.publish(
+            self.topology.parked_exchange,
+            routing_key,
+            body,
+            headers=headers,
+            message_id=message_id or None,
+        )
+        await asyncio.sleep(0)
 
 
 class MemoryTaskPublisher:

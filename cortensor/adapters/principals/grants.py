@@ -136,9 +136,11 @@ def rabbit_grant(
 
     Nobody but the admin configures anything: queues, exchanges and bindings are made
     by `cortensor brokers setup` and, for a node's queue, by whoever issues the node's
-    credentials. A node reads its own queue; the router reads its queue and writes to
-    the class exchanges and the dead letters; a client writes to the jobs exchange with
-    its own routing key only (the topic permission pins `job.<name>`).
+    credentials. A node reads its own queue; the router reads its queue and the
+    dead-letter queue, and writes to the class exchanges, the dead letters and the
+    parked queue's exchange; a client writes to the jobs exchange with its own routing
+    key only (the topic permission pins `job.<name>`). Dead and parked messages hold
+    user content: nobody else reads them but the admin (`cortensor dead`).
     """
     match kind:
         case "node":
@@ -148,8 +150,8 @@ def rabbit_grant(
             exchanges = [topology.hw_exchange(c) for c in topology.hw_classes]
             return RabbitGrant(
                 NOTHING,
-                _exactly(*exchanges, topology.dead_letter_exchange),
-                _exactly(topology.router_queue),
+                _exactly(*exchanges, topology.dead_letter_exchange, topology.parked_exchange),
+                _exactly(topology.router_queue, topology.dead_letter_queue),
             )
         case "client":
             key = topology.jobs_routing_key(check_name(name))

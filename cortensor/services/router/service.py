@@ -42,6 +42,7 @@ from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
 from cortensor.services.outages import PATIENCE_S, OutageLog, pause_s
+from cortensor.services.router.dead import DeadLetterReader
 from cortensor.services.router.probes import ProbeSender
 from cortensor.services.router.registry import NodeRegistry, heartbeat_refusal
 from cortensor.settings import Settings
@@ -90,6 +91,12 @@ class Router:
             ports.signals,
         )
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
+        self.dead = (
+            None
+            if ports.dead is None
+            else DeadLetterReader(settings, self.topology, self.ledger, ports.dead, self.announcer)
+        )
+        """Ends the readable jobs of the dead-letter queue (cortensor.services.router.dead)."""
         self.registry = NodeRegistry()
         self.backlog = Backlog()
         """Audio work sent to each node and not yet due (planning.Backlog)."""
@@ -211,7 +218,12 @@ class Router:
                 f" key {self.topology.jobs_routing_key('<your name>')}"
             )
         if isinstance(outcome, Undeliverable):
-            await self.jobs.dead_letter(message.body, outcome.reason, message_id=message.message_id)
+            await self.jobs.dead_letter(
+                message.body,
+                outcome.reason,
+                message_id=message.message_id,
+                routing_key=message.routing_key,
+            )
             log.warning("job dead-lettered", reason=outcome.reason)
             return "dead-lettered"
         assert owner is not None  # dead-lettered above
@@ -435,7 +447,15 @@ class Router:
                 await m.nack(requeue=True)
             else:
                 why = printable(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
-                await self.jobs.dead_letter(m.body, why, message_id=m.message_id or "")
+                # The dead-letter reader ends the job with this reason (rejected when
+                # its content is at fault, else failed).
+                await self.jobs.dead_letter(
+                    m.body,
+                    why,
+                    message_id=m.message_id or "",
+                    routing_key=m.routing_key or "",
+                    input_at_fault=action is Disposition.REJECT,
+                )
                 await m.ack()
             return
         await self._ack(batch)
@@ -537,6 +557,8 @@ class Router:
         stop_listening = await self.ledger.listen_due(self._heard_due)
         workers = [asyncio.create_task(self._batches()) for _ in range(ROUTER_WORKERS)]
         await self.jobs.consume(self.on_job)
+        if self.dead is not None:
+            await self.dead.start()
         log.info("router ready", queue=self.topology.router_queue)
         loops = [
             asyncio.create_task(
@@ -551,6 +573,8 @@ class Router:
         self._due_now.set()  # wakes _send_due to see the stop
         await stop_listening()
         await self.jobs.cancel()
+        if self.dead is not None:
+            await self.dead.stop()
         await beats.unsubscribe()
         for _ in workers:
             self._intake.put_nowait(None)
