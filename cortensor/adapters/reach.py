@@ -34,12 +34,20 @@ _LOGIN_REFUSED = ("password authentication failed", "authorization violation", "
 
 
 def address(url: str) -> str:
-    """host:port and path of a server URL, without its scheme or credentials."""
+    """host:port and path of a server URL, without its scheme or credentials; each of
+    them, comma-separated, for a setting that names several servers."""
+    return ", ".join(_address(one.strip()) for one in url.split(",") if one.strip())
+
+
+def _address(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "?"
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # not a number: say nothing rather than echo the URL
+        port = ""
     return f"{host}{port}{parts.path}"
 
 

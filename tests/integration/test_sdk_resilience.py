@@ -26,6 +26,7 @@ import cortensor.client
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
 from cortensor.client import Client
+from cortensor.errors import BadSetting, Busy
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from tests.chaos.servers import RabbitServer
@@ -185,6 +186,54 @@ async def test_jobs_submitted_while_rabbitmq_bounces_are_all_sent_then_answered(
         waiting = asyncio.gather(*(client.wait(j.job_id, timeout_s=60) for j in jobs))
         await _publish_verdicts(settings, verdicts)
         assert {v.job_id for v in await waiting} == {j.job_id for j in jobs}
+
+
+async def test_a_full_queue_and_a_refused_publish_are_raised_at_once(
+    rabbit: tuple[RabbitServer, str], namespace: Settings
+) -> None:
+    server, url = rabbit
+    settings = namespace.model_copy(update={"amqp_url": url})
+    topology = Topology(settings.namespace)
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        jobs = await channel.declare_exchange(
+            topology.jobs_exchange, ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(
+            topology.router_queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
+        )
+        await queue.bind(jobs, routing_key=topology.jobs_binding)
+        async with Client(settings) as client:
+            # A quorum queue refuses once it is past its bound (it may take one more
+            # first, as its length is known a little late). Each refusal is raised
+            # rather than published again until the deadline: the broker said no.
+            refused: list[Busy] = []
+            for i in range(5):
+                try:
+                    await client.submit(JobRequest(inputs=[f"job {i}"]), timeout_s=600)
+                except Busy as exc:
+                    refused.append(exc)
+            assert refused
+            assert "the network is busy" in str(refused[0])
+            await queue.purge()
+            await client.submit(JobRequest(inputs=["room again"]))
+        assert await queue.get(no_ack=True, fail=False) is not None
+
+    password = uuid.uuid4().hex
+    for args in (
+        ("add_user", "reader", password),
+        ("set_permissions", "-p", "/", "reader", ".*", "^$", ".*"),
+    ):
+        assert server.ctl(*args).returncode == 0
+    reader = settings.model_copy(
+        update={"amqp_url": f"amqp://reader:{password}@127.0.0.1:{server.port}/"}
+    )
+    async with Client(reader) as client:
+        with pytest.raises(BadSetting, match="RabbitMQ refused to let"):
+            await client.submit(JobRequest(inputs=["not allowed"]), timeout_s=600)
 
 
 class Proxy:

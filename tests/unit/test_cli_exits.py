@@ -150,3 +150,18 @@ def test_stale_schemas_are_a_negative_answer_not_an_error(tmp_path: Path) -> Non
     code, output = run("schemas", "write", "--check", "--directory", str(tmp_path))
     assert code == 1
     assert "stale schemas" in output
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("amqp://guest:secret@127.0.0.1:5672/", "127.0.0.1:5672/"),
+        ("amqps://u:p@h1:5671/,amqps://u:p@h2:5671/", "h1:5671/, h2:5671/"),
+        ("nats://u:p@[::1]:4222", "[::1]:4222"),
+        ("postgresql://u:secret@db:bad/cortensor", "db/cortensor"),
+    ],
+)
+def test_a_server_is_named_by_its_address_without_its_login(url: str, said: str) -> None:
+    from cortensor.adapters.reach import address
+
+    assert address(url) == said
