@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -49,8 +50,14 @@ async def connect(
     """A NATS connection that keeps reconnecting; replies come to `inbox_prefix`;
     `error_cb` hears the errors the server reports (nats-py's default logs them),
     `disconnected_cb` and `reconnected_cb` when the connection is lost and made again."""
+    servers = split_urls(url)  # a cluster's servers (comma-separated): nats-py fails over
+    login = urlsplit(servers[0])
     return await nats.connect(
-        split_urls(url),  # a cluster's servers (comma-separated): nats-py fails over
+        servers,
+        # The login of the URLs, also for the servers a cluster announces (nats-py adds
+        # them to its list without one, and would be refused there after a failover).
+        user=login.username,
+        password=login.password,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

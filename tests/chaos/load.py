@@ -265,6 +265,8 @@ async def stream_verdicts(admin: Settings) -> dict[UUID, list[Verdict]]:
                 continue
             if raw.subject is None or ".parts." in raw.subject or raw.data is None:
                 continue
+            if raw.subject.endswith(".accepted"):  # the router's receipt, not a verdict
+                continue
             verdict = Verdict.model_validate_json(raw.data)
             found.setdefault(verdict.job_id, []).append(verdict)
     finally:
