@@ -10,35 +10,46 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from cortensor.adapters.ledger import migrate
+from cortensor.adapters.live import router_ports
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.adapters.topology import Topology
+from cortensor.schemas import JobRequest
+from cortensor.services.router.service import Router
+from cortensor.settings import Settings
 from cortensor.tools.credentials import revoke_namespace
-from tests.conftest import make_settings
+from tests.conftest import eventually, make_settings
 from tests.security.harness import HW_CLASS, Principal, access_refused, amqp_as, issue
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")
-def principals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Principal]]:
+def admin() -> Iterator[Settings]:
+    """The operator's settings for a namespace and ledger of this module's own."""
     settings = make_settings()
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
-    out: Path = tmp_path_factory.mktemp("dead-principals")
     try:
-        yield {
-            "router": issue(settings, "router", "router", out / "router.json"),
-            "node": issue(settings, "node", "n-1", out / "n.json", "--hw-class", HW_CLASS),
-            "client": issue(settings, "client", "c-1", out / "c.json"),
-        }
+        yield settings
     finally:
         revoke_namespace(settings)
         asyncio.run(teardown_brokers(settings))
         migrate.drop_database(settings)
+
+
+@pytest.fixture(scope="module")
+def principals(admin: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Principal]:
+    out: Path = tmp_path_factory.mktemp("dead-principals")
+    return {
+        "router": issue(admin, "router", "router", out / "router.json"),
+        "node": issue(admin, "node", "n-1", out / "n.json", "--hw-class", HW_CLASS),
+        "client": issue(admin, "client", "c-1", out / "c.json"),
+    }
 
 
 def topology_of(who: Principal) -> Topology:
@@ -104,3 +115,63 @@ async def test_the_router_reads_dead_letters_and_parks_but_reads_nothing_parked(
 
     refusal = await refused(router, "basic.get parked", get_parked)
     assert "ACCESS_REFUSED" in refusal
+
+
+async def test_a_router_on_its_own_credentials_ends_dead_jobs_and_parks_the_rest(
+    principals: dict[str, Principal], admin: Settings
+) -> None:
+    """The reader's consume, the ledger's write and the parking, with nothing but the
+    router's issued credentials (the admin only publishes the dead letters)."""
+    router = principals["router"]
+    settings = router.settings
+    topology = topology_of(router)
+    job = JobRequest(inputs=["dead on arrival"], redundancy=1)
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with router_ports(settings) as ports:
+            await Router(settings, ports, seed=5).run(stop)
+
+    running = asyncio.create_task(serve())
+    connection = await aio_pika.connect(admin.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        dlx = await channel.get_exchange(topology.dead_letter_exchange)
+        key = topology.jobs_routing_key("c-1")
+        death = {
+            "x-death": [
+                {
+                    "count": 1,
+                    "reason": "delivery_limit",
+                    "queue": topology.router_queue,
+                    "routing-keys": [key],
+                }
+            ]
+        }
+        await dlx.publish(aio_pika.Message(job.model_dump_json().encode(), headers=death), key)
+        await dlx.publish(aio_pika.Message(b"not json", headers={}), key)
+        parked = await channel.get_queue(topology.parked_queue)
+        bodies: list[bytes] = []
+
+        async def parked_there() -> bool:
+            message = await parked.get(no_ack=True, fail=False)
+            if message is not None:
+                bodies.append(message.body)
+            return b"not json" in bodies
+
+        await eventually(parked_there, what="the unreadable one parked")
+        ledger = await asyncpg.connect(admin.asyncpg_dsn)
+        try:
+            status = await eventually(
+                lambda: ledger.fetchval(
+                    "SELECT status FROM verdicts WHERE job_id = $1", job.job_id
+                ),
+                what="the dead job's verdict",
+            )
+        finally:
+            await ledger.close()
+        assert status == "failed"
+    finally:
+        stop.set()
+        await running
+        await connection.close()
