@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cortensor.adapters.ledger.router import NodeStats
+from cortensor.protocol.admission import speed
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.reputation import PRIOR_SCORE
 from cortensor.schemas import NodeHeartbeat
@@ -37,6 +38,8 @@ class _Entry:
     beat: NodeHeartbeat
     seen: float
     recorded: bool = False
+    rate: float = 0.0
+    """Assignments it finished per second lately (cortensor.protocol.admission.speed)."""
 
 
 class NodeRegistry:
@@ -56,7 +59,10 @@ class NodeRegistry:
             != (beat.hw_class, beat.models, beat.status)
         )
         recorded = not changed and entry is not None and entry.recorded
-        self._nodes[beat.node_id] = _Entry(beat, now, recorded=recorded)
+        rate = 0.0
+        if entry is not None and entry.beat.started_at == beat.started_at:
+            rate = speed(entry.rate, beat.processed - entry.beat.processed, now - entry.seen)
+        self._nodes[beat.node_id] = _Entry(beat, now, recorded=recorded, rate=rate)
         return not recorded
 
     def recorded(self, node_id: str) -> None:
@@ -80,6 +86,10 @@ class NodeRegistry:
         for node_id in gone:
             self.forget(node_id)
         return gone
+
+    def rates(self) -> dict[str, float]:
+        """Each node's assignments finished per second lately, from its heartbeats."""
+        return {node_id: e.rate for node_id, e in self._nodes.items()}
 
     def __len__(self) -> int:
         return len(self._nodes)

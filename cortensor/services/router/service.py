@@ -23,10 +23,12 @@ from cortensor.adapters.ports import RouterPorts
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import eligible_classes
 from cortensor.errors import BadInput, Disposition, backoff_s, disposition
+from cortensor.protocol import admission
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
 from cortensor.protocol.planning import Backlog, Plan, Timing, parallel, plan
+from cortensor.protocol.replication import REPLICAS
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import (
     MAX_ERROR_CHARS,
@@ -66,6 +68,9 @@ Owned = tuple[JobRequest, str]
 """A valid job and its owner."""
 
 ROUTER_WORKERS = 2
+ADMIT_POLL_S = 0.1
+"""How often a router whose fleet is full looks again (the ledger's counts of what
+nodes hold are refreshed every Settings.registry_refresh_s)."""
 """Batches in progress at once: while one waits on the ledger or the broker, the next
 batch gathers the jobs that arrive meanwhile."""
 
@@ -108,6 +113,7 @@ class Router:
         self._due: set[UUID] = set()
         """Jobs guards named as needing replicas now (see _send_due)."""
         self._due_now = asyncio.Event()
+        self._stopping = False
 
     # -- policy: the core's (cortensor.protocol.planning), with this router's clock ------
 
@@ -360,13 +366,37 @@ class Router:
         """Queue a delivered job for the next batch."""
         self._intake.put_nowait(message)
 
+    def has_room(self) -> bool:
+        """Whether the fleet can take more work without queueing past its assignment
+        window (cortensor.protocol.admission)."""
+        now, s = time.monotonic(), self.settings
+        live = [
+            v for v in self.registry.views() if v.trust == "active" and v.live(now, s.node_ttl_s)
+        ]
+        held = admission.holding(
+            {v.node_id: v.inflight for v in live}, self.registry.rates(), s.assignment_timeout_s
+        )
+        return admission.has_room(held, REPLICAS)
+
+    async def _admit(self) -> None:
+        """Wait until the fleet has room (or the router stops). Meanwhile the jobs stay
+        in the router's queue, which refuses new ones past its bound (Busy)."""
+        if self.has_room():
+            return
+        log.warning("fleet full; jobs wait in the queue")
+        # Polled: room comes back through heartbeats and ledger refreshes alike.
+        while not self.has_room() and not self._stopping:  # noqa: ASYNC110
+            await asyncio.sleep(ADMIT_POLL_S)
+        log.info("fleet has room again")
+
     async def _batches(self) -> None:
-        """Take queued jobs in batches, as many as have arrived; ack each batch only after
-        its ledger rows and assignments are durable."""
+        """Take queued jobs in batches, as many as have arrived, while the fleet has room;
+        ack each batch only after its ledger rows and assignments are durable."""
         while True:
             first = await self._intake.get()
             if first is None:
                 return
+            await self._admit()
             batch = [first]
             while len(batch) < self.settings.router_batch and not self._intake.empty():
                 message = self._intake.get_nowait()
@@ -571,6 +601,7 @@ class Router:
         ]
         await stop.wait()
         self._due_now.set()  # wakes _send_due to see the stop
+        self._stopping = True  # a worker waiting for room takes what it holds
         await stop_listening()
         await self.jobs.cancel()
         if self.dead is not None:
