@@ -10,11 +10,7 @@ nodes until its deadline, then fails for want of them, which is its terminal ver
 The valid jobs are therefore generated with deadlines of at most QUICK_DEADLINE_S
 seconds (the schema's range otherwise); the mutations use the whole range.
 
-hypothesis-jsonschema draws every field from the field's own schema. The object around
-them is drawn with hypothesis's fixed_dictionaries (job_id required, every other field
-optional, nothing else), because its own object strategy calls a hypothesis internal
-that newer hypothesis releases no longer have; job_id is drawn as a UUID, a format it
-does not generate.
+The messages are drawn from the schema as tests/schema_jobs.py says.
 """
 
 from __future__ import annotations
@@ -32,16 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import jsonschema
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from hypothesis_jsonschema import from_schema
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.live import router_ports
 from cortensor.adapters.topology import Topology
-from cortensor.cli import SCHEMAS_DIR
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.schemas import MAX_INPUTS, MAX_TEXT_CHARS, JobRequest, Verdict
 from cortensor.services.router.service import Router
@@ -49,6 +42,7 @@ from cortensor.settings import Settings
 from cortensor.tools.credentials import issue
 from tests.bad_jobs import bad_jobs
 from tests.conftest import eventually
+from tests.schema_jobs import PUBLISHED, objects, schema_valid
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 
@@ -61,26 +55,8 @@ QUICK_DEADLINE_S = 2.0
 PUBLISHERS = 8
 """amqp-publish processes at once for the messages it cannot take one per line."""
 
-PUBLISHED: dict[str, Any] = json.loads((SCHEMAS_DIR / "JobRequest.schema.json").read_text())
-CHECKER = jsonschema.Draft202012Validator(
-    PUBLISHED, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-)
-
 
 # -- generated messages ---------------------------------------------------------------------
-
-
-def objects(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """Objects of `schema`: its required fields, any of its others, no more."""
-    fields = schema["properties"]
-
-    def field(name: str) -> st.SearchStrategy[Any]:
-        return st.uuids().map(str) if name == "job_id" else from_schema(fields[name])
-
-    return st.fixed_dictionaries(
-        {name: field(name) for name in schema["required"]},
-        optional={name: field(name) for name in fields if name not in schema["required"]},
-    )
 
 
 def narrowed() -> list[dict[str, Any]]:
@@ -229,14 +205,6 @@ def messages() -> list[Sent]:
         body = MUTATIONS[name](_with(valid[i % len(valid)], job_id=str(uuid.uuid4())), rng)
         sent.append(Sent.of(f"mutated:{name}", body))
     return sent
-
-
-def schema_valid(body: bytes) -> bool:
-    try:
-        raw = json.loads(body, strict=False)
-    except (ValueError, RecursionError):
-        return False
-    return bool(CHECKER.is_valid(raw))
 
 
 # -- the router, a client's credentials, amqp-publish ---------------------------------------

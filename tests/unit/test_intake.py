@@ -25,6 +25,7 @@ from cortensor.schemas import (
     printable,
 )
 from tests.bad_jobs import AUDIO, BadJob, bad_jobs
+from tests.schema_jobs import objects, schema_valid
 
 JOB_ID = "0b0e4a2e-6a4c-4f51-9c44-6f5f0c1c7c11"
 
@@ -316,3 +317,34 @@ def test_a_job_of_only_its_id_and_texts_is_accepted() -> None:
     outcome = read_job(body({"job_id": JOB_ID, "inputs": ["hello"]}))
     assert isinstance(outcome, JobRequest)
     assert (outcome.schema_version, outcome.task, outcome.redundancy) == (1, "embed", "auto")
+
+
+# -- the published schema and the intake agree -------------------------------------------
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objects())
+def test_a_job_the_schema_allows_always_has_a_readable_id(raw: dict[str, Any]) -> None:
+    data = body(raw)
+    assert schema_valid(data)  # the generator follows the schema
+    outcome = read_job(data)
+    assert not isinstance(outcome, Undeliverable), outcome
+    assert outcome.job_id == uuid.UUID(raw["job_id"])
+
+
+_LAX = st.sampled_from(["5", "1", "30", True, False, 5.0, 1.7e9, "2030-01-02T03:04:05"])
+"""Values lax validation would take for a number or a time, which the schema refuses."""
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=objects(),
+    field=_FIELDS | st.sampled_from(["top_k", "audio", "language"]),
+    value=_JSON | _LAX,
+)
+def test_a_job_the_schema_refuses_is_never_accepted(
+    raw: dict[str, Any], field: str, value: Any
+) -> None:
+    data = body({**raw, field: value})
+    if not schema_valid(data):
+        assert not isinstance(read_job(data), JobRequest), data
