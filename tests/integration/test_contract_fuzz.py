@@ -294,9 +294,7 @@ async def drain_dead(settings: Settings, topology: Topology, into: list[tuple[by
     connection = await amqp.connect_as(settings)
     async with connection:
         channel = await connection.channel()
-        for name in (topology.dead_letter_queue, getattr(topology, "parked_queue", None)):
-            if name is None:
-                continue
+        for name in (topology.dead_letter_queue, topology.parked_queue):
             queue = await channel.get_queue(name, ensure=False)
             while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 into.append((message.body, str(message.headers.get(amqp.REASON_HEADER, ""))))
