@@ -56,9 +56,6 @@ from cortensor.settings import Settings
 
 T = TypeVar("T")
 
-RECONNECT_POLL_S = 0.2
-"""How often a client looks whether its NATS connection came back (nats-py counts
-reconnects in `stats`), to read the verdicts its waiters may have missed meanwhile."""
 REREAD_S = 30.0
 """A waiter reads the stream again this often even without a reconnect: a backstop for
 a message the server dropped (a slow consumer)."""
@@ -115,7 +112,6 @@ class Client:
         self._jobs: AbstractExchange | None = None
         self._reopening = asyncio.Lock()
         self._nc: NATS | None = None
-        self._watcher: asyncio.Task[None] | None = None
         self._reconnected: asyncio.Future[None] | None = None
         """Resolved (and replaced) each time the NATS connection comes back."""
 
@@ -123,14 +119,16 @@ class Client:
         try:
             self._amqp = await self._reach("RabbitMQ", lambda: amqp.connect_as(self.settings))
             await self._open_channel(ensure=True)
+            self._reconnected = asyncio.get_running_loop().create_future()
             self._nc = await self._reach(
-                "NATS", lambda: jetstream.connect_as(self.settings, name="cortensor-client")
+                "NATS",
+                lambda: jetstream.connect_as(
+                    self.settings, name="cortensor-client", reconnected_cb=self._on_reconnect
+                ),
             )
         except BaseException:
             await self._close()
             raise
-        self._reconnected = asyncio.get_running_loop().create_future()
-        self._watcher = asyncio.create_task(self._watch_reconnects(self._nc))
         return self
 
     async def __aexit__(
@@ -142,10 +140,6 @@ class Client:
         await self._close()
 
     async def _close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         if self._nc is not None:
             with contextlib.suppress(NatsError, TimeoutError):
                 await self._nc.drain()
@@ -282,19 +276,12 @@ class Client:
     def _verdicts(self, job_id: UUID) -> str:
         return self.topology.verdicts_subject(str(job_id), owner=self.owner)
 
-    async def _watch_reconnects(self, nc: NATS) -> None:
-        """Wake the waiters each time the NATS connection comes back."""
-        seen = nc.stats["reconnects"]
-        while True:
-            await asyncio.sleep(RECONNECT_POLL_S)
-            if nc.stats["reconnects"] != seen and nc.is_connected:
-                seen = nc.stats["reconnects"]
-                done, self._reconnected = (
-                    self._reconnected,
-                    asyncio.get_running_loop().create_future(),
-                )
-                if done is not None:
-                    done.set_result(None)
+    async def _on_reconnect(self) -> None:
+        """Wake the waiters: the NATS connection is back (nats-py calls this once it
+        has subscribed again), and what was published meanwhile reached nobody."""
+        done, self._reconnected = self._reconnected, asyncio.get_running_loop().create_future()
+        if done is not None:
+            done.set_result(None)
 
     async def _subscribe(self, job_id: UUID) -> tuple[Subscription, asyncio.Future[Verdict]]:
         """Listen for a job's verdict: the future holds the first one heard."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import replace
 
 from aio_pika.abc import AbstractRobustConnection
+from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from cortensor.adapters import amqp, bounds, jetstream
+from cortensor.adapters import amqp, bounds, jetstream, reach
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.errors import BrokerUnavailable
 from cortensor.settings import Settings
@@ -22,6 +24,16 @@ async def _rabbitmq(settings: Settings) -> AbstractRobustConnection:
     except ConnectionError as exc:  # aio-pika's AMQPConnectionError is one
         where = settings.amqp_url.rsplit("@", 1)[-1]  # never print the password
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+
+
+async def _nats(settings: Settings, *, name: str) -> NATS:
+    """A connection to NATS, or BrokerUnavailable within Settings.connect_timeout_s:
+    nats-py, told to reconnect for ever, would wait for ever for a server that is down."""
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            return await jetstream.connect_as(settings, name=name)
+    except TimeoutError as exc:
+        raise BrokerUnavailable(reach.unreachable("NATS", settings)) from exc
 
 
 def queues_of(topology: Topology, settings: Settings) -> list[QueueSpec]:
@@ -46,7 +58,7 @@ async def setup_brokers(settings: Settings) -> list[str]:
                 f"queue {queue.name} <- {queue.exchange}[{queue.routing_key}]"
                 + (f" (bounds by policy {bounds.policy_name(queue)})" if how == "policy" else "")
             )
-    nc = await jetstream.connect_as(settings, name="cortensor-setup")
+    nc = await _nats(settings, name="cortensor-setup")
     try:
         declared += await jetstream.apply_streams(
             nc.jetstream(),
@@ -71,7 +83,7 @@ async def teardown_brokers(settings: Settings, node_ids: Iterable[tuple[str, str
             await channel.queue_delete(name)
         for exchange in topology.exchanges:
             await channel.exchange_delete(exchange.name)
-    nc = await jetstream.connect_as(settings, name="cortensor-teardown")
+    nc = await _nats(settings, name="cortensor-teardown")
     try:
         js = nc.jetstream()
         for stream in topology.streams:

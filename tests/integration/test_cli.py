@@ -126,7 +126,8 @@ def test_result_tells_unknown_pending_and_decided_jobs_apart() -> None:
         asyncio.run(teardown_brokers(settings))
 
 
-def test_an_unreachable_nats_is_named_in_one_line() -> None:
+@pytest.mark.parametrize("command", [["result", str(uuid.uuid4())], ["brokers", "setup"]])
+def test_an_unreachable_nats_is_named_in_one_line(command: list[str]) -> None:
     settings = make_settings()
     try:
         assert run_cortensor(settings, "brokers", "setup").returncode == 0
@@ -139,7 +140,7 @@ def test_an_unreachable_nats_is_named_in_one_line() -> None:
             "CORTENSOR_CONNECT_TIMEOUT_S": "1",
         }
         done = subprocess.run(
-            [str(Path(sys.executable).parent / "cortensor"), "result", str(uuid.uuid4())],
+            [str(Path(sys.executable).parent / "cortensor"), *command],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
