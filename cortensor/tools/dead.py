@@ -16,10 +16,11 @@ from typing import Any
 
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiormq.exceptions import ChannelAccessRefused
 
 from cortensor.adapters import amqp
 from cortensor.adapters.topology import Topology
-from cortensor.errors import BadInput, BrokerUnavailable
+from cortensor.errors import BadInput, BadSetting, BrokerUnavailable
 from cortensor.protocol.dead import REASON_HEADER, EndJob, Park, death_of, decide
 from cortensor.protocol.intake import Undeliverable, read_job
 from cortensor.services.router.dead import DELIVERIES_HEADER, DIED_HEADER, FROM_HEADER, deliveries
@@ -118,12 +119,21 @@ async def _held(
 ) -> AsyncIterator[tuple[str, AbstractIncomingMessage]]:
     """Up to `limit` messages of each queue, held unsettled (so none is seen twice)."""
     for short, name in (("dead", topology.dead_letter_queue), ("parked", topology.parked_queue)):
-        queue = await channel.get_queue(name)
-        for _ in range(limit):
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
+        try:
+            queue = await channel.get_queue(name)
+            first = await queue.get(no_ack=False, fail=False)
+        except ChannelAccessRefused as exc:
+            raise BadSetting(
+                f"RabbitMQ refused to show {name}: dead and parked messages hold user content,"
+                " and only the admin reads them; run this with the admin's credentials"
+                " (--credentials or CORTENSOR_CREDENTIALS)"
+            ) from exc
+        message, seen = first, 0
+        while message is not None and seen < limit:
             yield short, message
+            seen += 1
+            if seen < limit:
+                message = await queue.get(no_ack=False, fail=False)
 
 
 async def list_dead(settings: Settings, *, limit: int = DEFAULT_LIMIT) -> list[DeadMessage]:

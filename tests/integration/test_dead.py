@@ -273,6 +273,13 @@ async def test_dead_list_shows_without_consuming_and_replay_refuses_or_sends_bac
         "message is not usable JSON",
     )
 
+    limited = run_cortensor(quiet, "dead", "list", "--json", "--limit", "1")
+    assert limited.returncode == 0, limited.stderr
+    assert sorted(r["queue"] for r in json.loads(limited.stdout)) == ["dead", "parked"]
+    neither = run_cortensor(quiet, "dead", "replay")
+    assert neither.returncode == 2
+    assert "or --all" in neither.stderr
+
     refused = run_cortensor(quiet, "dead", "replay", "junk-1", str(ended.job_id))
     assert refused.returncode == EXIT_NO, refused.stderr
     assert "junk-1: refused: unreadable" in refused.stdout

@@ -22,7 +22,7 @@ from cortensor.schemas import JobRequest
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from cortensor.tools.credentials import revoke_namespace
-from tests.conftest import eventually, make_settings
+from tests.conftest import eventually, make_settings, run_cortensor
 from tests.security.harness import HW_CLASS, Principal, access_refused, amqp_as, issue
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.nats, pytest.mark.postgres]
@@ -175,3 +175,14 @@ async def test_a_router_on_its_own_credentials_ends_dead_jobs_and_parks_the_rest
         stop.set()
         await running
         await connection.close()
+
+
+@pytest.mark.parametrize("kind", ["node", "client", "router"])
+def test_cortensor_dead_says_that_only_the_admin_may_look(
+    principals: dict[str, Principal], kind: str
+) -> None:
+    who = principals[kind]
+    done = run_cortensor(who.settings, "--credentials", str(who.file), "dead", "list")
+    assert done.returncode == 2, done.stderr
+    assert "only the admin reads them" in done.stderr
+    assert "Traceback" not in done.stderr
