@@ -206,6 +206,8 @@ class Client:
         that will not pass is raised at once: a full queue (Busy), a login not allowed
         to publish (BadSetting), a job the broker will not take (BadInput).
         """
+        if self._amqp is None:  # a misuse, not an outage: never retried
+            raise RuntimeError("use the client in `async with Client(...)`")
         routing_key = self.topology.jobs_routing_key(self.owner)
         message = amqp.json_message(body, message_id=message_id)
         try:
