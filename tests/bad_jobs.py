@@ -85,11 +85,6 @@ def bad_jobs(job_id: str) -> list[BadJob]:
         dead("trailing-garbage", valid + b" and more", "not usable JSON"),
         dead("single-quoted", valid.replace(b'"', b"'"), "not usable JSON"),
         dead("deeply-nested", b"[" * 1000 + b"]" * 1000, "not usable JSON"),
-        dead(
-            "huge-integer",
-            b'{"job_id": "' + quoted + b'", "redundancy": 1' + b"0" * 5000 + b"}",
-            "not usable JSON",
-        ),
         dead("json-array", encoded([job(job_id)]), "JSON list, not an object"),
         dead("json-string", encoded("a job"), "JSON str, not an object"),
         dead("json-number", encoded(42), "JSON int, not an object"),
@@ -133,6 +128,20 @@ def bad_jobs(job_id: str) -> list[BadJob]:
             "inputs.1: holds a NUL character",
         ),
         rejected("lone-surrogate", "inputs.0: ", inputs=["\ud800"]),
+        raw_rejected(
+            "huge-integer",
+            b'{"job_id": "' + quoted + b'", "inputs": ["x"], "redundancy": 1' + b"0" * 5000 + b"}",
+            "redundancy: must be auto or a whole number",
+        ),
+        raw_rejected(
+            "huge-integer-version",
+            b'{"job_id": "'
+            + quoted
+            + b'", "inputs": ["x"], "schema_version": 1'
+            + b"0" * 5000
+            + b"}",
+            "schema_version Decimal('1000",
+        ),
         rejected("redundancy-0", "redundancy: ", redundancy=0),
         rejected("redundancy-max+1", "redundancy: ", redundancy=MAX_REDUNDANCY + 1),
         rejected("redundancy-fraction", "redundancy: ", redundancy=2.5),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -54,6 +55,16 @@ def _recorded(raw: dict[str, Any]) -> dict[str, Any]:
     return {"task": task} if isinstance(task, str) and task in TASKS else {}
 
 
+def _integer(digits: str) -> int | Decimal:
+    """A JSON integer. One past int()'s limit (4300 digits) is kept as a Decimal, which no
+    field takes, so that the field is named in a rejection rather than the whole message
+    dead-lettered as not JSON."""
+    try:
+        return int(digits)
+    except ValueError:
+        return Decimal(digits)
+
+
 def read_job(body: bytes, message_id: str = "") -> JobRequest | Rejected | Undeliverable:
     """Classify one message from the jobs queue.
 
@@ -74,10 +85,10 @@ def read_job(body: bytes, message_id: str = "") -> JobRequest | Rejected | Undel
         # strict=False reads control characters left raw inside strings (a NUL byte
         # among them), so that the field holding one is named in a rejection rather
         # than the whole message dead-lettered as not JSON.
-        raw = json.loads(body, strict=False)
+        raw = json.loads(body, strict=False, parse_int=_integer)
     except (ValueError, RecursionError) as exc:
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors; so is an integer
-        # of more than 4300 digits. Deep nesting exhausts the recursion limit.
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors. Deep nesting
+        # exhausts the recursion limit.
         reason = str(exc)[:200] or type(exc).__name__
         return Undeliverable(f"message is not usable JSON ({reason}); publish a JobRequest")
     if not isinstance(raw, dict):

@@ -73,7 +73,7 @@ def test_each_bad_job_ends_as_its_table_says(case: BadJob) -> None:
         assert isinstance(outcome, Rejected), outcome
         assert outcome.job_id == uuid.UUID(JOB_ID)
         # The ledger keeps only the task of a rejected request, when it is one.
-        raw = json.loads(case.body, strict=False)
+        raw = json.loads(case.body, strict=False, parse_int=str)
         assert outcome.request == ({"task": raw["task"]} if raw.get("task") in TASKS else {})
     assert case.reason in outcome.reason, outcome.reason
     assert printable(outcome.reason, len(outcome.reason)) == outcome.reason  # storable
