@@ -81,7 +81,7 @@ FROM jobs j,
          FROM assignments a WHERE a.job_id = j.job_id
      ) c
 WHERE j.status = 'running' AND j.deadline_at > now() AND j.redundancy > c.live
-ORDER BY j.created_at LIMIT $1
+ORDER BY j.deadline_at LIMIT $1
 """
 """Running jobs with fewer replicas than their redundancy, and their counts (read
 without locks: only those with replicas due now are locked)."""
@@ -358,12 +358,14 @@ class RouterLedger(Ledger):
         made and the verdicts of the jobs failed (a split job's, too, if one completed it).
 
         Jobs locked by another router are skipped, so several routers share the work.
+        The earliest deadlines come first: a job's created_at is its client's to set, and
+        jobs dated long ago must not keep the others from the sweep.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             ids = await conn.fetch(
                 """
                 SELECT job_id FROM jobs WHERE status = 'waiting'
-                ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED
                 """,
                 limit,
             )
