@@ -54,6 +54,15 @@ _CONNECTION_ERRORS: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
     ),
 )
 
+_REFUSALS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # a wrong password, role
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    nats.errors.AuthorizationError,
+    ssl.SSLError,  # an untrusted certificate
+)
+"""A server that answered and refused: a setting to fix, never an outage to wait out."""
+
 _LIBRARIES = (("asyncpg", "postgres"), ("aiormq", "rabbitmq"), ("aio_pika", "rabbitmq"))
 _LIBRARIES_NATS = (("nats", "nats"),)
 
@@ -85,8 +94,8 @@ def server_of(exc: BaseException) -> str | None:
     """'postgres', 'rabbitmq' or 'nats' when `exc` (or one of its causes) is a lost or
     refused connection to that server; None for anything else."""
     for link in _chain(exc):
-        if isinstance(link, ssl.SSLError):
-            return None  # an untrusted certificate: a setting to fix, not an outage
+        if isinstance(link, _REFUSALS):
+            return None
         for server, kinds in _CONNECTION_ERRORS:
             if isinstance(link, kinds):
                 return server

@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    TimeoutError,
+)
 from nats.js.errors import ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
@@ -19,6 +25,7 @@ from tenacity import (
 )
 
 from cortensor.adapters import jetstream
+from cortensor.adapters.servers import reach
 from cortensor.settings import Settings
 
 T = TypeVar("T")
@@ -29,6 +36,9 @@ _TRANSIENT = (
     NoRespondersError,
     ConnectionClosedError,
     asyncio.TimeoutError,
+    # NATS away: the client buffers while it reconnects, and says so once it is full.
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
     # 503: JetStream cannot take it now, such as a results stream at its bound
     # ("maximum messages exceeded", discard new): it will once the guards catch up.
     ServiceUnavailableError,
@@ -52,9 +62,13 @@ class NatsBridge:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def start(self) -> None:
-        """Connect; raises when NATS cannot be reached."""
+        """Connect, waiting for NATS with back-off while it cannot be reached (one log
+        line per try); a refused login raises its BadSetting."""
         self._thread.start()
-        self._nc = self._run(jetstream.connect_as(self._settings, name=self._name), timeout=30)
+        self._nc = asyncio.run_coroutine_threadsafe(
+            reach("nats", lambda: jetstream.connect_as(self._settings, name=self._name)),
+            self._loop,
+        ).result()
 
     @property
     def nc(self) -> NATS:

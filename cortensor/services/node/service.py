@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
 from cortensor.inference.runtimes import Classifier, Embedder, Runtime, Transcriber
+from cortensor.protocol.outages import EXTENSION_S
 from cortensor.protocol.signing import result_msg_id, sign, signature_headers
 from cortensor.schemas import (
     MAX_ERROR_CHARS,
@@ -238,7 +239,11 @@ class NodeService:
             messages.append(
                 (subject, payload, result_msg_id(signature), signature_headers(signature))
             )
-        self.bridge.publish_durably(messages, within=max((latest - utcnow()).total_seconds(), 1.0))
+        # Past the deadline too: a result held up by a NATS outage still counts, for
+        # the router renews an assignment an outage overlapped and the guard gives a
+        # job whose deadline fell in one EXTENSION_S more (cortensor.protocol.outages).
+        left = max((latest - utcnow()).total_seconds(), 0.0)
+        self.bridge.publish_durably(messages, within=left + EXTENSION_S)
 
     def _publish_faultily(
         self, fault: Fault, ready: Sequence[Assignment], results: Sequence[InferenceResult]
