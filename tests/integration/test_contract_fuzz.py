@@ -20,6 +20,8 @@ import functools
 import json
 import math
 import random
+import re
+import shlex
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,10 +33,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from nats.js.errors import NotFoundError
 
 from cortensor.adapters import amqp, jetstream
 from cortensor.adapters.live import router_ports
 from cortensor.adapters.topology import Topology
+from cortensor.cli import SCHEMAS_DIR
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.schemas import MAX_INPUTS, MAX_TEXT_CHARS, JobRequest, Verdict
 from cortensor.services.router.service import Router
@@ -368,3 +372,48 @@ def test_the_table_and_the_mutations_are_all_drawn() -> None:
     assert {m.name for m in messages() if m.name.startswith("mutated:")} == {
         f"mutated:{name}" for name in MUTATIONS
     }
+
+
+def documented_example() -> str:
+    """The amqp-publish command docs/schemas/README.md gives as its example."""
+    text = (SCHEMAS_DIR / "README.md").read_text()
+    start = text.index("```\n", text.index("with amqp-tools")) + 4
+    return text[start : text.index("```", start)]
+
+
+async def test_the_documented_example_publishes_a_job_the_router_records(
+    broker_settings: Settings, client_login: str, router_running: Router
+) -> None:
+    topology = Topology(broker_settings.namespace)
+    command = documented_example()
+    for placeholder, value in {
+        '"amqp://USER:PASSWORD@127.0.0.1:5672/%2F"': shlex.quote(client_login),
+        "cortensor.submit": topology.jobs_exchange,
+        "job.NAME": topology.jobs_routing_key(OWNER),
+    }.items():
+        assert placeholder in command, placeholder
+        command = command.replace(placeholder, value)
+    found = re.search(r'"job_id": "([0-9a-f-]{36})"', command)
+    assert found is not None, command
+    receipt_subject = topology.receipt_subject(found[1], owner=OWNER)
+
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode(errors="replace")
+
+    nc = await jetstream.connect_as(broker_settings, name="contract-example")
+    try:
+
+        async def receipt() -> bytes | None:
+            try:
+                msg = await nc.jetstream().get_last_msg(topology.verdicts_stream, receipt_subject)
+            except NotFoundError:
+                return None
+            return msg.data
+
+        data = await eventually(receipt, what="the router's receipt for the example's job")
+    finally:
+        await nc.close()
+    assert json.loads(data)["job_id"] == found[1]
