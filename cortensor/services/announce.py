@@ -16,6 +16,10 @@ from cortensor.schemas import JobReceipt, Verdict, printable, utcnow
 log = structlog.get_logger(__name__)
 
 
+RECEIPT_BATCHES_PENDING = 16
+"""Batches of receipts a publisher may have in flight before it waits for them."""
+
+
 class Announcer:
     """Publishes verdicts (deduplicated by job id) and records, in batches, that they went out.
 
@@ -28,6 +32,7 @@ class Announcer:
     def __init__(self, stream: StreamPublisher, topology: Topology, ledger: VerdictBook) -> None:
         self.stream, self.topology, self.ledger = stream, topology, ledger
         self._published: list[UUID] = []
+        self._receipts: set[asyncio.Task[None]] = set()
 
     async def publish(self, verdicts: Sequence[Verdict]) -> None:
         """Publish verdicts and wait for the stream's acks."""
@@ -75,6 +80,22 @@ class Announcer:
             log.warning(
                 "job receipts not published", jobs=len(failed), error=printable(repr(failed[0]))
             )
+
+    async def receipts_soon(self, jobs: Sequence[tuple[UUID, str]]) -> None:
+        """Publish receipts without holding up the caller (the router acks its jobs
+        meanwhile), unless RECEIPT_BATCHES_PENDING batches are still in flight: then
+        wait for these, so that a slow NATS slows the router rather than piling up
+        tasks."""
+        if len(self._receipts) >= RECEIPT_BATCHES_PENDING:
+            await self.receipts(jobs)
+            return
+        task = asyncio.create_task(self.receipts(jobs))
+        self._receipts.add(task)
+        task.add_done_callback(self._receipts.discard)
+
+    async def receipts_sent(self) -> None:
+        """Wait for the receipts in flight."""
+        await asyncio.gather(*self._receipts)
 
     async def flush(self) -> None:
         """Record in the ledger which verdicts went out since the last flush."""

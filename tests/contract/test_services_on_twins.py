@@ -257,7 +257,8 @@ async def test_a_recorded_job_gets_one_receipt_and_a_rejected_job_none(net: Netw
         stored = net.nats.stored(net.topology.verdicts_stream)
         return [JobReceipt.model_validate_json(data) for s, data in stored if s == subject]
 
-    [receipt] = receipts(job.job_id)
+    # Published off the jobs' path: waited for, not assumed.
+    [receipt] = await eventually(lambda: receipts(job.job_id), what="the job's receipt")
     assert (receipt.job_id, receipt.owner) == (job.job_id, CLIENT)
     assert net.verdicts(job.job_id) == []  # waiting for a node: accepted, not decided
     assert receipts(bad_id) == []

@@ -342,14 +342,12 @@ class Router:
                     opened.append(NewJob(chosen, job.created_at, "running", made))
         written = await self.ledger.open_jobs(opened)
         again = [job.job_id for job, _, _ in jobs if job.job_id not in written]
-        resend = await self.ledger.outstanding(again) if again else []
-        # The receipts go out beside the assignments, not after them: both only once
-        # the jobs are committed, and a job delivered again gets its receipt again.
-        await asyncio.gather(
-            self.publish_assignments(
-                [a for new in opened if new.job.job_id in written for a in new.assignments] + resend
-            ),
-            self.announcer.receipts([(job.job_id, owner) for job, owner, _ in jobs]),
+        # The receipts go out once the jobs are committed, off the jobs' path: their
+        # ack does not wait for them (a job delivered again gets its receipt again).
+        await self.announcer.receipts_soon([(job.job_id, owner) for job, owner, _ in jobs])
+        await self.publish_assignments(
+            [a for new in opened if new.job.job_id in written for a in new.assignments]
+            + (await self.ledger.outstanding(again) if again else [])
         )
         outcomes = {}
         for job, _, _ in jobs:
@@ -610,5 +608,6 @@ class Router:
         for _ in workers:
             self._intake.put_nowait(None)
         await asyncio.gather(*loops, *workers)
+        await self.announcer.receipts_sent()
         await self.announcer.flush()
         log.info("router stopped")
