@@ -55,13 +55,14 @@ class OutageLog:
             self.watch.lost(server)
         return server
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
         """Write what the ledger was not told yet. Reaching the ledger ends its own
-        outage; a write that fails starts it again (the windows join up)."""
+        outage; a write that fails starts it again (the windows join up). True when
+        this ended an outage of PostgreSQL (its connections are new)."""
         back = self.watch.restored("postgres")
         pending = self.watch.pending()
         if not pending:
-            return
+            return False
         try:
             await self.ledger.record_outages(self.seen_by, pending)
         except Exception as exc:
@@ -70,3 +71,4 @@ class OutageLog:
         self.watch.recorded(pending)
         if back is not None:
             log.warning("server reachable again", server="postgres", down_since=back.started_at)
+        return back is not None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -113,6 +114,8 @@ class Router:
         self._due: set[UUID] = set()
         """Jobs guards named as needing replicas now (see _send_due)."""
         self._due_now = asyncio.Event()
+        self._unlisten: Callable[[], Awaitable[None]] | None = None
+        """Stops hearing guards' due notices (see _listen)."""
         self._stopping = False
 
     # -- policy: the core's (cortensor.protocol.planning), with this router's clock ------
@@ -523,7 +526,8 @@ class Router:
         """One pass over waiting jobs and late assignments, after recording the outages
         seen (which excuse the assignments they overlapped, cortensor.protocol.outages)
         and giving the jobs whose deadline fell in one their extra time."""
-        await self.outages.flush()
+        if await self.outages.flush():
+            await self._listen()  # the connection that listened did not outlive the outage
         await self.ledger.extend_deadlines()
         made, failed = await self.ledger.route_waiting(self.plan)
         made += await self.ledger.reroute_expired(self.plan)
@@ -556,6 +560,16 @@ class Router:
             except Exception:
                 log.exception("replicas due not sent; the sweep will", jobs=len(due))
 
+    async def _listen(self) -> None:
+        """Hear the guards' due notices (`_heard_due`) on a connection of the ledger's,
+        in place of the one that listened before, if any: a notice lost while PostgreSQL
+        was away only waits for the sweep's top-up."""
+        if self._unlisten is not None:
+            with contextlib.suppress(Exception):  # its connection may be gone
+                await self._unlisten()
+            self._unlisten = None
+        self._unlisten = await self.ledger.listen_due(self._heard_due)
+
     async def probes(self) -> list[Assignment]:
         """Record the probes due now, for nodes of every trust state (see
         cortensor.services.router.probes); the guard judges them against their references."""
@@ -582,7 +596,7 @@ class Router:
             self.topology.heartbeat_subject("*"), self.on_heartbeat
         )
         await self.refresh()
-        stop_listening = await self.ledger.listen_due(self._heard_due)
+        await self._listen()
         workers = [asyncio.create_task(self._batches()) for _ in range(ROUTER_WORKERS)]
         await self.jobs.consume(self.on_job)
         if self.dead is not None:
@@ -600,7 +614,9 @@ class Router:
         await stop.wait()
         self._due_now.set()  # wakes _send_due to see the stop
         self._stopping = True  # a worker waiting for room takes what it holds
-        await stop_listening()
+        if self._unlisten is not None:
+            with contextlib.suppress(Exception):
+                await self._unlisten()
         await self.jobs.cancel()
         if self.dead is not None:
             await self.dead.stop()
