@@ -229,3 +229,24 @@ async def test_the_reader_survives_a_poisoned_message_and_an_outage(
     [parked] = net.parked()
     assert parked.body == b"poison"
     assert "could not read it" in parked.headers[REASON_HEADER]
+
+
+async def test_a_verdict_written_but_not_published_is_left_to_the_republish_sweep(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader stops between the ledger's commit and the stream's ack: the dead letter
+    comes back, finds its job known and publishes nothing twice; the verdict waits,
+    unpublished, for the guards' sweep (Announcer.republish_stale)."""
+    publish, calls = failing(
+        1, lambda: ConnectionError("NATS went away"), net.router.announcer.publish
+    )
+    monkeypatch.setattr(net.router.announcer, "publish", publish)
+    job = JobRequest(inputs=["published late"], redundancy=1)
+    net.dead_letter(job.model_dump_json().encode(), net.router_death())
+    await eventually(lambda: len(calls) >= 1 and net.drained(), what="handled after a retry")
+    assert len(calls) == 1, "the copy that came back found its job known"
+    assert net.verdicts(job.job_id) == []
+    stale = await net.router.ledger.unpublished_verdicts(0.0)
+    assert [v.job_id for v in stale if v.job_id == job.job_id] == [job.job_id]
+    await net.router.announcer.republish_stale(0.0)
+    assert [v.status for v in net.verdicts(job.job_id)] == ["failed"]
