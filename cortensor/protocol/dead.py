@@ -6,10 +6,11 @@ so that every shape of dead letter is tested fast.
 
 A message reaches the dead-letter exchange in one of two ways:
 - RabbitMQ dead-lettered it from a queue (the router's or a node's) past the queue's
-  `x-delivery-limit`: its headers carry `x-death` and `x-first-death-queue`, and it
-  keeps the routing key it was published with (a job's names its owner);
-- the router parked it itself (`JobQueue.dead_letter`): no `x-death`, the reason in
-  `x-cortensor-reason`, published under the job's own routing key.
+  `x-delivery-limit`: its `x-death` header has an entry for that queue (which a
+  publisher cannot remove), and it keeps the routing key it was published with (a
+  job's names its owner), and its publisher's other headers;
+- the router dead-lettered it itself (`JobQueue.dead_letter`): no `x-death`, the reason
+  in `x-cortensor-reason`, published under the job's own routing key.
 """
 
 from __future__ import annotations
