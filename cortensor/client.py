@@ -61,6 +61,11 @@ REREAD_S = 30.0
 a message the server dropped (a slow consumer)."""
 RETRY_MAX_S = 1.0
 """Longest pause between two publishes of a job, or two connection attempts."""
+BUSY_HOLD_S = 0.25
+"""After the network refused a job as busy, how long this client refuses its next jobs
+itself (Busy, nothing sent) rather than add a flood of publishes to a full queue: every
+refused publish still costs RabbitMQ a write to the quorum queue's log, and confirms
+that come later than the jobs' deadlines would end them as BrokerUnavailable instead."""
 
 _GONE = (AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
 """What a broker that went away raises under aio-pika (RuntimeError: a writer closed
@@ -111,6 +116,8 @@ class Client:
         self._channel: AbstractChannel | None = None
         self._jobs: AbstractExchange | None = None
         self._reopening = asyncio.Lock()
+        self._busy_until = 0.0
+        """Until when (loop time) submissions are refused here (BUSY_HOLD_S)."""
         self._nc: NATS | None = None
         self._reconnected: asyncio.Future[None] | None = None
         """Resolved (and replaced) each time the NATS connection comes back."""
@@ -210,6 +217,12 @@ class Client:
             raise RuntimeError("use the client in `async with Client(...)`")
         routing_key = self.topology.jobs_routing_key(self.owner)
         message = amqp.json_message(body, message_id=message_id)
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._busy_until:
+            raise Busy(
+                f"the network is busy: it refused a job moments ago, so job {message_id or ''}"
+                " was not sent; submit it again later"
+            )
         try:
             async with asyncio.timeout(max(within_s, 1.0)):
                 async for attempt in AsyncRetrying(
@@ -224,7 +237,10 @@ class Client:
         except _GONE as exc:
             if not _may_pass(exc):
                 name = self.topology.jobs_exchange
-                raise _refusal(exc, self.settings, name, routing_key) from exc
+                refusal = _refusal(exc, self.settings, name, routing_key)
+                if isinstance(refusal, Busy):
+                    self._busy_until = loop.time() + BUSY_HOLD_S
+                raise refusal from exc
             raise BrokerUnavailable(
                 f"job {message_id or '(no id)'} not confirmed within {within_s:g} s: "
                 + reach.unreachable("RabbitMQ", self.settings)

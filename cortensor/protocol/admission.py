@@ -5,7 +5,7 @@ A node works through what it holds one assignment after another. Work queued beh
 more than an assignment window's worth would time out on an honest node, which would
 then be charged for the network's overload. So each node gets a limit on the
 assignments it holds: what it finished per second lately (the `processed` count of its
-heartbeats) times half the assignment window, and never less than FLOOR. The router
+heartbeats) times a quarter of the assignment window, and never less than FLOOR. The router
 takes a batch of jobs only while at least `REPLICAS` live nodes (or every live node, if
 fewer) are under their limit; otherwise it leaves them in its queue, which is bounded
 (Settings.router_queue_max, reject-publish), so that a burst past the fleet's capacity
@@ -17,11 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-FLOOR = 64
-"""The least a node may hold: two of the router's batches, so that a fleet whose speed
+FLOOR = 32
+"""The least a node may hold: one of the router's batches, so that a fleet whose speed
 is not known yet (a node just started, or idle) is never throttled below it."""
-HEADROOM = 0.5
-"""The share of the assignment window a node's queue may fill at its measured speed."""
+HEADROOM = 0.25
+"""The share of the assignment window a node's queue may fill at its measured speed: a
+node that slows down four times (a busy host) still finishes what it holds in time. It
+costs no throughput: a node needs to hold only its speed times one job's latency (well
+under a second) to stay busy."""
 RATE_WEIGHT = 0.3
 """Weight of the newest speed sample in the running average (about the last few
 heartbeats)."""

@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 import cortensor.client
 from cortensor.adapters import jetstream
 from cortensor.adapters.topology import Topology
-from cortensor.client import Client
+from cortensor.client import BUSY_HOLD_S, Client
 from cortensor.errors import BadSetting, Busy
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
@@ -219,6 +219,10 @@ async def test_a_full_queue_and_a_refused_publish_are_raised_at_once(
             assert refused
             assert "the network is busy" in str(refused[0])
             await queue.purge()
+            # Told busy, the client holds back a moment before it sends again.
+            with pytest.raises(Busy, match="refused a job moments ago"):
+                await client.submit(JobRequest(inputs=["too soon"]))
+            await asyncio.sleep(BUSY_HOLD_S)
             await client.submit(JobRequest(inputs=["room again"]))
         assert await queue.get(no_ack=True, fail=False) is not None
 

@@ -17,7 +17,7 @@ def test_a_node_of_unknown_speed_may_hold_the_floor() -> None:
     assert limit(0.0, 10.0) == FLOOR
 
 
-def test_a_fast_node_may_hold_half_a_window_of_its_work() -> None:
+def test_a_fast_node_may_hold_a_share_of_a_window_of_its_work() -> None:
     assert limit(100.0, 30.0) == int(100 * 30 * HEADROOM)
 
 
