@@ -36,14 +36,15 @@ API (for every chaos scenario, tests/chaos/test_*.py):
   refused (raised to the caller), verdicts by status, lost (no verdict published
   within deadline + grace), duplicates (two verdicts of one revision on a job's
   subject in the verdicts stream, or contradicting statuses), charges (timed_out and
-  disagreed events during the run, by node), quarantined nodes, peak memory (VmHWM,
+  disagreed events during the run, by node), nodes quarantined during the run (and
+  those already in quarantine before it, for the record), peak memory (VmHWM,
   sampled every second) of every process `pids` names (router.1 .. node.N, and the
   servers by name). `Tally.report()` prints one `CHAOS-SUMMARY {json}` line (the
   issue's closing note quotes them) and appends it to $CORTENSOR_CHAOS_REPORT.
 
 Every node of the fleet is honest. A node the scenario kills does drop the work it
 held, so its charges for that are deserved: the scenario adds it to `tally.excused`.
-No node, killed or not, may be quarantined.
+No node, killed or not, may be quarantined during the run.
 """
 
 from __future__ import annotations

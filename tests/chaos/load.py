@@ -83,6 +83,10 @@ class Tally:
     excused: set[str] = field(default_factory=set)
     """Nodes the scenario killed: charges for the work they dropped are deserved."""
     quarantined: list[str] = field(default_factory=list)
+    """Nodes quarantined during the run (node@model)."""
+    quarantined_before: list[str] = field(default_factory=list)
+    """Nodes already in quarantine when the run began (admission probes a busy machine
+    made late, say): not the scenario's doing, shown for the record."""
     exited: list[str] = field(default_factory=list)
     kills: list[str] = field(default_factory=list)
     outages: dict[str, float] = field(default_factory=dict)
@@ -98,7 +102,8 @@ class Tally:
     @property
     def honest_punished(self) -> list[str]:
         """Honest nodes charged, and any node quarantined."""
-        return sorted(set(self.honest_charged) | set(self.quarantined))
+        quarantined = {q.split("@", 1)[0] for q in self.quarantined}
+        return sorted(set(self.honest_charged) | quarantined)
 
     def summary(self) -> dict[str, Any]:
         """Every figure, JSON-ready."""
@@ -116,6 +121,7 @@ class Tally:
             "honest_charges": sum(sum(c.values()) for c in self.honest_charged.values()),
             "charges": self.charges,
             "quarantined": self.quarantined,
+            "quarantined_before": self.quarantined_before,
             "exited": self.exited,
             "kills": self.kills,
             "outages_s": {k: round(v, 1) for k, v in self.outages.items()},
@@ -312,17 +318,17 @@ async def last_event(admin: Settings) -> int:
         await db.close()
 
 
-async def quarantined(admin: Settings) -> list[str]:
-    """Nodes in quarantine (for any model)."""
+async def quarantined(admin: Settings) -> set[str]:
+    """Nodes in quarantine, with the model they are quarantined for (node@model; the
+    node's overall standing has the empty model)."""
     db = await _ledger(admin)
     try:
         rows = await db.fetch(
-            "SELECT DISTINCT node_id FROM node_standing WHERE trust = 'quarantined'"
-            " ORDER BY node_id"
+            "SELECT node_id, model FROM node_standing WHERE trust = 'quarantined'"
         )
     finally:
         await db.close()
-    return [row["node_id"] for row in rows]
+    return {f"{row['node_id']}@{row['model']}" for row in rows}
 
 
 async def drive(
@@ -340,6 +346,7 @@ async def drive(
     tally = Tally(scenario)
     began = time.monotonic()
     baseline = await last_event(admin)
+    before = await quarantined(admin)
     with MemorySampler(pids) as memory:
         async with Client(client) as sdk:
             subs, *_ = await asyncio.gather(submit_all(sdk, load), *disturbances)
@@ -363,6 +370,7 @@ async def drive(
     tally.verdicts = dict(statuses)
     tally.duplicates = duplicates_of({j: found[j] for j in (s.job_id for s in subs) if j in found})
     tally.charges = await charges_since(admin, baseline)
-    tally.quarantined = await quarantined(admin)
+    tally.quarantined = sorted(await quarantined(admin) - before)
+    tally.quarantined_before = sorted(before)
     tally.wall_s = time.monotonic() - began
     return tally
