@@ -206,6 +206,7 @@ class Router:
                         await asyncio.sleep(wait)
                         continue
                     log.warning("node queue full until its assignments' deadline", node_id=node_id)
+                    unsent.update(a.assignment_id for a in batch)  # never the node's fault
                 return
 
         await asyncio.gather(*(send(n, c, batch) for (n, c), batch in by_node.items()))
