@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 from uuid import UUID
 
@@ -51,6 +51,11 @@ CLIENT = "client-1"
 """The client whose jobs `publish_job` publishes."""
 
 
+def _with(spec: QueueSpec, arguments: Mapping[str, Any] | None) -> QueueSpec:
+    """`spec` with `arguments` over its own."""
+    return replace(spec, arguments={**spec.arguments, **(arguments or {})})
+
+
 @dataclass(frozen=True)
 class Got:
     """A message read off a queue by the test."""
@@ -86,8 +91,11 @@ class AmqpSide(ABC):
         ...
 
     @abstractmethod
-    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
-        """A node's queue, bound to its class exchange; returns its name."""
+    async def declare_node_queue(
+        self, node_id: str, hw_class: str, arguments: Mapping[str, Any] | None = None
+    ) -> str:
+        """A node's queue, bound to its class exchange (with `arguments` over the
+        topology's); returns its name."""
         ...
 
     @abstractmethod
@@ -150,8 +158,10 @@ class RealAmqp(AmqpSide):
         self._closers.append(close)
         return await amqp.dead_letter_channel(connection, self.topology, prefetch=prefetch), close
 
-    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
-        spec = self.topology.node_queue(node_id, hw_class)
+    async def declare_node_queue(
+        self, node_id: str, hw_class: str, arguments: Mapping[str, Any] | None = None
+    ) -> str:
+        spec = _with(self.topology.node_queue(node_id, hw_class), arguments)
         await amqp.declare_queue(self.channel, spec)
         self.nodes.append((node_id, hw_class))
         return spec.name
@@ -214,8 +224,10 @@ class MemoryAmqp(AmqpSide):
 
         return MemoryDeadLetters(channel, self.topology), close
 
-    async def declare_node_queue(self, node_id: str, hw_class: str) -> str:
-        spec = self.topology.node_queue(node_id, hw_class)
+    async def declare_node_queue(
+        self, node_id: str, hw_class: str, arguments: Mapping[str, Any] | None = None
+    ) -> str:
+        spec = _with(self.topology.node_queue(node_id, hw_class), arguments)
         self.broker.declare_queue(spec)
         return spec.name
 

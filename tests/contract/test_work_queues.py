@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from cortensor.adapters.amqp import REASON_HEADER
-from cortensor.adapters.interfaces import Delivery, JobQueue, Unroutable
+from cortensor.adapters.interfaces import Delivery, JobQueue, QueueFull, Unroutable
 from cortensor.adapters.memory.queues import DEATH_REASON_HEADER
 from cortensor.adapters.topology import QueueSpec
 from tests.conftest import eventually
@@ -76,6 +76,29 @@ async def test_a_task_for_a_node_without_a_queue_is_unroutable(rabbit: AmqpSide)
     queue = await rabbit.declare_node_queue("n3", "cpu-int8")
     await rabbit.tasks.publish("cpu-int8", "n3", b"ok", headers={}, message_id=ident())
     assert (await got(rabbit, queue)).body == b"ok"
+
+
+async def test_a_full_node_queue_refuses_a_task_and_takes_one_once_there_is_room(
+    rabbit: AmqpSide,
+) -> None:
+    """Bounded queues (docs/design.md, Overload): reject-publish refuses with QueueFull,
+    never Unroutable, and never drops what the queue holds."""
+    bound = {"x-max-length": 2, "x-overflow": "reject-publish"}
+    queue = await rabbit.declare_node_queue("full", "cpu-int8", bound)
+    outcomes = []
+    for _ in range(4):  # a real quorum queue may take one past its bound first
+        try:
+            await rabbit.tasks.publish("cpu-int8", "full", b"t", headers={}, message_id=ident())
+            outcomes.append("taken")
+        except QueueFull:
+            outcomes.append("full")
+    taken = outcomes.count("taken")
+    assert outcomes[-1] == "full", outcomes
+    assert taken in (2, 3), outcomes
+    for _ in range(taken):
+        assert (await got(rabbit, queue)).body == b"t"
+    await rabbit.tasks.publish("cpu-int8", "full", b"room", headers={}, message_id=ident())
+    assert (await got(rabbit, queue)).body == b"room"
 
 
 async def test_a_job_is_delivered_with_its_id_and_an_acked_one_never_again(

@@ -8,6 +8,9 @@ semantics (tests/contract/ checks each against the real server):
 - a direct exchange routes by exact routing key, a fanout one to every bound queue, a
   topic one by pattern (`topic_matches`: `*` one word, `#` any number of words);
 - a mandatory publish that reaches no queue raises `Unroutable`;
+- a queue with `x-max-length` and `x-overflow: reject-publish` refuses a publish when
+  that many messages are ready in it: `QueueFull`, as the nack of a confirmed publish
+  (a real quorum queue may take one more first);
 - a consumer holds at most `prefetch` unsettled messages (0: no limit); competing
   consumers each get a message, never the same one at once;
 - `nack(requeue=True)` and a closed channel put unsettled messages back, marked
@@ -26,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cortensor.adapters.amqp import FAULT_HEADER, REASON_HEADER
-from cortensor.adapters.interfaces import DeliveryHandler, Unroutable
+from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.errors import CortensorError
 
@@ -79,6 +82,8 @@ class _Queue:
     ready: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
     turn: int = 0
+    max_length: int | None = None
+    """Ready messages past which a publish is refused (x-max-length with reject-publish)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -228,10 +233,13 @@ class MemoryBroker:
             raise LookupError(f"no exchange {spec.exchange!r} to bind {spec.name!r} to")
         if spec.name not in self.queues:
             limit = spec.arguments.get("x-delivery-limit")
+            most = spec.arguments.get("x-max-length")
+            refuses = spec.arguments.get("x-overflow") == "reject-publish"
             self.queues[spec.name] = _Queue(
                 spec.name,
                 spec.arguments.get("x-dead-letter-exchange"),
                 None if limit is None else int(limit),
+                max_length=int(most) if most is not None and refuses else None,
             )
         binding = (spec.routing_key, spec.name)
         if binding not in self.bindings[spec.exchange]:
@@ -268,6 +276,10 @@ class MemoryBroker:
         targets = dict.fromkeys(q for key, q in self.bindings[exchange] if routes(key, routing_key))
         if not targets and mandatory:
             raise Unroutable(f"no queue for {routing_key!r} on {exchange}")
+        for name in targets:
+            full = self.queues[name]
+            if full.max_length is not None and len(full.ready) >= full.max_length:
+                raise QueueFull(f"queue {name} holds {full.max_length} messages")
         for name in targets:
             queue = self.queues[name]
             queue.ready.append(_Message(body, dict(headers or {}), message_id, routing_key))
