@@ -35,8 +35,9 @@ from tests.chaos.harness import ROOM, Load, assert_nothing_lost, drive, seeded
 from tests.chaos.supervisor import Supervised
 from tests.conftest import unique_name
 
-# About 4 minutes (the cluster's start and stop among them): outside CI's default subset,
-# with the rest of the long chaos scenarios (CORTENSOR_CHAOS=full, or -m chaos_full).
+# 3 to 7 minutes here (the cluster's start and stop among them, as the machine is busy):
+# outside CI's default subset, with the other long chaos scenarios (ops/chaos,
+# CORTENSOR_CHAOS=full, or -m chaos_full).
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.chaos_full,
