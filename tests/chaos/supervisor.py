@@ -76,8 +76,10 @@ class Supervised(Fleet):
         self._commands = procfile()
 
     def names(self) -> list[str]:
-        """Every process of the fleet, as honcho names them."""
-        counts = {"router": self.routers, "guard": self.guards, "node": self.nodes}
+        """Every process of the fleet, as honcho names them (one of each Procfile type
+        but the router, the guard and the node, which come as many as asked)."""
+        counts = {kind: 1 for kind in self._commands}
+        counts.update(router=self.routers, guard=self.guards, node=self.nodes)
         return [f"{kind}.{i}" for kind, n in counts.items() for i in range(1, n + 1)]
 
     def node_id(self, name: str) -> str:
