@@ -47,9 +47,13 @@ class OutageLog:
         """The observer, as the ledger names it: one row per process and window."""
 
     def failed(self, exc: BaseException) -> str | None:
-        """Note the server whose lost connection `exc` shows, if any; returns it."""
+        """The server whose lost connection `exc` shows, if any. A PostgreSQL outage is
+        noted here, where failed calls are its only sign (`flush` ends it). RabbitMQ's
+        and NATS's are their connections' to note, lost and regained: a call on a
+        channel that died with the connection may still fail after it came back, and
+        would start an outage that nothing ends."""
         server = server_of(exc)
-        if server is not None:
+        if server == "postgres":
             if server not in self.watch.down:
                 log.warning("server unreachable", server=server, error=repr(exc)[:300])
             self.watch.lost(server)
@@ -57,9 +61,9 @@ class OutageLog:
 
     async def flush(self) -> bool:
         """Write what the ledger was not told yet. Reaching the ledger ends its own
-        outage; a write that fails starts it again (the windows join up). True when
-        this ended an outage of PostgreSQL (its connections are new)."""
-        back = self.watch.restored("postgres")
+        outage (a write that fails keeps it going). True when
+        this ended an outage of PostgreSQL (its connections are new); the window it
+        ended is written closed at the next flush."""
         pending = self.watch.pending()
         if not pending:
             return False
@@ -69,6 +73,7 @@ class OutageLog:
             self.failed(exc)
             raise
         self.watch.recorded(pending)
+        back = self.watch.restored("postgres")
         if back is not None:
             log.warning("server reachable again", server="postgres", down_since=back.started_at)
         return back is not None

@@ -442,7 +442,6 @@ class Router:
         acks = await asyncio.gather(*(m.ack() for m in batch), return_exceptions=True)
         lost = [a for a in acks if isinstance(a, Exception)]
         if lost:
-            self.outages.failed(lost[0])
             log.warning("acks lost with the channel; the jobs come again", jobs=len(lost))
 
     async def _settle(self, batch: list[Delivery]) -> None:
