@@ -190,6 +190,7 @@ async def open_split(router: RouterLedger, parts: int = 3, **options: Any) -> Sp
     await router.upsert_nodes([heartbeat(n) for names in split.nodes for n in names])
     written = await router.open_jobs(split.opened)
     assert written == {split.parent_id, *(u.job_id for u in split.parts)}
+    await router.mark_sent([a.assignment_id for new in split.opened for a in new.assignments])
     return split
 
 

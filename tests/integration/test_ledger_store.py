@@ -152,6 +152,7 @@ async def open_running(
     deadline = deadline_at or in_s(600)
     made = assignments_for(job, nodes[:redundancy], assignment_deadline_at or deadline)
     assert await router.open_job(job, deadline, made)
+    await router.mark_sent([a.assignment_id for a in made])  # as the router does once sent
     return Running(job, nodes, made)
 
 
@@ -848,6 +849,7 @@ async def open_checked_auto(router: RouterLedger, spare: int) -> tuple[Running, 
     unit = whole_job(job, in_s(600))
     made = assignments_for(job, nodes[:1], in_s(60))
     assert await router.open_jobs([NewJob(unit, job.created_at, "running", made)])
+    await router.mark_sent([a.assignment_id for a in made])
     return Running(job, nodes, made), nodes[0]
 
 
