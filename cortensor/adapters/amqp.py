@@ -27,6 +27,11 @@ from cortensor.tls import amqp_url, client_context
 __all__ = ["FAULT_HEADER", "REASON_HEADER"]
 
 
+RECONNECT_INTERVAL_S = 1.0
+"""Pause between a robust connection's tries to reconnect: aio-pika's default of 5 s kept
+a router away from RabbitMQ up to 5 s after it was back (docs/design.md, Outages)."""
+
+
 async def connect(
     url: str, *, ssl_context: ssl.SSLContext | None = None
 ) -> AbstractRobustConnection:
@@ -36,8 +41,10 @@ async def connect(
     if len(urls) > 1:
         return await connect_failover(urls, ssl_context=ssl_context)
     if ssl_context is None:
-        return await aio_pika.connect_robust(url)
-    return await aio_pika.connect_robust(url, ssl_context=ssl_context)
+        return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL_S)
+    return await aio_pika.connect_robust(
+        url, ssl_context=ssl_context, reconnect_interval=RECONNECT_INTERVAL_S
+    )
 
 
 async def connect_as(settings: Settings) -> AbstractRobustConnection:
