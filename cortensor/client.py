@@ -89,8 +89,8 @@ def _refusal(exc: BaseException, settings: Settings, exchange: str, routing_key:
     """The error that says why the broker refused a publish for good."""
     if isinstance(exc, DeliveryError):
         return Busy(
-            "the network is busy: RabbitMQ refused the job (its queue is full);"
-            " nothing was accepted, submit it again later"
+            "the network is busy: RabbitMQ refused the job (its queue is full, or still"
+            " recovering from a restart); nothing was accepted, submit it again later"
         )
     if isinstance(exc, ChannelAccessRefused):
         return BadSetting(
