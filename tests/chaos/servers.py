@@ -388,9 +388,13 @@ class RabbitServer:
             )
         process = self.process
         _wait(self._listens, lambda: process.poll() is None, "rabbitmq-server", self.log, 120)
-        done = self.ctl("await_startup", "--timeout", "120", timeout=150)
-        if done.returncode != 0:
-            raise RuntimeError(f"RabbitMQ did not boot: {done.stderr}{_tail(self.log)}")
+        # Right after a kill the CLI may find the node not yet registered with epmd
+        # ("not running at all") and give up at once: ask again while it boots.
+        deadline = time.monotonic() + 120
+        while (done := self.ctl("await_startup", "--timeout", "60", timeout=90)).returncode:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ did not boot: {done.stderr}{_tail(self.log)}")
+            time.sleep(1)
 
     def _listens(self) -> bool:
         try:

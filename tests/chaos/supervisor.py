@@ -127,6 +127,11 @@ class Supervised(Fleet):
         self.kills.append(kill)
         return kill
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP process `name`: it holds what it took (fetched results, prefetched
+        assignments) and does nothing with it, as a process stuck in swap would."""
+        os.killpg(self._running[name].process.pid, signal.SIGSTOP)
+
     def respawn(self, name: str) -> int:
         """Start process `name` again after a kill; returns its new pid."""
         old = self._running.pop(name)
@@ -188,11 +193,16 @@ async def kill_at_random(
     *,
     within: tuple[float, float],
     down_s: float = 1.0,
+    frozen_s: float = 0.0,
     rng: random.Random,
 ) -> Kill:
-    """Wait a random time in `within` (seconds), kill -9 process `name`, leave it down
-    `down_s` seconds, start it again."""
+    """Wait a random time in `within` (seconds), kill -9 process `name` (frozen with
+    SIGSTOP for `frozen_s` seconds first, if any), leave it down `down_s` seconds, start
+    it again."""
     await asyncio.sleep(rng.uniform(*within))
+    if frozen_s:
+        fleet.freeze(name)
+        await asyncio.sleep(frozen_s)
     kill = fleet.kill9(name)
     await asyncio.sleep(down_s)
     fleet.respawn(name)
