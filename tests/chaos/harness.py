@@ -8,7 +8,7 @@ API (for every chaos scenario, tests/chaos/test_*.py):
         net.client                                # Settings of a client (client.json)
         net.fleet                                 # a Supervised fleet (supervisor.py)
         net.fleet.kill9("router.1"); net.fleet.respawn("router.1")
-        await kill_at_random(net.fleet, "node.2", within=(2, 10), rng=rng)
+        await kill_at_random(net.fleet, "node.2", within=(2, 10), rng=rng)  # frozen_s=3
         await down_for(net.postgres, 15)          # also net.nats, net.rabbitmq; hard=True
         tally = await drive("name", admin=net.admin, client=net.client,
                             load=Load(jobs=150, rate=10, deadline_s=60),
@@ -28,8 +28,9 @@ API (for every chaos scenario, tests/chaos/test_*.py):
 - Every server: start(), stop(), kill9(), pids(); `restart(server)` and
   `await down_for(server, seconds, hard=False)` (the seconds it was unreachable).
 - The fleet (a `cortensor.tools.fleet.Fleet`): names() (router.1, guard.1, node.1 ..),
-  node_id(name), kill9(name), respawn(name), exited() (processes that died without a
-  kill), revive(), processes(), ready(), kills (the Kill records).
+  node_id(name), kill9(name), freeze(name) (SIGSTOP: it holds what it took), respawn(name),
+  exited() (processes that died without a kill), revive(), processes(), ready(), kills
+  (the Kill records).
 - `drive` submits `Load.jobs` embed jobs (redundancy 3 by default) at `Load.rate` per
   second through the SDK while the disturbances run, waits for the verdicts (at most
   the last deadline plus `Load.grace_s`), and returns a `Tally`: submitted, accepted,
