@@ -19,6 +19,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+import pytest
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelAccessRefused
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,6 +40,19 @@ CONNECT_TIMEOUT_S = 15
 
 HW_CLASS = "cpu-int8"
 """The hardware class of the fleet's nodes on this machine, and of the attacker's queue."""
+
+
+FLEET_MARKS = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.rabbitmq,
+    pytest.mark.nats,
+    pytest.mark.postgres,
+    pytest.mark.models,
+    # The first test to run also starts the fleet (tests/security/conftest.py).
+    pytest.mark.timeout(360),
+]
+"""The marks of every test that attacks the package's fleet."""
 
 
 @dataclass(frozen=True)

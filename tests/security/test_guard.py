@@ -26,18 +26,9 @@ from cortensor.adapters import jetstream
 from cortensor.catalog import EMBED_MODEL
 from cortensor.protocol import signing
 from cortensor.schemas import JobRequest
-from tests.security.harness import SecuredFleet, nats_as, result_payload, signed
+from tests.security.harness import FLEET_MARKS, SecuredFleet, nats_as, result_payload, signed
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 async def _publish_own(

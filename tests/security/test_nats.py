@@ -28,18 +28,9 @@ from nats.js.errors import NotFoundError
 from cortensor.adapters import jetstream
 from cortensor.client import Client
 from cortensor.schemas import JobRequest, Verdict
-from tests.security.harness import SecuredFleet, Watched, nats_as
+from tests.security.harness import FLEET_MARKS, SecuredFleet, Watched, nats_as
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 @dataclass

@@ -14,18 +14,9 @@ import asyncpg
 import pytest
 
 from cortensor.adapters.ledger import roles
-from tests.security.harness import Principal, SecuredFleet
+from tests.security.harness import FLEET_MARKS, Principal, SecuredFleet
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 TAMPERING = [

@@ -14,23 +14,20 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from cortensor.schemas import JobRequest
 from tests.conftest import eventually
-from tests.security.harness import HW_CLASS, Principal, SecuredFleet, access_refused, amqp_as
+from tests.security.harness import (
+    FLEET_MARKS,
+    HW_CLASS,
+    Principal,
+    SecuredFleet,
+    access_refused,
+    amqp_as,
+)
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 def _message(body: bytes = b"{}") -> aio_pika.Message:

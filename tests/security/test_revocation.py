@@ -13,6 +13,7 @@ from nats.errors import Error as NatsError
 
 from tests.conftest import eventually
 from tests.security.harness import (
+    FLEET_MARKS,
     HW_CLASS,
     SecuredFleet,
     amqp_as,
@@ -23,16 +24,7 @@ from tests.security.harness import (
     signed,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 async def test_a_revoked_node_is_cut_off(secured: SecuredFleet, tmp_path: Path) -> None:

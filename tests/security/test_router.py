@@ -11,23 +11,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from cortensor.catalog import EMBED_MODEL
 from cortensor.client import Client
 from cortensor.schemas import MAX_JOB_BYTES
-from tests.security.harness import HW_CLASS, SecuredFleet, nats_as, signed
+from tests.security.harness import FLEET_MARKS, HW_CLASS, SecuredFleet, nats_as, signed
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.rabbitmq,
-    pytest.mark.nats,
-    pytest.mark.postgres,
-    pytest.mark.models,
-    # The first test to run also starts the fleet (tests/security/conftest.py).
-    pytest.mark.timeout(360),
-]
+pytestmark = FLEET_MARKS
 
 
 def _heartbeat(node_id: str, **fields: Any) -> bytes:
