@@ -48,8 +48,10 @@ async def test_kill9_a_node_the_router_and_the_guard_during_one_run(net: Network
     assert_nothing_lost(tally)
 
 
+# Not strict: the fault shows only when a kill finds results in hand (2 runs in 4), so a
+# run that passes says nothing of the fix; the mark goes once the guard is fixed.
 GUARD_HOLDS_RESULTS = pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason=(
         "a guard killed while it holds fetched results it has not committed leaves them"
         " unacked until its consumer's ack_wait (30 s) ends, past the assignments' window:"
