@@ -114,6 +114,17 @@ async def _next_task(queue: aio_pika.abc.AbstractQueue) -> dict[str, Any]:
     raise AssertionError("no task message reached the node's queue")
 
 
+async def _next_task_of(queue: aio_pika.abc.AbstractQueue, job_id: uuid.UUID) -> dict[str, Any]:
+    """The kwargs of the next task message that carries `job_id`'s assignments, passing
+    over those of other jobs (a job an earlier test left waiting is routed once the node
+    is admitted)."""
+    for _ in range(20):
+        task = await _next_task(queue)
+        if any(a["job_id"] == str(job_id) for a in task["assignments"]):
+            return task
+    raise AssertionError(f"no task message for job {job_id} reached the node's queue")
+
+
 async def _ledger_row(settings: Settings, query: str, *args: Any) -> Any:
     conn = await asyncpg.connect(settings.asyncpg_dsn)
     try:
@@ -223,11 +234,11 @@ async def test_a_job_delivered_again_sends_its_outstanding_assignments_again(
     job = JobRequest(inputs=["resend me"], redundancy=1)
     async with Client(broker_settings) as client:
         await client.submit(job)
-        first = await _next_task(node_queue)
+        first = await _next_task_of(node_queue, job.job_id)
         # The same job again: as if the router had stopped between its commit and
         # its publish, and the job had come back from the queue.
         await client.submit(job)
-        second = await _next_task(node_queue)
+        second = await _next_task_of(node_queue, job.job_id)
 
     [sent] = first["assignments"]
     assert sent["job_id"] == str(job.job_id)
