@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
+from aio_pika.connection import make_url
 from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuthenticationError
 
 from cortensor.adapters.amqp_failover import connect_failover
@@ -40,11 +42,21 @@ async def connect(
     urls = split_urls(url)
     if len(urls) > 1:
         return await connect_failover(urls, ssl_context=ssl_context)
-    if ssl_context is None:
-        return await aio_pika.connect_robust(url, reconnect_interval=RECONNECT_INTERVAL_S)
-    return await aio_pika.connect_robust(
-        url, ssl_context=ssl_context, reconnect_interval=RECONNECT_INTERVAL_S
+    # What aio_pika.connect_robust does, except that a connection whose first connect
+    # fails is closed here: left to the garbage collector, it schedules its close
+    # without a loop to run it (a coroutine never awaited).
+    connection = aio_pika.RobustConnection(
+        make_url(url, reconnect_interval=RECONNECT_INTERVAL_S),
+        loop=asyncio.get_running_loop(),
+        ssl_context=ssl_context,
+        reconnect_interval=RECONNECT_INTERVAL_S,
     )
+    try:
+        await connection.connect()
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
 
 
 async def connect_as(settings: Settings) -> AbstractRobustConnection:
