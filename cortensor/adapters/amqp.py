@@ -22,7 +22,7 @@ from aio_pika.exceptions import AuthenticationError, DeliveryError, ProbableAuth
 from cortensor.adapters.amqp_failover import connect_failover
 from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
-from cortensor.protocol.dead import FAULT_HEADER, REASON_HEADER
+from cortensor.protocol.dead import FAULT_HEADER, REASON_HEADER, dead_letter_headers
 from cortensor.settings import Settings, login_refused, split_urls
 from cortensor.tls import amqp_url, client_context
 
@@ -118,14 +118,11 @@ async def dead_letter(
     (confirmed when the channel is), under the routing key it came with (a job's names
     its owner); `input_at_fault` marks a job whose content is to blame."""
     exchange = await channel.get_exchange(topology.dead_letter_exchange, ensure=False)
-    headers: dict[str, Any] = {REASON_HEADER: reason[:1000]}
-    if input_at_fault:
-        headers[FAULT_HEADER] = "input"
     message = aio_pika.Message(
         body,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
-        headers=headers,
+        headers=dead_letter_headers(reason, input_at_fault=input_at_fault),
     )
     await exchange.publish(message, routing_key=routing_key)
 

@@ -30,6 +30,17 @@ FAULT_HEADER = "x-cortensor-fault"
 """Set to `input` by a router that dead-lettered a job because of its content."""
 TASK_HEADER = "task"
 """The header every Celery task message carries (a node's assignments)."""
+REASON_CHARS = 1000
+"""The longest reason a dead letter's header carries."""
+
+
+def dead_letter_headers(reason: str, *, input_at_fault: bool) -> dict[str, Any]:
+    """The headers of a message a router dead-letters: its reason, and whether its
+    content is to blame (the same on RabbitMQ and its in-memory twin)."""
+    headers: dict[str, Any] = {REASON_HEADER: reason[:REASON_CHARS]}
+    if input_at_fault:
+        headers[FAULT_HEADER] = "input"
+    return headers
 
 
 @dataclass(frozen=True, slots=True)

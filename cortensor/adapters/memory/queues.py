@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cortensor.adapters.amqp import FAULT_HEADER, REASON_HEADER
 from cortensor.adapters.interfaces import DeliveryHandler, QueueFull, Unroutable
 from cortensor.adapters.topology import QueueSpec, Topology
 from cortensor.errors import CortensorError
+from cortensor.protocol.dead import dead_letter_headers
 
 DEATH_REASON_HEADER = "x-first-death-reason"
 """The header RabbitMQ sets on a message it dead-letters: `rejected` or `delivery_limit`."""
@@ -383,14 +383,11 @@ class MemoryWorkQueue:
         input_at_fault: bool = False,
     ) -> None:
         """Send a message to the dead-letter exchange with the reason in a header."""
-        headers = {REASON_HEADER: reason[:1000]}
-        if input_at_fault:
-            headers[FAULT_HEADER] = "input"
         self.channel.broker.publish(
             self.topology.dead_letter_exchange,
             routing_key,
             body,
-            headers=headers,
+            headers=dead_letter_headers(reason, input_at_fault=input_at_fault),
             message_id=message_id,
         )
 
