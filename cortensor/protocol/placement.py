@@ -174,6 +174,7 @@ def choose(
     temperature: float = 1.0,
     model: str | None = None,
     newcomers: int | None = None,
+    fits: Callable[[NodeView], bool] | None = None,
 ) -> list[NodeView]:
     """Pick k distinct nodes from the pool, weighted by reputation and spare capacity.
 
@@ -181,6 +182,10 @@ def choose(
     too, at most that many of them are newcomers while established nodes are left
     (`pick`): pass 0 for a job's leader and `newcomer_room(redundancy, newcomers already
     on the job)` for its other replicas.
+    With `fits` given, the nodes it accepts come before every other in the drawn order
+    (each part keeping the draw's order): a node it refuses (one whose queue cannot
+    finish the replica in time: planning.Timing.fits) is taken only when too few others
+    are left. The newcomer rule still comes first.
     Raises NoEligibleNodes when the pool has fewer than k nodes.
     """
     if k < 1:
@@ -194,6 +199,11 @@ def choose(
         keyed = [(_key(rng.random(), weight(n, temperature, model)), n.node_id, n) for n in pool]
         keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
         order = [n for _, _, n in keyed]
+    if fits is not None:
+        ok = [fits(n) for n in order]
+        order = [n for n, f in zip(order, ok, strict=True) if f] + [
+            n for n, f in zip(order, ok, strict=True) if not f
+        ]
     if model is None or newcomers is None:
         return order[:k]
     return pick(order, k, newcomer=lambda n: not established(n, model), room=newcomers)

@@ -63,6 +63,16 @@ class Timing:
         seconds = self.timeout_s(job.params) + ahead_s
         return min(now + timedelta(seconds=seconds), job.deadline_at)
 
+    def fits(self, job: OpenJob, now: datetime, ahead_s: float = 0.0) -> bool:
+        """Whether a replica of `job` sent `now` to a node holding `ahead_s` seconds of
+        work (see `Backlog`) still gets its whole time before the job's deadline, so that
+        `deadline` need not cut it short. A node that holds nothing always fits: nothing
+        of the network's is in the replica's way, and a job with little time left (a
+        late re-route) is no better off elsewhere."""
+        if ahead_s <= 0:
+            return True
+        return now + timedelta(seconds=self.timeout_s(job.params) + ahead_s) <= job.deadline_at
+
 
 class Backlog:
     """The work (Timing.work_s) sent to each node, each share counted until its
@@ -71,7 +81,10 @@ class Backlog:
     pushed back by the most any of its nodes has ahead (`plan`'s `ahead`): a 900 s file
     cut into 30 parts on 3 nodes gives each node's last part the time of all 30, and a
     check sent to a node still busy with parts of its own the time of those, rather than
-    the time of one part, which an honest node would miss.
+    the time of one part, which an honest node would miss. Probes count like any other
+    replica (a 27 s transcription probe holds its node as a real one would), and a node
+    whose queue would cut a new replica's time short is passed over while other nodes
+    can take it (`Timing.fits`, `plan`).
 
     Work that finished early is still counted until its deadline: a deadline may be
     longer than needed, never shorter. It holds only work not yet past its deadline, so
@@ -144,8 +157,10 @@ def plan(
 ) -> Plan | str:
     """`needed` more replicas of `job` on nodes of `pool`, or why there are none now.
 
-    `ahead`: seconds of work each node holds already (`Backlog.ahead`); the replicas'
-    deadline is pushed back by the most any chosen node has (see `Backlog`).
+    `ahead`: seconds of work each node holds already (`Backlog.ahead`); nodes whose
+    work would cut a replica's time short (Timing.fits) are chosen only when too few
+    others are left, and the replicas' deadline is pushed back by the most any chosen
+    node has (see `Backlog`).
 
     `pool` holds the live nodes that may take a replica (cortensor.protocol.placement
     .candidates); nodes in `job.taken` are passed over. An `auto` job routed for the first
@@ -172,6 +187,9 @@ class _Ahead:
     def deadline(self, job: OpenJob, now: datetime, nodes: Sequence[str]) -> datetime:
         most = max((self.ahead.get(n, 0.0) for n in nodes), default=0.0)
         return self.timing.deadline(job, now, most)
+
+    def fits(self, job: OpenJob, now: datetime, node: str) -> bool:
+        return self.timing.fits(job, now, self.ahead.get(node, 0.0))
 
 
 def newcomers_allowed(redundancy: int, newcomers: int, *, leading: bool) -> int:
@@ -242,7 +260,10 @@ def _place(
 ) -> Plan | str:
     """`needed` nodes for `job`, preferring those without a part of the same split job
     while enough of them remain; once every node has a part, a new round starts. At
-    most `room` of them are newcomers while established nodes are left."""
+    most `room` of them are newcomers while established nodes are left. A node whose
+    queue (`timing.ahead`) leaves the replica less than its whole time before the job's
+    deadline (Timing.fits) is taken only when too few others are left: the work the
+    network sent it, probes included, would make an honest node late."""
     eligible = _eligible(job, pool)
     fresh = [n for n in eligible if n.node_id not in spread]
     if spread and len(fresh) >= needed:
@@ -251,7 +272,13 @@ def _place(
         spread = frozenset()
     try:
         chosen = choose(
-            eligible, needed, rng=rng, temperature=temperature, model=job.model, newcomers=room
+            eligible,
+            needed,
+            rng=rng,
+            temperature=temperature,
+            model=job.model,
+            newcomers=room,
+            fits=lambda n: timing.fits(job, now, n.node_id),
         )
     except NoEligibleNodes:
         return _short(job, needed, len(eligible))

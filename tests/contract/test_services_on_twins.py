@@ -25,6 +25,7 @@ from cortensor.adapters.ledger.guard import GuardLedger
 from cortensor.adapters.ledger.router import RouterLedger
 from cortensor.adapters.memory import MemoryBroker, MemoryChannel, MemoryKeys, MemoryNats
 from cortensor.adapters.topology import Topology
+from cortensor.protocol.probing import PoolProbe, Probe, ProbePool
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
@@ -35,6 +36,7 @@ from cortensor.schemas import (
     utcnow,
 )
 from cortensor.services.guard.service import Guard
+from cortensor.services.router.probes import ProbeSender
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.conftest import eventually
@@ -43,6 +45,7 @@ from tests.node_keys import public_key_of, signed_by
 pytestmark = [pytest.mark.postgres]
 
 MODEL = "all-MiniLM-L6-v2"
+SPEECH = "whisper-base"
 CLIENT = "client-1"
 """The owner the jobs are published by."""
 
@@ -64,8 +67,9 @@ class Network:
     nodes: dict[str, str] = field(default_factory=dict)
     """node id -> its queue."""
 
-    async def join(self, node_id: str) -> None:
-        """A node announces itself and is admitted as if it had passed its probes."""
+    async def join(self, node_id: str, speech: bool = False) -> None:
+        """A node announces itself and is admitted as if it had passed its probes; with
+        `speech`, it transcribes too (SPEECH)."""
         spec = self.topology.node_queue(node_id, "cpu-int8")
         self.broker.declare_queue(spec)
         self.nodes[node_id] = spec.name
@@ -73,8 +77,8 @@ class Network:
             node_id=node_id,
             hw_class="cpu-int8",
             precision="int8",
-            tasks=["embed"],
-            models=[MODEL],
+            tasks=["embed", "transcribe"] if speech else ["embed"],
+            models=[MODEL, SPEECH] if speech else [MODEL],
             capacity=4,
             inflight=0,
             processed=0,
@@ -220,6 +224,46 @@ async def test_a_job_in_sends_one_assignment_to_each_of_k_nodes_and_is_acked(
     assert sorted(a.node_id for a in sent) == sorted(nodes)
     assert {a.inputs[0] for a in sent} == {"hello"}
     await eventually(net.settled, what="the job acked")
+
+
+async def test_a_node_holding_a_long_probe_gets_no_short_job_an_idle_node_can_take(
+    net: Network,
+) -> None:
+    # A probe made from 27 s of speech holds its node 13.6 s (0.5 s per second of audio):
+    # an embedding with 5 s to live must not queue behind it while another node is idle.
+    busy, idle = node_ids("queue", 2)
+    for node in (busy, idle):
+        await net.join(node, speech=True)
+    router = net.router
+    router.settings = router.settings.model_copy(
+        update={"node_ttl_s": 1e9, "active_probe_interval_s": 0.05}
+    )
+    speech = Probe(
+        task="transcribe",
+        model=SPEECH,
+        audio="UklGRg==",
+        language="en",
+        reference={"text": "hi", "language": "en", "duration_s": 27.19, "segments": []},
+    )
+    prober = ProbeSender(router.settings, router.rng, router.backlog)
+    prober.pool = ProbePool([speech])
+    prober.pool.sent(PoolProbe.prepared(speech), idle)  # only `busy` may get it
+    router.prober = prober
+    held: list[dict[str, Any]] = []
+
+    def probed() -> bool:
+        held.extend(net.sent(busy))
+        return bool(held)
+
+    await eventually(probed, what="the probe sent")
+    [probe] = held
+    assert probe["task"] == "transcribe"
+    for i in range(6):
+        job = JobRequest(inputs=[f"short {i}"], redundancy=1, model=MODEL, deadline_s=5.0)
+        net.submit(job.model_dump_json().encode(), str(job.job_id))
+        [sent] = await net.assignments_of(job.job_id, 1)
+        assert sent.node_id == idle
+    await eventually(net.settled, what="the jobs acked")
 
 
 async def test_a_job_delivered_twice_is_recorded_once_and_its_assignments_resent(

@@ -4,8 +4,17 @@ recorded and sent like any other.
 
 A probe job is identical in form to a real job's replica: a fresh random job id, the
 source job's inputs and options, its deadline computed by the same Timing from the
-source job's own time, attempt 1, published by the same router in the same kind of
-task message. Its reference and source stay in the ledger's params, which no node sees.
+source job's own time and pushed back by the work its node holds (the router's
+planning.Backlog), attempt 1, published by the same router in the same kind of task
+message. Its reference and source stay in the ledger's params, which no node sees.
+
+A probe is work its node must run before what comes after it, so its work counts in
+that same backlog: the router's plans then give the real replicas queued behind it
+their time, or other nodes. A node that gets only probes (on probation or in
+quarantine, which knows it) is sent its next one only once it holds nothing, so that
+it is admitted with no pile of probes ahead of its first real jobs. An active node's
+probes come whether it is busy or not: one held back while a node is busy would tell
+it that what it gets while busy is real.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import structlog
 from cortensor.adapters.ledger.interfaces import ProbeBook, RouterBook
 from cortensor.inference.probes import load_probes
 from cortensor.protocol.placement import NodeView
-from cortensor.protocol.planning import Timing
+from cortensor.protocol.planning import Backlog, Timing
 from cortensor.protocol.probing import ProbePolicy, ProbePool, ProbeSchedule, probe_job
 from cortensor.protocol.units import NewJob, assignments_for
 from cortensor.schemas import Assignment, utcnow
@@ -50,8 +59,12 @@ class ProbeSender:
     as often as one router's policy says.
     """
 
-    def __init__(self, settings: Settings, rng: random.Random) -> None:
+    def __init__(
+        self, settings: Settings, rng: random.Random, backlog: Backlog | None = None
+    ) -> None:
         self.settings, self.rng = settings, rng
+        self.backlog = Backlog() if backlog is None else backlog
+        """The work sent to each node and not yet due: the router's, shared with its plans."""
         self.schedule = ProbeSchedule(policy(settings), rng, node_ttl_s=settings.node_ttl_s)
         self.pool = ProbePool()
         self._read_at = -math.inf
@@ -82,11 +95,16 @@ class ProbeSender:
 
     def due(self, nodes: Sequence[NodeView], now: float) -> list[NewJob]:
         """The probe jobs to send now (each with its one assignment), drawn for every
-        node whose turn it is and that may be sent some probe; `now` is monotonic."""
+        node whose turn it is and that may be sent some probe; `now` is monotonic. A node
+        that gets only probes and still holds work (`NodeView.inflight`) stays due until
+        it holds none (see the module's note). Each probe's deadline counts the work its
+        node holds, and its own work goes into the backlog, as a real replica's does."""
         opened: list[NewJob] = []
         for node in nodes:
             if not self.schedule.due(node, now):
                 continue
+            if node.trust != "active" and node.inflight > 0:
+                continue  # it stays due, and gets its probe once it holds nothing
             probe = self.pool.pick(node, self.rng)
             if probe is None:
                 continue  # nothing it has not seen: it stays due, and gets the next one
@@ -94,7 +112,9 @@ class ProbeSender:
             # uuid4 (the system's randomness), as clients draw real job ids: a seeded
             # generator's ids could be learnt by a node and would mark its probes.
             job = probe_job(probe, node, uuid.uuid4(), created)
-            deadline = self.timing.deadline(job, created)
+            ahead = self.backlog.ahead([node.node_id], created).get(node.node_id, 0.0)
+            deadline = self.timing.deadline(job, created, ahead)
+            self.backlog.add([node.node_id], self.timing.work_s(job.params), deadline)
             assignments = assignments_for(job, [(node.node_id, node.hw_class)], deadline)
             opened.append(NewJob(job, created, "running", assignments))
             self.pool.sent(probe, node.node_id)

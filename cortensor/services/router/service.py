@@ -109,7 +109,7 @@ class Router:
         self.keyring = Keyring(ports.keys, source="router", refresh_s=settings.registry_refresh_s)
         self.outages = OutageLog(ports.outages, self.ledger, name=name)
         self.rng = random.Random(seed)
-        self.prober = ProbeSender(settings, self.rng)
+        self.prober = ProbeSender(settings, self.rng, self.backlog)
         self._intake: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._due: set[UUID] = set()
         """Jobs guards named as needing replicas now (see _send_due)."""
@@ -572,8 +572,13 @@ class Router:
 
     async def probes(self) -> list[Assignment]:
         """Record the probes due now, for nodes of every trust state (see
-        cortensor.services.router.probes); the guard judges them against their references."""
-        return await self.prober.send(self.ledger, self.registry.views())
+        cortensor.services.router.probes); the guard judges them against their references.
+        Their nodes count as busier until the next refresh, and hold the probes' work in
+        the backlog until their deadline, as for real replicas (`plan`)."""
+        made = await self.prober.send(self.ledger, self.registry.views())
+        for assignment in made:
+            self.registry.assigned(assignment.node_id)
+        return made
 
     async def refresh(self) -> None:
         """Reload scores and outstanding work; record when nodes were last seen; count
