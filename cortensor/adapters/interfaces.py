@@ -11,13 +11,16 @@ contract test suite (tests/contract/) holds both to the same delivery semantics.
 - Streams (JetStream): a publish returns once the stream stored the message; a second
   publish with the same message id within the duplicate window is dropped. A durable
   pull consumer hands each message to one fetcher at a time; a message not acked within
-  its ack wait, or nak'ed, is delivered again; `term` stops its redelivery.
+  its ack wait, or nak'ed, is delivered again; `term` stops its redelivery;
+  `in_progress` restarts its ack wait. The consumer tells when the oldest message not
+  yet taken (acked or termed) was stored, whoever holds it.
 - Signals (core NATS, heartbeats): at-most-once, to whoever subscribes at the time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from cortensor.errors import Busy, CortensorError
@@ -230,8 +233,22 @@ class StreamMessage(Protocol):
         """Never deliver again, without processing it (a malformed message)."""
         ...
 
+    async def in_progress(self) -> None:
+        """Still being worked on: its ack wait starts again."""
+        ...
 
-class StreamConsumer(Protocol):
+
+class ResultsBacklog(Protocol):
+    """What the guards' durable consumer has not taken yet."""
+
+    async def oldest_untaken(self) -> datetime | None:
+        """When the oldest message that no fetcher has acked or termed yet was stored
+        (one never delivered, one in a fetcher's hands, one waiting to be delivered
+        again); None when every stored message has been taken."""
+        ...
+
+
+class StreamConsumer(ResultsBacklog, Protocol):
     """A durable pull consumer shared by competing fetchers (the guards)."""
 
     async def fetch(self, batch: int, wait_s: float) -> list[StreamMessage]:

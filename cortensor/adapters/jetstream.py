@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import nats
@@ -210,16 +211,48 @@ class JetStreamPublisher:
         await publish(self.js, subject, payload, msg_id=msg_id, headers=headers)
 
 
+class ResultsBacklog:
+    """What a durable consumer has not taken yet, read from the server (the consumer's
+    ack floor, and the stored time of the first message past it): a `ResultsBacklog`.
+    Two requests: the consumer's info, and one message when some are untaken."""
+
+    def __init__(self, js: JetStreamContext, *, stream: str, durable: str) -> None:
+        self.js, self.stream, self.durable = js, stream, durable
+
+    async def oldest_untaken(self) -> datetime | None:
+        """When the first message past the consumer's ack floor was stored; None when
+        none is pending nor out unacked. Messages past the floor may have been acked
+        one by one: the floor's is the time of the oldest that may not have been, never
+        later than it."""
+        info = await self.js.consumer_info(self.stream, self.durable)
+        if not (info.num_pending or info.num_ack_pending):
+            return None
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        try:
+            # The first message at or past the floor's next (one removed meanwhile, by
+            # its age or a purge, is skipped).
+            msg = await self.js.get_msg(self.stream, seq=floor + 1, subject=">", next=True)
+        except NotFoundError:
+            return None
+        return msg.time
+
+
 class PullConsumer:
     """A fetcher on a durable pull consumer (the guards'): a `StreamConsumer`."""
 
-    def __init__(self, psub: JetStreamContext.PullSubscription) -> None:
-        self.psub = psub
+    def __init__(self, psub: JetStreamContext.PullSubscription, backlog: ResultsBacklog) -> None:
+        self.psub, self.backlog = psub, backlog
 
     @classmethod
     async def bind(cls, js: JetStreamContext, *, stream: str, durable: str) -> PullConsumer:
         """Fetch from an existing durable consumer of `stream`."""
-        return cls(await js.pull_subscribe_bind(durable=durable, stream=stream))
+        psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+        return cls(psub, ResultsBacklog(js, stream=stream, durable=durable))
+
+    async def oldest_untaken(self) -> datetime | None:
+        """When the oldest message that no fetcher has taken was stored (see
+        `ResultsBacklog`)."""
+        return await self.backlog.oldest_untaken()
 
     async def fetch(self, batch: int, wait_s: float) -> list[StreamMessage]:
         """Long-poll for one message, then take what is already pending without waiting:

@@ -72,6 +72,11 @@ async def router_ports(settings: Settings, *, name: str = "router") -> AsyncIter
                     verdicts=jetstream.JetStreamPublisher(nc.jetstream()),
                     dead=dead,
                     outages=watch,
+                    results=jetstream.ResultsBacklog(
+                        nc.jetstream(),
+                        stream=topology.guard_consumer.stream,
+                        durable=topology.guard_consumer.durable,
+                    ),
                 )
             finally:
                 await nc.drain()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from cortensor.adapters.interfaces import (
     DeadLetterQueue,
     JobQueue,
+    ResultsBacklog,
     SignalBus,
     StreamConsumer,
     StreamPublisher,
@@ -29,7 +30,9 @@ def _watch() -> OutageWatch:
 class RouterPorts:
     """A router's adapters: jobs in, assignments out, heartbeats in, verdicts out; the
     node keys that heartbeats are checked with; the dead-letter queue, whose readable
-    jobs it ends (None: this router leaves them to others)."""
+    jobs it ends (None: this router leaves them to others); what the guards have not
+    taken of the results (None: the router judges deadlines without waiting for them,
+    as where no guard runs)."""
 
     ledger: RouterBook
     keys: KeyBook
@@ -40,6 +43,7 @@ class RouterPorts:
     outages: OutageWatch = field(default_factory=_watch)
     """Where the connections report losing and regaining their servers."""
     dead: DeadLetterQueue | None = None
+    results: ResultsBacklog | None = None
 
 
 @dataclass(frozen=True, slots=True)

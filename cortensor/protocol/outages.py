@@ -11,6 +11,12 @@ deadline missed during an outage says nothing about the node:
   router stopped between its commit and its publish);
 - a job whose deadline fell inside an outage gets `EXTENSION_S` more, once.
 
+A result stored before its deadline is on time, whoever holds it: a guard that dies
+with results fetched and not yet acked leaves them to come back after the consumer's
+ack wait, and a guard that falls behind leaves them waiting. No deadline is judged
+(timed out and charged, or decided without the result) until the guards have taken
+every result stored before it (`judging_horizon`).
+
 An outage's end is pushed out by a grace (`Settings.outage_grace_s`): the work queued
 meanwhile still has to drain once the server is back. A window still open is recorded
 with the last time its observer saw the server down, so that an observer that died
@@ -32,6 +38,11 @@ EXTENSION_S = 30.0
 GRACE_S = 15.0
 """How long after an outage ends a missed deadline is still excused: the work queued
 meanwhile drains, and the nodes' connections come back, within it."""
+
+HOLD_MAX_S = 120.0
+"""Longest a deadline waits for results stored before it that no guard has taken: a
+result no guard can take (one delivered again and again) does not hold every decision
+forever. Past it, a deadline is judged as if the results were not there."""
 
 MIN_WINDOW_S = 10.0
 """Shortest window a renewed assignment gets (the default assignment timeout)."""
@@ -77,6 +88,16 @@ def extended(
     if any(o.overlaps(deadline_at, deadline_at, grace_s=grace_s) for o in outages):
         return deadline_at + timedelta(seconds=EXTENSION_S)
     return None
+
+
+def judging_horizon(oldest_untaken: datetime | None, now: datetime) -> datetime:
+    """The time before which missed deadlines may be judged now: `now` when the guards
+    have taken every stored result, else when the oldest untaken one was stored (a
+    deadline after it may have its result in the stream), never more than HOLD_MAX_S
+    back."""
+    if oldest_untaken is None:
+        return now
+    return min(now, max(oldest_untaken, now - timedelta(seconds=HOLD_MAX_S)))
 
 
 def renewed(

@@ -48,19 +48,6 @@ async def test_kill9_a_node_the_router_and_the_guard_during_one_run(net: Network
     assert_nothing_lost(tally)
 
 
-# Not strict: the fault shows only when a kill finds results in hand (2 runs in 4), so a
-# run that passes says nothing of the fix; the mark goes once the guard is fixed.
-GUARD_HOLDS_RESULTS = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "a guard killed while it holds fetched results it has not committed leaves them"
-        " unacked until its consumer's ack_wait (30 s) ends, past the assignments' window:"
-        " the router's sweep then charges timed_out to nodes that answered in time"
-        " (2 of 4 runs: 67 events on the 3 honest nodes and 21 jobs failed; 2 events)"
-    ),
-)
-
-
 @pytest.mark.chaos_full
 @pytest.mark.parametrize(
     ("process", "frozen_s"),
@@ -69,7 +56,7 @@ GUARD_HOLDS_RESULTS = pytest.mark.xfail(
         ("router.1", 0.0),
         # Frozen first, so that a kill finds it holding fetched results more often (a
         # random moment finds it so only now and then: it commits within milliseconds).
-        pytest.param("guard.1", 3.0, marks=GUARD_HOLDS_RESULTS),
+        ("guard.1", 3.0),
     ],
 )
 async def test_kill9_one_process_again_and_again(

@@ -136,3 +136,58 @@ async def test_a_job_whose_deadline_fell_in_an_outage_gets_more_time_once(
     assert sorted(x.node_id for x in renewed) == sorted([a, b])
     assert all(x.deadline_at > utcnow() for x in renewed)
     assert await ledger_side.events(spec.job_id) == []
+
+
+# -- results stored before a deadline and not yet taken by a guard ----------------------
+
+
+async def test_no_deadline_after_the_horizon_is_judged_and_each_before_it_is(
+    ledger_side: LedgerSide,
+) -> None:
+    """A guard died with a result in hand (or fell behind): until the guards have taken
+    every result stored before a deadline (cortensor.protocol.outages.judging_horizon),
+    neither the router nor a guard times out an assignment, nor decides a job, at it."""
+    await no_outages(ledger_side)
+    a, b, c = node_ids(3)
+    await enrol(ledger_side, [a, b, c])
+    running = job(2)  # within its deadline, one replica past its own
+    late = assignments_for(running, [(a, HW)], utcnow() - timedelta(seconds=2))
+    out = assignments_for(running, [(b, HW)], utcnow() + timedelta(seconds=60))
+    ended = job(2, deadline_s=-2.0)  # past its deadline, neither replica answered
+    missed = assignments_for(ended, [(a, HW), (c, HW)], utcnow() - timedelta(seconds=2))
+    await ledger_side.router.open_jobs(
+        [
+            NewJob(running, utcnow(), "running", [*late, *out]),
+            NewJob(ended, utcnow(), "running", missed),
+        ]
+    )
+    await ledger_side.router.mark_sent([x.assignment_id for x in [*late, *out, *missed]])
+    planner = Planner([a, b, c], {running.job_id, ended.job_id})
+    before = utcnow() - timedelta(seconds=30)  # a result stored then is still untaken
+
+    assert [
+        x
+        for x in await ledger_side.router.reroute_expired(planner, horizon=before)
+        if x.job_id == running.job_id
+    ] == []
+    held = await ledger_side.guard.decide_expired(horizon=before)
+    assert [v for v in held if v.job_id == ended.job_id] == []
+    await ledger_side.guard.expire_stragglers(horizon=before)
+    assert await ledger_side.events(running.job_id) == []
+    assert await ledger_side.events(ended.job_id) == []
+
+    # The held result comes back and is taken: on time, since nothing judged its deadline.
+    intake = await ledger_side.guard.take_results(ended.job_id, [answer(missed[0], UP)])
+    assert intake.stored == 1
+
+    # Once every result stored before them is taken, the deadlines are judged.
+    now = utcnow()
+    made = await ledger_side.router.reroute_expired(planner, horizon=now)
+    assert [x.node_id for x in made if x.job_id == running.job_id] == [c]  # a replacement
+    taken = await ledger_side.guard.decide_expired(horizon=now)
+    decided = [v for v in taken if v.job_id == ended.job_id]
+    assert len(decided) == 1
+    assert decided[0].timed_out == [c]
+    assert sorted(await ledger_side.events(running.job_id)) == [(a, "timed_out")]
+    assert (c, "timed_out") in await ledger_side.events(ended.job_id)
+    assert (a, "timed_out") not in await ledger_side.events(ended.job_id)

@@ -1,13 +1,17 @@
 """The NATS side the guard, the router and the announcer rely on, asserted against the
 real server and the twin: stream publishing deduplicated by message id; a durable pull
-consumer shared by fetchers, with explicit acks, redelivery, term and a bound on what is
-out unacked; core publish/subscribe for heartbeats."""
+consumer shared by fetchers, with explicit acks, redelivery, term, in-progress renewal,
+a bound on what is out unacked and the stored time of the oldest untaken message; core
+publish/subscribe for heartbeats."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import timedelta
 
 from cortensor.adapters.interfaces import Signal, StreamConsumer, StreamMessage
+from cortensor.schemas import utcnow
 from tests.conftest import eventually
 from tests.contract.sides import NatsSide
 
@@ -123,6 +127,58 @@ async def test_a_terminated_result_is_never_delivered_again(nats_side: NatsSide)
     await nats_side.publisher.publish(subject(nats_side, "j1"), b"junk", msg_id="a1")
     await (await fetch_one(fetcher)).term()
     assert await fetcher.fetch(1, nats_side.ack_wait_s * 2) == []
+
+
+async def test_in_progress_keeps_a_message_from_being_delivered_again(
+    nats_side: NatsSide,
+) -> None:
+    await nats_side.durable("g")
+    holder, other = await nats_side.fetcher("g"), await nats_side.fetcher("g")
+    await nats_side.publisher.publish(subject(nats_side, "j1"), b"r1", msg_id="a1")
+    held = await fetch_one(holder)
+    for _ in range(6):  # twice the ack wait, renewed every third of it
+        await asyncio.sleep(nats_side.ack_wait_s / 3)
+        await held.in_progress()
+        assert await other.fetch(1, 0.01) == []
+    await held.ack()
+    assert await other.fetch(1, nats_side.ack_wait_s * 2) == []
+
+
+async def test_the_oldest_untaken_message_is_the_first_not_acked_whoever_holds_it(
+    nats_side: NatsSide,
+) -> None:
+    await nats_side.durable("g")
+    fetcher = await nats_side.fetcher("g")
+    assert await fetcher.oldest_untaken() is None
+    stamps = []
+    for i in range(3):
+        before = utcnow() - timedelta(seconds=1)  # the server's clock, not ours
+        await nats_side.publisher.publish(subject(nats_side, f"j{i}"), b"%d" % i, msg_id=f"m{i}")
+        stamps.append((before, utcnow() + timedelta(seconds=1)))
+        await asyncio.sleep(0.05)
+
+    def first_stored(oldest: object, i: int) -> bool:
+        return oldest is not None and stamps[i][0] <= oldest <= stamps[i][1]  # type: ignore[operator]
+
+    never_fetched = await fetcher.oldest_untaken()
+    assert first_stored(never_fetched, 0)
+    held = await fetcher.fetch(3, 5.0)  # in a guard's hands, unacked: still untaken
+    assert [m.data for m in held] == [b"0", b"1", b"2"]
+    assert await fetcher.oldest_untaken() == never_fetched
+    await held[2].ack()  # acked out of order: the oldest untaken stays the first
+    await held[0].ack()
+
+    async def moved() -> object:
+        oldest = await fetcher.oldest_untaken()
+        return oldest if oldest != never_fetched else None
+
+    assert first_stored(await eventually(moved, what="the first taken", interval=0.05), 1)
+    await held[1].term()
+
+    async def none_left() -> bool:
+        return await fetcher.oldest_untaken() is None
+
+    assert await eventually(none_left, what="every message taken", interval=0.05)
 
 
 async def test_fetchers_on_one_durable_share_its_messages(nats_side: NatsSide) -> None:

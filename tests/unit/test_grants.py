@@ -116,3 +116,14 @@ def test_names_that_are_not_one_token_are_refused(bad: str) -> None:
         check_name(bad)
     with pytest.raises(BadInput):
         user_name("ns-1", "node", bad)
+
+
+def test_the_router_reads_how_far_the_guards_got_but_fetches_no_result() -> None:
+    """It reads the guards' consumer's info and a result by sequence (for the time it
+    was stored); it cannot fetch from the consumer, ack, or read another consumer."""
+    perms = nats_permissions(T, "router", "router")
+    assert perms is not None
+    consumer = T.guard_consumer
+    assert f"$JS.API.CONSUMER.INFO.{consumer.stream}.{consumer.durable}" in perms.publish
+    assert f"$JS.API.STREAM.MSG.GET.{T.results_stream}" in perms.publish
+    assert not any("MSG.NEXT" in p or p.startswith("$JS.ACK") for p in perms.publish)

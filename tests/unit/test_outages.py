@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from cortensor.adapters.memory.tables import ManualClock
 from cortensor.protocol.outages import (
     EXTENSION_S,
+    HOLD_MAX_S,
     MIN_WINDOW_S,
     Outage,
     OutageWatch,
     excused,
     extended,
+    judging_horizon,
     renewed,
 )
 
@@ -154,3 +156,28 @@ def test_a_watchs_windows_never_overlap_per_server_and_cover_every_down_moment(
             assert a.ended_at <= b.started_at
         for moment in moments:
             assert any(o.started_at <= moment <= o.ended_at for o in mine)
+
+
+# -- results stored before a deadline and not yet taken --------------------------------
+
+
+@given(now=seconds, oldest=st.none() | seconds)
+def test_the_horizon_is_the_oldest_untaken_result_within_the_hold_and_never_past_now(
+    now: float, oldest: float | None
+) -> None:
+    horizon = judging_horizon(None if oldest is None else at(oldest), at(now))
+    assert horizon <= at(now)
+    assert horizon >= at(now) - timedelta(seconds=HOLD_MAX_S)
+    if oldest is None or oldest >= now:
+        assert horizon == at(now)  # nothing waits (or nothing older than now): judge all
+    elif now - oldest <= HOLD_MAX_S:
+        assert horizon == at(oldest)  # a deadline after it may have its result in the stream
+    else:
+        assert horizon == at(now) - timedelta(seconds=HOLD_MAX_S)
+
+
+def test_a_deadline_after_a_result_held_by_a_dead_guard_is_not_judged_until_it_is_taken() -> None:
+    stored, deadline = at(10), at(11)  # stored just before the deadline, then the guard died
+    for now in (at(12), at(25)):
+        assert not deadline < judging_horizon(stored, now)
+    assert deadline < judging_horizon(None, at(25))  # taken: judged (with its result counted)

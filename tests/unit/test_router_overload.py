@@ -58,6 +58,7 @@ def router(tasks: Tasks, ledger: Ledger) -> Router:
         verdicts=None,
         outages=None,
         dead=None,
+        results=None,
     )
     return Router(settings, ports)  # type: ignore[arg-type]
 

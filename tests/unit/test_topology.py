@@ -220,7 +220,7 @@ def test_guard_consumer_pulls_from_the_results_stream(topo: Topology) -> None:
     consumer = topo.guard_consumer
     assert consumer.stream == topo.results_stream
     assert consumer.durable == f"{NS}-guard"
-    assert consumer.ack_wait_s == 30
+    assert consumer.ack_wait_s == 10
     assert consumer.max_ack_pending == 1000
 
 

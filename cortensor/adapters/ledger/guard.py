@@ -14,6 +14,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -366,38 +367,45 @@ class GuardLedger(Ledger):
         sha256 (cortensor.adapters.ledger.retention); returns how many were purged."""
         return await purge_content(self, retention_s, limit)
 
-    async def expire_stragglers(self, limit: int = 500) -> int:
+    async def expire_stragglers(self, limit: int = 500, *, horizon: datetime | None = None) -> int:
         """Charge nodes that never answered a job decided without them.
 
         A job is verified as soon as a strict majority agrees; a replica still out
         when its own deadline passes is timed out and charged like any other, unless an
         outage excuses it (cortensor.protocol.outages.excused): then it is `excused`.
+        Only deadlines before `horizon`, when given, are judged
+        (cortensor.protocol.outages.judging_horizon).
         """
         async with self.pool.acquire() as conn, conn.transaction():
             late = await conn.fetch(
                 f"""
                 SELECT a.assignment_id, {excused_sql("$2")} AS excused
                 FROM assignments a JOIN jobs j USING (job_id)
-                WHERE a.status = 'assigned' AND a.deadline_at < now()
+                WHERE a.status = 'assigned' AND a.deadline_at < LEAST(now(), $3::timestamptz)
                   AND j.status NOT IN ('waiting', 'running')
                 ORDER BY a.deadline_at LIMIT $1
                 FOR UPDATE OF a SKIP LOCKED
                 """,
                 limit,
                 self.outage_grace_s,
+                horizon,
             )
             await self.excuse(conn, [r["assignment_id"] for r in late if r["excused"]])
             charged = [r["assignment_id"] for r in late if not r["excused"]]
             return await self.time_out(conn, charged) if charged else 0
 
-    async def decide_expired(self, limit: int = 50) -> list[Verdict]:
+    async def decide_expired(
+        self, limit: int = 50, *, horizon: datetime | None = None
+    ) -> list[Verdict]:
         """Decide every running job past its deadline with the results it has (see
         `at_deadline`); returns the verdicts to publish.
 
         Replicas still missing are timed out and charged to their nodes, unless an
         outage excuses them (cortensor.protocol.outages.excused): those are `excused`,
         charged to nobody. Jobs whose deadline fell inside an outage have had it pushed
-        back first (`extend_deadlines`, called by the guard's sweep).
+        back first (`extend_deadlines`, called by the guard's sweep). Only jobs whose
+        deadline is before `horizon`, when given, are decided
+        (cortensor.protocol.outages.judging_horizon).
         """
         verdicts = []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -406,10 +414,11 @@ class GuardLedger(Ledger):
                 SELECT j.job_id, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
                        j.probe, j.params, j.owner, v.payload, v.revision
                 FROM jobs j LEFT JOIN verdicts v USING (job_id)
-                WHERE j.status = 'running' AND j.deadline_at < now()
+                WHERE j.status = 'running' AND j.deadline_at < LEAST(now(), $2::timestamptz)
                 ORDER BY j.deadline_at LIMIT $1 FOR UPDATE OF j SKIP LOCKED
                 """,
                 limit,
+                horizon,
             )
             parents = set()
             for job in jobs:

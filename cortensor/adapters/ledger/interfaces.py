@@ -9,6 +9,7 @@ against these, never against a concrete ledger.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -126,11 +127,15 @@ class RouterBook(VerdictBook, ProbeBook, OutageBook, Protocol):
         deadline is excused: the router may have stopped before it published them)."""
         ...
 
-    async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
+    async def reroute_expired(
+        self, plan: PlanReplicas, limit: int = 100, *, horizon: datetime | None = None
+    ) -> list[Assignment]:
         """Deal with assignments past their deadline, of running jobs within theirs: an
         excused one (protocol.outages.excused) gets a new window and is returned to be
         sent again; any other is timed out (its node charged once) and its job given
-        the replicas it lacks now."""
+        the replicas it lacks now. Only deadlines before `horizon` (when given) are
+        judged: results stored before them may still be on their way
+        (protocol.outages.judging_horizon)."""
         ...
 
     async def listen_due(self, on_due: Callable[[UUID], None]) -> Callable[[], Awaitable[None]]:
@@ -151,14 +156,17 @@ class GuardBook(VerdictBook, OutageBook, Protocol):
         assignment; a late one kept but not counted) and act on the core's outcome."""
         ...
 
-    async def decide_expired(self, limit: int = 50) -> list[Verdict]:
-        """Decide running jobs past their deadline with what they have (replicas still
-        out are timed out, or excused by an outage); returns the verdicts to publish."""
+    async def decide_expired(
+        self, limit: int = 50, *, horizon: datetime | None = None
+    ) -> list[Verdict]:
+        """Decide running jobs past their deadline, and before `horizon` when given,
+        with what they have (replicas still out are timed out, or excused by an outage);
+        returns the verdicts to publish."""
         ...
 
-    async def expire_stragglers(self, limit: int = 500) -> int:
-        """Time out and charge assignments past their deadline of jobs already decided;
-        returns how many."""
+    async def expire_stragglers(self, limit: int = 500, *, horizon: datetime | None = None) -> int:
+        """Time out and charge assignments past their deadline (and before `horizon`
+        when given) of jobs already decided; returns how many."""
         ...
 
     async def purge_content(self, retention_s: float, limit: int = 500) -> int:

@@ -420,7 +420,9 @@ class RouterLedger(Ledger):
             # is seen, and its replicas are not sent twice.
             return await self._replan(conn, [r["job_id"] for r in locked], plan)
 
-    async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
+    async def reroute_expired(
+        self, plan: PlanReplicas, limit: int = 100, *, horizon: datetime | None = None
+    ) -> list[Assignment]:
         """Deal with assignments past their deadline, of running jobs within theirs.
 
         One that an outage overlapped, or that the broker never confirmed
@@ -432,20 +434,22 @@ class RouterLedger(Ledger):
         timed out is replaced alone, its checks wait for the new leader's answer.
 
         A job past its own deadline is the guard's to decide, so only assignments of
-        jobs still running are touched.
+        jobs still running are touched; and only deadlines before `horizon` (when given:
+        cortensor.protocol.outages.judging_horizon) are judged.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             expired = await conn.fetch(
                 f"""
                 SELECT a.assignment_id, a.job_id, a.node_id, {excused_sql("$2")} AS excused
                 FROM assignments a JOIN jobs j USING (job_id)
-                WHERE a.status = 'assigned' AND a.deadline_at < now()
+                WHERE a.status = 'assigned' AND a.deadline_at < LEAST(now(), $3::timestamptz)
                   AND j.status = 'running' AND j.deadline_at > now()
                 ORDER BY a.deadline_at LIMIT $1
                 FOR UPDATE OF a, j SKIP LOCKED
                 """,
                 limit,
                 self.outage_grace_s,
+                horizon,
             )
             if not expired:
                 return []

@@ -75,6 +75,7 @@ def router_ports(
         signals=MemorySignals(nats),
         verdicts=MemoryStreamPublisher(nats),
         dead=MemoryDeadLetters(channel, topology) if dead_letters else None,
+        results=MemoryPullConsumer(nats, topology.guard_consumer.durable),
     )
     return ports, channel
 

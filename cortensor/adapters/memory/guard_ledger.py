@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -254,15 +254,17 @@ class GuardSide(OnTables):
                 verdict.payload = verdict.payload.model_copy(update=blank)
         return len(due)
 
-    async def expire_stragglers(self, limit: int = 500) -> int:
-        """Time out and charge assignments past their deadline of jobs already decided."""
+    async def expire_stragglers(self, limit: int = 500, *, horizon: datetime | None = None) -> int:
+        """Time out and charge assignments past their deadline of jobs already decided
+        (only deadlines before `horizon`, when given)."""
         now = self.clock()
+        cut = now if horizon is None else min(now, horizon)
         late = sorted(
             (
                 a
                 for a in self.tables.assignments.values()
                 if a.status == "assigned"
-                and a.deadline_at < now
+                and a.deadline_at < cut
                 and self.tables.jobs[a.job_id].status not in OPEN_STATUSES
             ),
             key=lambda a: a.deadline_at,
@@ -270,11 +272,15 @@ class GuardSide(OnTables):
         self.tables.excuse(a.assignment_id for a in late if self.tables.excused(a))
         return self.tables.time_out(a.assignment_id for a in late if a.status == "assigned")
 
-    async def decide_expired(self, limit: int = 50) -> list[Verdict]:
-        """Decide running jobs past their deadline with the results they have."""
+    async def decide_expired(
+        self, limit: int = 50, *, horizon: datetime | None = None
+    ) -> list[Verdict]:
+        """Decide running jobs past their deadline with the results they have (only
+        deadlines before `horizon`, when given)."""
         now = self.clock()
+        cut = now if horizon is None else min(now, horizon)
         jobs = sorted(
-            (j for j in self.tables.jobs.values() if j.status == "running" and j.deadline_at < now),
+            (j for j in self.tables.jobs.values() if j.status == "running" and j.deadline_at < cut),
             key=lambda j: j.deadline_at,
         )[:limit]
         verdicts: list[Verdict] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -223,17 +224,20 @@ class RouterSide(OnTables):
             if a is not None:
                 a.sent_at = now
 
-    async def reroute_expired(self, plan: PlanReplicas, limit: int = 100) -> list[Assignment]:
+    async def reroute_expired(
+        self, plan: PlanReplicas, limit: int = 100, *, horizon: datetime | None = None
+    ) -> list[Assignment]:
         """Renew and send again the excused assignments past their deadline (of running
         jobs within theirs); time out and charge the others, and give their jobs the
-        replicas they lack now."""
+        replicas they lack now. Only deadlines before `horizon`, when given, are judged."""
         now = self.clock()
+        cut = now if horizon is None else min(now, horizon)
         expired = sorted(
             (
                 a
                 for a in self.tables.assignments.values()
                 if a.status == "assigned"
-                and a.deadline_at < now
+                and a.deadline_at < cut
                 and self.tables.jobs[a.job_id].status == "running"
                 and self.tables.jobs[a.job_id].deadline_at > now
             ),

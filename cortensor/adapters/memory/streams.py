@@ -12,7 +12,9 @@ against the real server):
   a JetStream publish that no stream takes raises `NoStream`;
 - a durable consumer delivers each stored message to one fetcher; a message not acked
   within `ack_wait`, or nak'ed (after its delay), is delivered again; `term` and `ack`
-  end it; no more than `max_ack_pending` are out unacked at once;
+  end it; `in_progress` restarts its ack wait; no more than `max_ack_pending` are out
+  unacked at once; the consumer tells when its oldest untaken message was stored (wall
+  clock, as the server stamps messages);
 - core subscribers get what is published while they listen, nothing before;
 - headers travel with a message, stored or not (a JetStream publish's `Nats-Msg-Id`
   among them, as the real server keeps it).
@@ -25,10 +27,12 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cortensor.adapters.interfaces import SignalHandler, StreamMessage
 from cortensor.adapters.topology import StreamSpec, Topology
 from cortensor.errors import CortensorError
+from cortensor.schemas import utcnow
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 """The header of a JetStream publish's message id (as `jetstream.MSG_ID_HEADER`: the
@@ -56,6 +60,7 @@ class _Stored:
     subject: str
     data: bytes
     headers: Mapping[str, str] | None = None
+    stored_at: datetime = field(default_factory=utcnow)
 
 
 @dataclass(slots=True)
@@ -120,6 +125,11 @@ class MemoryStreamMessage:
     async def term(self) -> None:
         """Never deliver again."""
         await self.ack()
+
+    async def in_progress(self) -> None:
+        """Still being worked on: due again a whole ack wait from now."""
+        if self._stored.seq in self._durable.out:
+            self._durable.out[self._stored.seq] = self._nats.clock() + self._durable.ack_wait_s
 
 
 class MemoryNats:
@@ -238,6 +248,15 @@ class MemoryNats:
         d = self.durables[durable]
         return len(d.out) + sum(1 for seq in d.stream.messages if seq >= d.next_seq)
 
+    def oldest_untaken(self, durable: str) -> datetime | None:
+        """When the oldest message a durable consumer has not had acked or termed was
+        stored: one out unacked, or one not delivered yet."""
+        d = self.durables[durable]
+        untaken = [
+            m.stored_at for seq, m in d.stream.messages.items() if seq in d.out or seq >= d.next_seq
+        ]
+        return min(untaken, default=None)
+
     def next_due(self, durable: str) -> float | None:
         """When the next unacked message of a durable consumer is due again."""
         return min(self.durables[durable].out.values(), default=None)
@@ -332,6 +351,10 @@ class MemoryPullConsumer:
                 return []
             due = self.nats.next_due(self.durable)
             await self.nats.wait_change(min(until, due) if due is not None else until)
+
+    async def oldest_untaken(self) -> datetime | None:
+        """When the oldest message no fetcher has taken was stored."""
+        return self.nats.oldest_untaken(self.durable)
 
     async def close(self) -> None:
         """Stop fetching; unacked messages come back after their ack wait."""

@@ -65,8 +65,10 @@ def nats_permissions(topology: Topology, kind: Kind, name: str) -> NatsPermissio
     A node publishes its heartbeat and results under its own id and hears nothing but
     the acks of its publishes; a client reads its own verdicts (live, or from the stream
     by a direct get whose API subject names them); guards fetch and ack results from
-    their shared durable consumer and publish verdicts; the router hears heartbeats and
-    publishes the verdicts of jobs that fail before any node answers.
+    their shared durable consumer and publish verdicts; the router hears heartbeats,
+    publishes the verdicts of jobs that fail before any node answers, and reads how far
+    the guards' consumer has got (its info, and a result by sequence for the time it was
+    stored: cortensor.protocol.outages.judging_horizon).
     """
     ns = topology.namespace
     inbox = f"{inbox_prefix(ns, kind, name)}.>"
@@ -96,13 +98,18 @@ def nats_permissions(topology: Topology, kind: Kind, name: str) -> NatsPermissio
                     f"$JS.API.CONSUMER.INFO.{consumer.stream}.{consumer.durable}",
                     f"$JS.ACK.{results}.>",
                     f"$JS.API.STREAM.INFO.{results}",
+                    f"$JS.API.STREAM.MSG.GET.{results}",
                     f"$JS.API.STREAM.INFO.{verdicts}",
                 ),
                 subscribe=(inbox,),
             )
         case "router":
             return NatsPermissions(
-                publish=(every_verdict,),
+                publish=(
+                    every_verdict,
+                    f"$JS.API.CONSUMER.INFO.{consumer.stream}.{consumer.durable}",
+                    f"$JS.API.STREAM.MSG.GET.{results}",
+                ),
                 subscribe=(topology.heartbeat_subject("*"), inbox),
             )
         case "reports" | "owner" | "admin":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 from uuid import UUID
 
 import structlog
@@ -14,7 +16,8 @@ from cortensor.adapters.interfaces import StreamMessage as Msg
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
 from cortensor.errors import Disposition, backoff_s, disposition
-from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, printable
+from cortensor.protocol.outages import judging_horizon
+from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, printable, utcnow
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
@@ -173,11 +176,15 @@ class Guard:
     async def sweep(self) -> None:
         """Record the outages seen, so that they excuse the nodes they kept from answering
         (cortensor.protocol.outages); give jobs whose deadline fell in one their extra
-        time; decide jobs past their deadline; publish verdicts whose publisher died."""
+        time; decide jobs past their deadline, but none whose result may still wait in
+        the stream (`judging_horizon`: read before deciding, and a result is acked only
+        once committed, so what was taken by then is in the ledger); publish verdicts
+        whose publisher died."""
         await self.outages.flush()
+        horizon = judging_horizon(await self.results.oldest_untaken(), utcnow())
         await self.ledger.extend_deadlines()
-        decided = await self.ledger.decide_expired()
-        await self.ledger.expire_stragglers()
+        decided = await self.ledger.decide_expired(horizon=horizon)
+        await self.ledger.expire_stragglers(horizon=horizon)
         for v in decided:
             log.info(
                 "job decided at deadline", job_id=str(v.job_id), status=v.status, reason=v.reason
@@ -197,6 +204,27 @@ class Guard:
         if purged:
             log.info("content past retention removed", jobs=purged)
 
+    @contextlib.asynccontextmanager
+    async def _kept(self, msgs: Sequence[Msg]) -> AsyncIterator[None]:
+        """Keep messages in hand while they are taken: their ack wait starts again every
+        third of it, so that a slow ledger does not have them delivered to another
+        guard meanwhile (the ack wait is short so that the results a guard held when it
+        died come back soon)."""
+        every_s = self.topology.guard_consumer.ack_wait_s / 3
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                await asyncio.gather(*(m.in_progress() for m in msgs), return_exceptions=True)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; the adapters stay open (whoever gave them closes them)."""
         s = self.settings
@@ -205,19 +233,26 @@ class Guard:
         purger = asyncio.create_task(every(PURGE_INTERVAL_S, self.purge, stop, on_error=failed))
         log.info("guard ready", consumer=self.topology.guard_consumer.durable)
         trouble = 0
-        while not stop.is_set():
-            try:
-                msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
-                if msgs:
-                    await self.take(msgs)
-                trouble = 0
-            except Exception as exc:
-                # NATS or the ledger lost under us: the consumer is durable and what was
-                # not acked is delivered again, so the guard waits and fetches again.
-                trouble += 1
-                if failed(exc) is None:
-                    log.exception("results not fetched; fetching again")
-                await asyncio.sleep(pause_s(trouble))
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await self.results.fetch(s.guard_batch + 1, self.fetch_wait_s)
+                    if msgs:
+                        async with self._kept(msgs):
+                            await self.take(msgs)
+                    trouble = 0
+                except Exception as exc:
+                    # NATS or the ledger lost under us: the consumer is durable and what
+                    # was not acked is delivered again, so the guard waits and fetches
+                    # again.
+                    trouble += 1
+                    if failed(exc) is None:
+                        log.exception("results not fetched; fetching again")
+                    await asyncio.sleep(pause_s(trouble))
+        except asyncio.CancelledError:  # cancelled, not stopped: its loops go with it
+            sweeper.cancel()
+            purger.cancel()
+            raise
         await asyncio.gather(sweeper, purger)
         await self.announcer.flush()
         await self.results.close()

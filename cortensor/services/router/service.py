@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from cortensor.catalog import eligible_classes
 from cortensor.errors import BadInput, Disposition, backoff_s, disposition
 from cortensor.protocol import admission
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
+from cortensor.protocol.outages import judging_horizon
 from cortensor.protocol.parts import AudioSpan, split_job
 from cortensor.protocol.placement import NodeView, candidates
 from cortensor.protocol.planning import Backlog, Plan, Timing, parallel, plan
@@ -103,6 +104,7 @@ class Router:
             else DeadLetterReader(settings, self.topology, self.ledger, ports.dead, self.announcer)
         )
         """Ends the readable jobs of the dead-letter queue (cortensor.services.router.dead)."""
+        self.results = ports.results
         self.registry = NodeRegistry()
         self.backlog = Backlog()
         """Audio work sent to each node and not yet due (planning.Backlog)."""
@@ -530,13 +532,20 @@ class Router:
             await self._listen()  # the connection that listened did not outlive the outage
         await self.ledger.extend_deadlines()
         made, failed = await self.ledger.route_waiting(self.plan)
-        made += await self.ledger.reroute_expired(self.plan)
+        made += await self.ledger.reroute_expired(self.plan, horizon=await self._horizon())
         made += await self.ledger.top_up(self.plan)
         made += await self.probes()
         if made:
             await self.publish_assignments(made)
         await self.announcer.publish(failed)
         await self.announcer.flush()
+
+    async def _horizon(self) -> datetime | None:
+        """Before when a missed assignment deadline may be judged: not while a result
+        stored before it waits for the guards (cortensor.protocol.outages)."""
+        if self.results is None:
+            return None
+        return judging_horizon(await self.results.oldest_untaken(), utcnow())
 
     def _heard_due(self, job_id: UUID) -> None:
         """A guard committed a job that needs replicas now: send them in the next pass."""
