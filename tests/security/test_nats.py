@@ -116,16 +116,20 @@ async def test_verdict_forged_before_the_job_ran_is_refused(secured: SecuredFlee
 
 
 async def test_nobody_else_publishes_verdicts(secured: SecuredFleet) -> None:
-    """A client cannot publish even on its own verdict subjects, nor a node on any."""
+    """A client cannot publish even on its own verdict subjects, nor a node on any: no
+    part verdict, and no receipt saying that a job the network never saw was recorded."""
     job_id = str(uuid.uuid4())
     for forger, owner in (
         (secured.client, secured.client.name),
         (secured.attacker, secured.other_client.name),
     ):
-        subject = secured.topology.part_verdicts_subject(job_id, "0", owner=owner)
         async with nats_as(forger) as watched:
-            await watched.nc.publish(subject, b"{}")
-            await watched.refused(subject, what=f"{forger.name}'s part verdict refused")
+            for what, subject in (
+                ("part verdict", secured.topology.part_verdicts_subject(job_id, "0", owner=owner)),
+                ("receipt", secured.topology.receipt_subject(job_id, owner=owner)),
+            ):
+                await watched.nc.publish(subject, b"{}")
+                await watched.refused(subject, what=f"{forger.name}'s {what} refused")
     await secured.good_job_verified()
 
 
