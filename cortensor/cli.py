@@ -194,6 +194,35 @@ def brokers_setup() -> None:
     out.print(f"[green]broker topology applied[/green] (namespace {settings.namespace})")
 
 
+@brokers_app.command("teardown")
+def brokers_teardown(
+    yes: bool = typer.Option(
+        False, "--yes", help="Delete: the jobs, assignments and verdicts held go with them."
+    ),
+) -> None:
+    """Delete the namespace's queues (its nodes' too), exchanges and streams, and revoke
+    its principals. The ledger is left as it is."""
+    from cortensor.adapters.principals import rabbit
+    from cortensor.adapters.provision import teardown_brokers
+    from cortensor.adapters.topology import Topology
+    from cortensor.tools.credentials import revoke_namespace
+
+    settings = _settings()
+    if not yes:
+        raise BadInput(
+            f"this deletes every queue, exchange and stream of namespace {settings.namespace}"
+            " and what they hold, and revokes its principals: run again with --yes"
+        )
+    prefix = Topology(settings.namespace).node_queue("", "").name
+    nodes = [q for q in rabbit.queues(node=settings.rabbitmq_node) if q.startswith(prefix)]
+    _run(teardown_brokers(settings, node_queues=nodes))
+    gone = revoke_namespace(settings)
+    out.print(
+        f"[green]namespace {settings.namespace} torn down[/green]: {len(nodes)} node queues,"
+        f" {len(gone)} principals revoked"
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create the ledger database if missing and migrate it."""

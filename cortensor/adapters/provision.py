@@ -71,14 +71,21 @@ async def setup_brokers(settings: Settings) -> list[str]:
     return declared
 
 
-async def teardown_brokers(settings: Settings, node_ids: Iterable[tuple[str, str]] = ()) -> None:
-    """Delete a namespace's queues, exchanges and streams; `node_ids` are (id, hw_class)."""
+async def teardown_brokers(
+    settings: Settings,
+    node_ids: Iterable[tuple[str, str]] = (),
+    *,
+    node_queues: Iterable[str] = (),
+) -> None:
+    """Delete a namespace's queues, exchanges and streams; `node_ids` are (id, hw_class),
+    `node_queues` the names of more node queues."""
     topology = Topology(settings.namespace)
     connection = await _rabbitmq(settings)
     async with connection:
         channel = await connection.channel()
         queues = [q.name for q in topology.queues]
         queues += [topology.node_queue(node, hw).name for node, hw in node_ids]
+        queues += list(node_queues)
         for name in queues:
             await channel.queue_delete(name)
         for exchange in topology.exchanges:

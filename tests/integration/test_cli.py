@@ -16,11 +16,13 @@ from nats.js.errors import NotFoundError
 
 from cortensor.adapters import jetstream
 from cortensor.adapters.ledger import migrate
+from cortensor.adapters.principals import rabbit
+from cortensor.adapters.principals.grants import namespace_prefix
 from cortensor.adapters.provision import teardown_brokers
 from cortensor.adapters.topology import Topology
 from cortensor.schemas import JobReceipt, Verdict
 from cortensor.settings import Settings
-from tests.conftest import make_settings, run_cortensor
+from tests.conftest import make_settings, run_cortensor, unique_name
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.nats]
 
@@ -69,6 +71,34 @@ def test_brokers_setup_declares_the_topology_idempotently() -> None:
         }
     finally:
         asyncio.run(teardown_brokers(settings))
+
+
+def test_brokers_teardown_removes_the_namespace_its_node_queues_and_principals(
+    ledger_settings: Settings, tmp_path: Path
+) -> None:
+    settings = ledger_settings.model_copy(update={"namespace": unique_name("td")})
+    topology = Topology(settings.namespace)
+    assert run_cortensor(settings, "brokers", "setup").returncode == 0
+    issued = run_cortensor(
+        settings, "credentials", "issue", "node", "n1", "--out", str(tmp_path / "n1.json")
+    )
+    assert issued.returncode == 0, issued.stderr
+    node_queue = topology.node_queue("n1", "cpu-int8").name  # named by the id alone
+    assert node_queue in rabbit.queues()
+
+    refused = run_cortensor(settings, "brokers", "teardown")
+    assert refused.returncode != 0
+    assert "--yes" in refused.stderr
+    assert node_queue in rabbit.queues()  # nothing deleted without it
+
+    done = run_cortensor(settings, "brokers", "teardown", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "1 node queues" in done.stdout
+    left = [q for q in rabbit.queues() if q.startswith(f"{settings.namespace}.")]
+    assert left == []
+    assert asyncio.run(_stream_names(settings)) == set()
+    prefix = namespace_prefix(settings.namespace)
+    assert [u for u in rabbit.users() if u.startswith(prefix)] == []
 
 
 def test_a_bad_setting_is_named() -> None:

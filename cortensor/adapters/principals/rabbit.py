@@ -50,6 +50,12 @@ def users(*, node: str = "") -> list[str]:
     return [line.split("\t", 1)[0] for line in lines if line.strip()]
 
 
+def queues(*, node: str = "") -> list[str]:
+    """Every queue name of the vhost."""
+    lines = _ctl("list_queues", "-p", VHOST, "name", "--no-table-headers", node=node)
+    return [line.strip() for line in lines.stdout.splitlines() if line.strip()]
+
+
 def authenticates(user: str, password: str, *, node: str = "") -> bool:
     """Whether RabbitMQ accepts this user and password."""
     done = _ctl("authenticate_user", user, stdin=password, check=False, node=node)
