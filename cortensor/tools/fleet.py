@@ -156,9 +156,12 @@ class Fleet:
     def wait_ready(self, timeout_s: float = 120.0, *, admitted: int | None = None) -> list[str]:
         """Wait until every node has announced itself to the router and `admitted` of
         them (default: the Procfile's nodes; extra nodes may be dishonest) passed their
-        probes; returns the live nodes."""
+        probes; returns the live nodes. Only this fleet's own nodes (those it issued
+        credentials to) count: a ledger shared with other fleets holds their admitted
+        nodes too, and counting them would send jobs to nodes still on probation."""
         expected = self.nodes + len(self.extra_nodes)
         wanted = self.nodes if admitted is None else admitted
+        own = {name for kind, name in self._issued if kind == "node"}
         deadline = time.monotonic() + timeout_s
         live: list[str] = []
         active: list[str] = []
@@ -166,9 +169,9 @@ class Fleet:
             for proc, _ in self._procs:
                 if proc.poll() is not None:
                     raise FleetError(f"a fleet process exited ({proc.args!r}); see {self.log_dir}")
-            live = self.live_nodes()
+            live = [n for n in self.live_nodes() if n in own]
             if len(live) >= expected:
-                active = self.active_nodes()
+                active = [n for n in self.active_nodes() if n in own]
                 if len(active) >= wanted:
                     return live
             time.sleep(0.5)
