@@ -13,20 +13,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from cortensor.adapters import memory
 from cortensor.adapters.ledger.guard import GuardLedger
-from cortensor.adapters.ledger.router import RouterLedger
-from cortensor.adapters.memory import MemoryBroker, MemoryKeys, MemoryNats
-from cortensor.adapters.topology import Topology
 from cortensor.schemas import JobRequest, utcnow
 from cortensor.services.guard.service import Guard
-from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from tests.conftest import eventually
-from tests.contract.test_services_on_twins import MODEL, Network, node_ids
+from tests.contract.test_services_on_twins import MODEL, Network, node_ids, twin_network
 
 pytestmark = pytest.mark.postgres
 
@@ -49,42 +44,11 @@ class Stuck(GuardLedger):
 async def parts(
     ledger_settings: Settings,
 ) -> AsyncIterator[tuple[Network, tuple[Settings, asyncio.Task[None]]]]:
-    settings = ledger_settings.model_copy(
-        update={"namespace": f"held{uuid.uuid4().hex[:8]}", "registry_refresh_s": 0.05}
-    )
-    topology = Topology(settings.namespace)
-    broker, nats = MemoryBroker(topology), MemoryNats(topology)
-    nats.durables[topology.guard_consumer.durable].ack_wait_s = ACK_WAIT_S
-    router_ledger = await RouterLedger.connect(settings.asyncpg_dsn)
-    stuck_ledger = await Stuck.connect(settings.asyncpg_dsn)
-    keys = MemoryKeys()
-    ports, channel = memory.router_ports(
-        router_ledger, broker, nats, topology, keys=keys, prefetch=settings.router_prefetch
-    )
-    router = Router(settings, ports, seed=7)
-    doomed = Guard(
-        settings, memory.guard_ports(stuck_ledger, nats, topology, keys=keys), fetch_wait_s=0.05
-    )
-    router.keyring.miss_reload_s = doomed.keyring.miss_reload_s = 0.0
-    db = await asyncpg.connect(settings.asyncpg_dsn)
-    stop = asyncio.Event()
-    routing = asyncio.create_task(router.run(stop))
-    killed = asyncio.create_task(doomed.run(stop))
-    try:
-        yield (
-            Network(settings, topology, broker, nats, router, doomed, channel, db, keys),
-            (
-                settings,
-                killed,
-            ),
-        )
-    finally:
-        stop.set()
-        killed.cancel()
-        await asyncio.gather(routing, killed, return_exceptions=True)
-        await db.close()
-        await stuck_ledger.close()
-        await router_ledger.close()
+    async with twin_network(ledger_settings, guard_ledger=Stuck, ack_wait_s=ACK_WAIT_S) as (
+        net,
+        doomed,
+    ):
+        yield net, (net.settings, doomed)
 
 
 async def test_results_a_killed_guard_held_are_counted_and_no_node_is_charged(

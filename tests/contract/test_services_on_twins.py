@@ -8,6 +8,7 @@ Fake nodes are a queue on the twin broker and a heartbeat on the twin NATS; thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -175,36 +176,55 @@ class Network:
         )
 
 
-@pytest.fixture
-async def net(ledger_settings: Settings) -> AsyncIterator[Network]:
+@contextlib.asynccontextmanager
+async def twin_network(
+    ledger_settings: Settings,
+    *,
+    guard_ledger: type[GuardLedger] = GuardLedger,
+    ack_wait_s: float | None = None,
+) -> AsyncIterator[tuple[Network, asyncio.Task[None]]]:
+    """A router and a guard running on twin brokers over the module's ledger, and the
+    guard's task (cancel it to play a kill); `guard_ledger` is the guard's ledger class,
+    `ack_wait_s` the guards' consumer's ack wait when not the topology's."""
     settings = ledger_settings.model_copy(
         update={"namespace": f"twin{uuid.uuid4().hex[:8]}", "registry_refresh_s": 0.05}
     )
     topology = Topology(settings.namespace)
     broker, nats = MemoryBroker(topology), MemoryNats(topology)
+    if ack_wait_s is not None:
+        nats.durables[topology.guard_consumer.durable].ack_wait_s = ack_wait_s
     router_ledger = await RouterLedger.connect(settings.asyncpg_dsn)
-    guard_ledger = await GuardLedger.connect(settings.asyncpg_dsn)
+    guards_ledger = await guard_ledger.connect(settings.asyncpg_dsn)
     keys = MemoryKeys()
     ports, channel = memory.router_ports(
         router_ledger, broker, nats, topology, keys=keys, prefetch=settings.router_prefetch
     )
     router = Router(settings, ports, seed=7)
     guard = Guard(
-        settings, memory.guard_ports(guard_ledger, nats, topology, keys=keys), fetch_wait_s=0.05
+        settings, memory.guard_ports(guards_ledger, nats, topology, keys=keys), fetch_wait_s=0.05
     )
     # Each fake node is bound as it joins and heard once: look every unknown id up.
     router.keyring.miss_reload_s = guard.keyring.miss_reload_s = 0.0
     db = await asyncpg.connect(settings.asyncpg_dsn)
     stop = asyncio.Event()
-    running = [asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))]
+    routing, guarding = asyncio.create_task(router.run(stop)), asyncio.create_task(guard.run(stop))
     try:
-        yield Network(settings, topology, broker, nats, router, guard, channel, db, keys)
+        yield Network(settings, topology, broker, nats, router, guard, channel, db, keys), guarding
     finally:
         stop.set()
-        await asyncio.gather(*running)
+        results = await asyncio.gather(routing, guarding, return_exceptions=True)
         await db.close()
-        await guard_ledger.close()
+        await guards_ledger.close()
         await router_ledger.close()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+
+@pytest.fixture
+async def net(ledger_settings: Settings) -> AsyncIterator[Network]:
+    async with twin_network(ledger_settings) as (network, _):
+        yield network
 
 
 def node_ids(prefix: str, n: int) -> list[str]:
