@@ -129,6 +129,11 @@ def run_demo(settings: Settings, *, jobs: int, redundancy: int, log_dir: Path) -
         batch.append(_speech_job(log_dir))
         client = Settings(credentials=log_dir / "client.json", models_dir=settings.models_dir)
         verdicts = asyncio.run(_push(client, batch, console))
+        # Replicas still running on a slower node once their job is decided: let them
+        # finish (or be charged here) rather than stop the node with them in hand.
+        held = fleet.wait_idle()
+        if held:
+            console.print(f"{held} replicas still held by the fleet's nodes after 60 s")
         console.print(_results_table(batch, verdicts))
         console.print(
             render_table(

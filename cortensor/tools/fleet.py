@@ -153,6 +153,33 @@ class Fleet:
             " ORDER BY node_id"
         )
 
+    def _own_nodes(self) -> set[str]:
+        """The ids of the nodes this fleet issued credentials to."""
+        return {name for kind, name in self._issued if kind == "node"}
+
+    def holding(self) -> int:
+        """Assignments this fleet's nodes hold: neither answered nor charged yet."""
+        with psycopg.connect(self.settings.asyncpg_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM assignments WHERE status = 'assigned' AND node_id = ANY(%s)",
+                (sorted(self._own_nodes()),),
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def wait_idle(self, timeout_s: float = 60.0, poll_s: float = 0.5) -> int:
+        """Wait until this fleet's nodes hold no assignment, at most `timeout_s`; returns
+        what they still hold. A job is decided once a majority agrees, while a slower
+        node may still be running its replica: stopped then, the node would leave the
+        replica unanswered, and whatever router or guard next runs on the ledger would
+        charge it once the deadline passed. Waiting lets it answer, or be charged by this
+        fleet for a deadline it did miss."""
+        deadline = time.monotonic() + timeout_s
+        held = self.holding()
+        while held and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            held = self.holding()
+        return held
+
     def wait_ready(self, timeout_s: float = 120.0, *, admitted: int | None = None) -> list[str]:
         """Wait until every node has announced itself to the router and `admitted` of
         them (default: the Procfile's nodes; extra nodes may be dishonest) passed their
@@ -161,7 +188,7 @@ class Fleet:
         nodes too, and counting them would send jobs to nodes still on probation."""
         expected = self.nodes + len(self.extra_nodes)
         wanted = self.nodes if admitted is None else admitted
-        own = {name for kind, name in self._issued if kind == "node"}
+        own = self._own_nodes()
         deadline = time.monotonic() + timeout_s
         live: list[str] = []
         active: list[str] = []
