@@ -125,14 +125,36 @@ def kill9(pid: int) -> None:
     raise AssertionError(f"process {pid} outlived SIGKILL")
 
 
+MACHINE_CTL_DIRS = ("/usr/sbin", "/sbin")
+"""Where the machine's rabbitmqctl is: the one that uses the machine's Erlang cookie, as
+the cluster's nodes do (they run as the rabbitmq user)."""
+
+
+def machine_path() -> str:
+    """PATH without the directories of any other rabbitmqctl: the chaos package's private
+    network (tests/chaos/conftest.py) puts its RabbitMQ node's own first for as long as
+    it lives, and with that one (and its cookie) every call to the cluster's nodes fails
+    the Erlang handshake."""
+    kept = [
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d in MACHINE_CTL_DIRS or not (Path(d) / "rabbitmqctl").exists()
+    ]
+    return os.pathsep.join(kept)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Path]:
-    """The cluster, up for this module and removed after it."""
-    ops_cluster("up")
-    try:
-        yield CREDENTIALS
-    finally:
-        ops_cluster("down", timeout_s=180)
+    """The cluster, up for this module and removed after it; meanwhile PATH finds the
+    machine's rabbitmqctl (`machine_path`), for ops/cluster and for the credentials
+    issued here alike."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", machine_path())
+        ops_cluster("up")
+        try:
+            yield CREDENTIALS
+        finally:
+            ops_cluster("down", timeout_s=180)
 
 
 async def test_a_fleet_on_the_cluster_loses_a_rabbitmq_node_and_a_nats_server(
