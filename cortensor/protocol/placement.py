@@ -200,10 +200,7 @@ def choose(
         keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
         order = [n for _, _, n in keyed]
     if fits is not None:
-        ok = [fits(n) for n in order]
-        order = [n for n, f in zip(order, ok, strict=True) if f] + [
-            n for n, f in zip(order, ok, strict=True) if not f
-        ]
+        order.sort(key=lambda n: not fits(n))  # stable: each part keeps the draw's order
     if model is None or newcomers is None:
         return order[:k]
     return pick(order, k, newcomer=lambda n: not established(n, model), room=newcomers)

@@ -62,6 +62,23 @@ def planned(result: Plan | str) -> Plan:
     return result
 
 
+def one_replica(
+    pool: list[NodeView], seed: int, ahead: dict[str, float], *, now: datetime = NOW
+) -> Plan:
+    """The plan of the one replica of a 5 s embed job, on `pool` holding `ahead`."""
+    return planned(
+        plan(
+            embed(deadline_s=5.0, now=now),
+            1,
+            pool=pool,
+            rng=random.Random(seed),
+            now=now,
+            timing=TIMING,
+            ahead=ahead,
+        )
+    )
+
+
 # -- placement -------------------------------------------------------------------------------
 
 
@@ -72,17 +89,7 @@ def test_a_node_holding_a_transcription_is_not_chosen_for_an_embed_it_would_make
     streak = 0 if newcomers else ESTABLISHED_STREAK
     busy, idle = node("busy", streak=streak), node("idle", streak=streak)
     pool = [busy, idle] if busy_first else [idle, busy]
-    p = planned(
-        plan(
-            embed(deadline_s=5.0),
-            1,
-            pool=pool,
-            rng=random.Random(seed),
-            now=NOW,
-            timing=TIMING,
-            ahead={"busy": SPEECH_WORK_S},
-        )
-    )
+    p = one_replica(pool, seed, {"busy": SPEECH_WORK_S})
     assert p.nodes == ["idle"]
     assert p.deadline_at == NOW + timedelta(seconds=5.0)
 
@@ -145,18 +152,7 @@ def test_an_idle_newcomer_never_takes_the_lead_from_a_busy_established_node() ->
     # keeping the established nodes busy with long audio of its own.
     pool = [node("est", streak=ESTABLISHED_STREAK), node("new", streak=0)]
     for seed in range(50):
-        p = planned(
-            plan(
-                embed(deadline_s=5.0),
-                1,
-                pool=pool,
-                rng=random.Random(seed),
-                now=NOW,
-                timing=TIMING,
-                ahead={"est": SPEECH_WORK_S},
-            )
-        )
-        assert p.nodes == ["est"]
+        assert one_replica(pool, seed, {"est": SPEECH_WORK_S}).nodes == ["est"]
 
 
 def test_an_idle_node_always_fits_and_a_late_reroute_prefers_idle_nodes() -> None:
@@ -206,18 +202,7 @@ def test_a_transcription_probe_counts_in_the_backlog_that_places_real_jobs() -> 
     held = backlog.ahead(["busy", "idle"], now)
     assert held == {"busy": SPEECH_WORK_S}
     for seed in range(50):
-        p = planned(
-            plan(
-                embed(deadline_s=5.0, now=now),
-                1,
-                pool=[busy, idle],
-                rng=random.Random(seed),
-                now=now,
-                timing=TIMING,
-                ahead=held,
-            )
-        )
-        assert p.nodes == ["idle"]
+        assert one_replica([busy, idle], seed, held, now=now).nodes == ["idle"]
 
 
 def test_a_probe_s_deadline_counts_its_node_s_queue_as_a_real_replica_s_does() -> None:
