@@ -39,6 +39,8 @@ class Stuck(GuardLedger):
         self.taking.set()
         await asyncio.Event().wait()
 
+    take_many = take_results
+
 
 @pytest.fixture
 async def parts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,7 @@ from uuid import UUID
 import asyncpg
 
 from cortensor.adapters.ledger.retention import purge_content
-from cortensor.adapters.ledger.store import Connection, Ledger, excused_sql, verdict_of
+from cortensor.adapters.ledger.store import Connection, Decision, Ledger, excused_sql, verdict_of
 from cortensor.errors import BadInput
 from cortensor.protocol.adjudication import (
     Case,
@@ -71,25 +72,29 @@ SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j
 FROM jobs j
 LEFT JOIN verdicts v USING (job_id)
 LEFT JOIN results c ON c.result_id = v.canonical_result_id
-WHERE j.job_id = $1
+WHERE j.job_id = ANY($1::uuid[])
+ORDER BY j.job_id
 FOR UPDATE OF j
 """
-"""Lock a job; with it come its verdict and canonical result, if it was decided already."""
+"""Lock jobs, in the order of their ids (so that two guards taking overlapping batches
+wait for each other rather than deadlock); with each come its verdict and canonical
+result, if it was decided already."""
 
 _TAKE = """
 WITH incoming AS (
-    SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::float8[])
-         AS r(result_id, assignment_id, node_id, precision, output, error, elapsed_ms)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::float8[])
+         AS r(job_id, result_id, assignment_id, node_id, precision, output, error, elapsed_ms)
 ), held AS (
     SELECT i.*
     FROM incoming i
     JOIN assignments a
-      ON a.assignment_id = i.assignment_id AND a.job_id = $1 AND a.node_id = i.node_id
+      ON a.assignment_id = i.assignment_id AND a.job_id = i.job_id AND a.node_id = i.node_id
 ), stored AS (
     INSERT INTO results (result_id, assignment_id, job_id, node_id, precision, output, error,
                          elapsed_ms)
-    SELECT result_id, assignment_id, $1, node_id, precision, output::jsonb, error, elapsed_ms
+    SELECT result_id, assignment_id, job_id, node_id, precision, output::jsonb, error,
+           elapsed_ms
     FROM held
     ON CONFLICT DO NOTHING
     RETURNING assignment_id
@@ -98,7 +103,7 @@ WITH incoming AS (
     WHERE assignment_id IN (SELECT assignment_id FROM stored) AND status = 'assigned'
     RETURNING assignment_id
 )
-SELECT true AS incoming, i.assignment_id,
+SELECT true AS incoming, i.job_id, i.assignment_id,
        h.assignment_id IS NOT NULL AS held,
        s.assignment_id IS NOT NULL AS stored,
        c.assignment_id IS NOT NULL AS counted,
@@ -110,15 +115,16 @@ LEFT JOIN held h USING (assignment_id)
 LEFT JOIN stored s USING (assignment_id)
 LEFT JOIN counted c USING (assignment_id)
 UNION ALL
-SELECT false, a.assignment_id, NULL, NULL, NULL,
+SELECT false, a.job_id, a.assignment_id, NULL, NULL, NULL,
        a.node_id, a.status, r.result_id, r.precision, r.output, r.error, r.received_at
 FROM assignments a LEFT JOIN results r USING (assignment_id)
-WHERE $9 AND a.job_id = $1 AND a.assignment_id <> ALL($3::uuid[])
+WHERE a.job_id = ANY($9::uuid[]) AND a.assignment_id <> ALL($3::uuid[])
 ORDER BY incoming DESC, received_at NULLS LAST, assignment_id
 """
-"""Store a batch of results (one statement, idempotent) and, when $9, read back the job's
-other replicas: counted, timed out, or still out. The job is locked by then, so what was committed
-before this statement began is all there is: none of the others can be missed."""
+"""Store the results of several jobs (one statement, idempotent) and read back the other
+replicas of the jobs in $9 (those not decided yet): counted, timed out, or still out.
+The jobs are locked by then, so what was committed before this statement began is all
+there is: none of the others can be missed."""
 
 _REOPEN = """
 WITH picked AS (
@@ -201,6 +207,30 @@ def _tally(rows: Sequence[Any], intake: Intake, senders: Mapping[UUID, str]) -> 
     return counted
 
 
+def _unique(
+    job_id: UUID, results: Sequence[InferenceResult], intake: Intake
+) -> list[InferenceResult]:
+    """A job's results, one per assignment; the others are noted in `intake`."""
+    unique: dict[UUID, InferenceResult] = {}
+    for r in results:
+        if r.job_id != job_id or r.assignment_id in unique:
+            intake.ignored.append(f"result {r.result_id} is a duplicate or for another job")
+        else:
+            unique[r.assignment_id] = r
+    return list(unique.values())
+
+
+def _plain(job: Any, outcome: Outcome) -> bool:
+    """Whether an outcome only closes its job with a verdict to publish (and events):
+    such outcomes of many jobs are written in one statement."""
+    return (
+        isinstance(outcome, Conclude)
+        and outcome.publish
+        and not (outcome.keep_first or outcome.revision or outcome.reopen)
+        and job["parent_id"] is None
+    )
+
+
 def _in_hand(result: InferenceResult) -> Replica:
     return Replica(
         node_id=result.node_id,
@@ -257,51 +287,80 @@ class GuardLedger(Ledger):
         A value the ledger refuses raises BadInput (see `refusing_unstorable`), and
         nothing of the batch is stored.
         """
-        intake = Intake()
-        unique: dict[UUID, InferenceResult] = {}
-        for r in results:
-            if r.job_id != job_id or r.assignment_id in unique:
-                intake.ignored.append(f"result {r.result_id} is a duplicate or for another job")
-            else:
-                unique[r.assignment_id] = r
-        batch = list(unique.values())
+        return (await self.take_many({job_id: results}))[job_id]
+
+    async def take_many(
+        self, results: Mapping[UUID, Sequence[InferenceResult]]
+    ) -> dict[UUID, Intake]:
+        """`take_results` for several jobs (job id -> its results) in one transaction,
+        in as few statements as their outcomes allow: one lock, one store, one write of
+        the verdicts that close jobs plainly, one of late results' events; anything
+        else (a split vote, a re-validation, a split job's part) is applied job by job.
+        Any failure fails them all, none stored: the caller may take each job alone."""
+        intakes = {job_id: Intake() for job_id in results}
+        batch: dict[UUID, list[InferenceResult]] = {}
+        for job_id, given in results.items():
+            batch[job_id] = _unique(job_id, given, intakes[job_id])
         async with refusing_unstorable(), self.pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(_LOCK, job_id)
-            if job is None:
-                intake.ignored.append(f"job {job_id} is unknown")
-                return intake
-            decided = job["status"] in TERMINAL
-            if decided and job["payload"] is None:
-                # We waited for the lock while another guard decided the job: the lock
-                # shows its new status, but the joined verdict comes from the snapshot
-                # taken before the wait. Read again, now that the verdict is committed.
-                job = await conn.fetchrow(_LOCK, job_id)
+            jobs = {j["job_id"]: j for j in await conn.fetch(_LOCK, list(batch))}
+            # A job we waited for while another guard decided it shows its new status,
+            # but the verdict joined to it comes from the snapshot taken before the
+            # wait: read those again, now that their verdicts are committed.
+            stale = [i for i, j in jobs.items() if j["status"] in TERMINAL and j["payload"] is None]
+            if stale:
+                jobs.update({j["job_id"]: j for j in await conn.fetch(_LOCK, stale)})
+            for job_id in batch.keys() - jobs.keys():
+                intakes[job_id].ignored.append(f"job {job_id} is unknown")
+            taken = [r for job_id in jobs for r in batch[job_id]]
+            open_ids = [i for i, j in jobs.items() if j["status"] not in TERMINAL]
             rows = await conn.fetch(
                 _TAKE,
-                job_id,
-                [r.result_id for r in batch],
-                [r.assignment_id for r in batch],
-                [r.node_id for r in batch],
-                [r.precision_label() for r in batch],
+                [r.job_id for r in taken],
+                [r.result_id for r in taken],
+                [r.assignment_id for r in taken],
+                [r.node_id for r in taken],
+                [r.precision_label() for r in taken],
                 # As JSON text: asyncpg would read nested lists as array dimensions.
-                [None if r.error else json.dumps(r.output()) for r in batch],
-                [r.error for r in batch],
-                [r.elapsed_ms for r in batch],
-                not decided,
+                [None if r.error else json.dumps(r.output()) for r in taken],
+                [r.error for r in taken],
+                [r.elapsed_ms for r in taken],
+                open_ids,
             )
-            counted = _tally(rows, intake, {r.assignment_id: r.node_id for r in batch})
-            fresh = [_in_hand(r) for r in batch if r.assignment_id in counted]
-            if decided:
-                if fresh and job["c_result_id"] is not None:
-                    canonical = _replica(job, prefix="c_")
-                    await self.add_events(conn, job_id, score_late(job["task"], canonical, fresh))
-                stored = {"payload": job["payload"], "output": job["c_output"]}
-                intake.verdict = verdict_of(stored)
-                return intake
-            if fresh:
-                case = _case(job, [r for r in rows if not r["incoming"]], fresh)
-                await self._apply(conn, job, adjudicate(case), intake)
-        return intake
+            by_job: dict[UUID, list[Any]] = defaultdict(list)
+            for row in rows:
+                by_job[row["job_id"]].append(row)
+            late: list[tuple[Any, tuple[str, Any, str]]] = []
+            plain: list[tuple[UUID, Conclude]] = []
+            for job_id, job in jobs.items():
+                intake, mine = intakes[job_id], batch[job_id]
+                counted = _tally(by_job[job_id], intake, {r.assignment_id: r.node_id for r in mine})
+                fresh = [_in_hand(r) for r in mine if r.assignment_id in counted]
+                if job["status"] in TERMINAL:
+                    if fresh and job["c_result_id"] is not None:
+                        canonical = _replica(job, prefix="c_")
+                        events = score_late(job["task"], canonical, fresh)
+                        late.extend((job_id, e) for e in events)
+                    intake.verdict = verdict_of(
+                        {"payload": job["payload"], "output": job["c_output"]}
+                    )
+                    continue
+                if not fresh:
+                    continue
+                others = [r for r in by_job[job_id] if not r["incoming"]]
+                outcome = adjudicate(_case(job, others, fresh))
+                if _plain(job, outcome):
+                    assert isinstance(outcome, Conclude)
+                    plain.append((job_id, outcome))
+                else:
+                    await self._apply(conn, job, outcome, intake)
+            await self.write_verdicts(
+                conn,
+                [Decision(o.verdict, o.events, o.unchecked) for _, o in plain],
+                more_events=late,
+            )
+            for job_id, outcome in plain:
+                intakes[job_id].verdict, intakes[job_id].new_verdict = outcome.verdict, True
+        return intakes
 
     async def _apply(self, conn: Connection, job: Any, outcome: Outcome, intake: Intake) -> None:
         """Record what the core decided for a job whose replicas changed."""

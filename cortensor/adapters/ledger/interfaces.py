@@ -156,6 +156,13 @@ class GuardBook(VerdictBook, OutageBook, Protocol):
         assignment; a late one kept but not counted) and act on the core's outcome."""
         ...
 
+    async def take_many(
+        self, results: Mapping[UUID, Sequence[InferenceResult]]
+    ) -> dict[UUID, Intake]:
+        """`take_results` for several jobs (job id -> its results) in one transaction;
+        any failure fails them all, none stored."""
+        ...
+
     async def decide_expired(
         self, limit: int = 50, *, horizon: datetime | None = None
     ) -> list[Verdict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Self, TypeAlias
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import asyncpg
 
@@ -55,6 +55,16 @@ def excused_sql(grace: str) -> str:
         SELECT 1 FROM outages o
         WHERE o.started_at <= a.deadline_at
           AND a.sent_at <= o.ended_at + make_interval(secs => {grace}::float8)))"""
+
+
+class Decision(NamedTuple):
+    """A verdict to write, with the reputation events it implies (node_id,
+    assignment_id, kind) and whether it rests on one replica nobody checked (re-validated
+    if its node later fails a check)."""
+
+    verdict: Verdict
+    events: Sequence[tuple[str, Any, str]] = ()
+    unchecked: bool = False
 
 
 def _payload(verdict: Verdict) -> str:
@@ -101,45 +111,76 @@ class Ledger:
         events: Sequence[tuple[str, Any, str]] = (),
         unchecked: bool = False,
     ) -> bool:
-        """Close a job with its verdict and the reputation events it implies (one statement;
-        PostgreSQL runs every data-modifying CTE to completion whether or not it is read).
+        """Close a job with its verdict and the reputation events it implies (see
+        `write_verdicts`). Returns False when the job had a verdict already (a
+        redelivery), in which case nothing is written."""
+        written = await Ledger.write_verdicts(conn, [Decision(verdict, events, unchecked)])
+        return verdict.job_id in written
 
-        `events` are (node_id, assignment_id, kind). `unchecked` marks a result accepted
-        alone, to be re-validated if its node later fails a check. Returns False when
-        the job had a verdict already (a redelivery), in which case nothing is written.
+    @staticmethod
+    async def write_verdicts(
+        conn: Connection,
+        decisions: Sequence[Decision],
+        *,
+        more_events: Sequence[tuple[Any, tuple[str, Any, str]]] = (),
+    ) -> set[Any]:
+        """Close jobs with their verdicts and the reputation events they imply, in one
+        statement (PostgreSQL runs every data-modifying CTE to completion whether or not
+        it is read); returns the ids of the jobs closed. A job that had a verdict
+        already (a redelivery) is left as it is, its events too. Job ids must be distinct.
+
+        `more_events` (job_id, (node_id, assignment_id, kind)) are appended whatever
+        happens to the verdicts (those of jobs decided before): one statement appends
+        every event, in node order, so that the nodes' standings are locked in one order.
         """
-        written: bool = await conn.fetchval(
+        if not decisions and not more_events:
+            return set()
+        events = [(d.verdict.job_id, True, *e) for d in decisions for e in d.events]
+        events += [(job_id, False, *e) for job_id, e in more_events]
+        rows = await conn.fetch(
             """
-            WITH verdict AS (
+            WITH decided AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+                                     $5::int[], $6::text[], $7::bool[])
+                     AS d(job_id, status, reason, canonical_result_id, replicas, payload,
+                          unchecked)
+            ), verdict AS (
                 INSERT INTO verdicts (job_id, status, reason, canonical_result_id, replicas,
                                       payload)
-                VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)
+                SELECT job_id, status, reason, canonical_result_id, replicas, payload::jsonb
+                FROM decided
                 ON CONFLICT (job_id) DO NOTHING RETURNING job_id
             ), job AS (
-                UPDATE jobs SET status = $2, reason = $3, decided_at = now(), unchecked = $10
-                WHERE job_id IN (SELECT job_id FROM verdict) RETURNING job_id
+                UPDATE jobs j SET status = d.status, reason = d.reason, decided_at = now(),
+                                  unchecked = d.unchecked
+                FROM decided d
+                WHERE j.job_id = d.job_id AND j.job_id IN (SELECT job_id FROM verdict)
+                RETURNING j.job_id
             ), events AS (
                 INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-                SELECT e.node_id, v.job_id, e.assignment_id, e.kind
-                FROM verdict v,
-                     unnest($7::text[], $8::uuid[], $9::text[]) AS e(node_id, assignment_id, kind)
+                SELECT e.node_id, e.job_id, e.assignment_id, e.kind
+                FROM unnest($8::uuid[], $9::bool[], $10::text[], $11::uuid[], $12::text[])
+                     AS e(job_id, with_verdict, node_id, assignment_id, kind)
+                WHERE NOT e.with_verdict OR e.job_id IN (SELECT job_id FROM verdict)
                 ORDER BY e.node_id
                 ON CONFLICT (assignment_id) DO NOTHING RETURNING 1
             )
-            SELECT EXISTS (SELECT 1 FROM verdict)
+            SELECT job_id FROM verdict
             """,
-            verdict.job_id,
-            verdict.status,
-            verdict.reason,
-            verdict.canonical_result_id,
-            verdict.replicas,
-            _payload(verdict),
+            [d.verdict.job_id for d in decisions],
+            [d.verdict.status for d in decisions],
+            [d.verdict.reason for d in decisions],
+            [d.verdict.canonical_result_id for d in decisions],
+            [d.verdict.replicas for d in decisions],
+            [_payload(d.verdict) for d in decisions],
+            [d.unchecked for d in decisions],
             [e[0] for e in events],
             [e[1] for e in events],
             [e[2] for e in events],
-            unchecked,
+            [e[3] for e in events],
+            [e[4] for e in events],
         )
-        return written
+        return {r["job_id"] for r in rows}
 
     @staticmethod
     async def revise_verdict(
@@ -217,20 +258,30 @@ class Ledger:
     async def add_events(
         conn: Connection, job_id: Any, events: Sequence[tuple[str, Any, str]]
     ) -> None:
-        """Append reputation events (node_id, assignment_id, kind); one per assignment."""
+        """Append a job's reputation events (node_id, assignment_id, kind); one per
+        assignment."""
+        await Ledger.add_job_events(conn, [(job_id, e) for e in events])
+
+    @staticmethod
+    async def add_job_events(
+        conn: Connection, events: Sequence[tuple[Any, tuple[str, Any, str]]]
+    ) -> None:
+        """Append reputation events of several jobs, (job_id, (node_id, assignment_id,
+        kind)), in one statement; one per assignment."""
         if events:
             await conn.execute(
                 """
                 INSERT INTO reputation_events (node_id, job_id, assignment_id, kind)
-                SELECT e.node_id, $1, e.assignment_id, e.kind
-                FROM unnest($2::text[], $3::uuid[], $4::text[]) AS e(node_id, assignment_id, kind)
+                SELECT e.node_id, e.job_id, e.assignment_id, e.kind
+                FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
+                     AS e(job_id, node_id, assignment_id, kind)
                 ORDER BY e.node_id
                 ON CONFLICT (assignment_id) DO NOTHING
                 """,
-                job_id,
-                [e[0] for e in events],
-                [e[1] for e in events],
-                [e[2] for e in events],
+                [job_id for job_id, _ in events],
+                [e[0] for _, e in events],
+                [e[1] for _, e in events],
+                [e[2] for _, e in events],
             )
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -95,6 +95,15 @@ class GuardSide(OnTables):
         if fresh:
             self._apply(job, adjudicate(self._case(job, others, fresh)), intake)
         return intake
+
+    async def take_many(
+        self, results: Mapping[UUID, Sequence[InferenceResult]]
+    ) -> dict[UUID, Intake]:
+        """`take_results` for several jobs at once; a value the ledger cannot store fails
+        them all, none stored (GuardLedger.take_many)."""
+        for given in results.values():
+            _check_storable(given)
+        return {job_id: await self.take_results(job_id, given) for job_id, given in results.items()}
 
     def _store(self, job_id: UUID, batch: Sequence[InferenceResult], intake: Intake) -> set[UUID]:
         """Store each result once; count it if its assignment was still awaited."""

@@ -13,11 +13,12 @@ import structlog
 from pydantic import ValidationError
 
 from cortensor.adapters.interfaces import StreamMessage as Msg
+from cortensor.adapters.ledger.guard import Intake
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
 from cortensor.errors import Disposition, backoff_s, disposition
 from cortensor.protocol.outages import judging_horizon
-from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, printable, utcnow
+from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, Verdict, printable, utcnow
 from cortensor.services.announce import Announcer
 from cortensor.services.keyring import Keyring
 from cortensor.services.loops import every
@@ -84,30 +85,61 @@ class Guard:
             return None
         return result
 
+    def _report(self, job_id: UUID, intake: Intake) -> None:
+        """Log and count what became of a job's results."""
+        for reason in intake.ignored:
+            log.info("result ignored", job_id=str(job_id), reason=reason)
+        for node_id in intake.unheld:  # signed, but a replay or a forgery of its own
+            self.keyring.refuse(node_id, "not its assignment")
+        if intake.escalated:
+            log.info("no majority; replicas added", job_id=str(job_id), now=intake.escalated)
+        if intake.reopened:
+            log.warning(
+                "a node failed a check; its unchecked results reopened",
+                job_id=str(job_id),
+                reopened=intake.reopened,
+            )
+        v = intake.verdict
+        if v is not None and intake.new_verdict:
+            # One line per job would cost more than the decision; only surprises.
+            report = log.debug if v.status == "verified" else log.warning
+            report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
+
+    @staticmethod
+    def _verdicts(intake: Intake) -> list[Verdict]:
+        """The verdicts to publish after a job's results were taken."""
+        if intake.verdict is None:
+            return []
+        return [intake.verdict, *([intake.parent] if intake.parent else [])]
+
+    async def _take_jobs(self, by_job: dict[UUID, list[tuple[Msg, InferenceResult]]]) -> None:
+        """Take the results of several jobs in one transaction, publish the verdicts,
+        then ack; should anything fail, each job is taken alone (`_take_job`), so that a
+        job at fault never drags the others along."""
+        try:
+            intakes = await self.ledger.take_many(
+                {job_id: [r for _, r in batch] for job_id, batch in by_job.items()}
+            )
+            for job_id, intake in intakes.items():
+                self._report(job_id, intake)
+            await self.announcer.publish([v for i in intakes.values() for v in self._verdicts(i)])
+        except Exception as exc:
+            # Taking a job again after its commit changes nothing but publishes its
+            # verdict again; each job then meets its own failure's disposition.
+            log.warning(
+                "results of several jobs not stored together; taking each job alone",
+                jobs=len(by_job),
+                error=printable(repr(exc), 300),
+            )
+            await asyncio.gather(*(self._take_job(j, b) for j, b in by_job.items()))
+            return
+        await asyncio.gather(*(m.ack() for batch in by_job.values() for m, _ in batch))
+
     async def _take_job(self, job_id: UUID, batch: list[tuple[Msg, InferenceResult]]) -> None:
         try:
             intake = await self.ledger.take_results(job_id, [r for _, r in batch])
-            for reason in intake.ignored:
-                log.info("result ignored", job_id=str(job_id), reason=reason)
-            for node_id in intake.unheld:  # signed, but a replay or a forgery of its own
-                self.keyring.refuse(node_id, "not its assignment")
-            if intake.escalated:
-                log.info("no majority; replicas added", job_id=str(job_id), now=intake.escalated)
-            if intake.reopened:
-                log.warning(
-                    "a node failed a check; its unchecked results reopened",
-                    job_id=str(job_id),
-                    reopened=intake.reopened,
-                )
-            if intake.verdict is not None:
-                await self.announcer.publish(
-                    [intake.verdict, *([intake.parent] if intake.parent else [])]
-                )
-                if intake.new_verdict:
-                    v = intake.verdict
-                    # One line per job would cost more than the decision; only surprises.
-                    report = log.debug if v.status == "verified" else log.warning
-                    report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
+            self._report(job_id, intake)
+            await self.announcer.publish(self._verdicts(intake))
         except Exception as exc:
             if len(batch) > 1:
                 # One result may be at fault (a value the ledger refuses): each is taken
@@ -171,7 +203,10 @@ class Guard:
                 junk.append(msg.term())
             else:
                 by_job[result.job_id].append((msg, result))
-        await asyncio.gather(*junk, *(self._take_job(j, b) for j, b in by_job.items()))
+        if len(by_job) > 1:
+            await asyncio.gather(*junk, self._take_jobs(by_job))
+        else:
+            await asyncio.gather(*junk, *(self._take_job(j, b) for j, b in by_job.items()))
 
     async def sweep(self) -> None:
         """Record the outages seen, so that they excuse the nodes they kept from answering
