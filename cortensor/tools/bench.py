@@ -12,7 +12,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from cortensor.schemas import InferenceResult, JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import fidelity, speech
 from cortensor.tools.fleet import Fleet
+from cortensor.tools.profile import profiled, summarize
 
 
 def _sentences(n: int) -> list[str]:
@@ -103,13 +104,18 @@ def _component(pid: str, namespace: str) -> str | None:
     return role if role in ("router", "guard", "node") else None
 
 
+def _processes(namespace: str) -> Iterator[tuple[Path, str]]:
+    """Each process of the fleet and of the servers, with the component it is."""
+    for proc in Path("/proc").iterdir():
+        component = _component(proc.name, namespace) if proc.name.isdigit() else None
+        if component is not None:
+            yield proc, component
+
+
 def cpu_seconds(namespace: str) -> dict[str, float]:
     """CPU seconds used so far by each component (processes of the fleet, the servers)."""
     used: dict[str, float] = {}
-    for proc in Path("/proc").iterdir():
-        component = _component(proc.name, namespace) if proc.name.isdigit() else None
-        if component is None:
-            continue
+    for proc, component in _processes(namespace):
         try:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -118,15 +124,30 @@ def cpu_seconds(namespace: str) -> dict[str, float]:
     return used
 
 
+def fleet_pids(namespace: str) -> dict[str, list[int]]:
+    """The process ids of the fleet's router, guard and nodes (not the servers)."""
+    pids: dict[str, list[int]] = {}
+    for proc, component in _processes(namespace):
+        if component in ("router", "guard", "node"):
+            pids.setdefault(component, []).append(int(proc.name))
+    return pids
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def pipeline(
-    settings: Settings, k: int, latency_jobs: int, throughput_jobs: int, window: int
+    settings: Settings,
+    k: int,
+    latency_jobs: int,
+    throughput_jobs: int,
+    window: int,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Sequential latency and windowed throughput of single-sentence jobs at redundancy k."""
+    """Sequential latency and windowed throughput of single-sentence jobs at redundancy k;
+    with `profile_dir`, where the fleet's CPU went during the throughput run (py-spy)."""
     texts = _sentences(latency_jobs + throughput_jobs + 20)
     async with Client(settings) as client:
         for t in texts[:20]:  # warm-up
@@ -145,11 +166,13 @@ async def pipeline(
                     await client.run(JobRequest(inputs=[text], redundancy=k), timeout_s=120)
                 ).status
 
-        before, client_before = cpu_seconds(settings.namespace), time.process_time()
-        start = time.perf_counter()
-        statuses = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
-        elapsed = time.perf_counter() - start
-        after, client_after = cpu_seconds(settings.namespace), time.process_time()
+        spied = fleet_pids(settings.namespace) if profile_dir is not None else {}
+        with profiled(spied, (profile_dir or Path()) / f"redundancy-{k}") as raw:
+            before, client_before = cpu_seconds(settings.namespace), time.process_time()
+            start = time.perf_counter()
+            statuses = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
+            elapsed = time.perf_counter() - start
+            after, client_after = cpu_seconds(settings.namespace), time.process_time()
     cpu = {name: after[name] - before.get(name, 0.0) for name in after}
     cpu["client"] = client_after - client_before
     return {
@@ -172,7 +195,7 @@ async def pipeline(
             }
             | {"total": round(sum(cpu.values()) / throughput_jobs * 1000, 2)},
         },
-    }
+    } | ({"profile": {name: summarize(path) for name, path in raw.items()}} if raw else {})
 
 
 QUESTIONS = [
@@ -328,9 +351,15 @@ def main(
     nodes: int = typer.Option(3, help="Honest nodes in the embedding fleet."),
     speech_runs: int = typer.Option(3, help="Runs of each speech measurement."),
     only: str = typer.Option(",".join(SECTIONS), help="Sections to run, comma-separated."),
+    profile: str = typer.Option(
+        "",
+        help="Sample the fleet's processes with py-spy during the throughput runs; the raw"
+        " files go here and a summary into the JSON.",
+    ),
 ) -> None:
     """Run the benchmark on a throwaway namespace and database; print JSON."""
     sections = [name.strip() for name in only.split(",") if name.strip()]
+    spied = Path(profile) if profile else None
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise typer.BadParameter(f"unknown sections {sorted(unknown)}; use {', '.join(SECTIONS)}")
@@ -372,7 +401,9 @@ def main(
                 lambda: {
                     "nodes": nodes,
                     "runs": [
-                        asyncio.run(pipeline(settings, k, latency_jobs, throughput_jobs, window))
+                        asyncio.run(
+                            pipeline(settings, k, latency_jobs, throughput_jobs, window, spied)
+                        )
                         for k in (1, 3)
                     ],
                 },
