@@ -278,7 +278,11 @@ def _place(
             temperature=temperature,
             model=job.model,
             newcomers=room,
-            fits=lambda n: timing.fits(job, now, n.node_id),
+            # Only a node with work ahead can fail to fit: when none does, every node
+            # fits, and the drawn order stands as it is.
+            fits=(lambda n: timing.fits(job, now, n.node_id))
+            if any(not timing.fits(job, now, node) for node in timing.ahead)
+            else None,
         )
     except NoEligibleNodes:
         return _short(job, needed, len(eligible))

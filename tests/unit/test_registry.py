@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -194,3 +195,38 @@ def test_only_admitted_nodes_are_offered_real_jobs() -> None:
     assert {v.node_id: v.trust for v in joined(NodeRegistry(), beat("n4"), now=1.0).views()} == {
         "n4": "probation"
     }
+
+
+def test_views_kept_between_changes_equal_views_made_afresh() -> None:
+    """The registry keeps its views between changes and updates a node's in place; after
+    any sequence of heartbeats, records, assignments, refreshes and departures they
+    equal, in order (the order the routing draws follow), the views made afresh."""
+    rng = random.Random(3)
+    registry = NodeRegistry(forget_after_s=30.0)
+    ids = [f"n{i}" for i in range(12)]
+    now = 100.0
+    for _ in range(600):
+        node = rng.choice(ids)
+        step = rng.randrange(7)
+        now += rng.uniform(0.0, 2.0)
+        if step == 0:
+            hw_class, precision = rng.choice((("cpu-fp32", "fp32"), ("cpu-int8", "int8")))
+            status = rng.choice(("up", "up", "draining"))
+            beat_ = beat(node, hw_class=hw_class, precision=precision, status=status)
+            if registry.observe(beat_, now) and rng.random() < 0.7:
+                registry.recorded(node)
+        elif step == 1:
+            registry.recorded(node)
+        elif step == 2:
+            registry.assigned(node)
+        elif step == 3:
+            registry.update_stats(
+                {n: NodeStats(rng.random(), rng.randrange(4), trust="active") for n in ids}
+            )
+        elif step == 4:
+            registry.forget(node)
+        elif step == 5:
+            registry.prune(now)
+        kept = registry.views()
+        registry._views = None
+        assert kept == registry.views()

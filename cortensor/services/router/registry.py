@@ -50,6 +50,10 @@ class NodeRegistry:
         self._nodes: dict[str, _Entry] = {}
         self._stats: dict[str, NodeStats] = {}
         self._assigned_since_refresh: Counter[str] = Counter()
+        self._views: dict[str, NodeView] | None = None
+        """The views of the recorded nodes, in the order of `_nodes` (None: made again
+        at the next `views`). A heartbeat or an assignment changes one node's view in
+        place; a node recorded anew, or fresh stats, have them made again."""
 
     def observe(self, beat: NodeHeartbeat, now: float) -> bool:
         """Take a heartbeat; True when the ledger must record the node before it is offered."""
@@ -63,12 +67,14 @@ class NodeRegistry:
         if entry is not None and entry.beat.started_at == beat.started_at:
             rate = speed(entry.rate, beat.processed - entry.beat.processed, now - entry.seen)
         self._nodes[beat.node_id] = _Entry(beat, now, recorded=recorded, rate=rate)
+        self._changed(beat.node_id)
         return not recorded
 
     def recorded(self, node_id: str) -> None:
         """The ledger now holds the node."""
         if node_id in self._nodes:
             self._nodes[node_id].recorded = True
+            self._changed(node_id)
 
     def heartbeats(self) -> list[NodeHeartbeat]:
         """The last heartbeat of every node."""
@@ -79,6 +85,7 @@ class NodeRegistry:
         registry holds (the ledger knows every node there ever was)."""
         self._stats = {n: stats[n] for n in self._nodes.keys() & stats.keys()}
         self._assigned_since_refresh.clear()
+        self._views = None
 
     def prune(self, now: float) -> list[str]:
         """Forget the nodes not heard for `forget_after_s`; returns their ids."""
@@ -97,6 +104,7 @@ class NodeRegistry:
     def assigned(self, node_id: str) -> None:
         """Count an assignment made since the last refresh."""
         self._assigned_since_refresh[node_id] += 1
+        self._changed(node_id)
 
     def forget(self, node_id: str) -> None:
         """Stop offering a node until it announces itself again (its queue is gone, or
@@ -104,6 +112,8 @@ class NodeRegistry:
         self._nodes.pop(node_id, None)
         self._stats.pop(node_id, None)
         self._assigned_since_refresh.pop(node_id, None)
+        if self._views is not None:
+            self._views.pop(node_id, None)
 
     def streak(self, node_id: str, model: str) -> int:
         """The node's run of valid results for `model`, as of the last refresh."""
@@ -111,26 +121,43 @@ class NodeRegistry:
         return 0 if stats is None else int(stats.streaks.get(model, 0))
 
     def views(self) -> list[NodeView]:
-        """Every recorded node as routing policy sees it."""
-        views = []
-        for node_id, entry in self._nodes.items():
-            if not entry.recorded:
-                continue
-            stats = self._stats.get(node_id, NodeStats(PRIOR_SCORE, 0, trust="probation"))
-            beat = entry.beat
-            views.append(
-                NodeView(
-                    node_id=node_id,
-                    hw_class=beat.hw_class,
-                    models=frozenset(beat.models),
-                    last_seen=entry.seen,
-                    score=stats.score,
-                    capacity=beat.capacity,
-                    inflight=stats.outstanding + self._assigned_since_refresh[node_id],
-                    draining=beat.status == "draining",
-                    trust=stats.trust,
-                    streaks=stats.streaks,
-                    offences=stats.offences,
-                )
-            )
-        return views
+        """Every recorded node as routing policy sees it, in the order nodes were first
+        heard (the order the routing draws follow)."""
+        if self._views is None:
+            self._views = {
+                node_id: self._view(node_id, entry)
+                for node_id, entry in self._nodes.items()
+                if entry.recorded
+            }
+        return list(self._views.values())
+
+    def _changed(self, node_id: str) -> None:
+        """Bring one node's view up to date: in place while it keeps its place among the
+        views; a node offered anew has them all made again, in order, at the next
+        `views`."""
+        if self._views is None:
+            return
+        entry = self._nodes.get(node_id)
+        if entry is None or not entry.recorded:
+            self._views.pop(node_id, None)
+        elif node_id in self._views:
+            self._views[node_id] = self._view(node_id, entry)
+        else:
+            self._views = None
+
+    def _view(self, node_id: str, entry: _Entry) -> NodeView:
+        stats = self._stats.get(node_id, NodeStats(PRIOR_SCORE, 0, trust="probation"))
+        beat = entry.beat
+        return NodeView(
+            node_id=node_id,
+            hw_class=beat.hw_class,
+            models=frozenset(beat.models),
+            last_seen=entry.seen,
+            score=stats.score,
+            capacity=beat.capacity,
+            inflight=stats.outstanding + self._assigned_since_refresh[node_id],
+            draining=beat.status == "draining",
+            trust=stats.trust,
+            streaks=stats.streaks,
+            offences=stats.offences,
+        )
