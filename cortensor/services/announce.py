@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections import deque
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -16,8 +19,11 @@ from cortensor.schemas import JobReceipt, Verdict, printable, utcnow
 log = structlog.get_logger(__name__)
 
 
-RECEIPT_BATCHES_PENDING = 16
-"""Batches of receipts a publisher may have in flight before it waits for them."""
+RECEIPT_DELAY_S = 1.0
+"""How long after a job is recorded its receipt goes out, unless its verdict went out
+first: a job decided within it (most are, in milliseconds) needs no receipt, for its
+verdict says more, and its receipt would be one more fsynced write to the verdicts
+stream per job."""
 
 
 class Announcer:
@@ -32,7 +38,9 @@ class Announcer:
     def __init__(self, stream: StreamPublisher, topology: Topology, ledger: VerdictBook) -> None:
         self.stream, self.topology, self.ledger = stream, topology, ledger
         self._published: list[UUID] = []
-        self._receipts: set[asyncio.Task[None]] = set()
+        self._waiting: deque[tuple[float, UUID, str]] = deque()
+        """Receipts to publish: when each falls due, the job, its owner."""
+        self._sender: asyncio.Task[None] | None = None
 
     async def publish(self, verdicts: Sequence[Verdict]) -> None:
         """Publish verdicts and wait for the stream's acks."""
@@ -82,20 +90,42 @@ class Announcer:
             )
 
     async def receipts_soon(self, jobs: Sequence[tuple[UUID, str]]) -> None:
-        """Publish receipts without holding up the caller (the router acks its jobs
-        meanwhile), unless RECEIPT_BATCHES_PENDING batches are still in flight: then
-        wait for these, so that a slow NATS slows the router rather than piling up
-        tasks."""
-        if len(self._receipts) >= RECEIPT_BATCHES_PENDING:
-            await self.receipts(jobs)
-            return
-        task = asyncio.create_task(self.receipts(jobs))
-        self._receipts.add(task)
-        task.add_done_callback(self._receipts.discard)
+        """Publish the receipts of jobs just recorded RECEIPT_DELAY_S from now, for those
+        still undecided then, without holding up the caller (the router acks its jobs
+        meanwhile)."""
+        due = time.monotonic() + RECEIPT_DELAY_S
+        self._waiting.extend((due, job_id, owner) for job_id, owner in jobs)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_receipts())
+
+    async def _send_receipts(self) -> None:
+        """Publish the receipts as they fall due, until none waits."""
+        while self._waiting:
+            await asyncio.sleep(max(0.0, self._waiting[0][0] - time.monotonic()))
+            now, due = time.monotonic(), []
+            while self._waiting and self._waiting[0][0] <= now:
+                _, job_id, owner = self._waiting.popleft()
+                due.append((job_id, owner))
+            await self._still_open(due)
+
+    async def _still_open(self, jobs: Sequence[tuple[UUID, str]]) -> None:
+        """Publish the receipts of those of `jobs` still undecided (of all of them when
+        the ledger cannot say: a receipt too many is harmless)."""
+        try:
+            undecided = await self.ledger.undecided([job_id for job_id, _ in jobs])
+        except Exception as exc:
+            log.warning("job receipts sent unfiltered", error=printable(repr(exc)))
+            undecided = {job_id for job_id, _ in jobs}
+        await self.receipts([(j, owner) for j, owner in jobs if j in undecided])
 
     async def receipts_sent(self) -> None:
-        """Wait for the receipts in flight."""
-        await asyncio.gather(*self._receipts)
+        """Publish the receipts still waiting now, and wait for them."""
+        waiting, self._waiting = list(self._waiting), deque()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        await self._still_open([(job_id, owner) for _, job_id, owner in waiting])
 
     async def flush(self) -> None:
         """Record in the ledger which verdicts went out since the last flush."""

@@ -44,6 +44,11 @@ LIBRARIES: tuple[tuple[str, str], ...] = (
 that names one decides, so that cortensor code calling asyncpg counts as postgresql)."""
 
 
+IDLE = ("select (selectors.py", "poll (kombu/utils/eventio.py", "wait (threading.py")
+"""Innermost frames of a thread that waits: py-spy without pausing its target (which
+would cost the target more) cannot always tell them from work, so they are left out."""
+
+
 def library(frame: str) -> str:
     """The library a py-spy frame ("function (path:line)") belongs to, or "other"."""
     where = frame.rsplit("(", 1)[-1]
@@ -54,25 +59,30 @@ def library(frame: str) -> str:
 
 
 def summarize(raw: Path, top: int = 8) -> dict[str, Any]:
-    """Share of samples by library (of each stack's innermost known frame) and the
-    functions that use the most CPU themselves, from a py-spy raw (collapsed) file."""
+    """Share of the working samples (IDLE left out) by library (of each stack's
+    innermost known frame) and the functions that use the most CPU themselves, from a
+    py-spy raw (collapsed) file."""
     by_library: Counter[str] = Counter()
     by_function: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")
+        if any(idle in frames[-1] for idle in IDLE):
+            waiting += count
+            continue
         total += count
         by_function[frames[-1]] += count
         named = [library(f) for f in reversed(frames)]
         by_library[next((n for n in named if n != "other"), "other")] += count
     if not total:
-        return {"samples": 0}
+        return {"samples": 0, "waiting": waiting}
     return {
         "samples": total,
+        "waiting": waiting,
         "share_by_library": {
             name: round(n / total, 3) for name, n in by_library.most_common() if n / total >= 0.01
         },

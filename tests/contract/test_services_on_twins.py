@@ -329,6 +329,29 @@ async def test_a_recorded_job_gets_one_receipt_and_a_rejected_job_none(net: Netw
     assert net.verdicts(bad_id)[0].status == "rejected"
 
 
+async def test_a_job_decided_before_its_receipt_falls_due_gets_none(net: Network) -> None:
+    node = node_ids("quick", 1)[0]
+    await net.join(node)
+    quick = JobRequest(inputs=["decided at once"], redundancy=1, model=MODEL)
+    net.submit(quick.model_dump_json().encode(), str(quick.job_id))
+    [sent] = await net.assignments_of(quick.job_id, 1)
+    await net.answer(sent, [1.0] + [0.0] * 383, msg_id=str(sent.assignment_id))
+    [verdict] = await eventually(lambda: net.verdicts(quick.job_id), what="a verdict")
+    assert verdict.status == "verified"
+    slow = JobRequest(inputs=["left unanswered"], redundancy=1, model=MODEL)
+    net.submit(slow.model_dump_json().encode(), str(slow.job_id))
+    stored = lambda: net.nats.stored(net.topology.verdicts_stream)  # noqa: E731
+    accepted = {
+        job.job_id: net.topology.receipt_subject(str(job.job_id), owner=CLIENT)
+        for job in (quick, slow)
+    }
+    await eventually(
+        lambda: [s for s, _ in stored() if s == accepted[slow.job_id]],
+        what="the undecided job's receipt",
+    )
+    assert [s for s, _ in stored() if s == accepted[quick.job_id]] == []
+
+
 async def test_a_job_that_is_not_json_is_dead_lettered_with_its_reason(net: Network) -> None:
     net.submit(b"{not json", "garbage-1")
     dead = await eventually(

@@ -39,6 +39,10 @@ class VerdictBook(Protocol):
         oldest first."""
         ...
 
+    async def undecided(self, job_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of these jobs that are recorded and have no verdict yet."""
+        ...
+
 
 class OutageBook(Protocol):
     """Server outages as routers and guards saw them (cortensor.protocol.outages)."""

@@ -403,6 +403,15 @@ class Ledger:
                 list(job_ids),
             )
 
+    async def undecided(self, job_ids: Sequence[Any]) -> set[Any]:
+        """Those of these jobs that are recorded and have no verdict yet."""
+        rows = await self.pool.fetch(
+            "SELECT job_id FROM jobs WHERE job_id = ANY($1::uuid[])"
+            " AND status IN ('waiting', 'running', 'split')",
+            list(job_ids),
+        )
+        return {r["job_id"] for r in rows}
+
     async def unpublished_verdicts(self, older_than_s: float, limit: int = 100) -> list[Verdict]:
         """Verdicts committed but not known to be published (their publisher died)."""
         rows = await self.pool.fetch(

@@ -73,6 +73,13 @@ class MemoryLedger(RouterSide, GuardSide):
         )
         return [v for _, job_id in rows[:limit] if (v := self.tables.stored(job_id)) is not None]
 
+    async def undecided(self, job_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of these jobs that are recorded and have no verdict yet."""
+        jobs = self.tables.jobs
+        return {
+            j for j in job_ids if j in jobs and jobs[j].status in ("waiting", "running", "split")
+        }
+
     # -- outages (store.Ledger) ----------------------------------------------------------
 
     async def record_outages(self, seen_by: str, outages: Sequence[Outage]) -> None:

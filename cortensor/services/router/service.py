@@ -348,8 +348,9 @@ class Router:
                     opened.append(NewJob(chosen, job.created_at, "running", made))
         written = await self.ledger.open_jobs(opened)
         again = [job.job_id for job, _, _ in jobs if job.job_id not in written]
-        # The receipts go out once the jobs are committed, off the jobs' path: their
-        # ack does not wait for them (a job delivered again gets its receipt again).
+        # The receipts of the jobs still undecided a second after their commit go out
+        # off the jobs' path: their ack does not wait for them (a job delivered again
+        # gets its receipt again).
         await self.announcer.receipts_soon([(job.job_id, owner) for job, owner, _ in jobs])
         await self.publish_assignments(
             [a for new in opened if new.job.job_id in written for a in new.assignments]
