@@ -208,6 +208,8 @@ def checked_replicas(streak: int, offences: int, rng: random.Random) -> int:
 def _newcomers_on(job: OpenJob, pool: Sequence[NodeView]) -> int:
     """Newcomers among the nodes that hold or held a replica of `job`. A node no longer
     in the pool (gone, or no longer active) cannot be vouched for, and counts as one."""
+    if not job.taken:
+        return 0
     views = {n.node_id: n for n in pool}
     return sum(
         1 for node in job.taken if node not in views or not established(views[node], job.model)
@@ -235,6 +237,8 @@ def _plan_leader(
 
 
 def _eligible(job: OpenJob, pool: Sequence[NodeView]) -> list[NodeView]:
+    if not job.taken:
+        return list(pool)
     return [n for n in pool if n.node_id not in job.taken]
 
 
@@ -265,11 +269,12 @@ def _place(
     deadline (Timing.fits) is taken only when too few others are left: the work the
     network sent it, probes included, would make an honest node late."""
     eligible = _eligible(job, pool)
-    fresh = [n for n in eligible if n.node_id not in spread]
-    if spread and len(fresh) >= needed:
-        eligible = fresh
-    elif spread:
-        spread = frozenset()
+    if spread:
+        fresh = [n for n in eligible if n.node_id not in spread]
+        if len(fresh) >= needed:
+            eligible = fresh
+        else:
+            spread = frozenset()
     try:
         chosen = choose(
             eligible,
