@@ -11,7 +11,6 @@ events.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,14 @@ from uuid import UUID
 import asyncpg
 
 from cortensor.adapters.ledger.retention import purge_content
-from cortensor.adapters.ledger.store import Connection, Decision, Ledger, excused_sql, verdict_of
+from cortensor.adapters.ledger.store import (
+    Connection,
+    Decision,
+    Ledger,
+    excused_sql,
+    json_text,
+    verdict_of,
+)
 from cortensor.errors import BadInput
 from cortensor.protocol.adjudication import (
     Case,
@@ -321,7 +327,7 @@ class GuardLedger(Ledger):
                 [r.node_id for r in taken],
                 [r.precision_label() for r in taken],
                 # As JSON text: asyncpg would read nested lists as array dimensions.
-                [None if r.error else json.dumps(r.output()) for r in taken],
+                [None if r.error else json_text(r.output()) for r in taken],
                 [r.error for r in taken],
                 [r.elapsed_ms for r in taken],
                 open_ids,

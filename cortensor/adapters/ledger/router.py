@@ -16,7 +16,13 @@ from typing import Any
 from uuid import UUID
 
 from cortensor.adapters.ledger import probes
-from cortensor.adapters.ledger.store import DUE_CHANNEL, Connection, Ledger, excused_sql
+from cortensor.adapters.ledger.store import (
+    DUE_CHANNEL,
+    Connection,
+    Ledger,
+    excused_sql,
+    json_text,
+)
 from cortensor.protocol.outages import MIN_WINDOW_S
 from cortensor.protocol.planning import Plan, replicas_due, waiting
 from cortensor.protocol.probing import PoolProbe
@@ -255,13 +261,13 @@ class RouterLedger(Ledger):
             [n.job.model for n in jobs],
             [n.job.redundancy for n in jobs],
             [n.job.hw_class for n in jobs],
-            [json.dumps(n.job.inputs) for n in jobs],
+            [json_text(n.job.inputs) for n in jobs],
             [n.status for n in jobs],
             [n.created_at for n in jobs],
             [n.job.deadline_at for n in jobs],
             [n.job.parent_id for n in jobs],
             [n.job.part for n in jobs],
-            [json.dumps(dict(n.job.params)) for n in jobs],
+            [json_text(dict(n.job.params)) for n in jobs],
             [n.job.audio for n in jobs],
             [a.assignment_id for a in made],
             [a.job_id for a in made],

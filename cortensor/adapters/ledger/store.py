@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Self, TypeAlias
 
 import asyncpg
+import orjson
 
 from cortensor.protocol.outages import EXTENSION_S, GRACE_S, Outage
 from cortensor.protocol.parts import DecidedPart, stitch
@@ -80,8 +81,22 @@ def verdict_of(row: Any) -> Verdict:
     return verdict if row["output"] is None else verdict.with_output(row["output"])
 
 
+def json_text(value: Any) -> str:
+    """`value` as JSON text for a jsonb parameter, the same as the standard library
+    would give where PostgreSQL can tell. orjson writes a non-finite number as null, which
+    would store a NaN as a hole, and refuses a lone surrogate: whatever orjson gives a
+    null or refuses, the standard library encodes again, so that such a value reaches
+    PostgreSQL as it is and is refused there
+    (cortensor.adapters.ledger.guard.refusing_unstorable)."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+    return json.dumps(value) if b"null" in text else text.decode()
+
+
 async def _init_connection(conn: Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json_text, decoder=orjson.loads, schema="pg_catalog")
 
 
 class Ledger:
