@@ -28,7 +28,7 @@ from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.protocol.comparators.transcribe import word_error_rate
 from cortensor.protocol.signing import public_bytes, refusal, sign, signature_headers
-from cortensor.schemas import InferenceResult, JobRequest, Verdict
+from cortensor.schemas import InferenceResult, JobRequest, Redundancy, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import fidelity, speech
 from cortensor.tools.fleet import Fleet
@@ -140,13 +140,15 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def pipeline(
     settings: Settings,
-    k: int,
+    k: Redundancy,
     latency_jobs: int,
     throughput_jobs: int,
     window: int,
     profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Sequential latency and windowed throughput of single-sentence jobs at redundancy k;
+    """Sequential latency and windowed throughput of single-sentence jobs at redundancy k
+    (`auto`: as many replicas as the nodes' reputation calls for; the replicas per job
+    are reported for every k);
     with `profile_dir`, where the fleet's CPU went during the throughput run (py-spy)."""
     texts = _sentences(latency_jobs + throughput_jobs + 20)
     async with Client(settings) as client:
@@ -160,17 +162,15 @@ async def pipeline(
             assert verdict.status == "verified", verdict.reason
         gate = asyncio.Semaphore(window)
 
-        async def one(text: str) -> str:
+        async def one(text: str) -> Verdict:
             async with gate:
-                return (
-                    await client.run(JobRequest(inputs=[text], redundancy=k), timeout_s=120)
-                ).status
+                return await client.run(JobRequest(inputs=[text], redundancy=k), timeout_s=120)
 
         spied = fleet_pids(settings.namespace) if profile_dir is not None else {}
         with profiled(spied, (profile_dir or Path()) / f"redundancy-{k}") as raw:
             before, client_before = cpu_seconds(settings.namespace), time.process_time()
             start = time.perf_counter()
-            statuses = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
+            verdicts = await asyncio.gather(*(one(t) for t in texts[20 + latency_jobs :]))
             elapsed = time.perf_counter() - start
             after, client_after = cpu_seconds(settings.namespace), time.process_time()
     cpu = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -187,7 +187,8 @@ async def pipeline(
             "jobs": throughput_jobs,
             "in_flight": window,
             "jobs_per_s": round(throughput_jobs / elapsed, 1),
-            "verified": statuses.count("verified"),
+            "verified": sum(v.status == "verified" for v in verdicts),
+            "replicas_per_job": round(statistics.fmean(v.replicas for v in verdicts), 3),
             # CPU per job is steadier than rates on a shared machine (LIMITS.md).
             "cpu_ms_per_job": {
                 name: round(seconds / throughput_jobs * 1000, 2)
@@ -341,6 +342,9 @@ def signing_cost(rounds: int = 2000) -> dict[str, Any]:
     }
 
 
+REDUNDANCIES: tuple[Redundancy, ...] = (1, 3, "auto")
+"""`auto` last: by then the nodes have the history that steady state means."""
+
 SECTIONS = ("embed", "fidelity", "speech", "split", "signing")
 
 
@@ -404,7 +408,7 @@ def main(
                         asyncio.run(
                             pipeline(settings, k, latency_jobs, throughput_jobs, window, spied)
                         )
-                        for k in (1, 3)
+                        for k in REDUNDANCIES
                     ],
                 },
             )
