@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -179,6 +179,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Level of the services' logs: DEBUG adds a line per job."""
+    log_format: Literal["console", "json"] = "console"
+    """The services' log lines: console (key=value, for people) or json (one JSON object
+    per line, with job_id, node_id and assignment_id as fields where known)."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Where a router, guard or node serves Prometheus metrics (/metrics): unset, none;
+    0, a free port (logged at start); under honcho the Procfile gives each process its
+    own $PORT when this is set (README, Metrics)."""
+    metrics_addr: str = "0.0.0.0"
+    """The address the metrics endpoint listens on."""
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     """How long a client (the SDK, a command that is not a service) keeps trying to reach
@@ -257,6 +266,13 @@ class Settings(BaseSettings):
                 " (at most 40 characters)"
             )
         return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _blank_port(cls, value: Any) -> Any:
+        """An empty CORTENSOR_METRICS_PORT (as the Procfile passes when none is asked
+        for) means no metrics endpoint."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("amqp_url", "nats_url")
     @classmethod
