@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import cProfile
+import gc
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -233,17 +235,21 @@ async def _open_signed_jobs(
         rng = random.Random(5)
         texts = _sentences(jobs)
         opened: list[NewJob] = []
+        job_ids = []
         for i, text in enumerate(texts):
             request = JobRequest(inputs=[text], redundancy=k)
             unit = whole_job(request, started + timedelta(seconds=600))
             chosen = rng.sample(ids, k)
             made = assignments_for(unit, [(n, "cpu-int8") for n in chosen], unit.deadline_at)
             opened.append(NewJob(unit, request.created_at, "running", made))
+            job_ids.append(unit.job_id)
             if i % 1000 == 999 or i == jobs - 1:
                 await ledger.open_jobs(opened)
                 opened = []
         rows = await ledger.pool.fetch(
-            "SELECT assignment_id, job_id, node_id FROM assignments ORDER BY job_id"
+            "SELECT assignment_id, job_id, node_id FROM assignments"
+            " WHERE job_id = ANY($1::uuid[]) ORDER BY job_id",
+            job_ids,
         )
         await ledger.mark_sent([r["assignment_id"] for r in rows])
     finally:
@@ -368,6 +374,67 @@ def guard_rate(
             "guard_cpu_share": round(run["cpu_s"] / run["elapsed_s"], 2),
         }
     return out
+
+
+async def _guard_heap(
+    settings: Settings, jobs: int, rounds: int, k: int, top: int
+) -> dict[str, Any]:
+    from cortensor.adapters.live import guard_ports
+    from cortensor.services.guard.service import Guard
+
+    stop = asyncio.Event()
+    db = await asyncpg.connect(settings.asyncpg_dsn)
+    series = []
+    try:
+        async with guard_ports(settings, name="bench-guard") as ports:
+            guard = Guard(settings, ports)
+            running = asyncio.create_task(guard.run(stop))
+            tracemalloc.start(8)
+            first: tracemalloc.Snapshot | None = None
+            last: tracemalloc.Snapshot | None = None
+            for n in range(1, rounds + 1):
+                messages = await _open_signed_jobs(settings, 20, jobs, k)
+                await _publish_all(settings, messages)
+                # Polled: the verdicts are rows in the ledger, written by the guard.
+                while int(await db.fetchval("SELECT count(*) FROM verdicts")) < n * jobs:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                gc.collect()
+                last = tracemalloc.take_snapshot().filter_traces(
+                    [tracemalloc.Filter(False, tracemalloc.__file__)]
+                )
+                if first is None:
+                    first = last
+                series.append(
+                    {
+                        "jobs_done": n * jobs,
+                        "traced_mb": round(tracemalloc.get_traced_memory()[0] / 1e6, 2),
+                    }
+                )
+            stop.set()
+            await running
+            tracemalloc.stop()
+    finally:
+        await db.close()
+    if first is None or last is None:
+        raise ValueError("rounds must be at least 1")
+    growth = [
+        {
+            "where": str(stat.traceback[0]),
+            "kb": round(stat.size_diff / 1e3, 1),
+            "count": stat.count_diff,
+        }
+        for stat in last.compare_to(first, "lineno")[:top]
+    ]
+    return {"series": series, "top_growth_after_first_round": growth}
+
+
+def guard_heap(jobs: int = 2000, rounds: int = 5, k: int = 1, top: int = 12) -> dict[str, Any]:
+    """Where the guard's Python heap grows: one guard (the real service on the real
+    adapters, in this process, traced by tracemalloc) decides `rounds` rounds of `jobs`
+    jobs of redundancy k; the traced memory after each round, and the lines whose
+    allocations grew most between the first round and the last."""
+    with throwaway("scaleheap") as settings, _service_logging():
+        return asyncio.run(_guard_heap(settings, jobs, rounds, k, top))
 
 
 NODE_RSS_TARGET_MB = {EMBED_MODEL: 300, WHISPER_BASE: 500}
@@ -551,6 +618,8 @@ def service_memory(
 
 
 SCALE_FIGURES = ("routing", "guard", "node_memory", "service_memory")
+DIAGNOSTICS = ("guard_heap",)
+"""Run only when asked for (--only guard_heap)."""
 
 
 def main(
@@ -559,11 +628,10 @@ def main(
 ) -> None:
     """Measure the scale figures on throwaway namespaces and databases; print JSON."""
     wanted = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = set(wanted) - set(SCALE_FIGURES)
+    unknown = set(wanted) - set(SCALE_FIGURES) - set(DIAGNOSTICS)
     if unknown:
-        raise typer.BadParameter(
-            f"unknown figures {sorted(unknown)}; use {', '.join(SCALE_FIGURES)}"
-        )
+        known = ", ".join(SCALE_FIGURES + DIAGNOSTICS)
+        raise typer.BadParameter(f"unknown figures {sorted(unknown)}; use {known}")
     report: dict[str, Any] = {"cpus": os.cpu_count(), "quick": quick}
     if "routing" in wanted:
         report["routing"] = routing(decisions=200) if quick else routing()
@@ -574,6 +642,8 @@ def main(
         report["node_memory"] = [node_memory(EMBED_MODEL, jobs), node_memory(WHISPER_BASE, jobs)]
     if "service_memory" in wanted:
         report["service_memory"] = service_memory(jobs=1000) if quick else service_memory()
+    if "guard_heap" in wanted:
+        report["guard_heap"] = guard_heap(jobs=300, rounds=3) if quick else guard_heap()
     print(json.dumps(report, indent=2))
 
 
