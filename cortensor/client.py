@@ -104,6 +104,25 @@ def _refusal(exc: BaseException, settings: Settings, exchange: str, routing_key:
     return BadInput(f"RabbitMQ refused the job: {exc}")
 
 
+class _Awaited:
+    """One wait for a job's verdict on the client's shared subscription; `unsubscribe`
+    ends it, as a subscription of its own would be ended."""
+
+    def __init__(
+        self,
+        awaited: dict[str, set[asyncio.Future[Verdict]]],
+        job_id: str,
+        heard: asyncio.Future[Verdict],
+    ) -> None:
+        self._awaited, self._job_id, self._heard = awaited, job_id, heard
+
+    async def unsubscribe(self) -> None:
+        waiting = self._awaited.get(self._job_id, set())
+        waiting.discard(self._heard)
+        if not waiting:
+            self._awaited.pop(self._job_id, None)
+
+
 class Client:
     """A connection to the network for one user process."""
 
@@ -121,6 +140,9 @@ class Client:
         self._nc: NATS | None = None
         self._reconnected: asyncio.Future[None] | None = None
         """Resolved (and replaced) each time the NATS connection comes back."""
+        self._awaited: dict[str, set[asyncio.Future[Verdict]]] = {}
+        """The verdicts awaited here, by job id (see `_subscribe`)."""
+        self._verdict_sub: Subscription | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -301,19 +323,33 @@ class Client:
         if done is not None:
             done.set_result(None)
 
-    async def _subscribe(self, job_id: UUID) -> tuple[Subscription, asyncio.Future[Verdict]]:
-        """Listen for a job's verdict: the future holds the first one heard."""
+    async def _subscribe(self, job_id: UUID) -> tuple[_Awaited, asyncio.Future[Verdict]]:
+        """Listen for a job's verdict: the future holds the first one heard.
+
+        One subscription to the owner's job verdicts serves every job this client
+        awaits, rather than one subscription per job: subscribing and unsubscribing for
+        each job cost the client and nats-server two more protocol messages per job, and
+        the server an update of its interest graph."""
         heard: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        key = str(job_id)
+        self._awaited.setdefault(key, set()).add(heard)
+        if self._verdict_sub is None:
+            subject = self.topology.verdicts_subject("*", owner=self.owner)
+            self._verdict_sub = await self.nc.subscribe(subject, cb=self._on_verdict)
+        return _Awaited(self._awaited, key, heard), heard
 
-        async def on_verdict(msg: Msg) -> None:
+    async def _on_verdict(self, msg: Msg) -> None:
+        """A job verdict of this owner: handed to whoever awaits it here (read only then)."""
+        awaiting = self._awaited.get(msg.subject.rsplit(".", 1)[-1])
+        if not awaiting:
+            return
+        verdict = Verdict.model_validate_json(msg.data)
+        for heard in awaiting:
             if not heard.done():
-                heard.set_result(Verdict.model_validate_json(msg.data))
-
-        sub = await self.nc.subscribe(self._verdicts(job_id), cb=on_verdict, max_msgs=1)
-        return sub, heard
+                heard.set_result(verdict)
 
     async def _await(
-        self, sub: Subscription, heard: asyncio.Future[Verdict], job_id: UUID, timeout_s: float
+        self, sub: _Awaited, heard: asyncio.Future[Verdict], job_id: UUID, timeout_s: float
     ) -> Verdict:
         """The verdict heard on `sub`, or read from the stream after a reconnect (one
         published while the connection was down is heard by nobody)."""

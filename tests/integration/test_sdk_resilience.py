@@ -331,3 +331,30 @@ async def test_a_verdict_published_while_nats_was_away_is_still_returned(
         assert got.reason == "late"
         assert client.nc.stats["reconnects"] >= 1
     await proxy.cut()
+
+
+async def test_one_subscription_hands_each_awaited_verdict_to_its_waiters(
+    shared_exchange: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace = shared_exchange
+    # No backstop read: only what the shared subscription hears counts.
+    monkeypatch.setattr(cortensor.client, "REREAD_S", 3600.0)
+    async with Client(namespace) as client:
+        first, second, unawaited = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        waits = [
+            asyncio.create_task(client.wait(job_id, timeout_s=60))
+            for job_id in (first, first, second)
+        ]
+        await eventually(lambda: len(client._awaited) == 2, what="the client listens")
+        await asyncio.sleep(0.2)  # the direct gets of `wait` answered: no verdict yet
+        await _publish_verdicts(
+            namespace,
+            [
+                Verdict(job_id=job_id, owner=client.owner, status="verified", reason=str(job_id))
+                for job_id in (unawaited, second, first)
+            ],
+        )
+        got = await asyncio.wait_for(asyncio.gather(*waits), 30)
+        assert [v.job_id for v in got] == [first, first, second]
+        assert all(v.reason == str(v.job_id) for v in got)
+        assert client._awaited == {}, "every wait ended leaves nothing behind"
