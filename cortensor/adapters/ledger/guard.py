@@ -72,7 +72,7 @@ async def refusing_unstorable() -> AsyncIterator[None]:
 
 _LOCK = """
 SELECT j.job_id, j.status, j.task, j.model, j.redundancy, j.parent_id, j.part, j.auto,
-       j.probe, j.params, j.owner, v.payload, v.revision,
+       j.probe, j.params, j.owner, j.created_at, v.payload, v.revision,
        c.node_id AS c_node_id, c.result_id AS c_result_id, c.assignment_id AS c_assignment_id,
        c.precision AS c_precision, c.output AS c_output
 FROM jobs j
@@ -178,6 +178,8 @@ class Intake:
     unheld: list[str] = field(default_factory=list)
     """The nodes that answered an assignment they do not hold (another node's, replayed
     under their own signature, or one made up): refused, and counted by the guard."""
+    submitted_at: datetime | None = None
+    """When the job was recorded (its verdict's latency is measured from it)."""
 
 
 def _replica(row: Any, prefix: str = "") -> Replica:
@@ -339,6 +341,7 @@ class GuardLedger(Ledger):
             plain: list[tuple[UUID, Conclude]] = []
             for job_id, job in jobs.items():
                 intake, mine = intakes[job_id], batch[job_id]
+                intake.submitted_at = job["created_at"]
                 counted = _tally(by_job[job_id], intake, {r.assignment_id: r.node_id for r in mine})
                 fresh = [_in_hand(r) for r in mine if r.assignment_id in counted]
                 if job["status"] in TERMINAL:

@@ -79,6 +79,7 @@ class GuardSide(OnTables):
             intake.ignored.append(f"job {job_id} is unknown")
             return intake
         _check_storable(batch)
+        intake.submitted_at = job.created_at
         decided = job.status in TERMINAL
         others = self.tables.ordered(
             a for a in self.tables.of_job(job_id) if a.assignment_id not in unique

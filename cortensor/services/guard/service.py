@@ -12,6 +12,7 @@ from uuid import UUID
 import structlog
 from pydantic import ValidationError
 
+from cortensor import metrics
 from cortensor.adapters.interfaces import StreamMessage as Msg
 from cortensor.adapters.ledger.guard import Intake
 from cortensor.adapters.ports import GuardPorts
@@ -101,6 +102,8 @@ class Guard:
             )
         v = intake.verdict
         if v is not None and intake.new_verdict:
+            decided = [v, *([intake.parent] if intake.parent else [])]
+            metrics.verdicts_decided(decided, submitted_at=intake.submitted_at)
             # One line per job would cost more than the decision; only surprises.
             report = log.debug if v.status == "verified" else log.warning
             report("job decided", job_id=str(job_id), status=v.status, reason=v.reason)
@@ -136,6 +139,10 @@ class Guard:
         await asyncio.gather(*(m.ack() for batch in by_job.values() for m, _ in batch))
 
     async def _take_job(self, job_id: UUID, batch: list[tuple[Msg, InferenceResult]]) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=str(job_id)):
+            await self._take_one(job_id, batch)
+
+    async def _take_one(self, job_id: UUID, batch: list[tuple[Msg, InferenceResult]]) -> None:
         try:
             intake = await self.ledger.take_results(job_id, [r for _, r in batch])
             self._report(job_id, intake)
@@ -219,7 +226,8 @@ class Guard:
         horizon = judging_horizon(await self.results.oldest_untaken(), utcnow())
         await self.ledger.extend_deadlines()
         decided = await self.ledger.decide_expired(horizon=horizon)
-        await self.ledger.expire_stragglers(horizon=horizon)
+        metrics.timeouts_charged(await self.ledger.expire_stragglers(horizon=horizon))
+        metrics.verdicts_decided(decided)
         for v in decided:
             log.info(
                 "job decided at deadline", job_id=str(v.job_id), status=v.status, reason=v.reason

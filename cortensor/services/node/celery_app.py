@@ -102,7 +102,9 @@ def make_app(service: NodeService) -> Celery:
 
     @app.task(name=TASK_RUN_ASSIGNMENTS, acks_late=True, shared=False)  # type: ignore[untyped-decorator]
     def run_assignments(assignments: Any) -> str:
-        return service.handle(assignments if isinstance(assignments, list) else [assignments])
+        batch = assignments if isinstance(assignments, list) else [assignments]
+        with structlog.contextvars.bound_contextvars(**_log_context(service, batch)):
+            return service.handle(batch)
 
     def on_ready(**_: Any) -> None:
         # A log line per task costs the node (and the Procfile runner relaying it)
@@ -119,6 +121,17 @@ def make_app(service: NodeService) -> Celery:
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutting_down.connect(on_shutdown, weak=False)
     return app
+
+
+def _log_context(service: NodeService, batch: list[Any]) -> dict[str, str]:
+    """What the node's log lines say they are about while it runs a task: its node id,
+    and the job and assignment when the task carries one assignment."""
+    context = {"node_id": service.identity.node_id}
+    if len(batch) == 1 and isinstance(batch[0], dict):
+        for key in ("job_id", "assignment_id"):
+            if isinstance(batch[0].get(key), str):
+                context[key] = batch[0][key][:64]
+    return context
 
 
 def run_worker(app: Celery, service: NodeService, *, loglevel: str = "INFO") -> None:

@@ -10,6 +10,7 @@ from functools import partial
 
 import structlog
 
+from cortensor import metrics
 from cortensor.adapters.keyfile import node_key
 from cortensor.catalog import HW_CLASSES, TASK_OF, TASKS, HwClass
 from cortensor.errors import BadInput, ModelsNotPrepared
@@ -25,6 +26,7 @@ from cortensor.inference.runtimes import Embedder, Runtime
 from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import Device, EmbeddingRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.schemas import NodeHeartbeat
 from cortensor.services.node.bridge import NatsBridge
 from cortensor.services.node.celery_app import make_app, run_worker
 from cortensor.services.node.faults import ADAPTING_MODES, Fault, FaultMode
@@ -195,18 +197,33 @@ def _load(
             )
         else:
             runtimes[name] = WhisperRuntime.from_manifest(
-                settings.models_dir, variant, device=device, threads=threads
+                settings.models_dir,
+                variant,
+                device=device,
+                threads=threads,
+                batch_size=settings.whisper_batch_size,
             )
     return runtimes
 
 
 def serve_node(service: NodeService) -> None:
-    """Run the node until it is told to stop."""
+    """Run the node until it is told to stop; its log lines name it, and its metrics
+    (cortensor.metrics.node_collector) count what it runs."""
+    structlog.contextvars.bind_contextvars(node_id=service.identity.node_id)
+    metrics.node_collector(
+        service.identity.node_id, service.identity.hw_class, partial(_counts, service)
+    )
     service.start()
     if service.fault is not None and isinstance(service.fault.cover, Lookout):
         service.fault.cover.on_respawn = partial(_respawn, service)
         service.fault.cover.start()
     run_worker(make_app(service), service)
+
+
+def _counts(service: NodeService) -> tuple[int, int]:
+    """The assignments a node runs now and has finished (what its heartbeats say)."""
+    beat = NodeHeartbeat.model_validate_json(service.heartbeat())
+    return beat.inflight, beat.processed
 
 
 def _respawn(service: NodeService) -> None:

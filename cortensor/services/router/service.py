@@ -17,7 +17,7 @@ from uuid import UUID
 import structlog
 from pydantic import ValidationError
 
-from cortensor import audio
+from cortensor import audio, metrics
 from cortensor.adapters.celery_wire import TASK_RUN_ASSIGNMENTS, task_message
 from cortensor.adapters.interfaces import Delivery, QueueFull, Signal, Subscription, Unroutable
 from cortensor.adapters.ports import RouterPorts
@@ -250,6 +250,7 @@ class Router:
         """Record and announce a job's rejection (once, however often it is delivered)."""
         if await self.ledger.reject(verdict.job_id, request, verdict):
             await self.announcer.publish([verdict])
+            metrics.verdicts_decided([verdict])
         log.info("job rejected", job_id=str(verdict.job_id), reason=verdict.reason)
         return "rejected"
 
@@ -312,6 +313,7 @@ class Router:
             else:
                 seen.add(item[0].job_id)
                 outcomes.append(routed[item[0].job_id])
+        metrics.jobs_taken(outcomes)
         return outcomes
 
     async def open_and_send(
@@ -539,6 +541,7 @@ class Router:
         if made:
             await self.publish_assignments(made)
         await self.announcer.publish(failed)
+        metrics.verdicts_decided(failed)
         await self.announcer.flush()
 
     async def _horizon(self) -> datetime | None:
@@ -598,6 +601,8 @@ class Router:
         self.backlog.prune(utcnow())
         await self.ledger.upsert_nodes(self.registry.heartbeats())
         self.registry.update_stats(await self.ledger.node_stats())
+        beats = {b.node_id: (b.inflight, b.processed) for b in self.registry.heartbeats()}
+        metrics.fleet_seen(self.registry.views(), beats, self.registry.rates())
         await self.keyring.flush()
 
     async def run(self, stop: asyncio.Event) -> None:
