@@ -16,7 +16,7 @@ import bisect
 import io
 import math
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -308,9 +308,12 @@ def cut(
     max_seconds: float,
     parallel: int = 1,
     min_chunk_s: float | None = None,
+    parts: Callable[[float], int] | None = None,
 ) -> list[Chunk]:
     """An audio file cut at pauses into chunks of at most about `chunk_s` seconds (one when
-    short), as many as `chunk_count` says for `parallel` nodes.
+    short), as many as `chunk_count` says for `parallel` nodes; or, given `parts`, as many
+    as it says for the audio's length in seconds (then chunks may be longer than
+    `chunk_s`: cortensor.protocol.parts.speech_parts).
 
     Raises BadInput for a file that `load_audio` refuses or that holds no speech.
     """
@@ -321,11 +324,15 @@ def cut(
             "no speech found in the audio (silence only?); send a recording in which someone speaks"
         )
     duration = samples.size / SAMPLE_RATE
-    count = chunk_count(
-        duration,
-        chunk_s=chunk_s,
-        min_chunk_s=chunk_s / 2 if min_chunk_s is None else min_chunk_s,
-        parallel=parallel,
+    count = (
+        max(1, parts(duration))
+        if parts is not None
+        else chunk_count(
+            duration,
+            chunk_s=chunk_s,
+            min_chunk_s=chunk_s / 2 if min_chunk_s is None else min_chunk_s,
+            parallel=parallel,
+        )
     )
     plan = plan_chunks(duration, spans, max(chunk_s, duration / count), count)
     edges = sorted({0, samples.size} | {round(start * SAMPLE_RATE) for start, _ in plan})

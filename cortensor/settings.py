@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     windows, so a short chunk costs nearly as much as a full one."""
     max_audio_s: float = Field(default=900.0, gt=0)
     """Longest audio a transcribe job may carry."""
+    whisper_batch_size: int = Field(default=8, ge=0, le=64)
+    """Whisper windows a node decodes at once (faster-whisper's batched pipeline) in audio
+    longer than one window; 0 decodes them one after another. The router assumes its
+    own value for the nodes when it decides how many parts a file becomes: a part is
+    then at most this many windows (`chunk_s` each) long."""
 
     # Nodes.
     heartbeat_interval_s: float = 1.0

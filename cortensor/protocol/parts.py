@@ -11,9 +11,10 @@ Pure logic: the router and the guard call it with what they read from the ledger
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -219,3 +220,83 @@ def _shifted(segment: Mapping[str, Any], offset: float, duration: float) -> dict
         "end": round(offset + max(start, end), 2),
         "text": segment["text"],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechCost:
+    """What transcribing costs one node, as the router's model of it: a part of `a`
+    seconds is decoded as p = ceil(a / window_s) pieces of about a / p seconds, up to
+    `batch` pieces at once; a batch of q pieces costs q * per_window_s (the encoder and
+    the prompt, paid per window whatever its length) plus per_audio_s * a / p * q **
+    batch_exponent (decoding: the batch's pieces step together, so one more piece costs
+    less than a piece alone; a node decoding one piece at a time has batch 1). Each part
+    also costs `per_part_s` of pipeline (routing, the node's task, the guard's verdict).
+
+    Defaults: Whisper base int8 on one thread, measured on the 79 s benchmark file and
+    its chunks (docs/design.md, "Split jobs").
+    """
+
+    per_window_s: float = 0.8
+    per_audio_s: float = 0.075
+    batch_exponent: float = 0.4
+    per_part_s: float = 0.3
+    window_s: float = 30.0
+    batch: int = 8
+
+    def part_s(self, audio_s: float) -> float:
+        """Seconds one node spends on one part of `audio_s` seconds."""
+        pieces = max(1, math.ceil(audio_s / self.window_s - 1e-9))
+        piece_s = audio_s / pieces
+        batch = max(1, self.batch)
+        total = self.per_part_s
+        for first in range(0, pieces, batch):
+            q = min(batch, pieces - first)
+            total += q * self.per_window_s + self.per_audio_s * piece_s * q**self.batch_exponent
+        return total
+
+    def finish_s(self, audio_s: float, parts: int, slots: int) -> float:
+        """When the last of `parts` equal parts of `audio_s` seconds is done on `slots`
+        nodes that run them at the same time, each its share one after another."""
+        return math.ceil(parts / max(1, slots)) * self.part_s(audio_s / parts)
+
+
+def speech_parts(
+    audio_s: float,
+    slots: int,
+    *,
+    cost: SpeechCost,
+    min_part_s: float,
+    max_part_s: float,
+) -> int:
+    """How many parts to cut `audio_s` seconds of speech into when `slots` parts can run
+    at the same time (free eligible nodes divided by the redundancy): the count whose
+    last part is done first under `cost`, the fewest parts on a tie. Parts are at most
+    `max_part_s` long, and at least `min_part_s` where the audio allows more than one.
+
+    With nodes that batch (cost.batch > 1), one node decodes a long part's windows
+    together for less than the same windows as separate parts, so a lone node gets the
+    whole file as one part, and n nodes get n parts, rather than 30 s chunks queued.
+    """
+    if not (math.isfinite(audio_s) and audio_s > 0):
+        raise ValueError(f"audio_s must be a positive number of seconds, not {audio_s}")
+    if not (max_part_s > 0 and min_part_s > 0):
+        raise ValueError("min_part_s and max_part_s must be positive")
+    least = max(1, math.ceil(audio_s / max_part_s - 1e-9))
+    most = max(least, math.floor(audio_s / min_part_s))
+    # Past `slots` parts per round, a count only adds rounds: look at most two rounds
+    # beyond the least, which bounds the search for long files on big fleets.
+    most = min(most, least + 2 * max(1, slots))
+    return min(range(least, most + 1), key=lambda k: (cost.finish_s(audio_s, k, slots), k))
+
+
+def speech_split(
+    slots: int, *, batch: int, window_s: float, min_part_s: float
+) -> Callable[[float], int]:
+    """`speech_parts` as the router asks it, for nodes that decode `batch` windows of
+    `window_s` seconds at once (0: one at a time), as a function of the audio's length:
+    parts are at most one batch of windows long."""
+    cost = SpeechCost(window_s=window_s, batch=max(1, batch))
+    longest = window_s * cost.batch
+    return lambda audio_s: speech_parts(
+        audio_s, slots, cost=cost, min_part_s=min_part_s, max_part_s=longest
+    )

@@ -27,7 +27,7 @@ from cortensor.errors import BadInput, Disposition, backoff_s, disposition
 from cortensor.protocol import admission
 from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.outages import judging_horizon
-from cortensor.protocol.parts import AudioSpan, split_job
+from cortensor.protocol.parts import AudioSpan, speech_split, split_job
 from cortensor.protocol.placement import NodeView, candidates
 from cortensor.protocol.planning import Backlog, Plan, Timing, parallel, plan
 from cortensor.protocol.replication import REPLICAS
@@ -257,16 +257,21 @@ class Router:
     async def _cut(self, job: JobRequest, owner: str) -> list[audio.Chunk] | str:
         """The chunks of a transcribe job's audio, or "rejected" when it is unusable."""
         s = self.settings
+        live = self.live(eligible_classes(job.hw_class), job.model)
+        free = [n for n in live if n.inflight < n.capacity] or live
+        split = speech_split(
+            parallel(len(free), job.redundancy),
+            batch=s.whisper_batch_size,
+            window_s=s.chunk_s,
+            min_part_s=s.chunk_min_s,
+        )
         try:
             chunks = await asyncio.to_thread(
                 audio.cut,
                 job.audio_bytes(),
                 chunk_s=s.chunk_s,
-                min_chunk_s=s.chunk_min_s,
                 max_seconds=s.max_audio_s,
-                parallel=parallel(
-                    len(self.live(eligible_classes(job.hw_class), job.model)), job.redundancy
-                ),
+                parts=split,
             )
         except BadInput as exc:
             verdict = Verdict(
