@@ -5,7 +5,9 @@ async with Client(Settings()) as client:
 
 A client publishes as its principal (the `principal` of its credentials; `anonymous`
 without one): its jobs go out with the routing key `job.<owner>`, and it reads only the
-verdict subjects of that owner, which is all its permissions let it read.
+verdict subjects of that owner, which is all its permissions let it read. A gateway,
+whose login may publish and read for every owner, names the owner of each call
+(`owner=`); the servers refuse any other login that tries.
 
 It rides through outages of the servers (docs/design.md, "The SDK through outages"): a
 job is published again until the broker confirms it or its deadline passes (the router
@@ -111,16 +113,16 @@ class _Awaited:
     def __init__(
         self,
         awaited: dict[str, set[asyncio.Future[Verdict]]],
-        job_id: str,
+        subject: str,
         heard: asyncio.Future[Verdict],
     ) -> None:
-        self._awaited, self._job_id, self._heard = awaited, job_id, heard
+        self._awaited, self._subject, self._heard = awaited, subject, heard
 
     async def unsubscribe(self) -> None:
-        waiting = self._awaited.get(self._job_id, set())
+        waiting = self._awaited.get(self._subject, set())
         waiting.discard(self._heard)
         if not waiting:
-            self._awaited.pop(self._job_id, None)
+            self._awaited.pop(self._subject, None)
 
 
 class Client:
@@ -141,8 +143,9 @@ class Client:
         self._reconnected: asyncio.Future[None] | None = None
         """Resolved (and replaced) each time the NATS connection comes back."""
         self._awaited: dict[str, set[asyncio.Future[Verdict]]] = {}
-        """The verdicts awaited here, by job id (see `_subscribe`)."""
-        self._verdict_sub: Subscription | None = None
+        """The verdicts awaited here, by their subject (see `_subscribe`)."""
+        self._verdict_subs: dict[str, Subscription] = {}
+        """The shared subscription to each owner's job verdicts, by owner."""
 
     async def __aenter__(self) -> Self:
         try:
@@ -224,10 +227,15 @@ class Client:
             return self._jobs
 
     async def publish_raw(
-        self, body: bytes, *, message_id: str = "", within_s: float = DEFAULT_DEADLINE_S
+        self,
+        body: bytes,
+        *,
+        message_id: str = "",
+        within_s: float = DEFAULT_DEADLINE_S,
+        owner: str | None = None,
     ) -> None:
-        """Publish bytes as a job of this client's owner, confirmed by the broker (for
-        clients with their own JSON).
+        """Publish bytes as a job of `owner` (by default this client's), confirmed by the
+        broker (for clients with their own JSON).
 
         A publish that fails because the broker went away is made again, with a jittered
         back-off, for up to `within_s` seconds (then BrokerUnavailable): the broker may
@@ -237,7 +245,7 @@ class Client:
         """
         if self._amqp is None:  # a misuse, not an outage: never retried
             raise RuntimeError("use the client in `async with Client(...)`")
-        routing_key = self.topology.jobs_routing_key(self.owner)
+        routing_key = self.topology.jobs_routing_key(owner or self.owner)
         message = amqp.json_message(body, message_id=message_id)
         loop = asyncio.get_running_loop()
         if loop.time() < self._busy_until:
@@ -268,8 +276,11 @@ class Client:
                 + reach.unreachable("RabbitMQ", self.settings)
             ) from exc
 
-    async def submit(self, job: JobRequest, *, timeout_s: float | None = None) -> UUID:
-        """Publish a job; returns once the broker has it safely.
+    async def submit(
+        self, job: JobRequest, *, timeout_s: float | None = None, owner: str | None = None
+    ) -> UUID:
+        """Publish a job (of `owner`, by default this client's); returns once the broker
+        has it safely.
 
         Through a broker outage the job is published again until its deadline
         (`created_at` + `deadline_s`), or for `timeout_s` when given."""
@@ -277,7 +288,10 @@ class Client:
             ends = job.created_at + timedelta(seconds=job.deadline_s)
             timeout_s = (ends - utcnow()).total_seconds()
         await self.publish_raw(
-            job.model_dump_json().encode(), message_id=str(job.job_id), within_s=timeout_s
+            job.model_dump_json().encode(),
+            message_id=str(job.job_id),
+            within_s=timeout_s,
+            owner=owner,
         )
         return job.job_id
 
@@ -294,27 +308,38 @@ class Client:
             return None
         return raw.data
 
-    async def result(self, job_id: UUID) -> Verdict | None:
-        """The verdict on a job, if there is one yet."""
-        data = await self._last(self._verdicts(job_id))
+    async def result(self, job_id: UUID, *, owner: str | None = None) -> Verdict | None:
+        """The verdict on a job (of `owner`, by default this client's), if there is one."""
+        data = await self._last(self._verdicts(job_id, owner))
         return None if data is None else Verdict.model_validate_json(data)
 
-    async def receipt(self, job_id: UUID) -> JobReceipt | None:
+    async def receipt(self, job_id: UUID, *, owner: str | None = None) -> JobReceipt | None:
         """The network's record that it accepted a job (published by the router once the
         job is in the ledger), if it has one: a job with a receipt and no verdict yet is
         pending; one with neither was never seen (or is past retention)."""
-        data = await self._last(self.topology.receipt_subject(str(job_id), owner=self.owner))
+        subject = self.topology.receipt_subject(str(job_id), owner=owner or self.owner)
+        data = await self._last(subject)
         return None if data is None else JobReceipt.model_validate_json(data)
 
-    async def _result_if_reachable(self, job_id: UUID) -> Verdict | None:
+    async def find_owner(self, job_id: UUID) -> str | None:
+        """Whose job this is, by its verdict or its receipt under any owner; None when
+        the stream holds neither. Only a login that may read every owner's verdicts (a
+        gateway's) may ask: the direct get names `*` as the owner."""
+        verdict = await self._last(self.topology.verdicts_subject(str(job_id), owner="*"))
+        if verdict is not None:
+            return Verdict.model_validate_json(verdict).owner
+        receipt = await self._last(self.topology.receipt_subject(str(job_id), owner="*"))
+        return None if receipt is None else JobReceipt.model_validate_json(receipt).owner
+
+    async def _result_if_reachable(self, job_id: UUID, owner: str | None) -> Verdict | None:
         """The verdict, or None also while NATS is away (the waiter reads again later)."""
         try:
-            return await self.result(job_id)
+            return await self.result(job_id, owner=owner)
         except (NatsError, TimeoutError, ConnectionError):
             return None
 
-    def _verdicts(self, job_id: UUID) -> str:
-        return self.topology.verdicts_subject(str(job_id), owner=self.owner)
+    def _verdicts(self, job_id: UUID, owner: str | None) -> str:
+        return self.topology.verdicts_subject(str(job_id), owner=owner or self.owner)
 
     async def _on_reconnect(self) -> None:
         """Wake the waiters: the NATS connection is back (nats-py calls this once it
@@ -323,24 +348,29 @@ class Client:
         if done is not None:
             done.set_result(None)
 
-    async def _subscribe(self, job_id: UUID) -> tuple[_Awaited, asyncio.Future[Verdict]]:
-        """Listen for a job's verdict: the future holds the first one heard.
+    async def _subscribe(
+        self, job_id: UUID, owner: str | None
+    ) -> tuple[_Awaited, asyncio.Future[Verdict]]:
+        """Listen for a job's verdict (of `owner`, by default this client's): the future
+        holds the first one heard.
 
-        One subscription to the owner's job verdicts serves every job this client
-        awaits, rather than one subscription per job: subscribing and unsubscribing for
-        each job cost the client and nats-server two more protocol messages per job, and
-        the server an update of its interest graph."""
+        One subscription to an owner's job verdicts serves every job of that owner this
+        client awaits, rather than one subscription per job: subscribing and
+        unsubscribing for each job cost the client and nats-server two more protocol
+        messages per job, and the server an update of its interest graph."""
         heard: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        key = str(job_id)
+        whose = owner or self.owner
+        key = self._verdicts(job_id, whose)
         self._awaited.setdefault(key, set()).add(heard)
-        if self._verdict_sub is None:
-            subject = self.topology.verdicts_subject("*", owner=self.owner)
-            self._verdict_sub = await self.nc.subscribe(subject, cb=self._on_verdict)
+        if whose not in self._verdict_subs:
+            subject = self.topology.verdicts_subject("*", owner=whose)
+            self._verdict_subs[whose] = await self.nc.subscribe(subject, cb=self._on_verdict)
         return _Awaited(self._awaited, key, heard), heard
 
     async def _on_verdict(self, msg: Msg) -> None:
-        """A job verdict of this owner: handed to whoever awaits it here (read only then)."""
-        awaiting = self._awaited.get(msg.subject.rsplit(".", 1)[-1])
+        """A job verdict of an owner listened for: handed to whoever awaits it here (read
+        only then)."""
+        awaiting = self._awaited.get(msg.subject)
         if not awaiting:
             return
         verdict = Verdict.model_validate_json(msg.data)
@@ -349,7 +379,12 @@ class Client:
                 heard.set_result(verdict)
 
     async def _await(
-        self, sub: _Awaited, heard: asyncio.Future[Verdict], job_id: UUID, timeout_s: float
+        self,
+        sub: _Awaited,
+        heard: asyncio.Future[Verdict],
+        job_id: UUID,
+        timeout_s: float,
+        owner: str | None,
     ) -> Verdict:
         """The verdict heard on `sub`, or read from the stream after a reconnect (one
         published while the connection was down is heard by nobody)."""
@@ -370,7 +405,7 @@ class Client:
                     wake, timeout=min(left, REREAD_S), return_when=asyncio.FIRST_COMPLETED
                 )
                 if not heard.done():
-                    found = await self._result_if_reachable(job_id)
+                    found = await self._result_if_reachable(job_id, owner)
                     if found is not None:
                         return found
             return heard.result()
@@ -378,15 +413,17 @@ class Client:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
 
-    async def wait(self, job_id: UUID, timeout_s: float = 60.0) -> Verdict:
+    async def wait(
+        self, job_id: UUID, timeout_s: float = 60.0, *, owner: str | None = None
+    ) -> Verdict:
         """Wait for a job's verdict (which may have arrived already)."""
-        sub, heard = await self._subscribe(job_id)
-        done = await self._result_if_reachable(job_id)
+        sub, heard = await self._subscribe(job_id, owner)
+        done = await self._result_if_reachable(job_id, owner)
         if done is not None:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
             return done
-        return await self._await(sub, heard, job_id, timeout_s)
+        return await self._await(sub, heard, job_id, timeout_s, owner)
 
     async def run(
         self,
@@ -394,8 +431,9 @@ class Client:
         timeout_s: float | None = None,
         *,
         on_part: Callable[[Verdict], None] | None = None,
+        owner: str | None = None,
     ) -> Verdict:
-        """Submit a job and wait for its verdict.
+        """Submit a job (of `owner`, by default this client's) and wait for its verdict.
 
         `on_part` is called once with the verdict on each part of a job that the network
         split (long audio, many texts) as the part is decided, for progress.
@@ -413,17 +451,20 @@ class Client:
                     seen.add(verdict.part)
                     callback(verdict)
 
-            subject = self.topology.part_verdicts_subject(str(job.job_id), "*", owner=self.owner)
+            subject = self.topology.part_verdicts_subject(
+                str(job.job_id), "*", owner=owner or self.owner
+            )
             parts = await self.nc.subscribe(subject, cb=part_decided)
         try:
-            sub, heard = await self._subscribe(job.job_id)
+            sub, heard = await self._subscribe(job.job_id, owner)
             try:
-                await self.submit(job)
+                await self.submit(job, owner=owner)
             except BaseException:
                 with contextlib.suppress(NatsError):
                     await sub.unsubscribe()
                 raise
-            return await self._await(sub, heard, job.job_id, timeout_s or job.deadline_s + 5.0)
+            wait_s = timeout_s or job.deadline_s + 5.0
+            return await self._await(sub, heard, job.job_id, wait_s, owner)
         finally:
             if parts is not None:
                 with contextlib.suppress(NatsError):

@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     principal: str = ""
     """The name the credentials were issued to: a node's id, a client's name."""
     principal_kind: str = ""
-    """node, client, router, guard, reports or admin."""
+    """node, client, gateway, router, guard, reports or admin."""
     amqp_url: str = "amqp://127.0.0.1:5672/"
     """RabbitMQ: one URL, or one per node of a cluster separated by commas (amqp_urls)."""
     nats_url: str = "nats://127.0.0.1:4223"
@@ -261,6 +261,15 @@ class Settings(BaseSettings):
     (cortensor.errors.Disposition.REQUEUE) is handed back; it doubles with each delivery."""
     retry_cap_s: float = Field(default=10.0, gt=0)
     """Longest back-off; the queue's delivery limit then dead-letters the message."""
+
+    # The HTTP gateway (`cortensor gateway`).
+    gateway_host: str = "127.0.0.1"
+    """The address the gateway listens on (`--host` wins)."""
+    gateway_port: int = Field(default=8080, ge=1, le=65535)
+    """The gateway's port (`--port` wins)."""
+    gateway_wait_s: float = Field(default=10.0, ge=0)
+    """How long past a job's deadline the gateway waits for its verdict before it answers
+    504; the job may still be decided later (GET /v1/jobs/{id} tells)."""
 
     @field_validator("namespace")
     @classmethod

@@ -8,22 +8,25 @@ The command line (stable; tests/security and tools/fleet.py run it):
         work. `ops/services` runs it and writes ~/.config/cortensor/admin.json.
     cortensor credentials issue node ID --out FILE [--hw-class CLASS] [--public-key KEY]
     cortensor credentials issue client NAME --out FILE
+    cortensor credentials issue gateway NAME --out FILE
     cortensor credentials issue router|guard|reports|owner NAME --out FILE
         Write a credentials file (JSON, mode 0600): kind, name, namespace, and what that
         principal logs in with: amqp_url, nats_url and nats_inbox_prefix, a database_url
         (router, guard, reports, owner), key_file (a node: its Ed25519 key, beside FILE
         as FILE's stem + .key, made once and kept when issued again; none with
         --public-key, the base64 that the node operator's `cortensor node keygen`
-        printed), api_key (a client). Issuing a node also declares its queue on its
+        printed), api_key (a client), state_dir (a gateway: where it reads the clients'
+        API keys, as this host keeps them). Issuing a node also declares its queue on its
         class's exchange (--hw-class, default auto: the class `cortensor node` picks
         on this host) and binds its public key to its id.
     cortensor credentials revoke KIND NAME
         Take them back: the users are deleted and their open connections closed, a
         node's key revoked and its queue deleted, a ledger role's login removed.
     cortensor credentials fleet --dir DIR --nodes N [--clients NAMES] [--hw-class CLASS]
-        Issue a Procfile fleet's: DIR/router.json, guard.json, node.1.json .. node.N.json
-        (node ids node-1 .. node-N, as honcho names the processes node.1 ..), and
-        NAME.json for each client (default: one client named `client`).
+        Issue a Procfile fleet's: DIR/router.json, guard.json, reports.json,
+        gateway.json, node.1.json .. node.N.json (node ids node-1 .. node-N, as honcho
+        names the processes node.1 ..), and NAME.json for each client (default: one
+        client named `client`).
     cortensor credentials revoke-namespace
         Revoke every principal of the namespace (a torn-down test namespace).
 
@@ -39,7 +42,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -73,6 +75,7 @@ from cortensor.adapters.principals.nats_auth import NatsServerFiles, NatsUsers, 
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import HW_CLASSES
 from cortensor.errors import BadInput, ModelsNotPrepared, SetupIncomplete
+from cortensor.gateway.keys import api_keys_path, key_digest
 from cortensor.inference.hardware import cpu_flags, cuda_available, int8_isa
 from cortensor.inference.manifest import load_manifest
 from cortensor.protocol.signing import PUBLIC_KEY_BYTES, public_bytes
@@ -283,7 +286,7 @@ async def _revoke_key(admin: Settings, node_id: str) -> None:
 @contextlib.contextmanager
 def _api_keys(settings: Settings) -> Iterator[dict[str, str]]:
     """The registry of clients' API keys (sha256 hashes, by user name), locked."""
-    path = settings.state_dir / "api_keys.json"
+    path = api_keys_path(settings.state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with (settings.state_dir / "api_keys.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -341,8 +344,10 @@ def issue(
     if kind == "client":
         api_key = secrets.token_urlsafe(32)
         with _api_keys(admin) as registry:
-            registry[user] = hashlib.sha256(api_key.encode()).hexdigest()
+            registry[user] = key_digest(api_key)
         values["api_key"] = api_key
+    if kind == "gateway":
+        values["state_dir"] = str(admin.state_dir)
     return write_credentials(out, values)
 
 
@@ -397,7 +402,7 @@ def revoke_namespace(admin: Settings) -> list[str]:
     return gone
 
 
-FLEET_OPERATORS: tuple[Kind, ...] = ("router", "guard", "reports")
+FLEET_OPERATORS: tuple[Kind, ...] = ("router", "guard", "reports", "gateway")
 
 _SIDE_BY_SIDE = 8
 """Principals issued or revoked at once: the servers' tools, not this process, do the

@@ -1,7 +1,9 @@
 """Running a whole fleet from the Procfile: for the demo, the end-to-end tests and the bench.
 
 `honcho start -c node=N` starts the router, the guard and N nodes exactly as an
-operator would; extra nodes (a dishonest one, say) run beside it as plain processes.
+operator would (and the HTTP gateway when asked for: `gateways=1`, on
+CORTENSOR_GATEWAY_PORT, which the fleet's `env` may set); extra nodes (a dishonest
+one, say) run beside it as plain processes.
 Every process runs on credentials of its own, issued into the log directory before
 the fleet starts (`cortensor credentials fleet`, one file per extra node) and revoked
 when it stops: the settings the fleet is given are the admin's.
@@ -42,13 +44,17 @@ class Fleet:
         nodes: int = 3,
         routers: int = 1,
         guards: int = 1,
+        gateways: int = 0,
         extra_nodes: list[list[str]] | None = None,
         log_dir: Path,
         env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes
-        self.concurrency = f"router={routers},guard={guards},node={nodes}"
+        self.gateways = gateways
+        """Gateways the fleet runs: none unless asked, as each takes a port (by default
+        8080, which two fleets on one host would both want)."""
+        self.concurrency = f"router={routers},guard={guards},node={nodes},gateway={gateways}"
         self.extra_nodes = extra_nodes or []
         self.log_dir = log_dir
         bin_dir = str(Path(sys.executable).parent)

@@ -77,9 +77,12 @@ class Supervised(Fleet):
 
     def names(self) -> list[str]:
         """Every process of the fleet, as honcho names them (one of each Procfile type
-        but the router, the guard and the node, which come as many as asked)."""
+        but the router, the guard, the node and the gateway, which come as many as
+        asked)."""
         counts = {kind: 1 for kind in self._commands}
-        counts.update(router=self.routers, guard=self.guards, node=self.nodes)
+        counts.update(
+            router=self.routers, guard=self.guards, node=self.nodes, gateway=self.gateways
+        )
         return [f"{kind}.{i}" for kind, n in counts.items() for i in range(1, n + 1)]
 
     def node_id(self, name: str) -> str:

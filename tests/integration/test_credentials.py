@@ -384,6 +384,7 @@ def test_a_fleets_credentials_are_named_as_the_procfile_reads_them(
         "router.json": ("router", "router"),
         "guard.json": ("guard", "guard"),
         "reports.json": ("reports", "reports"),
+        "gateway.json": ("gateway", "gateway"),
         "node.1.json": ("node", "node-1"),
         "node.2.json": ("node", "node-2"),
         "carol.json": ("client", "carol"),
@@ -395,8 +396,11 @@ def test_a_fleets_credentials_are_named_as_the_procfile_reads_them(
             done.name,
             admin.namespace,
         )
+    # The gateway reads the clients' API keys where this host keeps them.
+    gateway = json.loads((tmp_path / "gateway.json").read_text())
+    assert gateway["state_dir"] == str(admin.state_dir)
     prefix = f"{admin.namespace}."
-    ours = {"node.node-1", "node.node-2", "client.carol", "router.router"}
+    ours = {"node.node-1", "node.node-2", "client.carol", "router.router", "gateway.gateway"}
     assert {prefix + u for u in ours} <= set(rabbit.users())
     revoke_all(admin, [(done.kind, done.name) for done in issued])
     assert not {prefix + u for u in ours} & set(rabbit.users())

@@ -15,6 +15,7 @@ from cortensor.adapters.principals.grants import (
     NOTHING,
     check_name,
     inbox_prefix,
+    name_of,
     nats_permissions,
     rabbit_grant,
     user_name,
@@ -73,7 +74,7 @@ def test_the_router_writes_to_the_class_exchanges_and_reads_its_queue() -> None:
 
 @given(me=names)
 def test_only_the_router_reads_dead_letters_which_hold_user_content(me: str) -> None:
-    for kind in ("node", "client"):
+    for kind in ("node", "client", "gateway"):
         grant = rabbit_grant(T, kind, me, hw_class="cpu-int8")
         assert grant is not None
         for queue in (T.dead_letter_queue, T.parked_queue):
@@ -127,3 +128,39 @@ def test_the_router_reads_how_far_the_guards_got_but_fetches_no_result() -> None
     assert f"$JS.API.CONSUMER.INFO.{consumer.stream}.{consumer.durable}" in perms.publish
     assert f"$JS.API.STREAM.MSG.GET.{T.results_stream}" in perms.publish
     assert not any("MSG.NEXT" in p or p.startswith("$JS.ACK") for p in perms.publish)
+
+
+@given(me=names, owner=names)
+def test_a_gateway_writes_jobs_under_any_one_owners_key_and_reads_nothing(
+    me: str, owner: str
+) -> None:
+    """It submits each caller's jobs under the caller's name: any one-word owner, never a
+    key the router's binding would not take (`job.a.b`) or another exchange."""
+    grant = rabbit_grant(T, "gateway", me)
+    assert grant is not None
+    assert grant.topic is not None
+    exchange, write, read = grant.topic
+    assert exchange == T.jobs_exchange
+    assert matches(write, T.jobs_routing_key(owner))
+    for key in (f"{T.jobs_routing_key(owner)}.x", "job.#", "job.*", "router", f"x{owner}"):
+        assert not matches(write, key), key
+    assert matches(grant.write, T.jobs_exchange)
+    for exchange_name in (e.name for e in T.exchanges if e.name != T.jobs_exchange):
+        assert not matches(grant.write, exchange_name), exchange_name
+    assert (grant.configure, grant.read, read) == (NOTHING, NOTHING, NOTHING)
+
+
+@given(me=names, owner=names)
+def test_a_gateway_reads_every_owners_verdicts_and_nothing_else(me: str, owner: str) -> None:
+    perms = nats_permissions(T, "gateway", me)
+    assert perms is not None
+    assert perms.publish == (f"$JS.API.DIRECT.GET.{T.verdicts_stream}.ns-1.verdicts.>",)
+    assert set(perms.subscribe) == {"ns-1.verdicts.>", f"{inbox_prefix('ns-1', 'gateway', me)}.>"}
+    assert T.verdicts_subject("x", owner=owner).startswith("ns-1.verdicts.")
+
+
+def test_name_of_inverts_user_name() -> None:
+    assert name_of("ns-1", "client", user_name("ns-1", "client", "alice")) == "alice"
+    assert name_of("ns-1", "client", user_name("ns-1", "node", "alice")) is None
+    assert name_of("ns-1", "client", user_name("ns-2", "client", "alice")) is None
+    assert name_of("ns-1", "client", "ns-1.client.a.b") is None

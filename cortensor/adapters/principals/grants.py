@@ -14,15 +14,24 @@ from typing import Literal, get_args
 from cortensor.adapters.topology import Topology
 from cortensor.errors import BadInput
 
-Kind = Literal["node", "client", "router", "guard", "reports", "owner", "admin"]
+Kind = Literal["node", "client", "gateway", "router", "guard", "reports", "owner", "admin"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
-ISSUED_KINDS: tuple[Kind, ...] = ("node", "client", "router", "guard", "reports", "owner")
+ISSUED_KINDS: tuple[Kind, ...] = (
+    "node",
+    "client",
+    "gateway",
+    "router",
+    "guard",
+    "reports",
+    "owner",
+)
 """The kinds `cortensor credentials issue` makes; the admin is made by `ops/services`."""
 
 ADMIN_USER = "cortensor-admin"
 """The operator's user on RabbitMQ and on NATS: every permission, no namespace."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+_NAME = re.compile(f"^{_NAME_PATTERN}$")
 
 
 def check_name(name: str) -> str:
@@ -38,6 +47,14 @@ def check_name(name: str) -> str:
 def user_name(namespace: str, kind: Kind, name: str) -> str:
     """A principal's user name on RabbitMQ and on NATS: `<ns>.<kind>.<name>`."""
     return f"{namespace}.{kind}.{check_name(name)}"
+
+
+def name_of(namespace: str, kind: Kind, user: str) -> str | None:
+    """The principal name in `user`, if it is a user of `kind` in `namespace` (the
+    inverse of `user_name`); else None."""
+    prefix = f"{namespace}.{kind}."
+    name = user.removeprefix(prefix)
+    return name if user.startswith(prefix) and _NAME.match(name) else None
 
 
 def namespace_prefix(namespace: str) -> str:
@@ -64,7 +81,8 @@ def nats_permissions(topology: Topology, kind: Kind, name: str) -> NatsPermissio
 
     A node publishes its heartbeat and results under its own id and hears nothing but
     the acks of its publishes; a client reads its own verdicts (live, or from the stream
-    by a direct get whose API subject names them); guards fetch and ack results from
+    by a direct get whose API subject names them); a gateway reads every owner's the
+    same way (it answers for many clients), and nothing else; guards fetch and ack results from
     their shared durable consumer and publish verdicts; the router hears heartbeats,
     publishes the verdicts of jobs that fail before any node answers, and reads how far
     the guards' consumer has got (its info, and a result by sequence for the time it was
@@ -89,6 +107,11 @@ def nats_permissions(topology: Topology, kind: Kind, name: str) -> NatsPermissio
             return NatsPermissions(
                 publish=(f"$JS.API.DIRECT.GET.{verdicts}.{own_verdicts}",),
                 subscribe=(own_verdicts, inbox),
+            )
+        case "gateway":
+            return NatsPermissions(
+                publish=(f"$JS.API.DIRECT.GET.{verdicts}.{every_verdict}",),
+                subscribe=(every_verdict, inbox),
             )
         case "guard":
             return NatsPermissions(
@@ -146,7 +169,9 @@ def rabbit_grant(
     credentials. A node reads its own queue; the router reads its queue and the
     dead-letter queue, and writes to the class exchanges, the dead letters and the
     parked queue's exchange; a client writes to the jobs exchange with its own routing
-    key only (the topic permission pins `job.<name>`). Dead and parked messages hold
+    key only (the topic permission pins `job.<name>`); a gateway writes there under any
+    owner's key (`job.<owner>`, one owner name: it submits each caller's jobs under the
+    caller's name) and reads nothing. Dead and parked messages hold
     user content: nobody else reads them but the admin (`cortensor dead`).
     """
     match kind:
@@ -167,6 +192,14 @@ def rabbit_grant(
                 _exactly(topology.jobs_exchange),
                 NOTHING,
                 topic=(topology.jobs_exchange, _exactly(key), NOTHING),
+            )
+        case "gateway":
+            any_owner = f"^{re.escape(topology.jobs_routing_key(''))}{_NAME_PATTERN}$"
+            return RabbitGrant(
+                NOTHING,
+                _exactly(topology.jobs_exchange),
+                NOTHING,
+                topic=(topology.jobs_exchange, any_owner, NOTHING),
             )
         case "guard" | "reports" | "owner" | "admin":
             return None

@@ -1,0 +1,146 @@
+"""One route per task: embeddings, classifications and transcriptions, in OpenAI's shapes.
+
+Each route turns its request into a job's fields, lets `calls.decide` run the job for
+the caller, and shapes the verified verdict as OpenAI would answer, with the
+verification beside it (body and headers). A generating task's route
+(`/v1/chat/completions`) belongs here the same way once the network runs one.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, get_args
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse, Response
+from starlette.datastructures import UploadFile
+
+from cortensor.catalog import EMBEDDING_DIM
+from cortensor.gateway.calls import Gateway, caller, decide, gateway, options
+from cortensor.gateway.errors import ApiError
+from cortensor.gateway.shapes import (
+    ClassificationsRequest,
+    EmbeddingsRequest,
+    TranscriptionFormat,
+    classifications_body,
+    embeddings_body,
+    texts,
+    transcription_body,
+    verification_headers,
+)
+from cortensor.gateway.wire import json_response
+from cortensor.schemas import MAX_AUDIO_BYTES
+
+router = APIRouter(prefix="/v1")
+
+Caller = Annotated[str, Depends(caller)]
+Serving = Annotated[Gateway, Depends(gateway)]
+
+TEXT_PARAMS = {"inputs": "input"}
+"""Job fields -> the request fields that set them, for the text tasks."""
+AUDIO_PARAMS = {"audio": "file"}
+MAX_FORM_FIELDS = 16
+"""Form fields read from an upload: enough to name an unknown one rather than refuse
+the form whole."""
+
+TRANSCRIPTION_FIELDS = frozenset({"file", "model", "language", "response_format"})
+"""The form fields a transcription takes; OpenAI's others (prompt, temperature, ...)
+are refused by name rather than ignored."""
+
+
+@router.post("/embeddings")
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, owner: Caller, gw: Serving
+) -> Response:
+    """OpenAI's embeddings: one vector per input text."""
+    dim = EMBEDDING_DIM.get(body.model)
+    if body.dimensions is not None and body.dimensions != dim:
+        raise ApiError(
+            400,
+            f"dimensions: {body.model} embeds in {dim} dimensions only; leave it out",
+            code="invalid_value",
+            param="dimensions",
+        )
+    inputs = texts(body.input)
+    fields = {"task": "embed", "model": body.model, "inputs": inputs, **options(request)}
+    verdict = await decide(gw, owner, fields, TEXT_PARAMS)
+    return json_response(
+        embeddings_body(verdict, inputs, body.encoding_format), verification_headers(verdict)
+    )
+
+
+@router.post("/classifications")
+async def classifications(
+    body: ClassificationsRequest, request: Request, owner: Caller, gw: Serving
+) -> Response:
+    """The intent classifier: each input's best label, and its top classes with scores."""
+    inputs = texts(body.input)
+    fields: dict[str, Any] = {
+        "task": "classify",
+        "model": body.model,
+        "inputs": inputs,
+        "top_k": body.top_k,
+        **options(request),
+    }
+    verdict = await decide(gw, owner, fields, TEXT_PARAMS)
+    return json_response(classifications_body(verdict, inputs), verification_headers(verdict))
+
+
+def _field(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name}: must be a form field, not a file", param=name)
+    return value
+
+
+@router.post("/audio/transcriptions")
+async def transcriptions(request: Request, owner: Caller, gw: Serving) -> Response:
+    """OpenAI's transcriptions: a multipart upload of `file` with `model`, and optionally
+    `language` and `response_format` (json, text or verbose_json)."""
+    async with request.form(max_files=1, max_fields=MAX_FORM_FIELDS) as form:
+        unknown = sorted(set(form.keys()) - TRANSCRIPTION_FIELDS)
+        if unknown:
+            raise ApiError(
+                400,
+                f"{unknown[0]}: not supported by this network; send only"
+                f" {', '.join(sorted(TRANSCRIPTION_FIELDS))}",
+                param=unknown[0],
+            )
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "file: upload the audio file as `file`", param="file")
+        audio = await upload.read(MAX_AUDIO_BYTES + 1)
+        if len(audio) > MAX_AUDIO_BYTES:
+            raise ApiError(
+                413,
+                f"file: over the limit of {MAX_AUDIO_BYTES} bytes; split the audio",
+                code="file_too_large",
+                param="file",
+            )
+        model = _field(form, "model")
+        language = _field(form, "language")
+        response_format = _field(form, "response_format") or "json"
+    if model is None:
+        raise ApiError(400, "model: name the speech model (GET /v1/models)", param="model")
+    formats: tuple[TranscriptionFormat, ...] = get_args(TranscriptionFormat)
+    chosen = next((f for f in formats if f == response_format), None)
+    if chosen is None:
+        raise ApiError(
+            400, f"response_format: one of {', '.join(formats)}", param="response_format"
+        )
+    fields: dict[str, Any] = {
+        "task": "transcribe",
+        "model": model,
+        "audio": base64.b64encode(audio).decode(),
+        **options(request),
+    }
+    if language:
+        fields["language"] = language
+    verdict = await decide(gw, owner, fields, AUDIO_PARAMS)
+    headers = verification_headers(verdict)
+    if chosen == "text":
+        assert verdict.transcript is not None
+        return PlainTextResponse(verdict.transcript.text, headers=headers)
+    return json_response(transcription_body(verdict, chosen), headers)
