@@ -116,25 +116,66 @@ SCHEMAS_DIR = ROOT / "docs" / "schemas"
 
 
 def _configure_logging() -> None:
-    level = logging.getLevelNamesMapping().get(_settings().log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    """Logs to stderr at CORTENSOR_LOG_LEVEL: key=value lines, or with
+    CORTENSOR_LOG_FORMAT=json one JSON object per line (the standard library's records
+    too), carrying the context bound with structlog.contextvars (job_id, node_id,
+    assignment_id) as fields."""
+    settings = _settings()
+    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    stamps: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    renderer: Any
+    if settings.log_format == "json":
+        # Plain traceback text, never frames' locals: those hold job inputs.
+        stamps.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        # Plain tracebacks: rich's would print every frame's locals (job inputs among
+        # them) into the logs, and block the event loop for a second rendering them.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=stamps)
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            # Plain tracebacks: rich's would print every frame's locals (job inputs among
-            # them) into the logs, and block the event loop for a second rendering them.
-            structlog.dev.ConsoleRenderer(
-                colors=False, exception_formatter=structlog.dev.plain_traceback
-            ),
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *stamps, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
 
 
+def _expose_metrics(settings: Settings, process: str) -> None:
+    """Serve /metrics when --metrics-port or CORTENSOR_METRICS_PORT is set (0: a free
+    port); the port is logged."""
+    from cortensor.metrics import serve_metrics
+
+    wanted = settings.metrics_port if _metrics_port is None else _metrics_port
+    if wanted is None:
+        return
+    try:
+        port = serve_metrics(wanted, settings.metrics_addr)
+    except OSError as exc:
+        raise BadSetting(
+            f"metrics port {wanted} (--metrics-port or CORTENSOR_METRICS_PORT): cannot listen"
+            f" there ({exc.strerror or exc}); choose a free port, or 0 for any"
+        ) from exc
+    structlog.get_logger("cortensor.metrics").info(
+        "metrics served", process=process, addr=settings.metrics_addr, port=port, path="/metrics"
+    )
+
+
 _credentials: Path | None = None
 """The file of the global --credentials option (else CORTENSOR_CREDENTIALS applies)."""
+_metrics_port: int | None = None
+"""The global --metrics-port option (else CORTENSOR_METRICS_PORT applies)."""
 
 
 @app.callback()
@@ -146,10 +187,20 @@ def _global_options(
             " CORTENSOR_CREDENTIALS. What it holds wins over CORTENSOR_* variables.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Where a router, guard or node serves /metrics (0: a free port); wins"
+            " over CORTENSOR_METRICS_PORT. The Procfile passes honcho's $PORT.",
+        ),
+    ] = None,
 ) -> None:
     """Cortensor: verified inference on a network of untrusted nodes."""
-    global _credentials
+    global _credentials, _metrics_port
     _credentials = credentials
+    _metrics_port = metrics_port
     # Until a service configures logging, what the libraries log (aio-pika's failed
     # connection attempts, nats-py's errors) is not printed: a command says in one line
     # what went wrong.
@@ -169,9 +220,13 @@ def _run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a service until SIGINT or SIGTERM, then let it stop cleanly."""
+def _serve(
+    run: Callable[[asyncio.Event], Awaitable[None]], settings: Settings, process: str
+) -> None:
+    """Run a service until SIGINT or SIGTERM, then let it stop cleanly; its metrics are
+    served meanwhile when CORTENSOR_METRICS_PORT asks for them."""
     _configure_logging()
+    _expose_metrics(settings, process)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -393,6 +448,7 @@ def node(
         fault_coordinate=fault_coordinate,
         models=None if models is None else [m.strip() for m in models.split(",") if m.strip()],
     )
+    _expose_metrics(settings, "node")
     serve_node(service)
 
 
@@ -408,7 +464,7 @@ def router() -> None:
         async with router_ports(settings) as ports:
             await Router(settings, ports).run(stop)
 
-    _serve(serve)
+    _serve(serve, settings, "router")
 
 
 @app.command()
@@ -423,7 +479,7 @@ def guard() -> None:
         async with guard_ports(settings) as ports:
             await Guard(settings, ports).run(stop)
 
-    _serve(serve)
+    _serve(serve, settings, "guard")
 
 
 def _print_verdict(verdict: Verdict, as_json: bool) -> None:
@@ -639,6 +695,14 @@ def report(
     ] = None,
     node: Annotated[str | None, typer.Option(help="The node, for node_history.")] = None,
     as_json: AsJson = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PNG",
+            help="Also draw it into a PNG: leaderboard, node_reputation, disagreement and"
+            " hw_classes as bars, replicas and node_history as lines.",
+        ),
+    ] = None,
 ) -> None:
     """Admin reports from the ledger: the SQL files under db/reports/, which psql runs too."""
     from cortensor.tools.reports import (
@@ -666,11 +730,45 @@ def report(
         return
     settings = _settings()
     found = find_report(name)
+    if plot is not None:
+        from cortensor.tools.plots import chart_of, plot_report
+
+        chart_of(found.name)  # a report that cannot be drawn is refused before the query
     rows = run_report(settings, found.name, {} if node is None else {"node": node})
+    if plot is not None:
+        plot_report(found.name, rows, plot)
+        err.print(f"{found.name} drawn in {plot}", markup=False)
     if as_json:
         out.print_json(json.dumps(rows, default=to_json))
     else:
         out.print(render_table(found.description, rows))
+
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between frames.")] = 1.0,
+    window: Annotated[
+        float, typer.Option(min=1.0, help="Seconds the rates are measured over.")
+    ] = 10.0,
+    limit: Annotated[int, typer.Option(min=1, help="Most nodes listed.")] = 50,
+    seen: Annotated[
+        float, typer.Option(min=1.0, help="List the nodes heard of within this many seconds.")
+    ] = 300.0,
+) -> None:
+    """A live view of the fleet (as the admin): jobs per second by status, queue depth
+    per hardware class, and each node's trust, score, work and rate; Ctrl-C ends it."""
+    from rich.live import Live
+
+    from cortensor.tools.top import run
+
+    settings = _settings()
+    if once:
+        _run(run(settings, out.print, once=True, window_s=window, seen_s=seen, limit=limit))
+        return
+    with Live(console=out, refresh_per_second=4) as live, contextlib.suppress(KeyboardInterrupt):
+        show = live.update
+        _run(run(settings, show, interval_s=interval, window_s=window, seen_s=seen, limit=limit))
 
 
 @reputation_app.command("check")
