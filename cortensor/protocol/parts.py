@@ -232,13 +232,14 @@ class SpeechCost:
     less than a piece alone; a node decoding one piece at a time has batch 1). Each part
     also costs `per_part_s` of pipeline (routing, the node's task, the guard's verdict).
 
-    Defaults: Whisper base int8 on one thread, measured on the 79 s benchmark file and
-    its chunks (docs/design.md, "Split jobs").
+    Defaults: Whisper base int8 on one thread, fitted to CPU seconds measured on the
+    79 s benchmark file, its halves and its 20 s chunks (docs/design.md, "One long
+    file"); per_part_s is what a part adds in the pipeline besides decoding.
     """
 
-    per_window_s: float = 0.8
-    per_audio_s: float = 0.075
-    batch_exponent: float = 0.4
+    per_window_s: float = 0.56
+    per_audio_s: float = 0.076
+    batch_exponent: float = 0.7
     per_part_s: float = 0.3
     window_s: float = 30.0
     batch: int = 8

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cortensor.audio import plan_chunks
 from cortensor.protocol.parts import SpeechCost, speech_parts, speech_split
+from cortensor.protocol.planning import Backlog, parallel
+from tests.unit import test_audio_deadlines as deadlines
+from tests.unit.test_audio_deadlines import MAX_AUDIO_S, NOW, Span, fleet, late, route, speech
 
 BATCHED = SpeechCost(batch=8)
 SEQUENTIAL = SpeechCost(batch=1)
@@ -98,3 +103,21 @@ def test_more_nodes_never_finish_later(audio_s: float, slots: int, batch: int) -
     cost = SpeechCost(batch=batch)
     k, more = parts(audio_s, slots, cost), parts(audio_s, slots + 1, cost)
     assert cost.finish_s(audio_s, more, slots + 1) <= cost.finish_s(audio_s, k, slots) + 1e-9
+
+
+@pytest.mark.parametrize(("nodes", "redundancy"), [(1, 1), (3, 3), (4, 3), (6, 3), (5, 2), (3, 1)])
+@pytest.mark.parametrize("batch", [8, 0])
+def test_every_part_of_a_900_s_file_cut_this_way_is_done_in_time(
+    nodes: int, redundancy: int, batch: int
+) -> None:
+    """The rule of tests/unit/test_audio_deadlines.py, with the router's count: nodes at
+    the recorded one-window-at-a-time speed (the slowest, whatever the router assumed)
+    still finish every part, long ones included, within its deadline."""
+    split = speech_split(parallel(nodes, redundancy), batch=batch, window_s=30.0, min_part_s=15.0)
+    count = split(MAX_AUDIO_S)
+    cuts = plan_chunks(
+        MAX_AUDIO_S, speech(MAX_AUDIO_S, random.Random(0)), MAX_AUDIO_S / count, count
+    )
+    units = deadlines.split([Span(a, b) for a, b in cuts], redundancy, NOW)
+    plans = route(units, fleet(nodes), Backlog(), NOW)
+    assert late(plans, NOW) == []
