@@ -482,6 +482,25 @@ def guard() -> None:
     _serve(serve, settings, "guard")
 
 
+@app.command()
+def gateway(
+    host: Annotated[
+        str | None,
+        typer.Option(help="The address to listen on; default CORTENSOR_GATEWAY_HOST (127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="The port; default CORTENSOR_GATEWAY_PORT (8080)."),
+    ] = None,
+) -> None:
+    """Run the HTTP gateway: the network behind OpenAI-shaped endpoints, on a gateway's
+    credentials (`cortensor credentials issue gateway NAME`)."""
+    from cortensor.gateway.app import serve
+
+    settings = _settings()
+    serve(settings, host=host or settings.gateway_host, port=port or settings.gateway_port)
+
+
 def _print_verdict(verdict: Verdict, as_json: bool) -> None:
     if as_json:
         out.print_json(verdict.model_dump_json())
@@ -863,7 +882,8 @@ def simulate(
 
 
 PrincipalKind = Annotated[
-    str, typer.Argument(help="node, client, router, guard, reports or owner.", metavar="KIND")
+    str,
+    typer.Argument(help="node, client, gateway, router, guard, reports or owner.", metavar="KIND"),
 ]
 PrincipalName = Annotated[
     str, typer.Argument(help="The node's id or the principal's name.", metavar="NAME")

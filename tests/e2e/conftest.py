@@ -31,13 +31,22 @@ def running_fleet(
     extra_nodes: list[list[str]],
     env: dict[str, str],
     admitted: int | None = None,
+    gateways: int = 0,
 ) -> Iterator[tuple[Settings, Fleet]]:
     """A fleet on a namespace and ledger of its own, started from the Procfile with
-    `nodes` nodes plus `extra_nodes` (their `cortensor node` arguments), torn down after."""
+    `nodes` nodes plus `extra_nodes` (their `cortensor node` arguments) and `gateways`
+    gateways, torn down after."""
     settings = make_settings(models_dir)
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
-    fleet = Fleet(settings, nodes=nodes, extra_nodes=extra_nodes, log_dir=log_dir, env=env)
+    fleet = Fleet(
+        settings,
+        nodes=nodes,
+        extra_nodes=extra_nodes,
+        gateways=gateways,
+        log_dir=log_dir,
+        env=env,
+    )
     started: list[str] = []
     try:
         fleet.start()
