@@ -232,6 +232,7 @@ async def listening(settings: Settings, beats: Heartbeats) -> AsyncIterator[str 
     try:
         subject = Topology(settings.namespace).heartbeat_subject("*")
         await nc.subscribe(subject, cb=beats.on_message)
+        await nc.flush()  # the server holds the subscription from here on
         yield None
     finally:
         with contextlib.suppress(Exception):
