@@ -49,7 +49,7 @@ def secured(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         other = issue(settings, "client", OTHER_CLIENT, keys / f"{OTHER_CLIENT}.json")
         operators = {
             kind: principal(log_dir / f"{kind}.json", models_dir)
-            for kind in ("router", "guard", "reports")
+            for kind in ("router", "guard", "reports", "gateway")
         }
         yield SecuredFleet(
             admin=settings,

@@ -212,7 +212,7 @@ class SecuredFleet:
     other_client: Principal
     """A second client, who tries to read and act as the first."""
     operators: dict[str, Principal]
-    """The fleet's router, guard (and reports, where issued) credentials."""
+    """The fleet's router, guard (and reports and gateway, where issued) credentials."""
 
     async def ledger(self) -> asyncpg.Connection:
         """A connection to the fleet's ledger as the operator."""
