@@ -21,6 +21,7 @@ from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.protocol.comparators.transcribe import word_error_rate
+from cortensor.settings import Settings
 
 CLASSES = {"fp32": "cpu-fp32", "int8": "cpu-int8"}
 """The hardware class whose variant stands for each precision."""
@@ -44,6 +45,41 @@ def _one_by_one(call: Callable[[list[str]], object], texts: Sequence[str]) -> Ca
             call([text])
 
     return work
+
+
+def batched_rate(
+    source: Settings | Path,
+    threads: int,
+    batch: int = 16,
+    *,
+    texts: Sequence[str] | None = None,
+    rounds: int = 5,
+) -> float:
+    """int8 embeddings per second with `batch` texts per call, called directly in this
+    process on `threads` intra-op threads (median of `rounds` passes over `texts`,
+    default 320 short sentences). `source` is the settings or the models directory.
+
+    The network serves int8 graphs whose answers do not depend on the batch, so a node
+    may put several requests' texts in one call; batch=1 gives the single-text rate."""
+    models_dir = source.models_dir if isinstance(source, Settings) else source
+    variant = load_manifest(models_dir).variant_for(EMBED_MODEL, "cpu-int8")
+    runtime = EmbeddingRuntime.from_manifest(models_dir, variant, threads=threads)
+    texts = list(texts) if texts is not None else _texts(320)
+    calls = [texts[start : start + batch] for start in range(0, len(texts), batch)]
+
+    def work() -> None:
+        for call in calls:
+            runtime.embed(call)
+
+    return _per_second(work, len(texts), rounds)
+
+
+def _texts(n: int) -> list[str]:
+    words = ["river", "ledger", "quiet", "station", "network", "guard", "morning", "vector"]
+    return [
+        f"Sentence {i}: {' '.join(words[(i * 3 + j) % len(words)] for j in range(4 + i % 9))}."
+        for i in range(n)
+    ]
 
 
 def _embedder(models_dir: Path, variant: ModelVariant) -> EmbeddingRuntime:

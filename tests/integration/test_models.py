@@ -186,13 +186,16 @@ def test_embedding_variants(prepared: Prepared) -> None:
         assert (prepared.models_dir / variant.directory / "tokenizer.json").is_file()
     assert (variants["fp32"].hw_classes, variants["fp32"].isa) == (["cpu-fp32"], "")
     assert (variants["int8"].hw_classes, variants["int8"].isa) == (["cpu-int8"], LOCAL_ISA)
-    assert variants["int8"].quantization == f"dynamic per-channel {LOCAL_ISA}"
+    assert (
+        variants["int8"].quantization == f"per-token activations, per-channel weights, {LOCAL_ISA}"
+    )
     if LOCAL_ISA != "avx2":
         assert variants["int8-avx2"].hw_classes == ["cpu-int8"]
         assert variants["int8-avx2"].isa == "avx2"
     assert (variants["fp16"].hw_classes, variants["fp16"].precision) == (["cuda-fp16"], "fp16")
     size = {k: (prepared.models_dir / v.entry).stat().st_size for k, v in variants.items()}
-    assert size["int8"] < size["fp32"] / 3
+    # The linear layers' weights are int8; the word embeddings (30522 x 384) stay fp32.
+    assert size["int8"] < size["fp32"] * 0.7
     assert size["fp32"] / 2.2 < size["fp16"] < size["fp32"] / 1.8
 
 
@@ -407,15 +410,13 @@ def test_int8_stays_close_to_fp32(
     assert cosines.min() >= 0.95, cosines
 
 
-def test_the_two_int8_graphs_are_near_but_not_identical(
+def test_the_two_int8_graphs_give_the_same_vectors(
     int8: EmbeddingRuntime, int8_avx2: EmbeddingRuntime
 ) -> None:
-    # They quantize weights differently (signed for VNNI, unsigned for AVX2), so two int8
-    # nodes on different CPUs agree less than two on the same CPU: short texts fall below
-    # cosine 0.99 (measured here: min ~0.95, mean ~0.99).
+    # They store the weights' codes signed (VNNI) and shifted to unsigned (AVX2); the
+    # integer products are the same, so the vectors are too (measured bit for bit).
     cosines = _cosines(int8.embed(SENTENCES), int8_avx2.embed(SENTENCES))
-    assert cosines.min() >= 0.93, cosines
-    assert cosines.mean() >= 0.98, cosines
+    assert cosines.min() >= 0.99999, cosines
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8", "int8_avx2"])

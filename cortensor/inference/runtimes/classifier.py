@@ -48,6 +48,9 @@ class ClassifierRuntime:
         self._coef, self._intercept = coef, intercept
         self.labels: tuple[str, ...] = tuple(labels)
         """Every label the head can give, in the head's class order."""
+        self.batch_independent: bool = bool(getattr(embedder, "batch_independent", False))
+        """Whether texts of several requests may share a call: the head reads each
+        text's vector alone, so this is its embedder's answer."""
 
     @classmethod
     def from_manifest(

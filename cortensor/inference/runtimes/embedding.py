@@ -47,9 +47,15 @@ class EmbeddingRuntime:
 
         `per_text` runs each text alone. Dynamically quantized graphs need it: they scale
         activations over the whole batch, so a text's vector would depend on its batch
-        mates (cosine down to ~0.97), and redundant nodes must agree whatever they batch.
+        mates (cosine down to ~0.95), and redundant nodes must agree whatever they batch.
+        The fp32 graph and the per-token int8 graphs (tools.quantize) give each text the
+        same vector alone and in any batch, bit for bit on the CPU.
         """
         self._per_text = per_text
+        self.batch_independent: bool = device == "cpu" and not per_text
+        """Whether one call on many texts gives each the vector it gets alone, so that
+        texts of several requests may share a call (a per-text runtime gains nothing
+        from it; the GPU's kernels may change with the batch's shape)."""
         onnx_path = model_dir / onnx_file
         tokenizer_path = model_dir / "tokenizer.json"
         for path in (onnx_path, tokenizer_path):

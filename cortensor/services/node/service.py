@@ -29,6 +29,8 @@ from cortensor.schemas import (
     printable,
     utcnow,
 )
+from cortensor.services.node import batching
+from cortensor.services.node.batching import Shared
 from cortensor.services.node.bridge import NatsBridge, Signed
 from cortensor.services.node.faults import CRASH_EXIT_CODE, Fault, slow_sleep_s
 from cortensor.settings import Settings
@@ -48,28 +50,33 @@ class NodeIdentity:
     """The prepared variant behind each model (for a classifier head, its embedding's)."""
 
 
-def run_task(runtime: Runtime, assignment: Assignment, fault: Fault | None) -> dict[str, Any]:
-    """The output field of a result: the runtime's answer, made wrong when `fault` strikes
-    (decided once the true answer is known: an adapting fault weighs it).
+def answer(runtime: Runtime, assignment: Assignment) -> Any:
+    """The runtime's true answer to the assignment.
 
     The node checked that `runtime` serves the assignment's model, and a model serves
     one task (catalog.TASK_OF), so the runtime has the method the task needs.
     """
     if assignment.task == "embed":
-        vectors = cast(Embedder, runtime).embed(assignment.inputs)
-        wrong = fault.wrong_answers(assignment, vectors) if fault is not None else None
-        return {"embeddings": (wrong.corrupt(vectors) if wrong else vectors).tolist()}
+        return cast(Embedder, runtime).embed(assignment.inputs)
     if assignment.task == "classify":
-        classifier = cast(Classifier, runtime)
-        classes = classifier.classify(assignment.inputs, assignment.top_k)
-        wrong = fault.wrong_answers(assignment, classes) if fault is not None else None
-        if wrong:
-            classes = wrong.corrupt_classes(classes, getattr(classifier, "labels", ()))
-        return {"classes": classes}
+        return cast(Classifier, runtime).classify(assignment.inputs, assignment.top_k)
     wav = base64.b64decode(assignment.audio or "")
-    transcript = cast(Transcriber, runtime).transcribe(wav, assignment.language)
-    wrong = fault.wrong_answers(assignment, transcript) if fault is not None else None
-    return {"transcript": wrong.corrupt_transcript(transcript) if wrong else transcript}
+    return cast(Transcriber, runtime).transcribe(wav, assignment.language)
+
+
+def output(
+    runtime: Runtime, assignment: Assignment, truth: Any, fault: Fault | None
+) -> dict[str, Any]:
+    """The output field of a result: `truth`, the runtime's answer, made wrong when
+    `fault` strikes (decided once the true answer is known: an adapting fault weighs it)."""
+    wrong = fault.wrong_answers(assignment, truth) if fault is not None else None
+    if assignment.task == "embed":
+        return {"embeddings": (wrong.corrupt(truth) if wrong else truth).tolist()}
+    if assignment.task == "classify":
+        if wrong:
+            truth = wrong.corrupt_classes(truth, getattr(runtime, "labels", ()))
+        return {"classes": truth}
+    return {"transcript": wrong.corrupt_transcript(truth) if wrong else truth}
 
 
 class NodeService:
@@ -149,8 +156,10 @@ class NodeService:
         """Close the NATS connection once no task runs any more."""
         self.bridge.close()
 
-    def compute(self, assignment: Assignment) -> InferenceResult:
-        """Run the assignment on its model (wrongly, when a fault strikes)."""
+    def compute(self, assignment: Assignment, shared: Shared | None = None) -> InferenceResult:
+        """Run the assignment on its model (wrongly, when a fault strikes). `shared` is its
+        true answer and the seconds spent on it, when its texts ran with other
+        assignments' (batching.answer_together)."""
         started = time.perf_counter()
         common: dict[str, Any] = {
             "assignment_id": assignment.assignment_id,
@@ -163,14 +172,34 @@ class NodeService:
             "build": self.identity.builds.get(assignment.model, ""),
         }
         try:
-            output = run_task(self.runtimes[assignment.model], assignment, self.fault)
+            runtime = self.runtimes[assignment.model]
+            truth = shared[0] if shared is not None else answer(runtime, assignment)
+            result = output(runtime, assignment, truth, self.fault)
         except Exception as exc:  # the model failed on this input; report, do not crash
             log.exception("inference failed", assignment_id=str(assignment.assignment_id))
             # Cut and escaped to what the guard accepts (schemas.ErrorText).
             error = printable(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
             return InferenceResult(**common, error=error)
-        elapsed = (time.perf_counter() - started) * 1000
-        return InferenceResult(**common, **output, elapsed_ms=elapsed)
+        elapsed = time.perf_counter() - started + (shared[1] if shared is not None else 0.0)
+        return InferenceResult(**common, **result, elapsed_ms=elapsed * 1000)
+
+    def compute_all(self, assignments: Sequence[Assignment]) -> list[InferenceResult]:
+        """The results of `assignments`, in order. The texts of embed and classify
+        assignments for one model share model calls when the runtime allows it; the
+        answers are the same as one assignment at a time."""
+        shared: dict[int, Shared] = {}
+        for group in batching.groups(assignments, self.runtimes):
+            together = [assignments[i] for i in group]
+            try:
+                answers = batching.answer_together(self.runtimes[together[0].model], together)
+            except Exception:  # one bad input must not fail the others: run each alone
+                log.exception(
+                    "shared model call failed; running its assignments one at a time",
+                    assignment_ids=[str(a.assignment_id) for a in together],
+                )
+                continue
+            shared.update(zip(group, answers, strict=True))
+        return [self.compute(a, shared.get(i)) for i, a in enumerate(assignments)]
 
     def _accept(self, payload: Any) -> Assignment | str:
         """The assignment to run, or why it is dropped."""
@@ -209,7 +238,7 @@ class NodeService:
         with self._lock:
             self._inflight += len(ready)
         try:
-            results = [self.compute(a) for a in ready]
+            results = self.compute_all(ready)
             if self.fault is None:
                 self._publish(ready, results)
             else:
