@@ -139,9 +139,11 @@ def _configure_logging() -> None:
         )
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
+        named = [structlog.stdlib.add_logger_name, *stamps]  # a library's record: its logger
         handler.setFormatter(
-            structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=stamps)
+            structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=named)
         )
+        logging.captureWarnings(True)  # warnings too, as records of logger py.warnings
     else:
         handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=level, handlers=[handler])

@@ -27,6 +27,8 @@ with structlog.contextvars.bound_contextvars(job_id="j-1", node_id="n-1", assign
     except ValueError:
         log.exception("results not stored")
 logging.getLogger("aio_pika").warning("a library's line")
+import warnings
+warnings.warn("a warning's line", UserWarning, stacklevel=1)
 """
 
 
@@ -41,7 +43,7 @@ def _lines(log_format: str) -> list[str]:
 
 def test_json_lines_parse_and_carry_the_bound_context() -> None:
     records: list[dict[str, Any]] = [json.loads(line) for line in _lines("json")]
-    decided, failed, library = records
+    decided, failed, library, warned = records
     assert decided["event"] == "job decided"
     assert decided["level"] == "info"
     assert decided["status"] == "verified"
@@ -55,6 +57,9 @@ def test_json_lines_parse_and_carry_the_bound_context() -> None:
     assert "ValueError: boom" in failed["exception"]
     assert library["event"] == "a library's line"
     assert library["level"] == "warning"
+    assert library["logger"] == "aio_pika"
+    assert "a warning's line" in warned["event"]
+    assert warned["logger"] == "py.warnings"
 
 
 def test_console_lines_stay_the_default() -> None:

@@ -120,7 +120,15 @@ def make_app(service: NodeService) -> Celery:
     # to a node that is not listening yet.
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutting_down.connect(on_shutdown, weak=False)
+    if settings.log_format == "json":
+        # A receiver of setup_logging keeps Celery from adding handlers of its own
+        # format: every line goes through the JSON handler the command line set up.
+        signals.setup_logging.connect(_logging_as_configured, weak=False)
     return app
+
+
+def _logging_as_configured(**_: Any) -> None:
+    """Leave logging as `cortensor` configured it (CORTENSOR_LOG_FORMAT)."""
 
 
 def _log_context(service: NodeService, batch: list[Any]) -> dict[str, str]:
@@ -140,6 +148,8 @@ def run_worker(app: Celery, service: NodeService, *, loglevel: str = "INFO") -> 
     try:
         app.worker_main(
             [
+                # JSON logs only: no start-up banner among them.
+                *(["--quiet"] if service.settings.log_format == "json" else []),
                 "worker",
                 "--pool=threads",
                 f"--concurrency={service.settings.node_threads}",
