@@ -24,8 +24,9 @@ from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.catalog import WHISPER_BASE
 from cortensor.client import Client
 from cortensor.inference.manifest import load_manifest
-from cortensor.inference.runtimes.whisper import WhisperRuntime
+from cortensor.inference.runtimes.whisper import WINDOW_S, WhisperRuntime
 from cortensor.protocol.comparators.transcribe import symmetric_wer, word_error_rate
+from cortensor.protocol.parts import speech_split
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import speech
@@ -83,7 +84,9 @@ def measure(
     audio_s = audio.load_audio(wav, max_seconds=3600).size / audio.SAMPLE_RATE
     out: dict[str, Any] = {"audio_s": round(audio_s, 2)}
     sequential_text = ""
-    for name, step in _variants(runtime, wav, batch_sizes).items():
+    # Audio of one window or less is decoded one way whatever the batch size.
+    sizes = batch_sizes if audio_s > WINDOW_S else ()
+    for name, step in _variants(runtime, wav, sizes).items():
         step()  # warm-up
         seconds, cpu, texts = _timed(step, runs)
         row: dict[str, Any] = _figures(seconds, cpu, audio_s)
@@ -109,29 +112,38 @@ def long_file(
     chunk_parallel: int = 2,
 ) -> dict[str, Any]:
     """Whisper base int8 on `wav` (whose words are `spoken`) called directly: sequential
-    against batched for each thread count, on the whole file and on the chunks the
-    router cuts for `chunk_parallel` nodes (audio.cut with the settings' chunk sizes)."""
+    against batched for each thread count, on the whole file and on what the router
+    cuts it into for `chunk_parallel` nodes: "parts" for nodes that batch
+    (Settings.whisper_batch_size), "chunks" of one window at most for nodes that do not."""
     data = wav.read_bytes()
     manifest = load_manifest(settings.models_dir)
     variant = manifest.variant_for(WHISPER_BASE, "cpu-int8")
-    chunks = audio.cut(
-        data,
-        chunk_s=settings.chunk_s,
-        min_chunk_s=settings.chunk_min_s,
-        max_seconds=settings.max_audio_s,
-        parallel=chunk_parallel,
-    )
-    report: dict[str, Any] = {"runs": runs}
+    cuts = {
+        # What the router cuts for `chunk_parallel` nodes that batch, and for nodes that
+        # do not (parts of one window at most).
+        name: audio.cut(
+            data,
+            chunk_s=settings.chunk_s,
+            max_seconds=settings.max_audio_s,
+            parts=speech_split(
+                chunk_parallel,
+                batch=batch,
+                window_s=settings.chunk_s,
+                min_part_s=settings.chunk_min_s,
+            ),
+        )
+        for name, batch in (("parts", settings.whisper_batch_size), ("chunks", 0))
+    }
+    report: dict[str, Any] = {"runs": runs, "parallel": chunk_parallel}
     for n in threads:
         runtime = WhisperRuntime.from_manifest(settings.models_dir, variant, threads=n)
-        report[f"threads_{n}"] = {
-            "whole_file": measure(runtime, data, spoken, runs, batch_sizes),
-            "chunks": [
+        report[f"threads_{n}"] = {"whole_file": measure(runtime, data, spoken, runs, batch_sizes)}
+        for name, pieces in cuts.items():
+            report[f"threads_{n}"][name] = [
                 {"start_s": round(c.start_s, 2), "end_s": round(c.end_s, 2)}
-                | measure(runtime, c.wav, None, runs, batch_sizes[:1])
-                for c in chunks
-            ],
-        }
+                | measure(runtime, c.wav, None, runs, batch_sizes[-1:])
+                for c in pieces
+            ]
     return report
 
 

@@ -72,6 +72,10 @@ def fleet(
             "CORTENSOR_ASSIGNMENT_TIMEOUT_S": "2",
             # Four nodes share two cores here: give audio chunks room on top of that.
             "CORTENSOR_AUDIO_TIMEOUT_FACTOR": "2",
+            # Parts of one window (30 s), so that the long-speech test sees a file split
+            # across nodes: with batching nodes, four nodes at redundancy 3 get 79 s as one
+            # part (docs/design.md, "One long file"; tests/integration/test_whisper_batched.py).
+            "CORTENSOR_WHISPER_BATCH_SIZE": "0",
         },
     ) as started:
         yield started
