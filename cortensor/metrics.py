@@ -18,7 +18,7 @@ gateway mounts `metrics_text` on its own HTTP app.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -27,7 +27,6 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -68,40 +67,6 @@ ROUTED = Counter(
     " yet), rejected, dead-lettered, duplicate.",
     ["outcome"],
 )
-FLEET_NODES = Gauge(
-    "cortensor_fleet_nodes",
-    "Nodes the router hears, by hardware class and trust (probation, active, quarantined).",
-    ["hw_class", "trust"],
-)
-QUEUE_DEPTH = Gauge(
-    "cortensor_queue_depth",
-    "Assignments handed to a hardware class's nodes and not answered yet (waiting in their"
-    " queues or running), as the router last read them from the ledger: the signal to"
-    " scale a class's nodes on.",
-    ["hw_class"],
-)
-FLEET_INFLIGHT = Gauge(
-    "cortensor_fleet_node_inflight",
-    "Assignments a node is running, from its last heartbeat.",
-    ["node_id", "hw_class"],
-)
-FLEET_PROCESSED = Gauge(
-    "cortensor_fleet_node_processed",
-    "Assignments a node finished since it started, from its last heartbeat.",
-    ["node_id", "hw_class"],
-)
-FLEET_SCORE = Gauge(
-    "cortensor_fleet_node_score",
-    "A node's reputation score as routing sees it.",
-    ["node_id", "hw_class"],
-)
-FLEET_RATE = Gauge(
-    "cortensor_fleet_node_rate",
-    "Assignments a node finished per second lately, from its heartbeats.",
-    ["node_id", "hw_class"],
-)
-
-_FLEET = (FLEET_INFLIGHT, FLEET_PROCESSED, FLEET_SCORE, FLEET_RATE)
 
 
 class Decided(Protocol):
@@ -165,31 +130,89 @@ class FleetNode(Protocol):
     def inflight(self) -> int: ...
 
 
+_NODE = ("node_id", "hw_class")
+FLEET_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cortensor_fleet_nodes": (
+        ("hw_class", "trust"),
+        "Nodes the router hears, by hardware class and trust (probation, active, quarantined).",
+    ),
+    "cortensor_queue_depth": (
+        ("hw_class",),
+        "Assignments handed to a hardware class's nodes and not answered yet (waiting in"
+        " their queues or running), as the router last read them from the ledger: the"
+        " signal to scale a class's nodes on.",
+    ),
+    "cortensor_fleet_node_inflight": (_NODE, "Assignments a node runs, from its last heartbeat."),
+    "cortensor_fleet_node_processed": (
+        _NODE,
+        "Assignments a node finished since it started, from its last heartbeat.",
+    ),
+    "cortensor_fleet_node_score": (_NODE, "A node's reputation score as routing sees it."),
+    "cortensor_fleet_node_rate": (
+        _NODE,
+        "Assignments a node finished per second lately, from its heartbeats.",
+    ),
+}
+"""The router's fleet gauges (FleetCollector), by name: their labels and help text."""
+
+
+class FleetCollector(Collector):
+    """The fleet as a router's registry last saw it, made into gauges only when scraped:
+    a refresh (every second) just keeps the lists it was given, so that thousands of
+    nodes cost the router nothing between scrapes."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[Sequence[FleetNode], Mapping[str, tuple[int, int]], Mapping[str, float]]
+        self._seen = ((), {}, {})
+
+    def update(
+        self,
+        views: Sequence[FleetNode],
+        running: Mapping[str, tuple[int, int]],
+        rates: Mapping[str, float],
+    ) -> None:
+        """Keep the fleet's state (views, (inflight, processed) by node, rate by node);
+        the caller hands over fresh collections and does not change them afterwards."""
+        self._seen = (views, running, rates)
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges of the state kept last (a node no longer seen has none)."""
+        views, running, rates = self._seen  # one read: a refresh may replace it meanwhile
+        families = {
+            name: GaugeMetricFamily(name, doc, labels=list(labels))
+            for name, (labels, doc) in FLEET_METRICS.items()
+        }
+        by_class: Tally[tuple[str, str]] = Tally()
+        depth: Tally[str] = Tally()
+        for view in views:
+            by_class[view.hw_class, view.trust] += 1
+            depth[view.hw_class] += view.inflight
+            inflight, processed = running.get(view.node_id, (0, 0))
+            labels = [view.node_id, view.hw_class]
+            families["cortensor_fleet_node_inflight"].add_metric(labels, inflight)
+            families["cortensor_fleet_node_processed"].add_metric(labels, processed)
+            families["cortensor_fleet_node_score"].add_metric(labels, view.score)
+            families["cortensor_fleet_node_rate"].add_metric(labels, rates.get(view.node_id, 0.0))
+        for (hw_class, trust), n in sorted(by_class.items()):
+            families["cortensor_fleet_nodes"].add_metric([hw_class, trust], n)
+        for hw_class, n in sorted(depth.items()):
+            families["cortensor_queue_depth"].add_metric([hw_class], n)
+        yield from families.values()
+
+
+FLEET = FleetCollector()
+REGISTRY.register(FLEET)
+
+
 def fleet_seen(
     views: Sequence[FleetNode],
-    running: dict[str, tuple[int, int]],
-    rates: dict[str, float],
+    running: Mapping[str, tuple[int, int]],
+    rates: Mapping[str, float],
 ) -> None:
-    """Set the fleet gauges from a router's registry: its node views (trust, score,
+    """Keep a router's view of the fleet for its gauges: its node views (trust, score,
     assignments awaited), each node's (inflight, processed) from its last heartbeat, and
-    its rate. Nodes no longer seen are dropped from the per-node gauges."""
-    for gauge in (FLEET_NODES, QUEUE_DEPTH, *_FLEET):
-        gauge.clear()
-    by_class: Tally[tuple[str, str]] = Tally()
-    depth: Tally[str] = Tally()
-    for view in views:
-        by_class[view.hw_class, view.trust] += 1
-        depth[view.hw_class] += view.inflight
-        inflight, processed = running.get(view.node_id, (0, 0))
-        labels = (view.node_id, view.hw_class)
-        FLEET_INFLIGHT.labels(*labels).set(inflight)
-        FLEET_PROCESSED.labels(*labels).set(processed)
-        FLEET_SCORE.labels(*labels).set(view.score)
-        FLEET_RATE.labels(*labels).set(rates.get(view.node_id, 0.0))
-    for (hw_class, trust), n in by_class.items():
-        FLEET_NODES.labels(hw_class, trust).set(n)
-    for hw_class, n in depth.items():
-        QUEUE_DEPTH.labels(hw_class).set(n)
+    its rate. Nodes no longer seen have no gauges."""
+    FLEET.update(views, running, rates)
 
 
 class NodeCollector(Collector):
