@@ -2,7 +2,7 @@
 
 Two nodes running the same fp32 model on different CPUs differ in the last few bits;
 an int8 model differs from fp32 by more (measured on all-MiniLM-L6-v2 with the
-per-token int8 graphs of tools.quantize: min cosine 0.989, mean 0.9986 over 270 varied
+per-token int8 graphs of tools.quantize: min cosine 0.989, mean 0.9986 over 248 varied
 sentences; the dynamically quantized graphs they replaced: min 0.960). The threshold
 therefore depends on the pair of precisions compared. A random or lazy answer lands
 near cosine 0 in 384 dimensions.
@@ -30,7 +30,7 @@ THRESHOLDS: dict[frozenset[str], float] = {
 BETWEEN_BUILDS = 0.93
 """Two int8 graphs of one model, quantized for VNNI (signed weights) and for AVX2
 (unsigned). The per-token graphs store the same codes and give the same vectors (bit for
-bit on 370 sentences); the dynamically quantized graphs before them did not (min cosine
+bit on 348 sentences); the dynamically quantized graphs before them did not (min cosine
 0.952, mean 0.989 on 50 sentences, short texts the worst). The threshold stays where
 those needed it while nodes whose models directory still holds a dynamic graph remain."""
 
