@@ -500,6 +500,7 @@ def gateway(
     from cortensor.gateway.app import serve
 
     settings = _settings()
+    _configure_logging()
     serve(settings, host=host or settings.gateway_host, port=port or settings.gateway_port)
 
 

@@ -9,7 +9,8 @@ have one list to read. Each process updates the ones it knows of:
 - router: what became of each job it took, the verdicts it wrote (rejected, failed),
   and the fleet as its registry sees it (nodes by trust, each node's work, work awaited
   per hardware class: the autoscaling signal);
-- node: its assignments in hand and done (`node_collector`).
+- node: its assignments in hand and done (`node_collector`);
+- gateway: the HTTP calls it answered, by route and status, and how long each took.
 
 A process serves them with `serve_metrics` when `CORTENSOR_METRICS_PORT` is set; the
 gateway mounts `metrics_text` on its own HTTP app.
@@ -66,6 +67,17 @@ ROUTED = Counter(
     "Job messages the router took, by what became of them: routed, waiting (no node"
     " yet), rejected, dead-lettered, duplicate.",
     ["outcome"],
+)
+GATEWAY_CALLS = Counter(
+    "cortensor_gateway_calls",
+    "HTTP calls the gateway answered, by route template (never a job id) and status.",
+    ["route", "status"],
+)
+GATEWAY_SECONDS = Histogram(
+    "cortensor_gateway_call_seconds",
+    "Seconds the gateway took to answer a call, the verdict's wait included, by route.",
+    ["route"],
+    buckets=LATENCY_BUCKETS_S,
 )
 
 
@@ -248,6 +260,12 @@ def node_collector(
     collector = NodeCollector(node_id, hw_class, counts)
     registry.register(collector)
     return collector
+
+
+def gateway_answered(route: str, status: int, seconds: float) -> None:
+    """Count one call the gateway answered."""
+    GATEWAY_CALLS.labels(route=route, status=str(status)).inc()
+    GATEWAY_SECONDS.labels(route=route).observe(seconds)
 
 
 def metrics_text(registry: CollectorRegistry = REGISTRY) -> bytes:

@@ -6,6 +6,7 @@
     GET  /v1/models[/{model}]      the models the network serves
     GET  /v1/jobs/{id}             one of the caller's jobs: its status and verdict
     GET  /health                   whether the gateway is up (no key needed)
+    GET  /metrics                  Prometheus metrics (no key needed; no user content)
 
 A gateway process holds one SDK connection (cortensor.client.Client), opened in the
 application's lifespan on the gateway's own login: it submits each caller's jobs under
@@ -15,17 +16,18 @@ allow for every owner (cortensor.adapters.principals.grants).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
 from uuid import UUID
 
+import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from cortensor import metrics
 from cortensor.catalog import TASK_OF
 from cortensor.client import Client
 from cortensor.errors import BadSetting
@@ -34,10 +36,10 @@ from cortensor.gateway.calls import Gateway, Network, caller, gateway, lookup
 from cortensor.gateway.errors import ApiError
 from cortensor.gateway.keys import ApiKeys, api_keys_path
 from cortensor.gateway.shapes import job_body, model_body, models_body, verification_headers
-from cortensor.gateway.wire import BodyLimit, error_response, json_response
+from cortensor.gateway.wire import BodyLimit, Observed, error_response, json_response
 from cortensor.settings import Settings
 
-log = logging.getLogger("cortensor.gateway")
+log = structlog.get_logger("cortensor.gateway")
 
 Connect = Callable[[Settings], AbstractAsyncContextManager[Network]]
 """How the gateway opens its connection to the network (the SDK's Client)."""
@@ -79,7 +81,7 @@ def _http(request: Request, exc: Exception) -> Response:
 
 
 def _crashed(request: Request, exc: Exception) -> Response:
-    log.error("gateway call failed", exc_info=exc)
+    log.error("gateway call failed", path=request.url.path, exc_info=exc)
     return error_response(
         ApiError(500, "the gateway failed; see its log", type="server_error", code="internal_error")
     )
@@ -101,7 +103,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not registry.path.exists():
-            log.warning("no API keys yet at %s: every call is refused 401", registry.path)
+            log.warning("no API keys yet: every call is refused 401", path=str(registry.path))
         async with connect(settings) as network:
             app.state.gateway = Gateway(settings, registry, network)
             yield
@@ -112,6 +114,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit)
+    app.add_middleware(Observed)  # added last, so outermost: it sees every answer
     app.add_exception_handler(ApiError, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
@@ -122,6 +125,11 @@ def create_app(
     async def health() -> dict[str, str]:
         """Whether the gateway is up; no key needed."""
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics of this process (the calls it answered, by route)."""
+        return Response(metrics.metrics_text(), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models(owner: Caller) -> Response:
@@ -139,20 +147,23 @@ def create_app(
     async def job(job_id: UUID, owner: Caller, gw: Serving) -> Response:
         """One of the caller's jobs: its verdict, or `pending` while it is undecided."""
         verdict = await lookup(gw, owner, job_id)
-        headers = {} if verdict is None else verification_headers(verdict)
+        pending = {"x-cortensor-job-id": str(job_id), "x-cortensor-status": "pending"}
+        headers = pending if verdict is None else verification_headers(verdict)
         return json_response(job_body(job_id, verdict), headers)
 
     return app
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    """Run the gateway with uvicorn until SIGINT or SIGTERM."""
+    """Run the gateway with uvicorn until SIGINT or SIGTERM, logging through the
+    process's logging (the command line configured it: console or JSON lines)."""
     import uvicorn
 
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        log_config=None,
         log_level=settings.log_level.lower(),
         # Clients' keys travel in headers, which uvicorn never logs; its access log
         # names the path and status of each call.

@@ -1,4 +1,5 @@
-"""What goes over HTTP below the routes: JSON responses, and the bound on request bodies.
+"""What goes over HTTP below the routes: JSON responses, the bound on request bodies,
+and the count of calls answered (cortensor.metrics, served at /metrics).
 
 A body past the bound is answered 413 in OpenAI's error shape before a route reads it.
 Its bytes are still read (and dropped) up to `DRAIN_BYTES`, so that a client which sends
@@ -8,6 +9,7 @@ a connection reset; past that the connection is closed on it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -15,6 +17,7 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cortensor import metrics
 from cortensor.gateway.errors import ApiError
 from cortensor.schemas import MAX_JOB_BYTES
 
@@ -87,3 +90,30 @@ async def _drain(receive: Receive, at_most: int) -> None:
         left -= len(message.get("body", b""))
         if not message.get("more_body", False):
             return
+
+
+class Observed:
+    """ASGI middleware: each call answered counted by its route's template (bounded
+    labels: never a job id) and status, with the seconds it took."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.gateway_answered(route, status, time.monotonic() - started)

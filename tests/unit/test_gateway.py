@@ -411,12 +411,14 @@ def test_a_client_sees_its_own_jobs_only(http: TestClient, net: Network) -> None
     assert _error(theirs, 403)["code"] == "not_your_job"
     pending = uuid4()
     net.receipts.add(("alice", pending))
-    assert http.get(f"/v1/jobs/{pending}").json() == {
+    undecided = http.get(f"/v1/jobs/{pending}")
+    assert undecided.json() == {
         "object": "job",
         "id": str(pending),
         "status": "pending",
         "verdict": None,
     }
+    assert undecided.headers["x-cortensor-status"] == "pending"
     mallorys = http.get(f"/v1/jobs/{pending}", headers={"authorization": f"Bearer {MALLORY}"})
     _error(mallorys, 403)
     assert _error(http.get(f"/v1/jobs/{uuid4()}"), 404)["code"] == "unknown_job"
@@ -442,3 +444,19 @@ def test_keys_are_read_again_when_the_registry_changes(tmp_path: Path) -> None:
     assert keys.owner_of(ALICE) == "alice"
     path.write_text(json.dumps({f"{NS}.client.bob": key_digest(ALICE), f"{NS}.node.x": "y"}))
     assert keys.owner_of(ALICE) == "bob"
+
+
+def test_calls_are_counted_by_route_template_and_status(http: TestClient) -> None:
+    done = http.post("/v1/embeddings", json={"input": "x", "model": "all-MiniLM-L6-v2"})
+    job_id = done.json()["cortensor"]["job_id"]
+    http.get(f"/v1/jobs/{job_id}", headers={"authorization": f"Bearer {MALLORY}"})
+    http.get("/v1/nothing")
+    text = http.get("/metrics", headers={"authorization": ""}).text
+    for sample in (
+        'cortensor_gateway_calls_total{route="/v1/embeddings",status="200"}',
+        'cortensor_gateway_calls_total{route="/v1/jobs/{job_id}",status="403"}',
+        'cortensor_gateway_calls_total{route="unmatched",status="404"}',
+        'cortensor_gateway_call_seconds_count{route="/v1/embeddings"}',
+    ):
+        assert sample in text, sample
+    assert job_id not in text
