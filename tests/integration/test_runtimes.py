@@ -374,6 +374,10 @@ def test_a_node_can_serve_some_models_only(
 ) -> None:
     service = _build(built, models_dir, key, models=models)
     assert set(service.identity.models) == set(models) == set(service.runtimes)
+    if EMBED_MODEL in models or CLASSIFY_MODEL in models:
+        # Per-token graphs are another build than the dynamic ones of the same name.
+        build = service.identity.builds[CLASSIFY_MODEL if CLASSIFY_MODEL in models else EMBED_MODEL]
+        assert build.endswith("-tok"), build
     assert service.identity.tasks == tasks
     assert all(TASK_OF[m] in tasks for m in models)
     if CLASSIFY_MODEL in models:

@@ -239,7 +239,19 @@ def _respawn(service: NodeService) -> None:
         os.execv(sys.executable, [sys.executable, *with_node_id(sys.argv, fresh)])
 
 
+PER_TOKEN_BUILD = "{variant}-tok"
+"""The build a per-token int8 graph (cortensor.tools.quantize) announces. Its numbers
+differ from those of the dynamic int8 graphs that nodes prepared before it, which
+announced the variant's bare name: marked apart, a node not yet prepared again is
+compared with the others as another build (comparators' BETWEEN_BUILDS), not held to
+one graph's own tolerance that two graphs cannot meet."""
+
+
 def _build(variants: dict[str, ModelVariant], name: str) -> str:
-    """The variant that decides a model's numbers: a head's embedding model's own."""
+    """The variant that decides a model's numbers (a head's embedding model's own), and
+    how it was quantized where graphs of one name have differed."""
     variant = variants[name]
-    return variants[variant.base_model].variant if variant.base_model else variant.variant
+    decides = variants[variant.base_model] if variant.base_model else variant
+    if decides.quantization.startswith("per-token"):
+        return PER_TOKEN_BUILD.format(variant=decides.variant)
+    return decides.variant
