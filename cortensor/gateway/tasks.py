@@ -39,6 +39,9 @@ Serving = Annotated[Gateway, Depends(gateway)]
 TEXT_PARAMS = {"inputs": "input"}
 """Job fields -> the request fields that set them, for the text tasks."""
 AUDIO_PARAMS = {"audio": "file"}
+TRANSCRIBE_DEADLINE_S = 300.0
+"""A transcription's deadline unless `x-cortensor-deadline-s` says otherwise: as
+`cortensor submit transcribe`'s, since minutes of audio take more than a text's 30 s."""
 MAX_FORM_FIELDS = 16
 """Form fields read from an upload: enough to name an unknown one rather than refuse
 the form whole."""
@@ -134,6 +137,7 @@ async def transcriptions(request: Request, owner: Caller, gw: Serving) -> Respon
         "task": "transcribe",
         "model": model,
         "audio": base64.b64encode(audio).decode(),
+        "deadline_s": TRANSCRIBE_DEADLINE_S,
         **options(request),
     }
     if language:

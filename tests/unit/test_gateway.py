@@ -294,6 +294,7 @@ def test_transcriptions_in_each_format(http: TestClient, net: Network) -> None:
     assert as_json.json()["text"] == "hello world"
     assert as_json.json()["cortensor"]["agreeing"] == ["node-1", "node-2"]
     job = net.runs[-1][0]
+    assert job.deadline_s == 300.0, "minutes of audio take more than a text's 30 s"
     assert (job.task, job.model, job.language, job.audio_bytes()) == (
         "transcribe",
         "whisper-base",
