@@ -180,15 +180,19 @@ def _cpu_by_process(namespace: str) -> dict[int, tuple[str, float]]:
 
 def _critical_cpu_s(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
-) -> float:
+) -> dict[str, float]:
     """CPU seconds on a job's path through a fleet whose nodes work side by side: the
-    router's and the guard's, plus the busiest node's. On a machine shared with other
-    work this is what the wall time would be with a core for each process, less the
-    waits between processes."""
+    router's and the guard's, plus the busiest node's, and their sum ("total"). On a
+    machine shared with other work this is what the wall time would be with a core for
+    each process, less the waits between processes (the router's and the guard's
+    background work while the job ran is counted in)."""
     spent: dict[str, list[float]] = {}
     for pid, (role, seconds) in after.items():
         spent.setdefault(role, []).append(seconds - before.get(pid, (role, 0.0))[1])
-    return sum(max(v) if role == "node" else sum(v) for role, v in spent.items())
+    path = {role: max(v) if role == "node" else sum(v) for role, v in spent.items()}
+    return {role: round(v, 2) for role, v in sorted(path.items())} | {
+        "total": round(sum(path.values()), 2)
+    }
 
 
 def _on_fleet(
@@ -210,7 +214,8 @@ def _on_fleet(
     return {
         "wall_s": round(statistics.median(walls), 2),
         "wall_s_all": [round(w, 2) for w in walls],
-        "critical_cpu_s_all": [round(c, 2) for c in critical],
+        "critical_cpu_s_all": [c["total"] for c in critical],
+        "critical_cpu_s_by_role": critical,
         "parts": [round((p.end_s or 0.0) - (p.start_s or 0.0), 1) for p in verdict.parts]
         or [round(speech.duration_s(wav), 1)],
         "wer": round(word_error_rate(spoken, text), 4),
