@@ -12,7 +12,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
-from cortensor.catalog import WHISPER_BASE
+from cortensor.catalog import EMBED_MODEL, WHISPER_BASE
 from cortensor.client import Client
 from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
@@ -30,29 +30,10 @@ from cortensor.protocol.comparators.transcribe import word_error_rate
 from cortensor.protocol.signing import public_bytes, refusal, sign, signature_headers
 from cortensor.schemas import InferenceResult, JobRequest, Redundancy, Verdict
 from cortensor.settings import Settings
-from cortensor.tools import fidelity, speech
+from cortensor.tools import bench_scale, bench_speech, fidelity, speech
 from cortensor.tools.fleet import Fleet
+from cortensor.tools.measure import cpu_seconds, fleet_pids, percentile, sentences
 from cortensor.tools.profile import profiled, summarize
-
-
-def _sentences(n: int) -> list[str]:
-    words = [
-        "alpha",
-        "beta",
-        "gamma",
-        "delta",
-        "network",
-        "guard",
-        "node",
-        "router",
-        "ledger",
-        "vector",
-        "quorum",
-    ]
-    return [
-        f"Sentence {i}: {' '.join(words[(i + j) % len(words)] for j in range(8))}."
-        for i in range(n)
-    ]
 
 
 def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5) -> float:
@@ -62,7 +43,7 @@ def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5)
     runtime = EmbeddingRuntime.from_manifest(
         settings.models_dir, manifest.variant_for("all-MiniLM-L6-v2", "cpu-int8"), threads=threads
     )
-    texts = _sentences(n)
+    texts = sentences(n)
     for t in texts[:20]:
         runtime.embed([t])
     rates = []
@@ -72,70 +53,6 @@ def direct_rate(settings: Settings, threads: int, n: int = 300, rounds: int = 5)
             runtime.embed([t])
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-_SERVERS = {b"beam.smp": "rabbitmq", b"nats-server": "nats", b"postgres": "postgresql"}
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _component(pid: str, namespace: str) -> str | None:
-    """Which part of the system a process is: a fleet process of this namespace, a server."""
-    proc = Path("/proc") / pid
-    try:
-        cmdline = (proc / "cmdline").read_bytes()
-        environ = (proc / "environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for marker, name in _SERVERS.items():
-        if marker in cmdline:
-            return name
-    if f"CORTENSOR_NAMESPACE={namespace}".encode() not in environ:
-        return None
-    # `cortensor [--credentials FILE] <role> ...`: the role is the first word after the
-    # program's own options.
-    argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
-    program = next((i for i, a in enumerate(argv) if a.endswith("cortensor")), None)
-    if program is None:
-        return None
-    rest = argv[program + 1 :]
-    while rest[:1] and rest[0].startswith("-"):
-        rest = rest[2:] if rest[0] == "--credentials" else rest[1:]
-    role = rest[0] if rest else ""
-    return role if role in ("router", "guard", "node") else None
-
-
-def _processes(namespace: str) -> Iterator[tuple[Path, str]]:
-    """Each process of the fleet and of the servers, with the component it is."""
-    for proc in Path("/proc").iterdir():
-        component = _component(proc.name, namespace) if proc.name.isdigit() else None
-        if component is not None:
-            yield proc, component
-
-
-def cpu_seconds(namespace: str) -> dict[str, float]:
-    """CPU seconds used so far by each component (processes of the fleet, the servers)."""
-    used: dict[str, float] = {}
-    for proc, component in _processes(namespace):
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used[component] = used.get(component, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
-    return used
-
-
-def fleet_pids(namespace: str) -> dict[str, list[int]]:
-    """The process ids of the fleet's router, guard and nodes (not the servers)."""
-    pids: dict[str, list[int]] = {}
-    for proc, component in _processes(namespace):
-        if component in ("router", "guard", "node"):
-            pids.setdefault(component, []).append(int(proc.name))
-    return pids
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def pipeline(
@@ -150,7 +67,7 @@ async def pipeline(
     (`auto`: as many replicas as the nodes' reputation calls for; the replicas per job
     are reported for every k);
     with `profile_dir`, where the fleet's CPU went during the throughput run (py-spy)."""
-    texts = _sentences(latency_jobs + throughput_jobs + 20)
+    texts = sentences(latency_jobs + throughput_jobs + 20)
     async with Client(settings) as client:
         for t in texts[:20]:  # warm-up
             await client.run(JobRequest(inputs=[t], redundancy=k))
@@ -180,7 +97,7 @@ async def pipeline(
         "latency_ms": {
             "jobs": latency_jobs,
             "p50": round(statistics.median(latencies), 2),
-            "p99": round(_percentile(latencies, 0.99), 2),
+            "p99": round(percentile(latencies, 0.99), 2),
             "mean": round(statistics.fmean(latencies), 2),
         },
         "throughput": {
@@ -279,31 +196,6 @@ def _fleet_run(
         return work()
 
 
-def split_speedup(settings: Settings, wav: Path, runs: int, started: list[str]) -> dict[str, Any]:
-    """One long file on one single-thread node, then on two: the network cuts it into
-    chunks for the nodes free to take them. Wall time from submit to verdict."""
-    data = wav.read_bytes()
-
-    def timed() -> dict[str, Any]:
-        walls, parts = [], 0
-        for _ in range(runs):
-            elapsed, verdict = asyncio.run(_transcribe(settings, data))
-            walls.append(elapsed)
-            parts = len(verdict.parts) or 1
-        return {"wall_s": round(statistics.median(walls), 2), "parts": parts}
-
-    one = _fleet_run(settings, 1, started, timed)
-    two = _fleet_run(settings, 2, started, timed)
-    return {
-        "audio_s": round(speech.duration_s(wav), 2),
-        "runs": runs,
-        "one_node": one,
-        "two_nodes": two,
-        "two_vs_one": round(two["wall_s"] / one["wall_s"], 3),
-        "target": 0.65,
-    }
-
-
 def signing_cost(rounds: int = 2000) -> dict[str, Any]:
     """What signatures cost: µs to sign and to check (header decoding included, as the
     guard does) a typical embed result, one sentence's 384 numbers; and per job, where
@@ -345,7 +237,53 @@ def signing_cost(rounds: int = 2000) -> dict[str, Any]:
 REDUNDANCIES: tuple[Redundancy, ...] = (1, 3, "auto")
 """`auto` last: by then the nodes have the history that steady state means."""
 
-SECTIONS = ("embed", "fidelity", "speech", "split", "signing")
+SECTIONS = ("embed", "fidelity", "speech", "long", "split", "signing", "scale", "memory")
+"""Every section runs by default; `memory` (100,000 jobs through a fleet) takes the
+longest, some ten minutes here."""
+
+
+def _met(value: float, target: float, *, at_most: bool) -> dict[str, Any]:
+    return {
+        "value": value,
+        "target": f"{'<=' if at_most else '>='} {target}",
+        "met": value <= target if at_most else value >= target,
+    }
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """Each figure the benchmark has a target for, beside it, from the sections run."""
+    out: dict[str, Any] = {}
+    if "pipeline" in report:
+        runs = {str(r["redundancy"]): r for r in report["pipeline"]["runs"]}
+        direct = report["direct_int8_per_s"]["single_2_threads"]
+        k1, k3 = runs["1"], runs["3"]
+        ratio = round(k1["throughput"]["jobs_per_s"] / direct, 3)
+        out["k1_throughput_vs_direct_2_threads"] = _met(ratio, 0.5, at_most=False)
+        cpu1 = k1["throughput"]["cpu_ms_per_job"]["total"]
+        out["k1_cpu_ms_per_job"] = _met(cpu1, 5.0, at_most=True)
+        out["k3_p50_ms"] = _met(k3["latency_ms"]["p50"], 15.0, at_most=True)
+        out["k3_p99_ms"] = _met(k3["latency_ms"]["p99"], 22.0, at_most=True)
+        cpu3 = k3["throughput"]["cpu_ms_per_job"]["total"]
+        out["k3_cpu_ms_per_job"] = _met(cpu3, 12.0, at_most=True)
+        if "auto" in runs:
+            auto = runs["auto"]["throughput"]
+            out["auto"] = {
+                "replicas_per_job": auto["replicas_per_job"],
+                "jobs_per_s": auto["jobs_per_s"],
+            }
+    if "scale" in report:
+        scale = report["scale"]
+        worst = max(scale["routing"][f"redundancy_{k}"]["p99_ms"] for k in (1, 3))
+        out["routing_10000_nodes_p99_ms"] = _met(worst, 1.0, at_most=True)
+        rate = min(scale["guard"][f"redundancy_{k}"]["results_per_s"] for k in (1, 3))
+        out["guard_results_per_s"] = _met(rate, 2000.0, at_most=False)
+        for node in scale["node_memory"]:
+            limit = 300.0 if node["models"] == EMBED_MODEL else 500.0
+            rss = max(node["rss_mb_ready"], node["rss_mb_after_jobs"])
+            out[f"node_rss_mb_{node['models']}"] = _met(rss, limit, at_most=True)
+    if "split" in report:
+        out["split_two_vs_one"] = _met(report["split"]["two_vs_one"], 0.55, at_most=True)
+    return out
 
 
 def main(
@@ -354,6 +292,7 @@ def main(
     window: int = typer.Option(64, help="Jobs in flight for throughput."),
     nodes: int = typer.Option(3, help="Honest nodes in the embedding fleet."),
     speech_runs: int = typer.Option(3, help="Runs of each speech measurement."),
+    memory_jobs: int = typer.Option(100_000, help="Jobs through the fleet in `memory`."),
     only: str = typer.Option(",".join(SECTIONS), help="Sections to run, comma-separated."),
     profile: str = typer.Option(
         "",
@@ -380,7 +319,7 @@ def main(
     if "fidelity" in sections:
         report["int8_vs_fp32"] = fidelity.measure(
             settings.models_dir,
-            sentences=_sentences(100),
+            sentences=sentences(100),
             questions=QUESTIONS,
             wav=long_wav.read_bytes(),
             audio_s=speech.duration_s(long_wav),
@@ -389,10 +328,26 @@ def main(
     if "signing" in sections:
         report["signing"] = signing_cost()
     if "embed" in sections:
-        report["direct_int8_single_sentence_per_s"] = {
-            "threads_1": round(direct_rate(settings, 1), 1),
-            "threads_2": round(direct_rate(settings, 2), 1),
+        texts = sentences(320)
+        report["direct_int8_per_s"] = {
+            "single_1_thread": round(direct_rate(settings, 1), 1),
+            "single_2_threads": round(direct_rate(settings, 2), 1),
+            # What a node's shared calls can reach: the ceiling of the pipeline.
+            "batch_16_2_threads": round(fidelity.batched_rate(settings, 2, 16, texts=texts), 1),
         }
+    if "long" in sections:
+        report["long_file"] = bench_speech.long_file(settings, long_wav, long_text, speech_runs)
+    if "scale" in sections:
+        report["scale"] = {
+            "routing": bench_scale.routing(),
+            "guard": bench_scale.guard_rate(),
+            "node_memory": [
+                bench_scale.node_memory(EMBED_MODEL),
+                bench_scale.node_memory(WHISPER_BASE),
+            ],
+        }
+    if "memory" in sections:
+        report["service_memory"] = bench_scale.service_memory(jobs=memory_jobs)
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
     node_ids: list[str] = []
@@ -421,17 +376,13 @@ def main(
                 lambda: speech_pipeline(settings, short_wav, short_text, speech_runs),
             )
         if "split" in sections:
-            report["split"] = split_speedup(settings, long_wav, speech_runs, node_ids)
+            report["split"] = bench_speech.split_speedup(
+                settings, long_wav, long_text, speech_runs, node_ids
+            )
     finally:
         asyncio.run(teardown_brokers(settings, [(n, "cpu-int8") for n in set(node_ids)]))
         migrate.drop_database(settings)
-    if "embed" in sections:
-        direct = report["direct_int8_single_sentence_per_s"]
-        k1 = report["pipeline"]["runs"][0]["throughput"]["jobs_per_s"]
-        report["ratios"] = {
-            "k1_throughput_vs_direct_1_thread": round(k1 / direct["threads_1"], 3),
-            "k1_throughput_vs_direct_2_threads": round(k1 / direct["threads_2"], 3),
-        }
+    report["targets"] = targets(report)
     print(json.dumps(report, indent=2))
 
 

@@ -52,8 +52,8 @@ from cortensor.schemas import InferenceResult, JobRequest, NodeHeartbeat, utcnow
 from cortensor.services.router.service import Router
 from cortensor.settings import Settings
 from cortensor.tools import credentials, speech
-from cortensor.tools.bench import _component, _percentile, _sentences
 from cortensor.tools.fleet import Fleet
+from cortensor.tools.measure import component_of, percentile, sentences
 
 ROUTING_TARGET_MS = 1.0
 
@@ -140,7 +140,7 @@ def routing(
     is refreshed with the same ledger figures every `refresh_every` decisions (untimed),
     as the router does every Settings.registry_refresh_s."""
     router, stats = routing_router(nodes, seed)
-    texts = _sentences(decisions)
+    texts = sentences(decisions)
     out: dict[str, Any] = {"nodes": nodes, "hw_class": hw_class, "target_p99_ms": ROUTING_TARGET_MS}
     for k in (1, 3):
         times = []
@@ -160,7 +160,7 @@ def routing(
             "pool": pool,
             "unplaced": failed,
             "p50_ms": round(statistics.median(times), 3),
-            "p99_ms": round(_percentile(times, 0.99), 3),
+            "p99_ms": round(percentile(times, 0.99), 3),
             "max_ms": round(max(times), 3),
         }
     out["meets_target"] = all(out[f"redundancy_{k}"]["p99_ms"] <= ROUTING_TARGET_MS for k in (1, 3))
@@ -233,7 +233,7 @@ async def _open_signed_jobs(
             for n in ids:
                 await bind_key(db, n, public_bytes(keys[n]))
         rng = random.Random(5)
-        texts = _sentences(jobs)
+        texts = sentences(jobs)
         opened: list[NewJob] = []
         job_ids = []
         for i, text in enumerate(texts):
@@ -513,7 +513,7 @@ def node_memory(
                         (
                             await client.run(_job_of(model or EMBED_MODEL, t, wav), timeout_s=300)
                         ).status
-                        for t in _sentences(jobs)
+                        for t in sentences(jobs)
                     ]
 
             statuses = asyncio.run(run())
@@ -537,7 +537,7 @@ def _service_pids(namespace: str) -> dict[str, int]:
     pids = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            role = _component(proc.name, namespace)
+            role = component_of(proc.name, namespace)
             if role is not None:
                 pids[role] = int(proc.name)
     return pids
@@ -595,7 +595,7 @@ def service_memory(
                     start = time.perf_counter()
                     sample(0, 0.0)
                     for first in range(0, jobs, tenth):
-                        texts = _sentences(min(first + tenth, jobs))[first:]
+                        texts = sentences(min(first + tenth, jobs))[first:]
                         statuses += await asyncio.gather(*(one(t) for t in texts))
                         sample(len(statuses), time.perf_counter() - start)
                 return statuses

@@ -30,8 +30,8 @@ from cortensor.protocol.parts import speech_split
 from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import speech
-from cortensor.tools.bench import _TICK, _component
 from cortensor.tools.fleet import Fleet
+from cortensor.tools.measure import TICK, component_of
 
 
 def _timed(step: Callable[[], str], runs: int) -> tuple[list[float], list[float], list[str]]:
@@ -167,14 +167,14 @@ def _cpu_by_process(namespace: str) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each router, guard and node process of the fleet."""
     used: dict[int, tuple[str, float]] = {}
     for proc in Path("/proc").iterdir():
-        role = _component(proc.name, namespace) if proc.name.isdigit() else None
+        role = component_of(proc.name, namespace) if proc.name.isdigit() else None
         if role not in ("router", "guard", "node"):
             continue
         try:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        used[int(proc.name)] = (str(role), (int(fields[11]) + int(fields[12])) / _TICK)
+        used[int(proc.name)] = (str(role), (int(fields[11]) + int(fields[12])) / TICK)
     return used
 
 
