@@ -233,14 +233,15 @@ class SpeechCost:
     also costs `per_part_s` of pipeline (routing, the node's task, the guard's verdict).
 
     Defaults: Whisper base int8 on one thread, fitted to CPU seconds measured on the
-    79 s benchmark file, its halves and its 20 s chunks (docs/design.md, "One long
-    file"); per_part_s is what a part adds in the pipeline besides decoding.
+    79 s benchmark file, its halves and its 20 s chunks on a quiet machine
+    (docs/design.md, "One long file"); per_part_s is what a part costs besides its
+    windows: the language detection pass (about 0.7 s) and the pipeline (about 0.3 s).
     """
 
-    per_window_s: float = 0.56
-    per_audio_s: float = 0.076
-    batch_exponent: float = 0.7
-    per_part_s: float = 0.3
+    per_window_s: float = 0.3
+    per_audio_s: float = 0.061
+    batch_exponent: float = 0.9
+    per_part_s: float = 1.0
     window_s: float = 30.0
     batch: int = 8
 
