@@ -4,7 +4,6 @@ the model's own speed, measured in the same run on the same machine. Prints JSON
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import random
@@ -32,7 +31,13 @@ from cortensor.schemas import InferenceResult, JobRequest, Redundancy, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import bench_scale, bench_speech, fidelity, speech
 from cortensor.tools.fleet import Fleet
-from cortensor.tools.measure import cpu_seconds, fleet_pids, percentile, sentences
+from cortensor.tools.measure import (
+    cpu_seconds,
+    fleet_pids,
+    percentile,
+    sentences,
+    transcribe_once,
+)
 from cortensor.tools.profile import profiled, summarize
 
 
@@ -138,22 +143,6 @@ def speech_sample(folder: Path, sentences: int) -> tuple[Path, str]:
     return speech.long_speech(spoken, folder / f"speech-{sentences}.wav"), " ".join(spoken)
 
 
-async def _transcribe(settings: Settings, wav: bytes) -> tuple[float, Verdict]:
-    job = JobRequest(
-        task="transcribe",
-        audio=base64.b64encode(wav).decode("ascii"),
-        redundancy=1,
-        deadline_s=300,
-    )
-    async with Client(settings) as client:
-        started = time.perf_counter()
-        verdict = await client.run(job, timeout_s=300)
-        elapsed = time.perf_counter() - started
-    if verdict.status != "verified":
-        raise RuntimeError(f"transcribe job {verdict.status}: {verdict.reason}")
-    return elapsed, verdict
-
-
 def speech_pipeline(settings: Settings, wav: Path, spoken: str, runs: int) -> dict[str, Any]:
     """Whisper base through the pipeline (redundancy 1, one chunk) against the same model
     called directly, on the same file in the same run: real-time factors and their ratio."""
@@ -169,7 +158,7 @@ def speech_pipeline(settings: Settings, wav: Path, spoken: str, runs: int) -> di
         started = time.perf_counter()
         direct.transcribe(data, None)
         direct_s.append(time.perf_counter() - started)
-    through = [asyncio.run(_transcribe(settings, data)) for _ in range(runs + 1)][1:]
+    through = [asyncio.run(transcribe_once(settings, data)) for _ in range(runs + 1)][1:]
     pipeline_s = [elapsed for elapsed, _ in through]
     direct_rtf = statistics.median(direct_s) / audio_s
     pipeline_rtf = statistics.median(pipeline_s) / audio_s

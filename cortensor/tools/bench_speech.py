@@ -6,7 +6,6 @@ The lead's benchmark calls `long_file`; `python -m cortensor.tools.bench_speech`
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import statistics
@@ -22,16 +21,14 @@ from cortensor import audio
 from cortensor.adapters.ledger import migrate
 from cortensor.adapters.provision import setup_brokers, teardown_brokers
 from cortensor.catalog import WHISPER_BASE
-from cortensor.client import Client
 from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.whisper import WINDOW_S, WhisperRuntime
 from cortensor.protocol.comparators.transcribe import symmetric_wer, word_error_rate
 from cortensor.protocol.parts import speech_split
-from cortensor.schemas import JobRequest, Verdict
 from cortensor.settings import Settings
 from cortensor.tools import speech
 from cortensor.tools.fleet import Fleet
-from cortensor.tools.measure import TICK, component_of
+from cortensor.tools.measure import TICK, component_of, transcribe_once
 
 
 def _timed(step: Callable[[], str], runs: int) -> tuple[list[float], list[float], list[str]]:
@@ -147,22 +144,6 @@ def long_file(
     return report
 
 
-async def _transcribe(settings: Settings, wav: bytes) -> tuple[float, Verdict]:
-    job = JobRequest(
-        task="transcribe",
-        audio=base64.b64encode(wav).decode("ascii"),
-        redundancy=1,
-        deadline_s=300,
-    )
-    async with Client(settings) as client:
-        started = time.perf_counter()
-        verdict = await client.run(job, timeout_s=300)
-        elapsed = time.perf_counter() - started
-    if verdict.status != "verified":
-        raise RuntimeError(f"transcribe job {verdict.status}: {verdict.reason}")
-    return elapsed, verdict
-
-
 def _cpu_by_process(namespace: str) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each router, guard and node process of the fleet."""
     used: dict[int, tuple[str, float]] = {}
@@ -202,11 +183,11 @@ def _on_fleet(
     log_dir = Path(tempfile.mkdtemp(prefix="cortensor-bench-split-"))
     with Fleet(settings, nodes=nodes, log_dir=log_dir) as fleet:
         started.extend(fleet.wait_ready())
-        asyncio.run(_transcribe(settings, data))  # warm-up: the nodes' first windows
+        asyncio.run(transcribe_once(settings, data))  # warm-up: the nodes' first windows
         walls, critical, verdict = [], [], None
         for _ in range(runs):
             before = _cpu_by_process(settings.namespace)
-            elapsed, verdict = asyncio.run(_transcribe(settings, data))
+            elapsed, verdict = asyncio.run(transcribe_once(settings, data))
             walls.append(elapsed)
             critical.append(_critical_cpu_s(before, _cpu_by_process(settings.namespace)))
     assert verdict is not None

@@ -3,9 +3,15 @@ servers, percentiles, and the benchmark's sentences (short, varied, made up here
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from cortensor.client import Client
+from cortensor.schemas import JobRequest, Verdict
+from cortensor.settings import Settings
 
 
 def sentences(n: int) -> list[str]:
@@ -90,3 +96,21 @@ def fleet_pids(namespace: str) -> dict[str, list[int]]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def transcribe_once(settings: Settings, wav: bytes) -> tuple[float, Verdict]:
+    """Seconds from submit to verdict of one transcription at redundancy 1, and its
+    verified verdict."""
+    job = JobRequest(
+        task="transcribe",
+        audio=base64.b64encode(wav).decode("ascii"),
+        redundancy=1,
+        deadline_s=300,
+    )
+    async with Client(settings) as client:
+        started = time.perf_counter()
+        verdict = await client.run(job, timeout_s=300)
+        elapsed = time.perf_counter() - started
+    if verdict.status != "verified":
+        raise RuntimeError(f"transcribe job {verdict.status}: {verdict.reason}")
+    return elapsed, verdict

@@ -215,7 +215,7 @@ def _tally(rows: Sequence[Any], intake: Intake, senders: Mapping[UUID, str]) -> 
     return counted
 
 
-def _unique(
+def unique_results(
     job_id: UUID, results: Sequence[InferenceResult], intake: Intake
 ) -> list[InferenceResult]:
     """A job's results, one per assignment; the others are noted in `intake`."""
@@ -308,7 +308,7 @@ class GuardLedger(Ledger):
         intakes = {job_id: Intake() for job_id in results}
         batch: dict[UUID, list[InferenceResult]] = {}
         for job_id, given in results.items():
-            batch[job_id] = _unique(job_id, given, intakes[job_id])
+            batch[job_id] = unique_results(job_id, given, intakes[job_id])
         async with refusing_unstorable(), self.pool.acquire() as conn, conn.transaction():
             jobs = {j["job_id"]: j for j in await conn.fetch(_LOCK, list(batch))}
             # A job we waited for while another guard decided it shows its new status,

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from cortensor.adapters.ledger.guard import Intake
+from cortensor.adapters.ledger.guard import Intake, unique_results
 from cortensor.adapters.ledger.retention import OUTPUT_KEYS
 from cortensor.adapters.memory.tables import TERMINAL, AssignmentRow, JobRow, OnTables, ResultRow
 from cortensor.errors import BadInput
@@ -67,13 +67,8 @@ class GuardSide(OnTables):
     async def take_results(self, job_id: UUID, results: Sequence[InferenceResult]) -> Intake:
         """Store a job's results and act on the core's outcome (GuardLedger.take_results)."""
         intake = Intake()
-        unique: dict[UUID, InferenceResult] = {}
-        for r in results:
-            if r.job_id != job_id or r.assignment_id in unique:
-                intake.ignored.append(f"result {r.result_id} is a duplicate or for another job")
-            else:
-                unique[r.assignment_id] = r
-        batch = list(unique.values())
+        batch = unique_results(job_id, results, intake)
+        unique = {r.assignment_id for r in batch}
         job = self.tables.jobs.get(job_id)
         if job is None:
             intake.ignored.append(f"job {job_id} is unknown")
