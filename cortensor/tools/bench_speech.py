@@ -1,6 +1,7 @@
 """One long speech file on one node: faster-whisper's sequential decoding against its
 batched pipeline, called directly (no network), and the chunks the router would cut.
-The lead's benchmark calls `long_file`; `python -m cortensor.tools.bench_speech` prints it.
+ops/bench calls `long_file` and `split_speedup`; `python -m cortensor.tools.bench_speech`
+prints them.
 """
 
 from __future__ import annotations
