@@ -398,6 +398,11 @@ class LedgerSide(ABC):
         ...
 
     @abstractmethod
+    async def arrivals(self, job_id: UUID) -> list[str]:
+        """The nodes whose results of a job are stored, in the order replicas are read."""
+        ...
+
+    @abstractmethod
     async def job(self, job_id: UUID) -> tuple[str, int, bool]:
         """A job's status, redundancy and unchecked flag."""
         ...
@@ -460,6 +465,16 @@ class PostgresLedger(LedgerSide):
         count: int = await self.db.fetchval(sql, job_id)
         return count
 
+    async def arrivals(self, job_id: UUID) -> list[str]:
+        rows = await self.db.fetch(
+            """
+            SELECT a.node_id FROM assignments a JOIN results r USING (assignment_id)
+            WHERE a.job_id = $1 ORDER BY r.seq, a.assignment_id
+            """,
+            job_id,
+        )
+        return [r["node_id"] for r in rows]
+
     async def job(self, job_id: UUID) -> tuple[str, int, bool]:
         row = await self.db.fetchrow(
             "SELECT status, redundancy, unchecked FROM jobs WHERE job_id = $1", job_id
@@ -500,6 +515,11 @@ class TwinLedger(LedgerSide):
 
     async def results(self, job_id: UUID) -> int:
         return sum(r.job_id == job_id for r in self.ledger.tables.results.values())
+
+    async def arrivals(self, job_id: UUID) -> list[str]:
+        tables = self.ledger.tables
+        held = [a for a in tables.assignments.values() if a.job_id == job_id]
+        return [a.node_id for a in tables.ordered(held) if tables.result_of(a.assignment_id)]
 
     async def job(self, job_id: UUID) -> tuple[str, int, bool]:
         row = self.ledger.tables.jobs[job_id]

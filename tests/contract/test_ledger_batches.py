@@ -74,6 +74,28 @@ async def test_one_batch_decides_each_job_as_if_it_came_alone(ledger_side: Ledge
     assert (await ledger_side.job(waiting.job.job_id))[0] == "running"
 
 
+async def test_replicas_are_read_back_in_the_order_the_guard_weighed_them(
+    ledger_side: LedgerSide,
+) -> None:
+    """The results of one statement share their transaction's time, and a transaction that
+    waited on the job's lock may have begun before the one it waited for: the order read
+    back (re-validation, the replay of decisions) is the order the guard counted them in,
+    whatever their assignment ids."""
+    nodes = node_ids(4)
+    await enrol(ledger_side, nodes)
+    opened = running(job(4), nodes)
+    await ledger_side.router.open_jobs([opened])
+    held = by_node(opened.assignments)
+    # Against assignment-id order, both ways, so that no tie-break can pass by chance.
+    order = sorted(nodes, key=lambda n: held[n].assignment_id, reverse=True)
+    first, second = order[:2], sorted(order[2:], key=lambda n: held[n].assignment_id)
+    guard = ledger_side.guard
+    await guard.take_many({opened.job.job_id: [answer(held[n], UP) for n in first]})
+    await guard.take_many({opened.job.job_id: [answer(held[n], UP) for n in second]})
+
+    assert await ledger_side.arrivals(opened.job.job_id) == first + second
+
+
 async def test_a_value_the_ledger_cannot_store_fails_the_batch_and_stores_nothing(
     ledger_side: LedgerSide,
 ) -> None:

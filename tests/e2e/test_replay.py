@@ -63,7 +63,7 @@ FROM assignments a
 JOIN jobs j USING (job_id)
 LEFT JOIN results r USING (assignment_id)
 WHERE NOT j.probe
-ORDER BY r.received_at NULLS LAST, a.assignment_id
+ORDER BY r.seq NULLS LAST, a.assignment_id
 """
 _EVENTS = """
 SELECT e.node_id, e.model, e.assignment_id, a.job_id, e.kind, e.probe,

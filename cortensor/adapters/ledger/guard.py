@@ -89,8 +89,9 @@ result, if it was decided already."""
 _TAKE = """
 WITH incoming AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::float8[])
-         AS r(job_id, result_id, assignment_id, node_id, precision, output, error, elapsed_ms)
+                         $6::text[], $7::text[], $8::float8[]) WITH ORDINALITY
+         AS r(job_id, result_id, assignment_id, node_id, precision, output, error, elapsed_ms,
+              ord)
 ), held AS (
     SELECT i.*
     FROM incoming i
@@ -102,6 +103,7 @@ WITH incoming AS (
     SELECT result_id, assignment_id, job_id, node_id, precision, output::jsonb, error,
            elapsed_ms
     FROM held
+    ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING assignment_id
 ), counted AS (
@@ -115,17 +117,17 @@ SELECT true AS incoming, i.job_id, i.assignment_id,
        c.assignment_id IS NOT NULL AS counted,
        NULL::text AS node_id, NULL::text AS status, NULL::uuid AS result_id,
        NULL::text AS precision, NULL::jsonb AS output, NULL::text AS error,
-       NULL::timestamptz AS received_at
+       NULL::bigint AS seq
 FROM incoming i
 LEFT JOIN held h USING (assignment_id)
 LEFT JOIN stored s USING (assignment_id)
 LEFT JOIN counted c USING (assignment_id)
 UNION ALL
 SELECT false, a.job_id, a.assignment_id, NULL, NULL, NULL,
-       a.node_id, a.status, r.result_id, r.precision, r.output, r.error, r.received_at
+       a.node_id, a.status, r.result_id, r.precision, r.output, r.error, r.seq
 FROM assignments a LEFT JOIN results r USING (assignment_id)
 WHERE a.job_id = ANY($9::uuid[]) AND a.assignment_id <> ALL($3::uuid[])
-ORDER BY incoming DESC, received_at NULLS LAST, assignment_id
+ORDER BY incoming DESC, seq NULLS LAST, assignment_id
 """
 """Store the results of several jobs (one statement, idempotent) and read back the other
 replicas of the jobs in $9 (those not decided yet): counted, timed out, or still out.
@@ -155,7 +157,7 @@ _REPLICAS = """
 SELECT a.assignment_id, a.node_id, a.status, r.result_id, r.precision, r.output, r.error
 FROM assignments a LEFT JOIN results r USING (assignment_id)
 WHERE a.job_id = $1 AND a.status IN ('done', 'timed_out')
-ORDER BY r.received_at NULLS LAST, a.assignment_id
+ORDER BY r.seq NULLS LAST, a.assignment_id
 """
 """Every counted and timed-out replica of a job."""
 

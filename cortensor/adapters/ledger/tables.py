@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -190,6 +191,9 @@ class Result(Base):
     error: Mapped[str | None] = mapped_column(Text)
     elapsed_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_NOW)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
+    """Drawn as the result is stored, in the order the guard weighed the results of one
+    statement: replicas are read back in this order."""
 
 
 class Verdict(Base):

@@ -103,7 +103,7 @@ class GuardSide(OnTables):
 
     def _store(self, job_id: UUID, batch: Sequence[InferenceResult], intake: Intake) -> set[UUID]:
         """Store each result once; count it if its assignment was still awaited."""
-        txn, now = self.tables.next_seq(), self.clock()
+        now = self.clock()
         counted: set[UUID] = set()
         for r in batch:
             a = self.tables.assignments.get(r.assignment_id)
@@ -122,7 +122,7 @@ class GuardSide(OnTables):
                     r.precision_label(),
                     None if r.error else r.output(),
                     r.error,
-                    txn,
+                    self.tables.next_seq(),
                 )
                 self.tables.answered[aid] = r.result_id
                 if a.status == "assigned":

@@ -106,9 +106,8 @@ class ResultRow:
     precision: str
     output: Any
     error: str | None
-    received: int
-    """The transaction that stored it: PostgreSQL orders results by received_at (one
-    transaction's share it), then by assignment id."""
+    seq: int
+    """Drawn as it was stored: PostgreSQL reads replicas in this order (results.seq)."""
 
     def replica(self) -> Replica:
         """The result as the core weighs it."""
@@ -203,12 +202,12 @@ class Tables:
         return row.payload.with_output(result.output)
 
     def ordered(self, rows: Iterable[AssignmentRow]) -> list[AssignmentRow]:
-        """Assignments in the order PostgreSQL reads replicas: by when their result came
-        (those without one last), then by assignment id."""
+        """Assignments in the order PostgreSQL reads replicas: by when their result was
+        stored (those without one last), then by assignment id."""
 
         def key(a: AssignmentRow) -> tuple[bool, int, int]:
             result = self.result_of(a.assignment_id)
-            return (result is None, 0 if result is None else result.received, a.assignment_id.int)
+            return (result is None, 0 if result is None else result.seq, a.assignment_id.int)
 
         return sorted(rows, key=key)
 
