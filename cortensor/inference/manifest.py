@@ -21,7 +21,9 @@ SCHEMA_VERSION: Literal[2] = 2
 _PREPARE_HINT = "run `cortensor models prepare`"
 _CHUNK = 1 << 20
 
-ModelFormat = Literal["onnx", "ctranslate2", "linear-head"]
+ModelFormat = Literal["onnx", "ctranslate2", "linear-head", "onnx-causal-lm"]
+"""onnx: an encoder whose token outputs are pooled; onnx-causal-lm: a decoder with a KV
+cache (past_key_values.* in, present.* out), its tokenizer and chat template beside it."""
 VariantIsa = Literal["", "avx512_vnni", "avx2"]
 
 _SUPPORTED_ISAS: dict[Int8Isa, tuple[VariantIsa, ...]] = {

