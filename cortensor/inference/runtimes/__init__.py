@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from cortensor.schemas import Classification, Transcript
+from cortensor.schemas import ChatTurn, Classification, Generation, Transcript
 
 
 class Embedder(Protocol):
@@ -38,4 +38,14 @@ class Transcriber(Protocol):
         ...
 
 
-Runtime = Embedder | Classifier | Transcriber
+class Generator(Protocol):
+    """A language model that continues conversations."""
+
+    def generate(
+        self, conversations: Sequence[Sequence[ChatTurn]], max_tokens: int
+    ) -> list[Generation]:
+        """The assistant's next turn in each conversation, at most `max_tokens` tokens."""
+        ...
+
+
+Runtime = Embedder | Classifier | Transcriber | Generator

@@ -12,7 +12,7 @@ import structlog
 
 from cortensor import metrics
 from cortensor.adapters.keyfile import node_key
-from cortensor.catalog import HW_CLASSES, TASK_OF, TASKS, HwClass
+from cortensor.catalog import HW_CLASSES, OPT_IN, TASK_OF, TASKS, HwClass
 from cortensor.errors import BadInput, ModelsNotPrepared
 from cortensor.inference.hardware import Int8Isa, cpu_flags, cuda_available, int8_isa
 from cortensor.inference.manifest import (
@@ -25,6 +25,7 @@ from cortensor.inference.manifest import (
 from cortensor.inference.runtimes import Embedder, Runtime
 from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import Device, EmbeddingRuntime
+from cortensor.inference.runtimes.generator import GeneratorRuntime
 from cortensor.inference.runtimes.whisper import WhisperRuntime
 from cortensor.schemas import NodeHeartbeat
 from cortensor.services.node.bridge import NatsBridge
@@ -156,11 +157,12 @@ def _known(models: Collection[str] | None) -> frozenset[str] | None:
 def _loadable(
     manifest: Manifest, hw_class: HwClass, isa: Int8Isa, wanted: frozenset[str] | None
 ) -> tuple[str, ...]:
-    """The models a node of `hw_class` loads: all it serves, or exactly `wanted` if it serves
-    every one of them (else none, so that auto detection passes the class over)."""
+    """The models a node of `hw_class` loads: all it serves but the opt-in ones
+    (catalog.OPT_IN), or exactly `wanted` if it serves every one of them (else none, so
+    that auto detection passes the class over)."""
     names = manifest.served(hw_class, isa)
     if wanted is None:
-        return names
+        return tuple(n for n in names if n not in OPT_IN)
     return tuple(n for n in names if n in wanted) if wanted <= set(names) else ()
 
 
@@ -194,6 +196,10 @@ def _load(
         elif variant.format == "linear-head":
             runtimes[name] = ClassifierRuntime.from_manifest(
                 settings.models_dir, variant, embedders[variant.base_model]
+            )
+        elif variant.format == "onnx-causal-lm":
+            runtimes[name] = GeneratorRuntime.from_manifest(
+                settings.models_dir, variant, threads=threads, device=device
             )
         else:
             runtimes[name] = WhisperRuntime.from_manifest(
