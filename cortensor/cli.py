@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from cortensor.adapters.principals.grants import Kind
+from cortensor.catalog import DEFAULT_MAX_TOKENS
 from cortensor.errors import (
     EXIT_NO,
     BadInput,
@@ -538,6 +539,9 @@ def _print_verdict(verdict: Verdict, as_json: bool) -> None:
         t = verdict.transcript
         out.print(f"  language {t.language}, {t.duration_s:.1f} s of audio", markup=False)
         out.print(f"  {t.text}", markup=False)
+    for i, g in enumerate(verdict.generations or []):
+        out.print(f"  [{i}] ({len(g.tokens)} tokens, {g.finish_reason})", markup=False)
+        out.print(f"  {g.text}", markup=False)
 
 
 Redundancy = Annotated[
@@ -634,6 +638,42 @@ def submit_classify(
         "top_k": top_k,
         "redundancy": _redundancy(redundancy),
     }
+    _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
+
+
+@submit_app.command("generate")
+def submit_generate(
+    prompts: Annotated[
+        list[str], typer.Argument(help="One or more prompts, each answered on its own.")
+    ],
+    max_tokens: Annotated[
+        int, typer.Option(help="The most new tokens of each answer.")
+    ] = DEFAULT_MAX_TOKENS,
+    system: Annotated[
+        str | None, typer.Option(help="A system message before a single prompt.")
+    ] = None,
+    redundancy: Redundancy = "auto",
+    hw_class: HwOption = "any",
+    deadline: Annotated[
+        float, typer.Option(help="Seconds until the job fails.")
+    ] = DEFAULT_DEADLINE_S,
+    wait: Wait = False,
+    as_json: AsJson = False,
+) -> None:
+    """Submit a text-generation job (SmolLM2-135M-Instruct, greedy decoding): several
+    prompts are split across nodes."""
+    fields: dict[str, Any] = {
+        "task": "generate",
+        "max_tokens": max_tokens,
+        "redundancy": _redundancy(redundancy),
+    }
+    if system is None:
+        fields["inputs"] = prompts
+    elif len(prompts) == 1:
+        turns = [{"role": "system", "content": system}, {"role": "user", "content": prompts[0]}]
+        fields["messages"] = turns
+    else:
+        raise BadInput("--system goes with a single prompt; submit the others on their own")
     _submit({**fields, "hw_class": hw_class, "deadline_s": deadline}, wait=wait, as_json=as_json)
 
 
@@ -953,6 +993,9 @@ def credentials_revoke(kind: PrincipalKind, name: PrincipalName) -> None:
 def credentials_fleet(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")],
     nodes: Annotated[int, typer.Option(min=0, help="Nodes: node.1.json .. node.N.json.")] = 3,
+    generators: Annotated[
+        int, typer.Option(min=0, help="Language-model nodes: generator.1.json ..")
+    ] = 2,
     clients: Annotated[
         str, typer.Option(help="Comma-separated client names, each NAME.json.")
     ] = "client",
@@ -965,7 +1008,10 @@ def credentials_fleet(
 
     names = [c.strip() for c in clients.split(",") if c.strip()]
     admin = _settings()
-    for done in issue_fleet(admin, directory, nodes=nodes, clients=names, hw_class=hw_class):
+    issued = issue_fleet(
+        admin, directory, nodes=nodes, generators=generators, clients=names, hw_class=hw_class
+    )
+    for done in issued:
         _said(f"  {done.kind} {done.name}: {done.path}")
 
 

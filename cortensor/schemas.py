@@ -25,14 +25,17 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from cortensor.catalog import (
+    DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL,
     EMBEDDING_DIM,
     ENGLISH_ONLY,
+    MAX_MAX_TOKENS,
     MODELS,
     TASKS,
     TEXT_TASKS,
@@ -82,6 +85,10 @@ MAX_HEARTBEAT_BYTES = 16_384
 DEFAULT_TOP_K = 5
 """Labels a classify job returns per text unless it asks for another number."""
 MAX_TOP_K = 20
+MAX_PROMPTS = 64
+"""Most prompts one generate job may carry (each is decoded alone, token by token)."""
+MAX_TURNS = 64
+"""Most messages in the conversation of one generate job."""
 MAX_DEADLINE_S = 600.0
 DEFAULT_DEADLINE_S = 30.0
 
@@ -219,6 +226,35 @@ class Classification(Output):
     top: list[LabelScore] = Field(max_length=MAX_TOP_K)
 
 
+GENERATION_CHARS_PER_TOKEN = 64
+"""The most characters one generated token may add (the longest piece in SmolLM2's
+vocabulary is well below it)."""
+MAX_GENERATION_CHARS = MAX_MAX_TOKENS * GENERATION_CHARS_PER_TOKEN
+MAX_TOKEN_ID = 2**31 - 1
+
+Role = Literal["system", "user", "assistant"]
+
+
+class ChatTurn(Output):
+    """One message of a conversation a generate job continues."""
+
+    role: Role
+    content: Text
+
+
+class Generation(Output):
+    """A language model's answer to one prompt, decoded greedily."""
+
+    text: Annotated[str, StringConstraints(max_length=MAX_GENERATION_CHARS), STORABLE]
+    tokens: list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID, strict=True)]] = Field(
+        max_length=MAX_MAX_TOKENS,
+        description="The new tokens' ids, end-of-turn token left out; `text` decodes them.",
+    )
+    finish_reason: Literal["stop", "length"] = Field(
+        description="stop: the model ended its turn; length: max_tokens was reached."
+    )
+
+
 class Segment(Output):
     """A stretch of speech and its words; times in seconds from the start of the audio."""
 
@@ -240,6 +276,7 @@ OUTPUT_FIELD: dict[Task, str] = {
     "embed": "embeddings",
     "classify": "classes",
     "transcribe": "transcript",
+    "generate": "generations",
 }
 """The field of an InferenceResult or Verdict that holds each task's output."""
 
@@ -285,7 +322,18 @@ class JobRequest(Message):
         default=[],
         validate_default=True,
         max_length=MAX_INPUTS,
-        description="The texts of an embed or classify job.",
+        description=(
+            "The texts of an embed or classify job; the prompts of a generate job (each"
+            f" answered on its own, at most {MAX_PROMPTS})."
+        ),
+    )
+    messages: list[ChatTurn] | None = Field(
+        default=None,
+        max_length=MAX_TURNS,
+        description=(
+            "generate: a conversation to continue instead of inputs; the answer is to its"
+            " last message, which must be the user's."
+        ),
     )
     audio: Annotated[str, StringConstraints(max_length=MAX_AUDIO_CHARS)] | None = Field(
         default=None,
@@ -304,6 +352,13 @@ class JobRequest(Message):
         le=MAX_TOP_K,
         strict=True,
         description="classify: labels returned.",
+    )
+    max_tokens: int = Field(
+        default=DEFAULT_MAX_TOKENS,
+        ge=1,
+        le=MAX_MAX_TOKENS,
+        strict=True,
+        description="generate: the most new tokens of each answer.",
     )
     redundancy: Redundancy = Field(
         default="auto",
@@ -340,8 +395,13 @@ class JobRequest(Message):
     @classmethod
     def _no_blank_inputs(cls, inputs: list[str], info: ValidationInfo) -> list[str]:
         task = info.data.get("task")
-        if task in TEXT_TASKS and not inputs:
+        if task in TEXT_TASKS and task != "generate" and not inputs:
             raise BadInput(f"{task} jobs need at least one text")
+        if task == "generate" and len(inputs) > MAX_PROMPTS:
+            raise BadInput(
+                f"generate jobs take at most {MAX_PROMPTS} prompts, not {len(inputs)};"
+                " send the rest in another job"
+            )
         if task == "transcribe" and inputs:
             raise BadInput("transcribe jobs take audio, not texts; leave inputs out")
         blank = [i for i, text in enumerate(inputs) if not text.strip()]
@@ -390,6 +450,24 @@ class JobRequest(Message):
             )
         return language
 
+    @model_validator(mode="after")
+    def _prompts_or_conversation(self) -> JobRequest:
+        if self.task != "generate":
+            if self.messages is not None:
+                raise BadInput(f"{self.task} jobs take no messages; messages are for generate")
+            return self
+        if self.messages is None:
+            if not self.inputs:
+                raise BadInput(
+                    "generate jobs need prompts in inputs, or a conversation in messages"
+                )
+            return self
+        if self.inputs:
+            raise BadInput("a generate job takes prompts in inputs or messages, not both")
+        if not self.messages or self.messages[-1].role != "user":
+            raise BadInput("messages must end with the user's message, which is answered")
+        return self
+
     def audio_bytes(self) -> bytes:
         """The decoded audio file (empty for text tasks)."""
         return b"" if self.audio is None else decode_audio_field(self.audio)
@@ -407,6 +485,9 @@ class Assignment(Message):
     audio: str | None = Field(default=None, description="16 kHz mono WAV, base64.")
     language: str | None = None
     top_k: int = DEFAULT_TOP_K
+    messages: list[ChatTurn] | None = None
+    """generate: the conversation to continue (inputs empty), else each input is a prompt."""
+    max_tokens: int = DEFAULT_MAX_TOKENS
     hw_class: HwClass
     deadline_at: datetime
     attempt: int = 1
@@ -426,6 +507,7 @@ class InferenceResult(Message):
     embeddings: Annotated[list[Vector], Field(max_length=MAX_INPUTS)] | None = None
     classes: Annotated[list[Classification], Field(max_length=MAX_INPUTS)] | None = None
     transcript: Transcript | None = None
+    generations: Annotated[list[Generation], Field(max_length=MAX_PROMPTS)] | None = None
     build: Name = Field(
         default="",
         description=(
@@ -489,6 +571,7 @@ class Verdict(Message):
     embeddings: list[Vector] | None = None
     classes: list[Classification] | None = None
     transcript: Transcript | None = None
+    generations: list[Generation] | None = None
     canonical_result_id: UUID | None = None
     replicas: int = 0
     agreeing: list[str] = Field(default_factory=list)

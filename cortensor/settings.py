@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     shard_inputs: int = Field(default=32, ge=1)
     """Most texts in one part of an embed or classify job; longer jobs are split into
     shards that different nodes run at the same time."""
+    shard_prompts: int = Field(default=4, ge=1)
+    """Most prompts in one part of a generate job: each prompt is decoded token by token,
+    so parts are small and run on different nodes at once. A conversation is never cut."""
+    token_timeout_s: float = Field(default=0.05, ge=0)
+    """generate: extra assignment time per token asked (max_tokens of each answer)."""
     chunk_s: float = Field(default=30.0, gt=1.0)
     """Longest part of a transcribe job: longer audio is cut at silences into chunks
     that different nodes transcribe at the same time."""

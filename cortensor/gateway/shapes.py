@@ -10,6 +10,7 @@ for callers that read only headers (a `text` transcription has no JSON to carry 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Literal
 from uuid import UUID
 
@@ -17,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cortensor.catalog import MODELS, Task
-from cortensor.schemas import MAX_TOP_K, Classification, JobStatus, Verdict
+from cortensor.schemas import MAX_TOP_K, Classification, Generation, JobStatus, Verdict
 
 
 class Request(BaseModel):
@@ -47,6 +48,54 @@ class ClassificationsRequest(Request):
 
 
 TranscriptionFormat = Literal["json", "text", "verbose_json"]
+
+
+class TextPart(Request):
+    """One part of a message's content, as OpenAI's clients send it: text only here."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Request):
+    """One message of OpenAI's chat. `developer` is OpenAI's newer name for `system`."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one text (parts joined as they come)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(Request):
+    """OpenAI's `stream_options`."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(Request):
+    """POST /v1/chat/completions, as OpenAI's, for greedy decoding: `temperature` and
+    `top_p` may be sent only at the values that leave decoding greedy, and `n` only 1, so
+    that a request never silently gets something other than it asked for."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    user: str | None = None
+
+    def tokens(self) -> int | None:
+        """The most new tokens asked, by either of OpenAI's names."""
+        return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
 
 
 class Verification(BaseModel):
@@ -171,6 +220,76 @@ def transcription_body(verdict: Verdict, response_format: TranscriptionFormat) -
         "segments": segments,
         **verification(verdict),
     }
+
+
+def completion_id(verdict: Verdict) -> str:
+    """A chat completion's id: its job's, so that GET /v1/jobs/{id} finds the verdict."""
+    return f"chatcmpl-{verdict.job_id}"
+
+
+def _answer(verdict: Verdict) -> Generation:
+    answers = verdict.generations or []
+    assert len(answers) == 1, "a verified chat verdict holds one answer"
+    return answers[0]
+
+
+def chat_usage(messages: list[str], answer: Generation) -> dict[str, int]:
+    """OpenAI's `usage`: the answer's tokens exactly, the prompt's counted in words (the
+    gateway runs no tokenizer)."""
+    prompt = usage(messages)["prompt_tokens"]
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(answer.tokens),
+        "total_tokens": prompt + len(answer.tokens),
+    }
+
+
+def chat_body(verdict: Verdict, messages: list[str], created: int) -> dict[str, Any]:
+    """OpenAI's chat completion for a verified verdict."""
+    answer = _answer(verdict)
+    return {
+        "id": completion_id(verdict),
+        "object": "chat.completion",
+        "created": created,
+        "model": verdict.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": chat_usage(messages, answer),
+        **verification(verdict),
+    }
+
+
+_PIECES = re.compile(r"\s*\S+|\s+$")
+"""A word with the spaces before it; trailing spaces alone. The pieces join to the text."""
+
+
+def chat_chunks(
+    verdict: Verdict, messages: list[str], created: int, *, include_usage: bool
+) -> list[dict[str, Any]]:
+    """The chunks of a streamed chat completion of a verified answer: the role, the text
+    word by word, then the end with the verification (and usage when asked)."""
+    answer = _answer(verdict)
+    head = {
+        "id": completion_id(verdict),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": verdict.model,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in _PIECES.findall(answer.text)]
+    chunks.append({**chunk({}, answer.finish_reason), **verification(verdict)})
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": chat_usage(messages, answer)})
+    return chunks
 
 
 def models_body() -> dict[str, Any]:

@@ -1,27 +1,39 @@
-"""One route per task: embeddings, classifications and transcriptions, in OpenAI's shapes.
+"""One route per task: embeddings, classifications, transcriptions and chat completions,
+in OpenAI's shapes.
 
 Each route turns its request into a job's fields, lets `calls.decide` run the job for
 the caller, and shapes the verified verdict as OpenAI would answer, with the
-verification beside it (body and headers). A generating task's route
-(`/v1/chat/completions`) belongs here the same way once the network runs one.
+verification beside it (body and headers).
+
+A streamed chat completion (`stream: true`) streams the verified answer: the response
+starts once the guards have decided, so that no token reaches the caller before enough
+nodes agreed on it, and a refusal (busy, no agreement, no verdict in time) keeps its
+HTTP status rather than arriving inside a stream that already said 200. The last chunk
+carries the verification (docs/gateway.md).
 """
 
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Iterator
 from typing import Annotated, Any, get_args
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from cortensor.catalog import EMBEDDING_DIM
 from cortensor.gateway.calls import Gateway, caller, decide, gateway, options
 from cortensor.gateway.errors import ApiError
 from cortensor.gateway.shapes import (
+    ChatRequest,
     ClassificationsRequest,
     EmbeddingsRequest,
     TranscriptionFormat,
+    chat_body,
+    chat_chunks,
     classifications_body,
     embeddings_body,
     texts,
@@ -37,6 +49,7 @@ Caller = Annotated[str, Depends(caller)]
 Serving = Annotated[Gateway, Depends(gateway)]
 
 TEXT_PARAMS = {"inputs": "input"}
+CHAT_PARAMS = {"messages": "messages", "max_tokens": "max_tokens"}
 """Job fields -> the request fields that set them, for the text tasks."""
 AUDIO_PARAMS = {"audio": "file"}
 TRANSCRIBE_DEADLINE_S = 300.0
@@ -148,3 +161,51 @@ async def transcriptions(request: Request, owner: Caller, gw: Serving) -> Respon
         assert verdict.transcript is not None
         return PlainTextResponse(verdict.transcript.text, headers=headers)
     return json_response(transcription_body(verdict, chosen), headers)
+
+
+GREEDY = {"temperature": (None, 0.0), "top_p": (None, 1.0), "n": (None, 1)}
+"""The sampling fields a chat request may send, at the values that keep decoding greedy."""
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    body: ChatRequest, request: Request, owner: Caller, gw: Serving
+) -> Response:
+    """OpenAI's chat completions, decoded greedily, streamed (`stream: true`) or not."""
+    for name, allowed in GREEDY.items():
+        if getattr(body, name) not in allowed:
+            raise ApiError(
+                400,
+                f"{name}: this network decodes greedily, so that replicas can be compared"
+                f" token for token; leave it out (or send {allowed[1]})",
+                code="invalid_value",
+                param=name,
+            )
+    turns = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in body.messages
+    ]
+    fields: dict[str, Any] = {
+        "task": "generate",
+        "model": body.model,
+        "messages": turns,
+        **options(request),
+    }
+    if body.tokens() is not None:
+        fields["max_tokens"] = body.tokens()
+    verdict = await decide(gw, owner, fields, CHAT_PARAMS)
+    created = int(time.time())
+    contents = [turn["content"] for turn in turns]
+    headers = verification_headers(verdict)
+    if not body.stream:
+        return json_response(chat_body(verdict, contents, created), headers)
+    usage = body.stream_options is not None and body.stream_options.include_usage
+    chunks = chat_chunks(verdict, contents, created, include_usage=usage)
+    return StreamingResponse(_events(chunks), media_type="text/event-stream", headers=headers)
+
+
+def _events(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
+    """Server-sent events, one per chunk, closed by OpenAI's `[DONE]`."""
+    for chunk in chunks:
+        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    yield b"data: [DONE]\n\n"

@@ -62,6 +62,9 @@ def split_job(
         if not chunks:
             raise ValueError("a transcribe job needs at least one audio chunk")
         spans = [_Span([], c.wav, {"start_s": c.start_s, "end_s": c.end_s}) for c in chunks]
+    elif "roles" in params:
+        # One conversation, one answer: its messages stay together.
+        spans = [_Span(whole.inputs, None, {})]
     else:
         spans = [
             _Span(

@@ -26,7 +26,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cortensor.catalog import eligible_classes
 from cortensor.errors import NoEligibleNodes
@@ -36,24 +36,47 @@ from cortensor.protocol.units import OpenJob
 from cortensor.schemas import Verdict
 
 
+class TimingSettings(Protocol):
+    """The settings a Timing is made of (cortensor.settings.Settings)."""
+
+    @property
+    def assignment_timeout_s(self) -> float: ...
+    @property
+    def audio_timeout_factor(self) -> float: ...
+    @property
+    def token_timeout_s(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """How long a node has for one replica (Settings.assignment_timeout_s and
-    Settings.audio_timeout_factor)."""
+    """How long a node has for one replica (Settings.assignment_timeout_s,
+    Settings.audio_timeout_factor and Settings.token_timeout_s)."""
 
     assignment_s: float = 10.0
     per_audio_s: float = 0.5
     """Extra time per second of audio in the replica."""
+    per_token_s: float = 0.05
+    """Extra time per token a generate replica may have to decode."""
+
+    @classmethod
+    def of(cls, settings: TimingSettings) -> Timing:
+        """The timing the settings give."""
+        return cls(
+            settings.assignment_timeout_s, settings.audio_timeout_factor, settings.token_timeout_s
+        )
 
     def timeout_s(self, params: Mapping[str, Any]) -> float:
-        """Seconds for one replica of a job with these params: longer for longer audio."""
+        """Seconds for one replica of a job with these params: longer for longer audio,
+        and for more tokens to generate."""
         return self.assignment_s + self.work_s(params)
 
     def work_s(self, params: Mapping[str, Any]) -> float:
-        """The share of `timeout_s` that grows with the audio: what a part queued ahead
+        """The share of `timeout_s` that grows with the work: what a part queued ahead
         of another on the same node adds to the later one's time (see `Backlog`)."""
         audio_s = float(params.get("end_s", 0.0)) - float(params.get("start_s", 0.0))
-        return self.per_audio_s * audio_s
+        answers = 1 if "roles" in params else int(params.get("inputs", 1))
+        tokens = int(params.get("max_tokens", 0)) * answers
+        return self.per_audio_s * audio_s + self.per_token_s * tokens
 
     def deadline(self, job: OpenJob, now: datetime, ahead_s: float = 0.0) -> datetime:
         """When a replica sent `now` times out: its own time, plus `ahead_s` for the work

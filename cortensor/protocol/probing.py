@@ -24,7 +24,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from cortensor.catalog import PRECISION, Task
+from cortensor.catalog import DEFAULT_MAX_TOKENS, PRECISION, Task
 from cortensor.protocol.placement import NodeView
 from cortensor.protocol.units import OpenJob
 from cortensor.schemas import DEFAULT_DEADLINE_S, DEFAULT_TOP_K
@@ -44,6 +44,8 @@ class Probe(BaseModel):
     audio: str | None = None
     top_k: int = PROBE_TOP_K
     language: str | None = None
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    """The new tokens a generate probe asks for."""
     reference: Any
     precision: str = "fp32"
 
@@ -198,9 +200,10 @@ class ProbeSchedule:
             del self._nodes[gone]
 
 
-OPTIONS = ("top_k", "language", "start_s", "end_s")
+OPTIONS = ("top_k", "language", "start_s", "end_s", "max_tokens", "roles")
 """The params of a job that a probe made from it keeps: what the node is told (top_k,
-language) and what its deadline is computed from (an audio span)."""
+language, max_tokens, a conversation's roles) and what its deadline is computed from (an
+audio span, the tokens asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,8 @@ class PoolProbe:
         options: dict[str, Any] = {}
         if probe.task == "classify":
             options["top_k"] = probe.top_k
+        if probe.task == "generate":
+            options["max_tokens"] = probe.max_tokens
         if probe.language is not None:
             options["language"] = probe.language
         if probe.task == "transcribe":

@@ -9,8 +9,16 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from cortensor.catalog import DEFAULT_MAX_TOKENS
 from cortensor.protocol.replication import REPLICAS
-from cortensor.schemas import ANONYMOUS, DEFAULT_TOP_K, Assignment, JobRequest, LedgerStatus
+from cortensor.schemas import (
+    ANONYMOUS,
+    DEFAULT_TOP_K,
+    Assignment,
+    ChatTurn,
+    JobRequest,
+    LedgerStatus,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,8 @@ class OpenJob:
     """Replicas asked for (for an `auto` job, what the router chose)."""
     hw_class: str
     inputs: list[str]
+    """The texts of an embed or classify job; a generate job's prompts, or the contents
+    of its conversation's messages (their roles are in params)."""
     deadline_at: datetime
     taken: frozenset[str]
     """Nodes that already hold (or held) a replica of this job."""
@@ -77,6 +87,10 @@ def job_params(job: JobRequest) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if job.task == "classify":
         params["top_k"] = job.top_k
+    if job.task == "generate":
+        params["max_tokens"] = job.max_tokens
+        if job.messages is not None:
+            params["roles"] = [turn.role for turn in job.messages]
     if job.language is not None:
         params["language"] = job.language
     return params
@@ -98,7 +112,7 @@ def whole_job(
         redundancy=REPLICAS if job.redundancy == "auto" else job.redundancy,
         auto=job.redundancy == "auto",
         hw_class=job.hw_class,
-        inputs=job.inputs,
+        inputs=job_texts(job),
         deadline_at=deadline_at,
         taken=frozenset(),
         params=job_params(job),
@@ -107,13 +121,29 @@ def whole_job(
     )
 
 
+def job_texts(job: JobRequest) -> list[str]:
+    """The texts a job's ledger row keeps: its inputs, or its conversation's contents
+    (roles go to params, so that purging the texts leaves no content behind)."""
+    if job.messages is None:
+        return job.inputs
+    return [turn.content for turn in job.messages]
+
+
 def task_fields(
     inputs: list[str], params: Mapping[str, Any], audio: bytes | None
 ) -> dict[str, Any]:
     """The task-specific fields of an Assignment, from a job's ledger row."""
+    roles = params.get("roles")
+    messages = (
+        None
+        if roles is None
+        else [ChatTurn(role=role, content=text) for role, text in zip(roles, inputs, strict=True)]
+    )
     return {
-        "inputs": inputs,
+        "inputs": inputs if messages is None else [],
+        "messages": messages,
         "audio": None if audio is None else base64.b64encode(audio).decode("ascii"),
         "language": params.get("language"),
         "top_k": params.get("top_k", DEFAULT_TOP_K),
+        "max_tokens": params.get("max_tokens", DEFAULT_MAX_TOKENS),
     }

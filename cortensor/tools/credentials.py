@@ -409,9 +409,9 @@ _SIDE_BY_SIDE = 8
 work."""
 
 
-def fleet_node_id(index: int) -> str:
-    """The id of the Procfile's node.<index>."""
-    return f"node-{index}"
+def fleet_node_id(index: int, process: str = "node") -> str:
+    """The id of the Procfile's node.<index> (or generator.<index>)."""
+    return f"{process}-{index}"
 
 
 def issue_fleet(
@@ -419,16 +419,20 @@ def issue_fleet(
     directory: Path,
     *,
     nodes: int,
+    generators: int = 0,
     clients: Sequence[str] = ("client",),
     hw_class: str = DEFAULT_HW_CLASS,
 ) -> list[Issued]:
     """Credentials for a Procfile fleet, named as the Procfile reads them, issued side
-    by side (each waits on rabbitmqctl and a NATS reload). What was issued before a
-    failure is revoked again."""
+    by side (each waits on rabbitmqctl and a NATS reload): `nodes` nodes and `generators`
+    nodes of the language model. What was issued before a failure is revoked again."""
     wanted: list[tuple[Kind, str, str]] = [(k, k, f"{k}.json") for k in FLEET_OPERATORS]
-    wanted += [("node", fleet_node_id(i), f"node.{i}.json") for i in range(1, nodes + 1)]
+    for process, count in (("node", nodes), ("generator", generators)):
+        wanted += [
+            ("node", fleet_node_id(i, process), f"{process}.{i}.json") for i in range(1, count + 1)
+        ]
     wanted += [("client", c, f"{c}.json") for c in clients]
-    if nodes and hw_class == "auto":
+    if (nodes or generators) and hw_class == "auto":
         hw_class = local_hw_class(admin)
     with ThreadPoolExecutor(max_workers=_SIDE_BY_SIDE) as pool:
         futures = [

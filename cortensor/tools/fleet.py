@@ -45,6 +45,7 @@ class Fleet:
         routers: int = 1,
         guards: int = 1,
         gateways: int = 0,
+        generators: int = 0,
         extra_nodes: list[list[str]] | None = None,
         log_dir: Path,
         env: dict[str, str] | None = None,
@@ -54,7 +55,12 @@ class Fleet:
         self.gateways = gateways
         """Gateways the fleet runs: none unless asked, as each takes a port (by default
         8080, which two fleets on one host would both want)."""
-        self.concurrency = f"router={routers},guard={guards},node={nodes},gateway={gateways}"
+        self.generators = generators
+        """Nodes of the language model (the Procfile's `generator`): none unless asked."""
+        self.concurrency = (
+            f"router={routers},guard={guards},node={nodes},generator={generators},"
+            f"gateway={gateways}"
+        )
         self.extra_nodes = extra_nodes or []
         self.log_dir = log_dir
         bin_dir = str(Path(sys.executable).parent)
@@ -94,7 +100,11 @@ class Fleet:
         """Issue every process's credentials into the log directory."""
         local = credentials.local_hw_class(self.settings)
         issued = credentials.issue_fleet(
-            self.settings, self.log_dir, nodes=self.nodes, hw_class=local
+            self.settings,
+            self.log_dir,
+            nodes=self.nodes,
+            generators=self.generators,
+            hw_class=local,
         )
         self._issued += [(done.kind, done.name) for done in issued]
         for i, args in enumerate(self.extra_nodes, start=1):
@@ -192,8 +202,8 @@ class Fleet:
         probes; returns the live nodes. Only this fleet's own nodes (those it issued
         credentials to) count: a ledger shared with other fleets holds their admitted
         nodes too, and counting them would send jobs to nodes still on probation."""
-        expected = self.nodes + len(self.extra_nodes)
-        wanted = self.nodes if admitted is None else admitted
+        expected = self.nodes + self.generators + len(self.extra_nodes)
+        wanted = self.nodes + self.generators if admitted is None else admitted
         own = self._own_nodes()
         deadline = time.monotonic() + timeout_s
         live: list[str] = []

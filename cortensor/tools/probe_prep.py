@@ -26,6 +26,7 @@ from pathlib import Path
 from cortensor.catalog import (
     CLASSIFY_MODEL,
     EMBED_MODEL,
+    GENERATE_MODEL,
     WHISPER_BASE,
     WHISPER_TINY_EN,
 )
@@ -64,7 +65,25 @@ SPOKEN: tuple[str, ...] = (
 """Probe sentences spoken by espeak-ng for transcribe probes."""
 
 
-PROBE_VERSION = 2
+ASKED: tuple[str, ...] = (
+    "What is the capital of France? Answer in one sentence.",
+    "How many days are there in a week?",
+    "What is the capital of Japan?",
+    "What is the capital of Germany?",
+    "What is the capital of Spain?",
+    "What is the boiling point of water in Celsius?",
+    "What is the chemical symbol for gold?",
+    "Who wrote Romeo and Juliet?",
+    "What is the freezing point of water in Celsius?",
+    "What is the capital of England?",
+)
+"""Prompts of generate probes, one per probe: short questions with short answers, most of
+which the int8 and fp32 graphs answer alike (an unstable one is left out)."""
+PROBE_MAX_TOKENS = 32
+"""A generate probe's max_tokens: enough for the short answers asked, cheap to check."""
+
+
+PROBE_VERSION = 3
 """Raised whenever the way probes are chosen changes, so that prepared sets are redone."""
 
 
@@ -111,6 +130,8 @@ def prepare_probes(
             log("probes: up to date")
             return current
     candidates = _text_probes(models_dir, manifest) + _speech_probes(models_dir, manifest)
+    if any(v.name == GENERATE_MODEL for v in manifest.variants):
+        candidates += _generate_probes(models_dir, manifest)
     probes = [probe for probe, stable in candidates if stable]
     if {p.model for p in probes} != {p.model for p, _ in candidates}:
         raise ModelsNotPrepared("a model has no probe whose answer is stable across precisions")
@@ -171,6 +192,33 @@ def _text_probes(models_dir: Path, manifest: Manifest) -> list[tuple[Probe, bool
         ):
             stable = COMPARATORS[task](reference, "fp32", check, "int8")
             found.append((Probe(task=task, model=model, inputs=texts, reference=reference), stable))
+    return found
+
+
+def _generate_probes(models_dir: Path, manifest: Manifest) -> list[tuple[Probe, bool]]:
+    from cortensor.inference.runtimes.generator import GeneratorRuntime
+    from cortensor.inference.similarity import text_similarity
+    from cortensor.protocol.comparators import COMPARATORS, generate
+    from cortensor.schemas import ChatTurn
+
+    generate.use_similarity(lambda: text_similarity(models_dir))
+    reference, check = (
+        GeneratorRuntime.from_manifest(models_dir, manifest.variant_for(GENERATE_MODEL, c))
+        for c in (REFERENCE_CLASS, CHECK_CLASS)
+    )
+    found: list[tuple[Probe, bool]] = []
+    for prompt in ASKED:
+        turns = [[ChatTurn(role="user", content=prompt)]]
+        expected = [g.model_dump(mode="json") for g in reference.generate(turns, PROBE_MAX_TOKENS)]
+        given = [g.model_dump(mode="json") for g in check.generate(turns, PROBE_MAX_TOKENS)]
+        probe = Probe(
+            task="generate",
+            model=GENERATE_MODEL,
+            inputs=[prompt],
+            max_tokens=PROBE_MAX_TOKENS,
+            reference=expected,
+        )
+        found.append((probe, COMPARATORS["generate"](expected, "fp32", given, "int8")))
     return found
 
 

@@ -32,6 +32,7 @@ def running_fleet(
     env: dict[str, str],
     admitted: int | None = None,
     gateways: int = 0,
+    generators: int = 0,
 ) -> Iterator[tuple[Settings, Fleet]]:
     """A fleet on a namespace and ledger of its own, started from the Procfile with
     `nodes` nodes plus `extra_nodes` (their `cortensor node` arguments) and `gateways`
@@ -44,6 +45,7 @@ def running_fleet(
         nodes=nodes,
         extra_nodes=extra_nodes,
         gateways=gateways,
+        generators=generators,
         log_dir=log_dir,
         env=env,
     )

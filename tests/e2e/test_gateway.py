@@ -29,13 +29,14 @@ import numpy as np
 import openai
 import pytest
 
-from cortensor.catalog import MODELS
+from cortensor.catalog import GENERATE_MODEL, MODELS
 from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.classifier import ClassifierRuntime
 from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.inference.runtimes.generator import GeneratorRuntime
 from cortensor.paths import checkout_path
 from cortensor.protocol.comparators.transcribe import word_error_rate
-from cortensor.schemas import MAX_AUDIO_BYTES
+from cortensor.schemas import MAX_AUDIO_BYTES, ChatTurn, Generation
 from cortensor.settings import Settings
 from cortensor.tools import credentials
 from cortensor.tools.speech import SHORT, speak
@@ -118,10 +119,9 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = _free_port()
     log_dir = tmp_path_factory.mktemp("gateway-fleet")
     env = {**ROOM, "CORTENSOR_GATEWAY_PORT": str(port)}
-    with running_fleet(models_dir, log_dir, nodes=3, extra_nodes=[], env=env, gateways=1) as (
-        settings,
-        fleet,
-    ):
+    with running_fleet(
+        models_dir, log_dir, nodes=3, extra_nodes=[], env=env, gateways=1, generators=2
+    ) as (settings, fleet):
         other = credentials.issue(settings, "client", "mallory", log_dir / "mallory.json")
         try:
             url = f"http://127.0.0.1:{port}"
@@ -232,6 +232,104 @@ def test_the_models_are_the_catalogs(served: Served) -> None:
         listed = {m.id for m in client.models.list()}
         assert listed == {m for names in MODELS.values() for m in names}
         assert client.models.retrieve("whisper-base").owned_by == "cortensor"
+
+
+CHAT = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+CHAT_TOKENS = 24
+
+
+def _generator_nodes(served: Served) -> set[str]:
+    return {n for n in served.nodes if n.startswith("generator-")}
+
+
+def _direct_answer(served: Served) -> Generation:
+    """The int8 graph's own greedy answer: the generator nodes run the same build."""
+    models_dir = served.settings.models_dir
+    variant = load_manifest(models_dir).variant_for(GENERATE_MODEL, "cpu-int8")
+    runtime = GeneratorRuntime.from_manifest(models_dir, variant)
+    turns = [ChatTurn.model_validate(turn) for turn in CHAT]
+    return runtime.generate([turns], CHAT_TOKENS)[0]
+
+
+def test_a_chat_completion_is_the_answer_several_nodes_agreed_on(served: Served) -> None:
+    direct = _direct_answer(served)
+    redundancy = {"x-cortensor-redundancy": "2"}
+    with served.openai() as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=GENERATE_MODEL,
+            messages=CHAT,  # type: ignore[arg-type]
+            max_tokens=CHAT_TOKENS,
+            extra_headers=redundancy,
+        )
+        completion = raw.parse()
+        stream = client.chat.completions.create(
+            model=GENERATE_MODEL,
+            messages=CHAT,  # type: ignore[arg-type]
+            max_tokens=CHAT_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=redundancy,
+        )
+        chunks = list(stream)
+
+    verification = completion.model_extra["cortensor"]  # type: ignore[index]
+    _checked(verification, served)
+    assert set(verification["agreeing"]) <= _generator_nodes(served)
+    assert raw.headers["x-cortensor-job-id"] == verification["job_id"]
+    assert completion.id == f"chatcmpl-{verification['job_id']}"
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.content == direct.text, "the same build decodes the same tokens"
+    assert choice.finish_reason == direct.finish_reason
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == len(direct.tokens)
+
+    # Streamed: the same verified answer, word by word, the verification in the last
+    # chunk with a choice, then the usage.
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == direct.text
+    ends = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert len(ends) == 1
+    assert ends[0].choices[0].finish_reason == direct.finish_reason
+    streamed = ends[0].model_extra["cortensor"]  # type: ignore[index]
+    _checked(streamed, served)
+    assert streamed["job_id"] != verification["job_id"], "a job of its own"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(direct.tokens)
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_chat_refusals_name_the_field(served: Served) -> None:
+    with served.openai() as client:
+        for fields, param in (
+            ({"temperature": 0.7}, "temperature"),
+            ({"n": 2}, "n"),
+            ({"max_tokens": 100_000}, "max_tokens"),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    model=GENERATE_MODEL,
+                    messages=CHAT,  # type: ignore[arg-type]
+                    **fields,  # type: ignore[arg-type]
+                )
+            assert refused.value.param == param, refused.value.message
+        with pytest.raises(openai.BadRequestError) as last:
+            client.chat.completions.create(
+                model=GENERATE_MODEL,
+                messages=[*CHAT, {"role": "assistant", "content": "Paris."}],  # type: ignore[list-item]
+            )
+        assert last.value.param == "messages"
+        assert "user" in last.value.message
+        with pytest.raises(openai.BadRequestError) as model:
+            client.chat.completions.create(
+                model="gpt-4o",
+                messages=CHAT,  # type: ignore[arg-type]
+            )
+        assert model.value.param == "model"
 
 
 def test_refusals_are_openais_errors_with_their_status(served: Served) -> None:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from cortensor.protocol.comparators import COMPARATORS, classify, transcribe
+from cortensor.catalog import TASKS
+from cortensor.protocol.comparators import COMPARATORS, classify, generate, transcribe
 from cortensor.protocol.comparators.embed import (
     BETWEEN_BUILDS,
     THRESHOLDS,
@@ -252,10 +253,11 @@ def with_scores(output: list[dict[str, Any]], *deltas: float) -> list[dict[str, 
     return moved
 
 
-def test_classify_and_transcribe_are_registered() -> None:
+def test_every_task_has_its_comparator() -> None:
     assert COMPARATORS["classify"] is classify.agree
     assert COMPARATORS["transcribe"] is transcribe.agree
-    assert set(COMPARATORS) == {"embed", "classify", "transcribe"}
+    assert COMPARATORS["generate"] is generate.agree
+    assert set(COMPARATORS) == set(TASKS)
 
 
 @pytest.mark.parametrize("a", PRECISIONS)

@@ -160,6 +160,7 @@ def test_models_are_the_catalogs(http: TestClient) -> None:
         "rag-intent-classifier": "classify",
         "whisper-base": "transcribe",
         "whisper-tiny.en": "transcribe",
+        "smollm2-135m-instruct": "generate",
     }
     assert http.get("/v1/models/whisper-base").json()["owned_by"] == "cortensor"
     assert _error(http.get("/v1/models/gpt-4"), 404)["code"] == "model_not_found"

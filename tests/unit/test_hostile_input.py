@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from cortensor.catalog import GENERATE_MODEL, MAX_MAX_TOKENS, TASKS
 from cortensor.errors import BadInput
 from cortensor.protocol.intake import Rejected, Undeliverable, explain, read_job
 from cortensor.schemas import (
@@ -27,9 +28,11 @@ from cortensor.schemas import (
     MAX_LANGUAGE_CHARS,
     MAX_MODELS,
     MAX_NAME_CHARS,
+    MAX_PROMPTS,
     MAX_TEXT_CHARS,
     MAX_TOP_K,
     MAX_TRANSCRIPT_CHARS,
+    MAX_TURNS,
     NO_NUL_PATTERN,
     SCHEMA_VERSION,
     InferenceResult,
@@ -68,12 +71,24 @@ def result(task: str = "embed") -> dict[str, Any]:
         base["model"] = "rag-intent-classifier"
         top = {"label": "greeting", "score": 0.9}
         base["classes"] = [{"label": "greeting", "score": 0.9, "top": [top]}]
+    elif task == "generate":
+        base["model"] = GENERATE_MODEL
+        base["generations"] = [{"text": "Paris.", "tokens": [7, 8], "finish_reason": "stop"}]
     else:
         base["model"] = "whisper-base"
         segment = {"start": 0.0, "end": 1.5, "text": "hello"}
         transcript = {"text": "hello", "language": "en", "duration_s": 1.5}
         base["transcript"] = {**transcript, "segments": [segment]}
     return base
+
+
+def chat() -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": JOB_ID,
+        "task": "generate",
+        "messages": [{"role": "user", "content": "hello"}],
+    }
 
 
 def heartbeat() -> dict[str, Any]:
@@ -266,7 +281,22 @@ LISTS: list[tuple[type[Message], Callable[[], dict[str, Any]], Path, Any, int]] 
         MAX_TOP_K,
     ),
     (NodeHeartbeat, heartbeat, ("models",), "all-MiniLM-L6-v2", MAX_MODELS),
-    (NodeHeartbeat, heartbeat, ("tasks",), "embed", 3),
+    (NodeHeartbeat, heartbeat, ("tasks",), "embed", len(TASKS)),
+    (JobRequest, chat, ("messages",), {"role": "user", "content": "x"}, MAX_TURNS),
+    (
+        InferenceResult,
+        lambda: result("generate"),
+        ("generations",),
+        {"text": "x", "tokens": [1], "finish_reason": "stop"},
+        MAX_PROMPTS,
+    ),
+    (
+        InferenceResult,
+        lambda: result("generate"),
+        ("generations", 0, "tokens"),
+        1,
+        MAX_MAX_TOKENS,
+    ),
 ]
 
 

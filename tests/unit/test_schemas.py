@@ -150,7 +150,8 @@ def test_json_schemas_describe_every_message() -> None:
     assert job["additionalProperties"] is False
     # Which of inputs and audio a job needs depends on its task, checked by the model.
     assert {"inputs", "audio", "language", "top_k"} <= set(job["properties"])
-    assert set(job["properties"]["task"]["enum"]) == {"embed", "classify", "transcribe"}
+    assert set(job["properties"]["task"]["enum"]) == {"embed", "classify", "transcribe", "generate"}
+    assert {"messages", "max_tokens"} <= set(job["properties"])
 
 
 # -- `cortensor schemas write --check` ------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cortensor.protocol.comparators import classify, embed, transcribe
+from cortensor.protocol.comparators import classify, embed, generate, transcribe
 
 Comparator = Callable[[Any, str, Any, str], bool]
 """(output_a, precision_a, output_b, precision_b) -> whether the two outputs agree.
@@ -17,4 +17,5 @@ COMPARATORS: dict[str, Comparator] = {
     "embed": embed.agree,
     "classify": classify.agree,
     "transcribe": transcribe.agree,
+    "generate": generate.agree,
 }

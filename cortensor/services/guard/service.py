@@ -7,6 +7,7 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from uuid import UUID
 
 import structlog
@@ -18,6 +19,8 @@ from cortensor.adapters.ledger.guard import Intake
 from cortensor.adapters.ports import GuardPorts
 from cortensor.adapters.topology import Topology
 from cortensor.errors import Disposition, backoff_s, disposition
+from cortensor.inference.similarity import text_similarity
+from cortensor.protocol.comparators import generate
 from cortensor.protocol.outages import judging_horizon
 from cortensor.schemas import MAX_RESULT_BYTES, InferenceResult, Verdict, printable, utcnow
 from cortensor.services.announce import Announcer
@@ -67,6 +70,8 @@ class Guard:
         self.announcer = Announcer(ports.verdicts, self.topology, self.ledger)
         self.keyring = Keyring(ports.keys, source="guard", refresh_s=settings.registry_refresh_s)
         self.outages = OutageLog(ports.outages, self.ledger, name=name)
+        # Answers of two builds to a generate job are weighed by their texts' embeddings.
+        generate.use_similarity(partial(text_similarity, settings.models_dir))
 
     def _parse(self, msg: Msg) -> InferenceResult | None:
         """The result a message holds, or None (logged) for one refused: over

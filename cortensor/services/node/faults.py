@@ -28,6 +28,7 @@ from cortensor.schemas import (
     MAX_DEADLINE_S,
     Assignment,
     Classification,
+    Generation,
     LabelScore,
     Segment,
     Transcript,
@@ -85,6 +86,9 @@ NOISY_SHIFT = 0.3
 COLLUDING_SCORES = (0.5, 0.95)
 """The range of a colluding group's top score: confident, as a softmax's top often is,
 and above the scores of the rest of its top list, which share what is left."""
+LAZY_ANSWER = "I don't know."
+COLLUDING_WORDS = 24
+"""The length of a colluding group's answer to a prompt, in words."""
 WORDS_PER_S = 2.5
 """The speech rate of a colluding transcript. Its length follows the audio rather than the
 true transcript, which may differ by a word between members of different precisions."""
@@ -166,6 +170,10 @@ class WrongAnswers(Protocol):
 
     def corrupt_transcript(self, transcript: Transcript) -> Transcript:
         """A wrong transcript."""
+        ...
+
+    def corrupt_generations(self, generations: Sequence[Generation]) -> list[Generation]:
+        """Wrong answers to a generate job's prompts."""
         ...
 
 
@@ -309,6 +317,22 @@ class Fault:
             text = " ".join(self._rng.choice(foreign) for _ in range(max(1, len(words))))
         return _retold(transcript, text)
 
+    def corrupt_generations(self, generations: Sequence[Generation]) -> list[Generation]:
+        """lazy: one short constant answer; noisy: each answer cut to its first half (a
+        node saving the rest of the work); random: foreign words, as many as the truth's."""
+        wrong: list[Generation] = []
+        for truth in generations:
+            if self.mode == "lazy":
+                wrong.append(Generation(text=LAZY_ANSWER, tokens=[], finish_reason="stop"))
+            elif self.mode == "noisy":
+                wrong.append(_cut(truth))
+            else:
+                words = truth.text.split()
+                foreign = _foreign_words(normalize(truth.text).split())
+                text = " ".join(self._rng.choice(foreign) for _ in range(max(1, len(words))))
+                wrong.append(Generation(text=text, tokens=[], finish_reason="stop"))
+        return wrong
+
     def _spoil(self, words: list[str], foreign: list[str]) -> list[str]:
         """Half the words (rounded up, at least one) replaced by foreign words or dropped.
 
@@ -396,6 +420,30 @@ class Collusion:
             for i in self._np.integers(len(VOCABULARY), size=n).tolist()
         ]
         return _retold(transcript, " ".join(words))
+
+    def corrupt_generations(self, generations: Sequence[Generation]) -> list[Generation]:
+        """Vocabulary words drawn for the job, as many for each answer as its prompt has
+        tokens to fill (the same for every member, whatever their answers' lengths)."""
+        return [
+            Generation(
+                text=" ".join(
+                    VOCABULARY[i]
+                    for i in self._np.integers(len(VOCABULARY), size=COLLUDING_WORDS).tolist()
+                ),
+                tokens=[],
+                finish_reason="stop",
+            )
+            for _ in generations
+        ]
+
+
+def _cut(truth: Generation) -> Generation:
+    """The first half of an answer, as if the model had ended its turn there."""
+    half = len(truth.tokens) // 2
+    words = truth.text.split()
+    return Generation(
+        text=" ".join(words[: len(words) // 2]), tokens=truth.tokens[:half], finish_reason="stop"
+    )
 
 
 def _retold(transcript: Transcript, text: str) -> Transcript:

@@ -18,12 +18,13 @@ from pydantic import ValidationError
 
 from cortensor.adapters.topology import Topology
 from cortensor.catalog import PRECISION, TASK_OF, HwClass, Task
-from cortensor.inference.runtimes import Classifier, Embedder, Runtime, Transcriber
+from cortensor.inference.runtimes import Classifier, Embedder, Generator, Runtime, Transcriber
 from cortensor.protocol.outages import EXTENSION_S
 from cortensor.protocol.signing import result_msg_id, sign, signature_headers
 from cortensor.schemas import (
     MAX_ERROR_CHARS,
     Assignment,
+    ChatTurn,
     InferenceResult,
     NodeHeartbeat,
     printable,
@@ -60,8 +61,18 @@ def answer(runtime: Runtime, assignment: Assignment) -> Any:
         return cast(Embedder, runtime).embed(assignment.inputs)
     if assignment.task == "classify":
         return cast(Classifier, runtime).classify(assignment.inputs, assignment.top_k)
+    if assignment.task == "generate":
+        return cast(Generator, runtime).generate(conversations(assignment), assignment.max_tokens)
     wav = base64.b64decode(assignment.audio or "")
     return cast(Transcriber, runtime).transcribe(wav, assignment.language)
+
+
+def conversations(assignment: Assignment) -> list[list[ChatTurn]]:
+    """What a generate assignment asks to continue: its conversation, or each prompt as
+    a user's message of its own."""
+    if assignment.messages is not None:
+        return [list(assignment.messages)]
+    return [[ChatTurn(role="user", content=text)] for text in assignment.inputs]
 
 
 def output(
@@ -76,6 +87,8 @@ def output(
         if wrong:
             truth = wrong.corrupt_classes(truth, getattr(runtime, "labels", ()))
         return {"classes": truth}
+    if assignment.task == "generate":
+        return {"generations": wrong.corrupt_generations(truth) if wrong else truth}
     return {"transcript": wrong.corrupt_transcript(truth) if wrong else truth}
 
 

@@ -124,7 +124,7 @@ class ProbeSender:
     @property
     def timing(self) -> Timing:
         """A replica's time, exactly as the router computes it for real jobs."""
-        return Timing(self.settings.assignment_timeout_s, self.settings.audio_timeout_factor)
+        return Timing.of(self.settings)
 
     async def send(self, ledger: RouterBook, nodes: Sequence[NodeView]) -> list[Assignment]:
         """Record the probes due now and return their assignments, to be published with

@@ -125,7 +125,7 @@ class Router:
     @property
     def timing(self) -> Timing:
         """How long a node has for one replica, from the settings."""
-        return Timing(self.settings.assignment_timeout_s, self.settings.audio_timeout_factor)
+        return Timing.of(self.settings)
 
     def plan(self, job: OpenJob, needed: int, spread: frozenset[str] = frozenset()) -> Plan | str:
         """`needed` more replicas of a job on live nodes, or why there are none now (see
@@ -336,7 +336,11 @@ class Router:
             parent, units = split_job(
                 job,
                 deadline_at,
-                shard_inputs=self.settings.shard_inputs,
+                shard_inputs=(
+                    self.settings.shard_prompts
+                    if job.task == "generate"
+                    else self.settings.shard_inputs
+                ),
                 chunks=chunks,
                 owner=owner,
             )
