@@ -25,7 +25,6 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
@@ -329,6 +328,7 @@ class JobRequest(Message):
     )
     messages: list[ChatTurn] | None = Field(
         default=None,
+        validate_default=True,
         max_length=MAX_TURNS,
         description=(
             "generate: a conversation to continue instead of inputs; the answer is to its"
@@ -409,6 +409,28 @@ class JobRequest(Message):
             raise BadInput(f"inputs {blank} are blank; every input needs some text")
         return inputs
 
+    @field_validator("messages")
+    @classmethod
+    def _prompts_or_conversation(
+        cls, messages: list[ChatTurn] | None, info: ValidationInfo
+    ) -> list[ChatTurn] | None:
+        task, inputs = info.data.get("task"), info.data.get("inputs")
+        if task != "generate":
+            if messages is not None:
+                raise BadInput(f"{task} jobs take no messages; messages are for generate")
+            return messages
+        if messages is None:
+            if inputs == []:
+                raise BadInput(
+                    "generate jobs need prompts in inputs, or a conversation in messages"
+                )
+            return messages
+        if inputs:
+            raise BadInput("a generate job takes prompts in inputs or messages, not both")
+        if not messages or messages[-1].role != "user":
+            raise BadInput("must end with the user's message, which is answered")
+        return messages
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, model: str, info: ValidationInfo) -> str:
@@ -449,24 +471,6 @@ class JobRequest(Message):
                 f"model {info.data['model']} transcribes English only; use en or leave it out"
             )
         return language
-
-    @model_validator(mode="after")
-    def _prompts_or_conversation(self) -> JobRequest:
-        if self.task != "generate":
-            if self.messages is not None:
-                raise BadInput(f"{self.task} jobs take no messages; messages are for generate")
-            return self
-        if self.messages is None:
-            if not self.inputs:
-                raise BadInput(
-                    "generate jobs need prompts in inputs, or a conversation in messages"
-                )
-            return self
-        if self.inputs:
-            raise BadInput("a generate job takes prompts in inputs or messages, not both")
-        if not self.messages or self.messages[-1].role != "user":
-            raise BadInput("messages must end with the user's message, which is answered")
-        return self
 
     def audio_bytes(self) -> bytes:
         """The decoded audio file (empty for text tasks)."""

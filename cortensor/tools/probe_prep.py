@@ -90,7 +90,9 @@ PROBE_VERSION = 3
 def _source(manifest: Manifest) -> str:
     # The checking class's variants count too: a new int8 graph may move a probe's
     # answer across its comparator's threshold.
-    digest = hashlib.sha256(f"{PROBE_VERSION}\n{TEXTS}\n{SPOKEN}\n".encode())
+    digest = hashlib.sha256(
+        f"{PROBE_VERSION}\n{TEXTS}\n{SPOKEN}\n{ASKED}\n{PROBE_MAX_TOKENS}\n".encode()
+    )
     for v in sorted(manifest.variants, key=lambda v: (v.name, v.variant)):
         if {REFERENCE_CLASS, CHECK_CLASS} & set(v.hw_classes):
             for f in v.files:

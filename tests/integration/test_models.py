@@ -20,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cortensor.catalog import CLASSIFY_MODEL, EMBED_MODEL, WHISPER_BASE, WHISPER_TINY_EN
+from cortensor.catalog import (
+    CLASSIFY_MODEL,
+    EMBED_MODEL,
+    GENERATE_MODEL,
+    WHISPER_BASE,
+    WHISPER_TINY_EN,
+)
 from cortensor.errors import ModelsNotPrepared
 from cortensor.inference import manifest as manifest_module
 from cortensor.inference.hardware import cpu_flags, int8_isa
@@ -47,6 +53,7 @@ SENTENCES = [
 ]
 LOCAL_ISA = "avx512_vnni" if int8_isa(cpu_flags()) == "avx512_vnni" else "avx2"
 EMBED_VARIANTS = ["fp32", "int8", *(["int8-avx2"] if LOCAL_ISA != "avx2" else []), "fp16"]
+GENERATE_VARIANTS = ["fp32", "int8", *(["int8-avx2"] if LOCAL_ISA != "avx2" else [])]
 WHISPER_VARIANTS = {
     "int8": ("cpu-int8", "int8"),
     "fp32": ("cpu-fp32", "float32"),
@@ -57,6 +64,7 @@ ORDER = [
     *(f"{EMBED_MODEL}/{v}" for v in EMBED_VARIANTS),
     f"{CLASSIFY_MODEL}/head",
     *(f"{m}/{v}" for m in (WHISPER_BASE, WHISPER_TINY_EN) for v in WHISPER_VARIANTS),
+    *(f"{GENERATE_MODEL}/{v}" for v in GENERATE_VARIANTS),
 ]
 """Every variant, in the order prepare_models makes and logs them."""
 
