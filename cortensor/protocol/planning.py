@@ -23,6 +23,7 @@ established. The simulation (cortensor.tools.simulate) calls `newcomers_allowed`
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -213,6 +214,19 @@ class _Ahead:
 
     def fits(self, job: OpenJob, now: datetime, node: str) -> bool:
         return self.timing.fits(job, now, self.ahead.get(node, 0.0))
+
+
+def one_class(classes: Sequence[str], pool: Sequence[NodeView]) -> str | None:
+    """The one hardware class, of `classes`, that the replicas of a job compared token for
+    token should all run on: the class with the most nodes in `pool` (the first of
+    `classes` on a tie), or None when `pool` holds none of them.
+
+    Greedy decoding agrees token for token only within one build; across precisions the
+    comparator can tell only an answer to something else (docs/generation.md). A generate
+    job open to several classes is therefore pinned to one before it is recorded."""
+    counts = Counter(view.hw_class for view in pool)
+    found = [c for c in classes if counts[c]]
+    return max(found, key=lambda c: counts[c], default=None)
 
 
 def newcomers_allowed(redundancy: int, newcomers: int, *, leading: bool) -> int:

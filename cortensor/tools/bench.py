@@ -29,7 +29,14 @@ from cortensor.protocol.comparators.transcribe import word_error_rate
 from cortensor.protocol.signing import public_bytes, refusal, sign, signature_headers
 from cortensor.schemas import InferenceResult, JobRequest, Redundancy, Verdict
 from cortensor.settings import Settings
-from cortensor.tools import bench_scale, bench_speech, fidelity, speech
+from cortensor.tools import (
+    bench_generate,
+    bench_scale,
+    bench_speech,
+    fidelity,
+    generation_margins,
+    speech,
+)
 from cortensor.tools.fleet import Fleet
 from cortensor.tools.measure import (
     cpu_seconds,
@@ -226,7 +233,19 @@ def signing_cost(rounds: int = 2000) -> dict[str, Any]:
 REDUNDANCIES: tuple[Redundancy, ...] = (1, 3, "auto")
 """`auto` last: by then the nodes have the history that steady state means."""
 
-SECTIONS = ("embed", "fidelity", "speech", "long", "split", "signing", "scale", "memory")
+GENERATE_TOKENS = 64
+"""New tokens per prompt in the generate section's speed and fidelity figures."""
+SECTIONS = (
+    "embed",
+    "fidelity",
+    "speech",
+    "long",
+    "split",
+    "signing",
+    "scale",
+    "memory",
+    "generate",
+)
 """Every section runs by default; `memory` (100,000 jobs through a fleet) takes the
 longest, some ten minutes here."""
 
@@ -337,6 +356,13 @@ def main(
         }
     if "memory" in sections:
         report["service_memory"] = bench_scale.service_memory(jobs=memory_jobs)
+    if "generate" in sections:
+        report["generate"] = {
+            "speed_and_fidelity": bench_generate.generation_figures(
+                settings.models_dir, bench_generate.PROMPTS, GENERATE_TOKENS
+            ),
+            "comparator_margins": generation_margins.margins(settings.models_dir),
+        }
     migrate.upgrade(settings)
     asyncio.run(setup_brokers(settings))
     node_ids: list[str] = []

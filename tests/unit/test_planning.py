@@ -19,6 +19,7 @@ from cortensor.protocol.planning import (
     checked_replicas,
     failed,
     newcomers_allowed,
+    one_class,
     parallel,
     plan,
     replicas_due,
@@ -370,3 +371,30 @@ def test_a_failed_part_names_its_parent_and_its_owner() -> None:
         MODEL,
         "alice",
     )
+
+
+# -- generate jobs run on one class ------------------------------------------------------
+
+
+def test_a_job_compared_token_for_token_is_pinned_to_the_class_with_most_nodes() -> None:
+    fp32 = [replace(node(i), hw_class="cpu-fp32") for i in range(2)]
+    int8 = [node(i) for i in range(2, 5)]
+    assert one_class(("cpu-fp32", "cpu-int8"), [*fp32, *int8]) == "cpu-int8"
+    assert one_class(("cpu-fp32", "cpu-int8"), fp32) == "cpu-fp32"
+    # A tie goes to the first class asked; a class not asked is never chosen.
+    assert one_class(("cpu-fp32", "cpu-int8"), [*fp32, *int8[:2]]) == "cpu-fp32"
+    assert one_class(("cpu-fp32",), int8) is None
+    assert one_class(("cpu-fp32", "cpu-int8"), []) is None
+
+
+@given(st.lists(st.sampled_from(["cpu-fp32", "cpu-int8", "cuda-fp16"]), max_size=12))
+def test_the_pinned_class_is_an_asked_one_with_the_most_nodes(classes: list[str]) -> None:
+    pool = [replace(node(i), hw_class=c) for i, c in enumerate(classes)]
+    asked = ("cpu-fp32", "cpu-int8")
+    chosen = one_class(asked, pool)
+    counts = {c: classes.count(c) for c in asked}
+    if not any(counts.values()):
+        assert chosen is None
+    else:
+        assert chosen in asked
+        assert counts[chosen] == max(counts.values())

@@ -29,7 +29,7 @@ from cortensor.protocol.intake import Rejected, Undeliverable, read_job
 from cortensor.protocol.outages import judging_horizon
 from cortensor.protocol.parts import AudioSpan, speech_split, split_job
 from cortensor.protocol.placement import NodeView, candidates
-from cortensor.protocol.planning import Backlog, Plan, Timing, parallel, plan
+from cortensor.protocol.planning import Backlog, Plan, Timing, one_class, parallel, plan
 from cortensor.protocol.replication import REPLICAS
 from cortensor.protocol.units import NewJob, OpenJob, assignments_for
 from cortensor.schemas import (
@@ -149,6 +149,16 @@ class Router:
                 self.registry.assigned(node)
             self.backlog.add(outcome.nodes, self.timing.work_s(job.params), outcome.deadline_at)
         return outcome
+
+    def pinned(self, job: JobRequest) -> JobRequest:
+        """A generate job open to several hardware classes, pinned to the one with the most
+        live nodes of its model (planning.one_class): its replicas are then of one
+        precision and compared token for token. Other jobs as they are."""
+        classes = eligible_classes(job.hw_class)
+        if job.task != "generate" or len(classes) < 2:
+            return job
+        chosen = one_class(classes, self.live(classes, job.model))
+        return job if chosen is None else job.model_copy(update={"hw_class": chosen})
 
     def live(self, classes: Sequence[str], model: str) -> list[NodeView]:
         """Live nodes of these classes serving `model`."""
@@ -331,7 +341,8 @@ class Router:
         now = utcnow()
         opened: list[NewJob] = []
         why: dict[UUID, str] = {}
-        for job, owner, chunks in jobs:
+        for given, owner, chunks in jobs:
+            job = self.pinned(given)
             deadline_at = now + timedelta(seconds=job.deadline_s)
             parent, units = split_job(
                 job,
