@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from cortensor.adapters.memory import (
 )
 from cortensor.adapters.memory.ledger import sides
 from cortensor.adapters.topology import Topology
+from cortensor.catalog import GENERATE_MODEL, PRECISION, TASK_OF, HwClass
 from cortensor.schemas import (
     Assignment,
     InferenceResult,
@@ -61,17 +63,17 @@ class Twins:
     keys: MemoryKeys
     nodes: dict[str, str] = field(default_factory=dict)
 
-    async def join(self, node_id: str) -> None:
+    async def join(self, node_id: str, hw_class: HwClass = "cpu-int8", model: str = MODEL) -> None:
         """A node announces itself and is admitted as if it had passed its probes."""
-        spec = self.topology.node_queue(node_id, "cpu-int8")
+        spec = self.topology.node_queue(node_id, hw_class)
         self.broker.declare_queue(spec)
         self.nodes[node_id] = spec.name
         beat = NodeHeartbeat(
             node_id=node_id,
-            hw_class="cpu-int8",
-            precision="int8",
-            tasks=["embed"],
-            models=[MODEL],
+            hw_class=hw_class,
+            precision=PRECISION[hw_class],
+            tasks=[TASK_OF[model]],
+            models=[model],
             capacity=4,
             inflight=0,
             processed=0,
@@ -122,16 +124,17 @@ class Twins:
         await eventually(collect, what=f"{count} assignments of {job_id}", interval=WAIT)
         return found
 
-    async def answer(self, a: Assignment, msg_id: str) -> None:
+    async def answer(self, a: Assignment, msg_id: str, **output: Any) -> None:
+        """Answer an assignment (an embedding of UP unless `output` gives the task's)."""
         result = InferenceResult(
             assignment_id=a.assignment_id,
             job_id=a.job_id,
             node_id=a.node_id,
-            task="embed",
-            model=MODEL,
-            hw_class="cpu-int8",
-            precision="int8",
-            embeddings=[UP],
+            task=a.task,
+            model=a.model,
+            hw_class=a.hw_class,
+            precision=PRECISION[a.hw_class],
+            **(output or {"embeddings": [UP]}),
         )
         payload = result.model_dump_json().encode()
         await self.nats.publish(
@@ -266,3 +269,38 @@ async def test_an_auto_jobs_checks_go_out_only_after_its_leaders_answer(twins: T
     assert verdict.status == "verified"
     assert sorted(verdict.agreeing) == sorted(nodes)
     assert twins.events(job.job_id) == sorted((n, "agreed") for n in nodes)
+
+
+async def test_a_generate_job_runs_on_one_class_and_a_cut_answer_loses(twins: Twins) -> None:
+    """A generate job open to every class goes to the class with the most nodes, so that
+    its replicas are compared token for token; the conversation and max_tokens reach the
+    nodes, and an answer cut short (the same first tokens) disagrees."""
+    fp32, int8 = node_ids(2), node_ids(3)
+    for node in fp32:
+        await twins.join(node, "cpu-fp32", GENERATE_MODEL)
+    for node in int8:
+        await twins.join(node, "cpu-int8", GENERATE_MODEL)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    job = JobRequest.model_validate(
+        {"task": "generate", "messages": chat, "max_tokens": 12, "redundancy": 3}
+    )
+    twins.submit(job)
+    sent = await twins.assignments_of(job.job_id, 3)
+    assert sorted(a.node_id for a in sent) == sorted(int8)
+    for a in sent:
+        assert a.inputs == []
+        assert [t.model_dump() for t in a.messages or []] == chat
+        assert a.max_tokens == 12
+
+    honest = {"text": "Hello there, friend.", "tokens": [5, 6, 7, 8], "finish_reason": "stop"}
+    cut = {"text": "Hello", "tokens": [5, 6], "finish_reason": "stop"}
+    cheat = sent[0].node_id
+    for a in sent:
+        answer = cut if a.node_id == cheat else honest
+        await twins.answer(a, msg_id=str(a.assignment_id), generations=[answer])
+    [verdict] = await twins.verdict_of(job.job_id)
+    assert verdict.status == "verified"
+    assert sorted(verdict.agreeing) == sorted(n for n in int8 if n != cheat)
+    assert verdict.disagreeing == [cheat]
+    assert verdict.generations is not None
+    assert verdict.generations[0].model_dump() == honest
