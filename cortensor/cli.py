@@ -544,6 +544,7 @@ def _print_verdict(verdict: Verdict, as_json: bool) -> None:
         out.print(f"  {g.text}", markup=False)
 
 
+Deadline = Annotated[float, typer.Option(help="Seconds until the job fails.")]
 Redundancy = Annotated[
     str,
     typer.Option(
@@ -606,9 +607,7 @@ def submit_embed(
     texts: Annotated[list[str], typer.Argument(help="One or more texts to embed.")],
     redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
-    deadline: Annotated[
-        float, typer.Option(help="Seconds until the job fails.")
-    ] = DEFAULT_DEADLINE_S,
+    deadline: Deadline = DEFAULT_DEADLINE_S,
     wait: Wait = False,
     as_json: AsJson = False,
 ) -> None:
@@ -625,9 +624,7 @@ def submit_classify(
     ] = DEFAULT_TOP_K,
     redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
-    deadline: Annotated[
-        float, typer.Option(help="Seconds until the job fails.")
-    ] = DEFAULT_DEADLINE_S,
+    deadline: Deadline = DEFAULT_DEADLINE_S,
     wait: Wait = False,
     as_json: AsJson = False,
 ) -> None:
@@ -654,9 +651,7 @@ def submit_generate(
     ] = None,
     redundancy: Redundancy = "auto",
     hw_class: HwOption = "any",
-    deadline: Annotated[
-        float, typer.Option(help="Seconds until the job fails.")
-    ] = DEFAULT_DEADLINE_S,
+    deadline: Deadline = DEFAULT_DEADLINE_S,
     wait: Wait = False,
     as_json: AsJson = False,
 ) -> None:
