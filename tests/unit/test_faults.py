@@ -21,12 +21,13 @@ from numpy.typing import NDArray
 from typer.testing import CliRunner, Result
 
 from cortensor.paths import ROOT
-from cortensor.protocol.comparators import classify, transcribe
+from cortensor.protocol.comparators import classify, generate, transcribe
 from cortensor.protocol.comparators.embed import agree, min_cosine
 from cortensor.schemas import (
     MAX_DEADLINE_S,
     Assignment,
     Classification,
+    Generation,
     LabelScore,
     Segment,
     Transcript,
@@ -373,9 +374,11 @@ def job(task: str = "embed", **fields: Any) -> Assignment:
         "job_id": uuid.UUID(int=1),
         "node_id": "node-1",
         "task": task,
-        "model": {"embed": "all-MiniLM-L6-v2", "classify": "rag-intent-classifier"}.get(
-            task, "whisper-base"
-        ),
+        "model": {
+            "embed": "all-MiniLM-L6-v2",
+            "classify": "rag-intent-classifier",
+            "generate": "smollm2-135m-instruct",
+        }.get(task, "whisper-base"),
         "inputs": ["the cat sat on the mat", "hello"] if task != "transcribe" else [],
         "audio": base64.b64encode(b"RIFF" + bytes(64)).decode() if task == "transcribe" else None,
         "hw_class": "cpu-int8",
@@ -899,3 +902,40 @@ def collude_answer(wrong: WrongAnswers | None, real: NDArray[np.float32]) -> NDA
 def test_only_adapting_modes_take_a_cover() -> None:
     with pytest.raises(ValueError, match="consult a cover"):
         Fault("random", cover=Scripted())
+
+
+HONEST = [
+    Generation(
+        text="The capital of France is Paris.", tokens=[10, 11, 12, 13], finish_reason="stop"
+    ),
+    Generation(text="Bees make honey from nectar.", tokens=[20, 21, 22], finish_reason="stop"),
+]
+
+
+def _answers(generations: list[Generation]) -> list[dict[str, Any]]:
+    return [g.model_dump(mode="json") for g in generations]
+
+
+@pytest.mark.parametrize("mode", OWN_ANSWER_MODES)
+def test_wrong_generations_lose_against_the_truth_within_a_build(mode: str) -> None:
+    wrong = Fault(mode, 1.0, seed=3).corrupt_generations(HONEST)  # type: ignore[arg-type]
+    assert len(wrong) == len(HONEST)
+    assert all(w != h for w, h in zip(wrong, HONEST, strict=True))
+    assert not generate.agree(_answers(HONEST), "int8", _answers(wrong), "int8")
+
+
+def test_noisy_generations_are_the_first_half_of_the_truth() -> None:
+    cut = Fault("noisy", 1.0, seed=4).corrupt_generations(HONEST)
+    assert [g.tokens for g in cut] == [h.tokens[: len(h.tokens) // 2] for h in HONEST]
+    assert all(h.text.startswith(g.text) for g, h in zip(cut, HONEST, strict=True))
+
+
+def test_colluders_give_the_same_wrong_generations() -> None:
+    a = collude(colluding(seed=1), job("generate"))
+    b = collude(colluding(seed=2), job("generate", node_id="node-2"))
+    # Whatever each member's own answers (two precisions may differ), the same lie.
+    other = [Generation(text="Paris.", tokens=[1], finish_reason="stop")] * len(HONEST)
+    assert a.corrupt_generations(HONEST) == b.corrupt_generations(other)
+    assert not generate.agree(
+        _answers(HONEST), "int8", _answers(a.corrupt_generations(HONEST)), "int8"
+    )
