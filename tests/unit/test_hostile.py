@@ -19,7 +19,9 @@ from cortensor.protocol.comparators.embed import agree
 from cortensor.protocol.replication import MIN_STREAK
 from cortensor.schemas import (
     Assignment,
+    ChatTurn,
     Classification,
+    Generation,
     InferenceResult,
     LabelScore,
     Segment,
@@ -230,6 +232,22 @@ def test_labels_and_transcripts_heard_before_mark_a_re_sent_input() -> None:
     assert seen.after(asked, transcript("yes")) is None, "too short to tell"
     assert seen.after(asked, transcript("another sentence entirely")) is None
     assert seen.after(asked, "not an answer") is None
+
+
+def test_generations_heard_before_and_conversations_sent_before_mark_a_probe() -> None:
+    seen = Recognition()
+    answer = [Generation(text="The capital of France is Paris.", tokens=[1], finish_reason="stop")]
+    seen.overheard(result(job_id=1, task="generate", generations=answer))
+    asked = job("a", job_id=9, task="generate")
+    assert seen.after(asked, answer) is not None
+    other = [Generation(text="Bees make honey.", tokens=[2], finish_reason="stop")]
+    assert seen.after(asked, other) is None
+
+    chat = [ChatTurn(role="user", content="What is the capital of France?")]
+    first = job(job_id=10, task="generate", messages=chat)
+    assert seen.before(first) is None
+    seen.remember(first)
+    assert seen.before(job(job_id=11, task="generate", messages=chat)) == "an input sent before"
 
 
 # --- the node's own record -----------------------------------------------------------------

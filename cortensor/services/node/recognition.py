@@ -22,7 +22,13 @@ from numpy.typing import NDArray
 
 from cortensor.protocol.comparators.embed import threshold
 from cortensor.protocol.comparators.transcribe import normalize
-from cortensor.schemas import Assignment, Classification, InferenceResult, Transcript
+from cortensor.schemas import (
+    Assignment,
+    Classification,
+    Generation,
+    InferenceResult,
+    Transcript,
+)
 
 INPUTS_REMEMBERED = 100_000
 """Inputs a node remembers having been sent (a hash each)."""
@@ -46,6 +52,18 @@ def input_key(model: str, inputs: Sequence[str] = (), audio: str | None = None) 
         data = part.encode()
         digest.update(len(data).to_bytes(8, "big") + data)
     return digest.digest()
+
+
+def _texts(assignment: Assignment) -> list[str]:
+    """The texts a job asks about: its inputs, or its conversation's messages."""
+    if assignment.messages is not None:
+        return [turn.content for turn in assignment.messages]
+    return assignment.inputs
+
+
+def _answered(generations: Sequence[Generation]) -> str:
+    """A generate job's answers as one text."""
+    return "\n".join(g.text for g in generations)
 
 
 def text_key(text: str) -> bytes:
@@ -131,19 +149,19 @@ class Recognition:
 
     def before(self, assignment: Assignment) -> str | None:
         """Why `assignment` is a probe, from its inputs alone; None when nothing tells."""
-        key = input_key(assignment.model, assignment.inputs, assignment.audio)
-        if key in self.prepared or any(
-            text_key(t) in self.prepared_texts for t in assignment.inputs
-        ):
+        texts = _texts(assignment)
+        key = input_key(assignment.model, texts, assignment.audio)
+        if key in self.prepared or any(text_key(t) in self.prepared_texts for t in texts):
             return "a prepared probe"
-        if key in self._seen or any(text_key(t) in self._seen_texts for t in assignment.inputs):
+        if key in self._seen or any(text_key(t) in self._seen_texts for t in texts):
             return "an input sent before"
         return None
 
     def remember(self, assignment: Assignment) -> None:
         """Remember the inputs of a job the node was sent."""
-        self._seen.add(input_key(assignment.model, assignment.inputs, assignment.audio))
-        for text in assignment.inputs:
+        texts = _texts(assignment)
+        self._seen.add(input_key(assignment.model, texts, assignment.audio))
+        for text in texts:
             self._seen_texts.add(text_key(text))
 
     def after(self, assignment: Assignment, truth: object) -> str | None:
@@ -156,7 +174,9 @@ class Recognition:
         if isinstance(truth, list) and truth and isinstance(truth[0], Classification):
             return self._label_match(assignment.job_id, truth)
         if isinstance(truth, Transcript):
-            return self._text_match(assignment.job_id, truth)
+            return self._text_match(assignment.job_id, truth.text)
+        if isinstance(truth, list) and truth and isinstance(truth[0], Generation):
+            return self._text_match(assignment.job_id, _answered(truth))
         return None
 
     def _vector_match(self, job_id: UUID, truth: NDArray[np.float32]) -> str | None:
@@ -186,8 +206,8 @@ class Recognition:
                 return "an answer another job already had"
         return None
 
-    def _text_match(self, job_id: UUID, truth: Transcript) -> str | None:
-        text = normalize(truth.text)
+    def _text_match(self, job_id: UUID, said: str) -> str | None:
+        text = normalize(said)
         if len(text.split()) < MIN_REPLAY_WORDS:
             return None
         for heard in self._heard:
@@ -217,6 +237,8 @@ class Recognition:
             self._store(heard)
         elif result.transcript is not None:
             self._store(_Heard(result.job_id, 1, text=normalize(result.transcript.text)))
+        elif result.generations:
+            self._store(_Heard(result.job_id, 1, text=normalize(_answered(result.generations))))
 
     def _store(self, heard: _Heard, vector: NDArray[np.float32] | None = None) -> None:
         """A ring of the last `outputs_remembered` answers; vectors kept in one matrix so
