@@ -77,17 +77,22 @@ class Supervised(Fleet):
 
     def names(self) -> list[str]:
         """Every process of the fleet, as honcho names them (one of each Procfile type
-        but the router, the guard, the node and the gateway, which come as many as
-        asked)."""
+        but the router, the guard, the nodes, the generators and the gateway, which come
+        as many as asked)."""
         counts = {kind: 1 for kind in self._commands}
         counts.update(
-            router=self.routers, guard=self.guards, node=self.nodes, gateway=self.gateways
+            router=self.routers,
+            guard=self.guards,
+            node=self.nodes,
+            generator=self.generators,
+            gateway=self.gateways,
         )
         return [f"{kind}.{i}" for kind, n in counts.items() for i in range(1, n + 1)]
 
     def node_id(self, name: str) -> str:
-        """The node id of process `name` (node.<i>)."""
-        return fleet_node_id(int(name.rsplit(".", 1)[1]))
+        """The node id of process `name` (node.<i> or generator.<i>)."""
+        kind, index = name.rsplit(".", 1)
+        return fleet_node_id(int(index), kind)
 
     def spawn(self, name: str) -> int:
         """Start process `name` from its Procfile line; returns its pid."""
