@@ -990,7 +990,7 @@ def credentials_fleet(
     nodes: Annotated[int, typer.Option(min=0, help="Nodes: node.1.json .. node.N.json.")] = 3,
     generators: Annotated[
         int, typer.Option(min=0, help="Language-model nodes: generator.1.json ..")
-    ] = 2,
+    ] = 3,
     clients: Annotated[
         str, typer.Option(help="Comma-separated client names, each NAME.json.")
     ] = "client",
