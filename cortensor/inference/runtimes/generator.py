@@ -4,9 +4,10 @@ The graph (tools.prepare_llm) takes input_ids, attention_mask, position_ids and
 past_key_values.<layer>.key/value, and returns logits and present.<layer>.key/value. The
 prompt runs once; each new token then runs alone over the cache of everything before it.
 
-Each conversation runs alone: an int8 graph scales its activations over a whole call,
-so batching conversations would make one's tokens depend on the others'. Alone, the same
-conversation gives the same tokens on every call, in any process with the same graph.
+Each conversation runs alone: batched, conversations of different lengths would be padded
+and masked, and a graph's numbers may move with the batch's shape, so one conversation's
+tokens could depend on the others'. Alone, the same conversation gives the same tokens on
+every call, in any process with the same graph.
 """
 
 from __future__ import annotations
