@@ -272,11 +272,13 @@ COMPLETE: dict[str, dict[str, Any]] = {
         "audio": AUDIO if task == "transcribe" else None,
         "language": None,
         "top_k": 5,
+        "messages": None,
+        "max_tokens": 128,
         "redundancy": "auto",
         "hw_class": "any",
         "deadline_s": 30.0,
     }
-    for task in ("embed", "classify", "transcribe")
+    for task in ("embed", "classify", "transcribe", "generate")
 }
 """A job of each task with every field written out, each at the published default
 where the schema gives one."""
