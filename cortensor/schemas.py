@@ -36,6 +36,7 @@ from cortensor.catalog import (
     ENGLISH_ONLY,
     MAX_MAX_TOKENS,
     MODELS,
+    PRECISION,
     TASKS,
     TEXT_TASKS,
     HwClass,
@@ -521,6 +522,16 @@ class InferenceResult(Message):
     )
     error: ErrorText | None = None
     elapsed_ms: float = Field(default=0.0, ge=0)
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_of_its_class(cls, precision: str, info: ValidationInfo) -> str:
+        # The guard weighs a result by its precision: it is the hardware class's (which
+        # the ledger checks against the assignment's), never one of the node's choosing.
+        hw_class = info.data.get("hw_class")
+        if hw_class is not None and PRECISION[hw_class] != precision:
+            raise BadInput(f"hardware class {hw_class} computes in {PRECISION[hw_class]}")
+        return precision
 
     def output(self) -> Any:
         """The task's output as JSON data (None when the node reported an error)."""

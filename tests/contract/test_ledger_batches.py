@@ -96,6 +96,28 @@ async def test_replicas_are_read_back_in_the_order_the_guard_weighed_them(
     assert await ledger_side.arrivals(opened.job.job_id) == first + second
 
 
+async def test_a_result_for_another_class_than_its_assignments_is_not_held(
+    ledger_side: LedgerSide,
+) -> None:
+    """Its precision follows its class: a node that answers an int8 assignment as an fp32
+    node, to be weighed across precisions, is refused like an assignment it does not hold."""
+    nodes = node_ids(2)
+    await enrol(ledger_side, nodes)
+    opened = running(job(2), nodes)
+    await ledger_side.router.open_jobs([opened])
+    honest, liar = opened.assignments
+    posed = answer(liar, UP).model_copy(update={"hw_class": "cpu-fp32", "precision": "fp32"})
+
+    intake = (await ledger_side.guard.take_many({opened.job.job_id: [answer(honest, UP), posed]}))[
+        opened.job.job_id
+    ]
+
+    assert intake.stored == 1
+    assert intake.unheld == [liar.node_id]
+    assert await ledger_side.arrivals(opened.job.job_id) == [honest.node_id]
+    assert intake.verdict is None, "one of two replicas is no majority"
+
+
 async def test_a_value_the_ledger_cannot_store_fails_the_batch_and_stores_nothing(
     ledger_side: LedgerSide,
 ) -> None:

@@ -65,12 +65,22 @@ def test_one_build_agrees_only_token_for_token() -> None:
     assert not agree([PARIS], "fp32", [cut], "fp32"), "another end"
 
 
-def test_builds_agree_by_meaning_and_not_by_tokens() -> None:
+def test_precisions_agree_by_meaning_and_not_by_tokens() -> None:
     reworded = answer("The capital of France is Paris", tokens=[1, 2])
     assert agree([PARIS], "fp32", [reworded], "int8")
-    assert agree([PARIS], "int8", [reworded], "int8/int8-avx2")
+    assert agree([PARIS], "int8/int8-tok", [reworded], "fp32")
     unrelated = answer("Photosynthesis turns light into sugar in plants.")
     assert not agree([PARIS], "fp32", [unrelated], "int8")
+
+
+def test_a_build_a_node_names_buys_no_looser_comparison() -> None:
+    """The build is the node's own word: a cut answer under a made-up build still has to
+    match the others of its precision token for token."""
+    cut = answer("The capital of France", tokens=PARIS["tokens"][:4])
+    assert generate.close(PARIS["text"], cut["text"]), "close enough in meaning"
+    for label in ("int8/int8-avx2", "int8/made-up", "int8"):
+        assert not agree([PARIS], "int8/int8-tok", [cut], label), label
+        assert agree([PARIS], "int8/int8-tok", [PARIS], label), label
 
 
 def test_an_empty_answer_agrees_only_with_an_empty_one() -> None:

@@ -192,6 +192,15 @@ def locs(exc: ValidationError) -> list[Path]:
     return [tuple(e["loc"]) for e in exc.errors()]
 
 
+def test_a_result_computes_in_its_hardware_class_precision() -> None:
+    """A node may not name another precision than its class's to be weighed against a
+    looser tolerance (the ledger checks the class against the assignment's)."""
+    for hw_class, precision in (("cpu-int8", "fp32"), ("cpu-fp32", "int8"), ("cuda-fp16", "fp32")):
+        exc = refusal(InferenceResult, {**result(), "hw_class": hw_class, "precision": precision})
+        assert locs(exc) == [("precision",)]
+    assert InferenceResult.model_validate({**result(), "hw_class": "cuda-int8"}).precision == "int8"
+
+
 # -- text the ledger cannot hold -------------------------------------------------------------
 
 

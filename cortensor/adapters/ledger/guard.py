@@ -89,14 +89,15 @@ result, if it was decided already."""
 _TAKE = """
 WITH incoming AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::float8[]) WITH ORDINALITY
+                         $6::text[], $7::text[], $8::float8[], $10::text[]) WITH ORDINALITY
          AS r(job_id, result_id, assignment_id, node_id, precision, output, error, elapsed_ms,
-              ord)
+              hw_class, ord)
 ), held AS (
     SELECT i.*
     FROM incoming i
     JOIN assignments a
       ON a.assignment_id = i.assignment_id AND a.job_id = i.job_id AND a.node_id = i.node_id
+     AND a.hw_class = i.hw_class
 ), stored AS (
     INSERT INTO results (result_id, assignment_id, job_id, node_id, precision, output, error,
                          elapsed_ms)
@@ -131,6 +132,9 @@ ORDER BY incoming DESC, seq NULLS LAST, assignment_id
 """
 """Store the results of several jobs (one statement, idempotent) and read back the other
 replicas of the jobs in $9 (those not decided yet): counted, timed out, or still out.
+A result is held only by the node its assignment went to, in the hardware class it was
+sent to that node for ($10): its precision (schemas.InferenceResult, one per class) is
+then the class's, not one a node names to be weighed with a looser tolerance.
 The jobs are locked by then, so what was committed before this statement began is all
 there is: none of the others can be missed."""
 
@@ -335,6 +339,7 @@ class GuardLedger(Ledger):
                 [r.error for r in taken],
                 [r.elapsed_ms for r in taken],
                 open_ids,
+                [r.hw_class for r in taken],
             )
             by_job: dict[UUID, list[Any]] = defaultdict(list)
             for row in rows:

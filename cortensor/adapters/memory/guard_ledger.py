@@ -108,7 +108,7 @@ class GuardSide(OnTables):
         for r in batch:
             a = self.tables.assignments.get(r.assignment_id)
             aid = r.assignment_id
-            if a is None or a.job_id != job_id or a.node_id != r.node_id:
+            if a is None or (a.job_id, a.node_id, a.hw_class) != (job_id, r.node_id, r.hw_class):
                 intake.ignored.append(f"assignment {aid}: not held by the node that answered")
                 intake.unheld.append(r.node_id)
             elif r.result_id in self.tables.results or aid in self.tables.answered:
