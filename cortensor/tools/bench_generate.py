@@ -17,12 +17,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-import numpy as np
-
-from cortensor.catalog import EMBED_MODEL, GENERATE_MODEL, HwClass
-from cortensor.inference.manifest import Manifest, load_manifest
-from cortensor.inference.runtimes.embedding import EmbeddingRuntime
+from cortensor.catalog import GENERATE_MODEL, HwClass
+from cortensor.inference.manifest import load_manifest
 from cortensor.inference.runtimes.generator import GeneratorRuntime
+from cortensor.inference.similarity import text_similarity
 from cortensor.schemas import ChatTurn, Generation
 from cortensor.settings import Settings
 
@@ -89,21 +87,17 @@ def generation_figures(models_dir: Path, prompts: Sequence[str], max_tokens: int
         "prompts": len(prompts),
         "max_tokens": max_tokens,
         "speed": speed,
-        "fidelity": _fidelity(models_dir, manifest, answers["fp32"], answers["int8"]),
+        "fidelity": _fidelity(models_dir, answers["fp32"], answers["int8"]),
     }
 
 
 def _fidelity(
-    models_dir: Path, manifest: Manifest, reference: list[Generation], other: list[Generation]
+    models_dir: Path, reference: list[Generation], other: list[Generation]
 ) -> dict[str, Any]:
     """How close `other`'s answers are to `reference`'s, prompt by prompt."""
     prefixes = [_common_prefix(a.tokens, b.tokens) for a, b in zip(reference, other, strict=True)]
-    embedder = EmbeddingRuntime.from_manifest(
-        models_dir, manifest.variant_for(EMBED_MODEL, "cpu-fp32")
-    )
-    first = embedder.embed([g.text for g in reference])
-    second = embedder.embed([g.text for g in other])
-    cosines = np.sum(first * second, axis=1)
+    similar = text_similarity(models_dir)
+    cosines = [similar(a.text, b.text) for a, b in zip(reference, other, strict=True)]
     return {
         "identical_share": round(
             mean(a.tokens == b.tokens for a, b in zip(reference, other, strict=True)), 3
@@ -111,8 +105,8 @@ def _fidelity(
         "agreeing_prefix_mean": round(mean(prefixes), 1),
         "agreeing_prefix_min": min(prefixes),
         "reference_tokens_mean": round(mean(len(g.tokens) for g in reference), 1),
-        "cosine_mean": round(float(cosines.mean()), 4),
-        "cosine_min": round(float(cosines.min()), 4),
+        "cosine_mean": round(mean(cosines), 4),
+        "cosine_min": round(min(cosines), 4),
     }
 
 

@@ -44,6 +44,7 @@ from cortensor.inference.manifest import (
     MANIFEST_NAME,
     Manifest,
     ModelFile,
+    ModelFormat,
     ModelVariant,
     load_manifest,
     sha256_file,
@@ -307,16 +308,34 @@ def _embedding(
     quantization: str = "",
     isa: str = "",
 ) -> ModelVariant:
+    return _onnx_variant(
+        run, EMBED_MODEL, "onnx", directory, variant, precision, hw_classes, quantization, isa
+    )
+
+
+def _onnx_variant(
+    run: _Run,
+    name: str,
+    model_format: ModelFormat,
+    directory: Path,
+    variant: str,
+    precision: Precision,
+    hw_classes: list[str],
+    quantization: str = "",
+    isa: str = "",
+) -> ModelVariant:
+    """The manifest entry of an ONNX model's variant in `directory`: one graph, with the
+    tokenizer beside it."""
     files = run.files(directory)
     onnx = [f.path for f in files if f.path.endswith(".onnx")]
     if len(onnx) != 1 or not (directory / "tokenizer.json").is_file():
         raise SetupIncomplete(f"{directory} should hold one .onnx file and tokenizer.json")
     return ModelVariant.model_validate(
         {
-            "name": EMBED_MODEL,
-            "task": TASK_OF[EMBED_MODEL],
+            "name": name,
+            "task": TASK_OF[name],
             "variant": variant,
-            "format": "onnx",
+            "format": model_format,
             "precision": precision,
             "hw_classes": hw_classes,
             "quantization": quantization,
@@ -510,24 +529,16 @@ def _generator(
     quantization: str = "",
     isa: str = "",
 ) -> ModelVariant:
-    files = run.files(directory)
-    onnx = [f.path for f in files if f.path.endswith(".onnx")]
-    if len(onnx) != 1:
-        raise SetupIncomplete(f"{directory} should hold one .onnx file, not {len(onnx)}")
-    return ModelVariant.model_validate(
-        {
-            "name": GENERATE_MODEL,
-            "task": TASK_OF[GENERATE_MODEL],
-            "variant": variant,
-            "format": "onnx-causal-lm",
-            "precision": precision,
-            "hw_classes": [hw_class],
-            "quantization": quantization,
-            "isa": isa,
-            "directory": directory.relative_to(run.models_dir).as_posix(),
-            "entry": onnx[0],
-            "files": files,
-        }
+    return _onnx_variant(
+        run,
+        GENERATE_MODEL,
+        "onnx-causal-lm",
+        directory,
+        variant,
+        precision,
+        [hw_class],
+        quantization,
+        isa,
     )
 
 

@@ -422,8 +422,8 @@ class Collusion:
         return _retold(transcript, " ".join(words))
 
     def corrupt_generations(self, generations: Sequence[Generation]) -> list[Generation]:
-        """Vocabulary words drawn for the job, as many for each answer as its prompt has
-        tokens to fill (the same for every member, whatever their answers' lengths)."""
+        """COLLUDING_WORDS vocabulary words drawn for the job, for each answer: the same
+        for every member, whatever their own answers' lengths."""
         return [
             Generation(
                 text=" ".join(
